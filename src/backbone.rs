@@ -1,0 +1,210 @@
+//! The Qwen2 backbone through llama.cpp: one step feeds the summed input embedding of one
+//! 80 ms frame and returns the text logits and the hidden state after the final norm.
+//!
+//! The safe `llama-cpp-2` wrapper cannot feed embeddings (its batch is token-only), so this
+//! module wraps the raw C API. It is the only place in the runtime that calls llama.cpp.
+
+use std::ffi::{CStr, CString, c_char, c_void};
+use std::path::Path;
+use std::sync::Once;
+
+use anyhow::{Context, Result, bail, ensure};
+use llama_cpp_sys_2 as sys;
+
+pub struct BackboneParams {
+    /// KV cache positions (steps).
+    pub n_ctx: u32,
+    pub n_threads: i32,
+    /// Layers placed on the GPU (CUDA builds); 0 keeps everything on the CPU.
+    pub n_gpu_layers: i32,
+}
+
+impl Default for BackboneParams {
+    fn default() -> Self {
+        BackboneParams {
+            n_ctx: 512,
+            n_threads: default_threads(),
+            n_gpu_layers: 0,
+        }
+    }
+}
+
+pub fn default_threads() -> i32 {
+    std::thread::available_parallelism()
+        .map(|n| n.get() as i32)
+        .unwrap_or(1)
+}
+
+pub struct Backbone {
+    model: *mut sys::llama_model,
+    ctx: *mut sys::llama_context,
+    batch: sys::llama_batch,
+    n_embd: usize,
+    n_vocab: usize,
+}
+
+// SAFETY: the llama.cpp model and context are used from one thread at a time (&mut self for
+// every call that touches the context); llama.cpp keeps no thread-local state for them.
+unsafe impl Send for Backbone {}
+
+static INIT: Once = Once::new();
+
+/// llama.cpp logs every load step to stderr; keep only warnings and errors.
+unsafe extern "C" fn log_filter(level: sys::ggml_log_level, text: *const c_char, _: *mut c_void) {
+    if level >= sys::GGML_LOG_LEVEL_WARN && level != sys::GGML_LOG_LEVEL_CONT && !text.is_null() {
+        // SAFETY: llama.cpp passes a NUL-terminated message that lives for this call.
+        let msg = unsafe { CStr::from_ptr(text) }.to_string_lossy();
+        eprint!("llama.cpp: {msg}");
+    }
+}
+
+fn init_backend() {
+    INIT.call_once(|| {
+        // SAFETY: called once per process, before any model is loaded; the callback is a
+        // plain function that lives forever.
+        unsafe {
+            sys::llama_log_set(Some(log_filter), std::ptr::null_mut());
+            sys::llama_backend_init();
+        }
+    });
+}
+
+impl Backbone {
+    pub fn load(path: &Path, params: &BackboneParams) -> Result<Backbone> {
+        init_backend();
+        let label = path.display().to_string();
+        ensure!(path.is_file(), "{label}: no such file");
+        let cpath =
+            CString::new(path.as_os_str().as_encoded_bytes()).context("path contains NUL")?;
+        // SAFETY: default params are plain data; the path is a valid C string for the call.
+        let model = unsafe {
+            let mut mp = sys::llama_model_default_params();
+            mp.n_gpu_layers = params.n_gpu_layers;
+            sys::llama_model_load_from_file(cpath.as_ptr(), mp)
+        };
+        if model.is_null() {
+            bail!("{label}: llama.cpp could not load this backbone (see its message above)");
+        }
+        // SAFETY: model is a valid, non-null model; context params are plain data.
+        let ctx = unsafe {
+            let mut cp = sys::llama_context_default_params();
+            cp.n_ctx = params.n_ctx;
+            cp.n_batch = 32;
+            cp.n_ubatch = 32;
+            cp.n_seq_max = 1;
+            cp.n_threads = params.n_threads;
+            cp.n_threads_batch = params.n_threads;
+            cp.embeddings = true;
+            cp.pooling_type = sys::LLAMA_POOLING_TYPE_NONE;
+            cp.no_perf = true;
+            sys::llama_init_from_model(model, cp)
+        };
+        if ctx.is_null() {
+            // SAFETY: model is valid and owned here.
+            unsafe { sys::llama_model_free(model) };
+            bail!("{label}: llama.cpp could not create a context");
+        }
+        // SAFETY: model is valid; these are getters.
+        let (n_embd, n_vocab) = unsafe {
+            (
+                sys::llama_model_n_embd(model) as usize,
+                sys::llama_vocab_n_tokens(sys::llama_model_get_vocab(model)) as usize,
+            )
+        };
+        // SAFETY: allocates room for one embedding row of n_embd floats and one sequence id.
+        let batch = unsafe { sys::llama_batch_init(1, n_embd as i32, 1) };
+        Ok(Backbone {
+            model,
+            ctx,
+            batch,
+            n_embd,
+            n_vocab,
+        })
+    }
+
+    pub fn n_embd(&self) -> usize {
+        self.n_embd
+    }
+
+    pub fn n_vocab(&self) -> usize {
+        self.n_vocab
+    }
+
+    /// A metadata string of the loaded file.
+    pub fn meta(&self, key: &str) -> Option<String> {
+        let ckey = CString::new(key).ok()?;
+        let mut buf = vec![0u8; 256];
+        // SAFETY: model is valid; buf has buf.len() writable bytes and llama.cpp NUL-terminates.
+        let n = unsafe {
+            sys::llama_model_meta_val_str(
+                self.model,
+                ckey.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        if n < 0 {
+            return None;
+        }
+        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+        Some(String::from_utf8_lossy(&buf[..end]).into_owned())
+    }
+
+    /// Runs one step: `embd` (n_embd floats) at position `pos`, appended to the KV cache.
+    pub fn step(&mut self, embd: &[f32], pos: i32) -> Result<()> {
+        ensure!(
+            embd.len() == self.n_embd,
+            "backbone step: {} values, expected {}",
+            embd.len(),
+            self.n_embd
+        );
+        // SAFETY: the batch was allocated for one row of n_embd floats with one sequence id;
+        // we fill exactly that, then hand it to llama_decode on our own context.
+        let rc = unsafe {
+            std::ptr::copy_nonoverlapping(embd.as_ptr(), self.batch.embd, self.n_embd);
+            *self.batch.pos = pos;
+            *self.batch.n_seq_id = 1;
+            **self.batch.seq_id = 0;
+            *self.batch.logits = 1;
+            self.batch.n_tokens = 1;
+            sys::llama_decode(self.ctx, self.batch)
+        };
+        ensure!(
+            rc == 0,
+            "llama_decode failed with code {rc} at position {pos}"
+        );
+        Ok(())
+    }
+
+    /// Text logits of the last step.
+    pub fn logits(&self) -> &[f32] {
+        // SAFETY: after a successful step, llama.cpp holds n_vocab logits for output row 0,
+        // valid until the next decode (which needs &mut self).
+        unsafe { std::slice::from_raw_parts(sys::llama_get_logits_ith(self.ctx, 0), self.n_vocab) }
+    }
+
+    /// Hidden state of the last step, after the final RMSNorm.
+    pub fn hidden(&self) -> &[f32] {
+        // SAFETY: as for logits; embeddings are on, so row 0 holds n_embd floats.
+        unsafe {
+            std::slice::from_raw_parts(sys::llama_get_embeddings_ith(self.ctx, 0), self.n_embd)
+        }
+    }
+
+    /// Forgets every cached position.
+    pub fn clear(&mut self) {
+        // SAFETY: ctx is valid; clearing the memory is always allowed between decodes.
+        unsafe { sys::llama_memory_clear(sys::llama_get_memory(self.ctx), true) };
+    }
+}
+
+impl Drop for Backbone {
+    fn drop(&mut self) {
+        // SAFETY: each was created in load() and is freed exactly once, context before model.
+        unsafe {
+            sys::llama_batch_free(self.batch);
+            sys::llama_free(self.ctx);
+            sys::llama_model_free(self.model);
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! Fixtures shared by the integration tests: seeded checkpoints in the released formats,
+//! made once per test binary under cargo's temporary folder for integration tests.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use flm_testkit::{LmSpec, write_lm, write_mimi};
+
+/// A fresh folder for this test binary, emptied on first use.
+pub fn scratch(name: &str) -> PathBuf {
+    static ROOT: OnceLock<PathBuf> = OnceLock::new();
+    let root = ROOT.get_or_init(|| {
+        let exe = std::env::current_exe().unwrap();
+        let stem = exe.file_stem().unwrap().to_string_lossy().into_owned();
+        let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join(stem);
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        root
+    });
+    let p = root.join(name);
+    let _ = std::fs::remove_dir_all(&p);
+    p
+}
+
+pub struct Checkpoints {
+    pub lm: PathBuf,
+    pub mimi: PathBuf,
+}
+
+/// The tiny FLM-Audio folder and the full-size Mimi checkpoint for `seed`.
+pub fn checkpoints(seed: u64) -> &'static Checkpoints {
+    static CACHE: OnceLock<std::sync::Mutex<Vec<(u64, &'static Checkpoints)>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    let mut guard = cache.lock().unwrap();
+    if let Some((_, c)) = guard.iter().find(|(s, _)| *s == seed) {
+        return c;
+    }
+    let dir = scratch(&format!("checkpoints-{seed}"));
+    let lm = dir.join("lm");
+    let mimi = dir.join("mimi.safetensors");
+    write_lm(&lm, &LmSpec::tiny(), seed).unwrap();
+    write_mimi(&mimi, seed).unwrap();
+    let c: &'static Checkpoints = Box::leak(Box::new(Checkpoints { lm, mimi }));
+    guard.push((seed, c));
+    c
+}
+
+/// Runs the `flm-edge` binary.
+pub fn flm_edge(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_flm-edge"))
+        .args(args)
+        .output()
+        .expect("run flm-edge")
+}
+
+/// `flm-edge convert` of `ck` into `out`.
+pub fn convert(ck: &Checkpoints, out: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "convert",
+        "--lm",
+        ck.lm.to_str().unwrap(),
+        "--mimi",
+        ck.mimi.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    flm_edge(&args)
+}
+
+/// Asserts a failed run that printed exactly one error line containing every `needles`.
+pub fn assert_one_line_error(out: &Output, needles: &[&str]) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "expected failure, stderr: {stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "expected one error line, stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    for n in needles {
+        assert!(
+            errors[0].contains(n),
+            "error line lacks `{n}`: {}",
+            errors[0]
+        );
+    }
+}
+
+/// Copies a folder (flat).
+pub fn copy_dir(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
+    }
+}
+
+/// Rewrites the JSON header of a safetensors file, keeping its data bytes.
+pub fn edit_safetensors_header(
+    path: &Path,
+    edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>),
+) {
+    let bytes = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    edit(header.as_object_mut().unwrap());
+    let mut text = serde_json::to_string(&header).unwrap();
+    while text.len() % 8 != 0 {
+        text.push(' ');
+    }
+    let mut out = (text.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(text.as_bytes());
+    out.extend_from_slice(&bytes[8 + n..]);
+    std::fs::write(path, out).unwrap();
+}
+
+/// Absolute byte range of a tensor's data in a safetensors file.
+pub fn tensor_range(path: &Path, name: &str) -> (usize, usize) {
+    let bytes = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let off = &header[name]["data_offsets"];
+    (
+        8 + n + off[0].as_u64().unwrap() as usize,
+        8 + n + off[1].as_u64().unwrap() as usize,
+    )
+}
