@@ -252,34 +252,73 @@ fn describe(label: &str, buf: &[u8], e: SafeTensorError) -> anyhow::Error {
         ),
         SafeTensorError::InvalidHeader(_) => "header is not UTF-8".to_string(),
         SafeTensorError::InvalidHeaderDeserialization(err) => format!("bad JSON header: {err}"),
-        SafeTensorError::MetadataIncompleteBuffer => {
-            let declared = declared_data_len(buf)
-                .map(|n| n.to_string())
-                .unwrap_or_else(|| "?".into());
-            let have = buf.len() as u64 - 8 - header_len.unwrap_or(0);
-            format!(
-                "truncated or padded: header declares {declared} bytes of tensor data, file holds {have}"
-            )
+        SafeTensorError::MetadataIncompleteBuffer
+        | SafeTensorError::InvalidOffset(_)
+        | SafeTensorError::TensorInvalidInfo
+        | SafeTensorError::ValidationOverflow => {
+            diagnose_offsets(buf).unwrap_or_else(|| e.to_string())
         }
-        SafeTensorError::InvalidOffset(name) => {
-            format!("data offsets of tensor `{name}` are out of order, overlapping or leave a gap")
-        }
-        SafeTensorError::TensorInvalidInfo => {
-            "a tensor's data offsets do not match its shape and dtype".to_string()
-        }
-        SafeTensorError::ValidationOverflow => "a tensor shape overflows".to_string(),
         other => other.to_string(),
     };
     anyhow::anyhow!("{label}: {what}")
 }
 
-fn declared_data_len(buf: &[u8]) -> Option<u64> {
+/// Finds the first tensor whose data offsets disagree with its shape, with the other tensors
+/// or with the file length, and says which.
+fn diagnose_offsets(buf: &[u8]) -> Option<String> {
     let n = u64::from_le_bytes(buf.get(..8)?.try_into().ok()?) as usize;
     let header: serde_json::Value = serde_json::from_slice(buf.get(8..8 + n)?).ok()?;
-    header
+    let have = (buf.len() - 8 - n) as u64;
+    let mut spans = vec![];
+    for (name, v) in header
         .as_object()?
         .iter()
         .filter(|(k, _)| *k != "__metadata__")
-        .filter_map(|(_, v)| v.get("data_offsets")?.get(1)?.as_u64())
-        .max()
+    {
+        let (s, e) = (
+            v["data_offsets"][0].as_u64()?,
+            v["data_offsets"][1].as_u64()?,
+        );
+        let dtype: Dtype = serde_json::from_value(v["dtype"].clone()).ok()?;
+        let elems = v["shape"]
+            .as_array()?
+            .iter()
+            .try_fold(1u64, |a, d| a.checked_mul(d.as_u64()?));
+        let Some(need) = elems
+            .and_then(|n| n.checked_mul(dtype.bitsize() as u64))
+            .map(|b| b / 8)
+        else {
+            return Some(format!("tensor `{name}`: shape overflows"));
+        };
+        if e < s || e - s != need {
+            return Some(format!(
+                "tensor `{name}`: data offsets [{s}, {e}] do not hold the {need} bytes its shape and dtype need"
+            ));
+        }
+        if e > have {
+            return Some(format!(
+                "truncated: tensor `{name}` needs data bytes {s}..{e}, the file holds {have}"
+            ));
+        }
+        spans.push((s, e, name.clone()));
+    }
+    spans.sort();
+    let mut end = 0;
+    for (i, (s, e, name)) in spans.iter().enumerate() {
+        if *s < end {
+            return Some(format!(
+                "tensor `{name}` has data offsets overlapping tensor `{}`",
+                spans[i - 1].2
+            ));
+        }
+        if *s > end {
+            return Some(format!("gap in the data before tensor `{name}`"));
+        }
+        end = *e;
+    }
+    (end != have).then(|| {
+        format!(
+            "truncated or padded: header declares {end} bytes of tensor data, file holds {have}"
+        )
+    })
 }

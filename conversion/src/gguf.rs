@@ -624,7 +624,7 @@ impl<R: Read + Seek> Reader<R> {
         let n = self.u64()?;
         ensure!(
             n <= self.remaining(),
-            "string of {n} bytes runs past the end of the file"
+            "truncated header: string of {n} bytes runs past the end of the file"
         );
         let mut b = vec![0u8; n as usize];
         self.read_exact(&mut b)?;
@@ -675,7 +675,7 @@ impl<R: Read + Seek> Reader<R> {
                 // Every element takes at least one byte.
                 ensure!(
                     n <= self.remaining(),
-                    "array of {n} elements runs past the end of the file"
+                    "truncated header: array of {n} elements runs past the end of the file"
                 );
                 let mut items = Vec::with_capacity(n.min(1 << 20) as usize);
                 for _ in 0..n {
