@@ -153,7 +153,15 @@ pub fn convert(opts: ConvertOptions) -> Result<Summary> {
 }
 
 fn write_all(out_dir: &Path, jobs: &[Job], log: &mut dyn FnMut(&str)) -> Result<Vec<FileSummary>> {
-    let mut buffers = Buffers::default();
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let mut buffers = Buffers {
+        f32s: vec![],
+        usage: vec![],
+        out: vec![],
+        threads,
+    };
     for job in jobs {
         let t0 = Instant::now();
         let partial = partial_path(out_dir, job.file);
@@ -318,11 +326,11 @@ fn model_id(config: &Path, lm: &Checkpoint, mimi: &Checkpoint) -> Result<String>
     Ok(digest[..16].iter().map(|b| format!("{b:02x}")).collect())
 }
 
-#[derive(Default)]
 struct Buffers {
     f32s: Vec<f32>,
     usage: Vec<f32>,
     out: Vec<u8>,
+    threads: usize,
 }
 
 /// Streams one output tensor: sources in stack order, a chunk of whole rows at a time.
@@ -366,7 +374,7 @@ fn write_item(
                 }
                 Transform::None | Transform::Zeros => {}
             }
-            ty.quantize_rows(&buf.f32s, row, &mut buf.out)?;
+            ty.quantize_rows_parallel(&buf.f32s, row, &mut buf.out, buf.threads)?;
             w.write_all(&buf.out)?;
             r += n;
         }

@@ -84,6 +84,21 @@ impl GgmlType {
             "quantize: {} values are not whole rows of {row_len}",
             src.len()
         );
+        dst.clear();
+        dst.resize(
+            self.row_bytes(row_len as u64) as usize * (src.len() / row_len),
+            0,
+        );
+        self.quantize_rows_into(src, row_len, dst)
+    }
+
+    /// Quantizes whole rows of `src` into `dst`, which must hold exactly their bytes.
+    pub fn quantize_rows_into(self, src: &[f32], row_len: usize, dst: &mut [u8]) -> Result<()> {
+        ensure!(
+            row_len > 0 && src.len() % row_len == 0,
+            "quantize: {} values are not whole rows of {row_len}",
+            src.len()
+        );
         ensure!(
             row_len as u64 % self.block_size() == 0,
             "quantize: row {row_len} not a multiple of {} block",
@@ -91,8 +106,11 @@ impl GgmlType {
         );
         let n_rows = src.len() / row_len;
         let bytes = self.row_bytes(row_len as u64) as usize * n_rows;
-        dst.clear();
-        dst.resize(bytes, 0);
+        ensure!(
+            dst.len() == bytes,
+            "quantize: destination holds {} bytes, rows need {bytes}",
+            dst.len()
+        );
         if self == GgmlType::F32 {
             for (d, s) in dst.chunks_exact_mut(4).zip(src) {
                 d.copy_from_slice(&s.to_le_bytes());
@@ -107,7 +125,8 @@ impl GgmlType {
         }
         // SAFETY: src holds n_rows * row_len floats and dst holds exactly the bytes ggml writes for
         // n_rows rows of this type (ggml_row_size * n_rows); no importance matrix is passed, which
-        // every type we quantize to accepts (see ggml_quantize_requires_imatrix).
+        // every type we quantize to accepts (see ggml_quantize_requires_imatrix). ggml_quantize_init
+        // only fills lookup tables of the IQ types, under ggml's own lock.
         let written = unsafe {
             sys::ggml_quantize_init(self.0);
             sys::ggml_quantize_chunk(
@@ -125,6 +144,34 @@ impl GgmlType {
             "ggml_quantize_chunk wrote {written} bytes, expected {bytes}"
         );
         Ok(())
+    }
+
+    /// `quantize_rows` spread over `threads` threads (rows are independent).
+    pub fn quantize_rows_parallel(
+        self,
+        src: &[f32],
+        row_len: usize,
+        dst: &mut Vec<u8>,
+        threads: usize,
+    ) -> Result<()> {
+        let n_rows = src.len() / row_len.max(1);
+        if threads <= 1 || n_rows < 2 * threads {
+            return self.quantize_rows(src, row_len, dst);
+        }
+        let row_bytes = self.row_bytes(row_len as u64) as usize;
+        dst.clear();
+        dst.resize(row_bytes * n_rows, 0);
+        let per = n_rows.div_ceil(threads);
+        std::thread::scope(|scope| {
+            let parts: Vec<_> = src
+                .chunks(per * row_len)
+                .zip(dst.chunks_mut(per * row_bytes))
+                .map(|(s, d)| scope.spawn(move || self.quantize_rows_into(s, row_len, d)))
+                .collect();
+            parts
+                .into_iter()
+                .try_for_each(|p| p.join().expect("quantize thread panicked"))
+        })
     }
 
     /// Dequantizes `n` values (whole blocks) from `src` into `dst`.

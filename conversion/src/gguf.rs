@@ -729,3 +729,88 @@ pub fn read_tensor_bytes(path: &Path, gguf: &Gguf, t: &TensorInfo) -> Result<Vec
         .with_context(|| format!("{}: tensor `{}`", path.display(), t.name))?;
     Ok(buf)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_value_type_and_tensor_round_trips() {
+        let dir = std::env::temp_dir().join(format!("flm-gguf-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.gguf");
+        let mut b = GgufBuilder::new();
+        let values = vec![
+            ("a.u8", Value::U8(7)),
+            ("a.i8", Value::I8(-7)),
+            ("a.u16", Value::U16(700)),
+            ("a.i16", Value::I16(-700)),
+            ("a.u32", Value::U32(70_000)),
+            ("a.i32", Value::I32(-70_000)),
+            ("a.f32", Value::F32(0.25)),
+            ("a.bool", Value::Bool(true)),
+            ("a.str", Value::Str("wait <|x|> 等待".into())),
+            ("a.u64", Value::U64(1 << 40)),
+            ("a.i64", Value::I64(-(1 << 40))),
+            ("a.f64", Value::F64(-1e-300)),
+            ("a.arr_i32", Value::Array(Array::I32(vec![0, 1, -1]))),
+            (
+                "a.arr_str",
+                Value::Array(Array::Str(vec!["x".into(), "".into(), "ü".into()])),
+            ),
+            ("a.arr_bool", Value::Array(Array::Bool(vec![true, false]))),
+            ("a.arr_f32", Value::Array(Array::F32(vec![]))),
+        ];
+        for (k, v) in &values {
+            b.set(k, v.clone());
+        }
+        b.add_tensor("x", &[3, 2], GgmlType::F32).unwrap();
+        b.add_tensor("q", &[64, 2], GgmlType::Q8_0).unwrap();
+        let x: Vec<f32> = vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+        let q: Vec<f32> = (0..128).map(|i| i as f32 / 64.0 - 1.0).collect();
+        let mut qbytes = vec![];
+        GgmlType::Q8_0.quantize_rows(&q, 64, &mut qbytes).unwrap();
+        b.write(File::create(&path).unwrap(), |i, w| {
+            if i == 0 {
+                x.iter().try_for_each(|v| w.write_all(&v.to_le_bytes()))?;
+            } else {
+                w.write_all(&qbytes)?;
+            }
+            Ok(())
+        })
+        .unwrap();
+        let g = Gguf::open(&path).unwrap();
+        assert_eq!(g.version, 3);
+        for (k, v) in &values {
+            assert_eq!(g.get(k), Some(v), "{k}");
+        }
+        let t = g.tensor("q").unwrap();
+        assert_eq!((t.ne.clone(), t.ty), (vec![64, 2], GgmlType::Q8_0));
+        assert_eq!(t.offset % DEFAULT_ALIGNMENT, 0);
+        assert_eq!(read_tensor_bytes(&path, &g, t).unwrap(), qbytes);
+        let raw = read_tensor_bytes(&path, &g, g.tensor("x").unwrap()).unwrap();
+        let back: Vec<f32> = raw
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        assert_eq!(back, x);
+        // Dequantized q8_0 is within half a step of the block absmax / 127.
+        let mut deq = vec![0f32; 128];
+        GgmlType::Q8_0.dequantize(&qbytes, &mut deq).unwrap();
+        assert!(
+            deq.iter()
+                .zip(&q)
+                .all(|(a, b)| (a - b).abs() <= 0.5 / 127.0 + 1e-3)
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn writer_refuses_bad_declarations() {
+        let mut b = GgufBuilder::new();
+        assert!(b.add_tensor(&"n".repeat(64), &[4], GgmlType::F32).is_err());
+        assert!(b.add_tensor("q", &[48], GgmlType::Q4_K).is_err());
+        b.add_tensor("t", &[4], GgmlType::F32).unwrap();
+        assert!(b.add_tensor("t", &[4], GgmlType::F32).is_err());
+    }
+}

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Quick start without hardware or downloads: builds flm-edge, writes a small seeded FLM-Audio
+# checkpoint and a full-size Mimi checkpoint in the released formats (random weights),
+# converts them to a q4_k model folder, and inspects it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+.ci/install-deps
+work="${1:-target/quickstart}"
+cargo build --release --workspace
+mkdir -p "$work"
+target/release/flm-testkit lm --size tiny --seed 1 --out "$work/lm"
+target/release/flm-testkit mimi --seed 1 --out "$work/mimi.safetensors"
+target/release/flm-edge convert --lm "$work/lm" --mimi "$work/mimi.safetensors" --out "$work/model" --quant q4_k --force
+target/release/flm-edge inspect "$work/model" | grep -E "^(==|model folder)|^  (general.architecture|flm.model_id)|tensors  " 
+echo "model folder ready: $work/model"
