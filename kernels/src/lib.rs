@@ -1,1 +1,5 @@
+//! flm-edge compute on ggml: the Mimi codec, the depth transformer, sampling.
 
+pub mod ggml;
+pub mod mimi;
+pub mod weights;

@@ -4,8 +4,10 @@
 //! Values: conv and linear weights uniform with std 1/sqrt(fan_in) so that activations stay
 //! O(1) through the SEANet; biases std 0.02; LayerNorm weight ~1, bias ~0; LayerScale 0.1
 //! (trained checkpoints have scales around 0.01–0.3, the init value is 0.01); codebook
-//! `embedding_sum` std 1 scaled by `cluster_usage` (uniform in [0.5, 1.5]) so that the
-//! effective codebook vectors have std ~1.
+//! `embedding_sum` std 0.3 with `cluster_usage` uniform in [0.5, 1.5], so that the effective
+//! codebook vectors (sum / usage, std ~0.35) have the scale of the projected latent (std ~0.3
+//! on speech with these weights): with codebooks much larger than the latent, the
+//! smallest-norm code wins every frame and the codes would not vary over time.
 
 use std::path::Path;
 
@@ -13,6 +15,9 @@ use anyhow::Result;
 
 use crate::rng::{Init, for_tensor};
 use crate::safetensors_out::{self, Dtype, Entry};
+
+/// Standard deviation of `embedding_sum` (see the module comment).
+pub const CODEBOOK_STD: f32 = 0.3;
 
 /// Codebooks stored in the released checkpoint (1 semantic + 31 acoustic).
 pub const STORED_CODEBOOKS: usize = 32;
@@ -200,7 +205,7 @@ pub fn tensors() -> Vec<(String, Vec<usize>, Init)> {
             vec![2048, 256],
             Init {
                 mean: 0.0,
-                std: 1.0,
+                std: CODEBOOK_STD,
             },
         ));
     }

@@ -1,0 +1,478 @@
+//! A thin, safe layer over ggml's graph and backend API.
+//!
+//! Every graph in flm-edge is built in a metadata-only context (`Ctx`), allocated with a
+//! graph allocator or a backend buffer, and run with `ggml_backend_graph_compute`, so the
+//! same graphs run on the CPU backend and on CUDA. This module is the only one in the crate
+//! that calls ggml; the invariants it keeps are stated where it calls.
+
+use std::ptr::NonNull;
+
+use anyhow::{Result, bail, ensure};
+use llama_cpp_sys_2 as sys;
+
+pub use sys::ggml_type as Type;
+pub const F32: Type = sys::GGML_TYPE_F32;
+pub const F16: Type = sys::GGML_TYPE_F16;
+pub const I32: Type = sys::GGML_TYPE_I32;
+
+/// GGML_ROPE_TYPE_NORMAL: rotate interleaved pairs (GPT-J layout), as Mimi does.
+pub const ROPE_NORMAL: i32 = 0;
+/// GGML_ROPE_TYPE_NEOX: rotate halves, as Qwen2 does.
+pub const ROPE_NEOX: i32 = 2;
+
+/// A tensor of a context: a handle, valid while the context that made it lives. Components
+/// keep their contexts and the handles into them in the same struct, so handles never
+/// outlive their context.
+#[derive(Clone, Copy)]
+pub struct T {
+    raw: NonNull<sys::ggml_tensor>,
+}
+
+impl T {
+    fn new(raw: *mut sys::ggml_tensor) -> T {
+        T {
+            raw: NonNull::new(raw).expect("ggml returned a null tensor (context too small?)"),
+        }
+    }
+
+    pub fn raw(self) -> *mut sys::ggml_tensor {
+        self.raw.as_ptr()
+    }
+
+    fn get(&self) -> &sys::ggml_tensor {
+        // SAFETY: the tensor lives as long as its context (type invariant).
+        unsafe { self.raw.as_ref() }
+    }
+
+    pub fn ne(&self) -> [i64; 4] {
+        self.get().ne
+    }
+
+    pub fn nb(&self) -> [usize; 4] {
+        self.get().nb
+    }
+
+    pub fn ty(&self) -> Type {
+        self.get().type_
+    }
+
+    pub fn n_elements(&self) -> usize {
+        self.ne().iter().product::<i64>() as usize
+    }
+
+    pub fn n_bytes(&self) -> usize {
+        // SAFETY: valid tensor (see get).
+        unsafe { sys::ggml_nbytes(self.raw()) }
+    }
+
+    /// Marks an input of a graph (allocated first, never overwritten by other nodes).
+    pub fn set_input(self) -> Self {
+        // SAFETY: valid tensor; only sets a flag.
+        unsafe { sys::ggml_set_input(self.raw()) };
+        self
+    }
+
+    /// Marks an output of a graph (kept after compute).
+    pub fn set_output(self) -> Self {
+        // SAFETY: valid tensor; only sets a flag.
+        unsafe { sys::ggml_set_output(self.raw()) };
+        self
+    }
+
+    pub fn name(self, name: &str) -> Self {
+        let c = std::ffi::CString::new(name).unwrap_or_default();
+        // SAFETY: valid tensor; ggml copies at most GGML_MAX_NAME bytes.
+        unsafe { sys::ggml_set_name(self.raw(), c.as_ptr()) };
+        self
+    }
+
+    /// Writes host data into an allocated tensor.
+    pub fn write<E: Copy>(&self, data: &[E]) {
+        let bytes = std::mem::size_of_val(data);
+        assert_eq!(bytes, self.n_bytes(), "tensor write size");
+        assert!(
+            !self.get().data.is_null() || !self.get().buffer.is_null(),
+            "tensor not allocated"
+        );
+        // SAFETY: the tensor is allocated in a backend buffer and `data` has exactly its size.
+        unsafe { sys::ggml_backend_tensor_set(self.raw(), data.as_ptr().cast(), 0, bytes) };
+    }
+
+    /// Writes raw bytes at a byte offset of an allocated tensor.
+    pub fn write_bytes(&self, offset: usize, data: &[u8]) {
+        assert!(
+            offset + data.len() <= self.n_bytes(),
+            "tensor write out of range"
+        );
+        // SAFETY: in range of an allocated tensor.
+        unsafe {
+            sys::ggml_backend_tensor_set(self.raw(), data.as_ptr().cast(), offset, data.len())
+        };
+    }
+
+    /// Reads an allocated tensor into host memory.
+    pub fn read<E: Copy>(&self, out: &mut [E]) {
+        let bytes = std::mem::size_of_val(out);
+        assert_eq!(bytes, self.n_bytes(), "tensor read size");
+        // SAFETY: the tensor is allocated and `out` has exactly its size.
+        unsafe { sys::ggml_backend_tensor_get(self.raw(), out.as_mut_ptr().cast(), 0, bytes) };
+    }
+}
+
+/// A metadata-only ggml context: tensors and graphs are described here, their data lives in
+/// backend buffers.
+pub struct Ctx {
+    raw: NonNull<sys::ggml_context>,
+}
+
+// SAFETY: a context is only used through &self / &mut self by one thread at a time.
+unsafe impl Send for Ctx {}
+
+macro_rules! unary {
+    ($($name:ident => $f:ident),* $(,)?) => {$(
+        pub fn $name(&self, a: T) -> T {
+            // SAFETY: a belongs to this context (lifetime); ggml checks shapes and aborts on misuse.
+            T::new(unsafe { sys::$f(self.raw(), a.raw()) })
+        }
+    )*};
+}
+
+macro_rules! binary {
+    ($($name:ident => $f:ident),* $(,)?) => {$(
+        pub fn $name(&self, a: T, b: T) -> T {
+            // SAFETY: a and b belong to this context (lifetime); ggml checks shapes.
+            T::new(unsafe { sys::$f(self.raw(), a.raw(), b.raw()) })
+        }
+    )*};
+}
+
+impl Ctx {
+    /// A context for `n_tensors` tensor descriptions and one graph of `graph_nodes` nodes.
+    pub fn new(n_tensors: usize, graph_nodes: usize) -> Ctx {
+        // SAFETY: pure size computations.
+        let size = unsafe {
+            n_tensors * sys::ggml_tensor_overhead()
+                + sys::ggml_graph_overhead_custom(graph_nodes.max(1), false)
+        } + 1024;
+        let params = sys::ggml_init_params {
+            mem_size: size,
+            mem_buffer: std::ptr::null_mut(),
+            no_alloc: true,
+        };
+        // SAFETY: ggml allocates and owns the metadata buffer; freed in Drop.
+        let raw = unsafe { sys::ggml_init(params) };
+        Ctx {
+            raw: NonNull::new(raw).expect("ggml_init failed"),
+        }
+    }
+
+    fn raw(&self) -> *mut sys::ggml_context {
+        self.raw.as_ptr()
+    }
+
+    pub fn new_tensor(&self, ty: Type, ne: &[i64]) -> T {
+        assert!((1..=4).contains(&ne.len()));
+        // SAFETY: ne has 1..=4 entries; no_alloc context, so no data is allocated here.
+        T::new(unsafe { sys::ggml_new_tensor(self.raw(), ty, ne.len() as i32, ne.as_ptr()) })
+    }
+
+    unary! {
+        cont => ggml_cont, transpose => ggml_transpose, elu => ggml_elu, gelu_erf => ggml_gelu_erf,
+        silu => ggml_silu, argmax => ggml_argmax, neg => ggml_neg, sqr => ggml_sqr, sum_rows => ggml_sum_rows,
+    }
+
+    binary! {
+        add => ggml_add, sub => ggml_sub, mul => ggml_mul, mul_mat => ggml_mul_mat,
+        get_rows => ggml_get_rows, repeat => ggml_repeat, cpy => ggml_cpy,
+    }
+
+    pub fn scale(&self, a: T, s: f32) -> T {
+        // SAFETY: as for unary ops.
+        T::new(unsafe { sys::ggml_scale(self.raw(), a.raw(), s) })
+    }
+
+    pub fn norm(&self, a: T, eps: f32) -> T {
+        // SAFETY: as for unary ops.
+        T::new(unsafe { sys::ggml_norm(self.raw(), a.raw(), eps) })
+    }
+
+    pub fn rms_norm(&self, a: T, eps: f32) -> T {
+        // SAFETY: as for unary ops.
+        T::new(unsafe { sys::ggml_rms_norm(self.raw(), a.raw(), eps) })
+    }
+
+    pub fn cast(&self, a: T, ty: Type) -> T {
+        // SAFETY: as for unary ops.
+        T::new(unsafe { sys::ggml_cast(self.raw(), a.raw(), ty) })
+    }
+
+    pub fn concat(&self, a: T, b: T, dim: i32) -> T {
+        // SAFETY: as for binary ops.
+        T::new(unsafe { sys::ggml_concat(self.raw(), a.raw(), b.raw(), dim) })
+    }
+
+    pub fn reshape(&self, a: T, ne: &[i64]) -> T {
+        // SAFETY: ggml asserts that a is contiguous and the element counts match.
+        T::new(unsafe {
+            match *ne {
+                [a0] => sys::ggml_reshape_1d(self.raw(), a.raw(), a0),
+                [a0, a1] => sys::ggml_reshape_2d(self.raw(), a.raw(), a0, a1),
+                [a0, a1, a2] => sys::ggml_reshape_3d(self.raw(), a.raw(), a0, a1, a2),
+                [a0, a1, a2, a3] => sys::ggml_reshape_4d(self.raw(), a.raw(), a0, a1, a2, a3),
+                _ => panic!("reshape to {} dims", ne.len()),
+            }
+        })
+    }
+
+    /// A view of `a` with shape `ne`, row strides `nb` (bytes, for dims 1..), at byte `offset`.
+    pub fn view(&self, a: T, ne: &[i64], nb: &[usize], offset: usize) -> T {
+        assert_eq!(nb.len() + 1, ne.len());
+        // SAFETY: ggml checks that the view stays inside a's data.
+        T::new(unsafe {
+            match (ne, nb) {
+                ([a0], []) => sys::ggml_view_1d(self.raw(), a.raw(), *a0, offset),
+                ([a0, a1], [b1]) => sys::ggml_view_2d(self.raw(), a.raw(), *a0, *a1, *b1, offset),
+                ([a0, a1, a2], [b1, b2]) => {
+                    sys::ggml_view_3d(self.raw(), a.raw(), *a0, *a1, *a2, *b1, *b2, offset)
+                }
+                _ => panic!("view of {} dims", ne.len()),
+            }
+        })
+    }
+
+    pub fn permute(&self, a: T, axes: [i32; 4]) -> T {
+        // SAFETY: ggml checks the axes.
+        T::new(unsafe {
+            sys::ggml_permute(self.raw(), a.raw(), axes[0], axes[1], axes[2], axes[3])
+        })
+    }
+
+    /// Unfolds a [L, IC] signal for a 1-D convolution with kernel `k` ([K, IC, OC]).
+    pub fn im2col_1d(&self, k: T, x: T, stride: i32, ty: Type) -> T {
+        // SAFETY: as for binary ops; no padding, no dilation.
+        T::new(unsafe {
+            sys::ggml_im2col(
+                self.raw(),
+                k.raw(),
+                x.raw(),
+                stride,
+                0,
+                0,
+                0,
+                1,
+                0,
+                false,
+                ty,
+            )
+        })
+    }
+
+    /// Scatter-adds [K*OC, T] columns into a [(T-1)*s + K, OC] signal.
+    pub fn col2im_1d(&self, cols: T, stride: i32, oc: i32) -> T {
+        // SAFETY: as for unary ops.
+        T::new(unsafe { sys::ggml_col2im_1d(self.raw(), cols.raw(), stride, oc, 0) })
+    }
+
+    pub fn repeat_4d(&self, a: T, ne: [i64; 4]) -> T {
+        // SAFETY: as for unary ops; ggml checks that a's shape divides ne.
+        T::new(unsafe { sys::ggml_repeat_4d(self.raw(), a.raw(), ne[0], ne[1], ne[2], ne[3]) })
+    }
+
+    pub fn pad_ext(&self, a: T, left0: i32, right0: i32) -> T {
+        // SAFETY: as for unary ops.
+        T::new(unsafe { sys::ggml_pad_ext(self.raw(), a.raw(), left0, right0, 0, 0, 0, 0, 0, 0) })
+    }
+
+    /// Writes rows of `src` into rows `idx` of `dst`; returns `dst` as modified.
+    pub fn set_rows(&self, dst: T, src: T, idx: T) -> T {
+        // SAFETY: as for binary ops.
+        T::new(unsafe { sys::ggml_set_rows(self.raw(), dst.raw(), src.raw(), idx.raw()) })
+    }
+
+    /// Rotary embedding of `a` ([head_dim, heads, T]) at positions `pos` (I32 [T]).
+    pub fn rope(&self, a: T, pos: T, n_dims: i32, mode: i32, base: f32) -> T {
+        // SAFETY: as for binary ops; no frequency factors, no context extension.
+        T::new(unsafe {
+            sys::ggml_rope_ext(
+                self.raw(),
+                a.raw(),
+                pos.raw(),
+                std::ptr::null_mut(),
+                n_dims,
+                mode,
+                0,
+                base,
+                1.0,
+                0.0,
+                1.0,
+                0.0,
+                0.0,
+            )
+        })
+    }
+
+    /// softmax(a * scale + mask) over rows.
+    pub fn soft_max_ext(&self, a: T, mask: Option<T>, scale: f32) -> T {
+        let m = mask.map_or(std::ptr::null_mut(), |m| m.raw());
+        // SAFETY: as for binary ops; the mask may be null.
+        T::new(unsafe { sys::ggml_soft_max_ext(self.raw(), a.raw(), m, scale, 0.0) })
+    }
+}
+
+impl Drop for Ctx {
+    fn drop(&mut self) {
+        // SAFETY: created by ggml_init in new(), freed once.
+        unsafe { sys::ggml_free(self.raw()) }
+    }
+}
+
+/// A compute graph in its own context, with its allocator: built once, run many times.
+pub struct Graph {
+    // Field order matters for Drop: the allocator's buffers go before the context.
+    galloc: NonNull<sys::ggml_gallocr>,
+    graph: NonNull<sys::ggml_cgraph>,
+    pub ctx: Ctx,
+}
+
+// SAFETY: used from one thread at a time through &mut self.
+unsafe impl Send for Graph {}
+
+impl Graph {
+    /// A graph context sized for `max_nodes` nodes.
+    pub fn new(max_nodes: usize) -> Graph {
+        let ctx = Ctx::new(max_nodes, max_nodes);
+        // SAFETY: the context has room for one graph of max_nodes nodes.
+        let graph = unsafe { sys::ggml_new_graph_custom(ctx.raw(), max_nodes, false) };
+        Graph {
+            galloc: NonNull::dangling(),
+            graph: NonNull::new(graph).expect("graph"),
+            ctx,
+        }
+    }
+
+    /// Adds `t` and everything it depends on, in dependency order.
+    pub fn expand(&self, t: T) {
+        // SAFETY: t belongs to self.ctx (callers build through self.ctx); the graph is sized.
+        unsafe { sys::ggml_build_forward_expand(self.graph.as_ptr(), t.raw()) }
+    }
+
+    /// Allocates every intermediate tensor on `backend`.
+    pub fn allocate(&mut self, backend: &Backend) -> Result<()> {
+        // SAFETY: the backend is valid; the allocator is freed in Drop.
+        unsafe {
+            let galloc =
+                sys::ggml_gallocr_new(sys::ggml_backend_get_default_buffer_type(backend.raw()));
+            let Some(galloc) = NonNull::new(galloc) else {
+                bail!("ggml_gallocr_new failed")
+            };
+            self.galloc = galloc;
+            ensure!(
+                sys::ggml_gallocr_alloc_graph(galloc.as_ptr(), self.graph.as_ptr()),
+                "graph allocation failed"
+            );
+        }
+        Ok(())
+    }
+
+    /// Bytes of the allocator's buffer.
+    pub fn buffer_bytes(&self) -> usize {
+        // SAFETY: allocated in allocate().
+        unsafe { sys::ggml_gallocr_get_buffer_size(self.galloc.as_ptr(), 0) }
+    }
+
+    pub fn n_nodes(&self) -> i32 {
+        // SAFETY: valid graph.
+        unsafe { sys::ggml_graph_n_nodes(self.graph.as_ptr()) }
+    }
+
+    pub fn compute(&mut self, backend: &Backend) -> Result<()> {
+        // SAFETY: the graph was allocated on this backend's buffer type.
+        let status = unsafe { sys::ggml_backend_graph_compute(backend.raw(), self.graph.as_ptr()) };
+        ensure!(
+            status == sys::GGML_STATUS_SUCCESS,
+            "ggml graph compute failed (status {status})"
+        );
+        Ok(())
+    }
+}
+
+impl Drop for Graph {
+    fn drop(&mut self) {
+        if self.galloc != NonNull::dangling() {
+            // SAFETY: created in allocate(), freed once; the graph's context is freed after.
+            unsafe { sys::ggml_gallocr_free(self.galloc.as_ptr()) }
+        }
+    }
+}
+
+/// A backend (CPU, or a GPU in CUDA builds).
+pub struct Backend {
+    raw: NonNull<sys::ggml_backend>,
+}
+
+// SAFETY: a backend is used by one thread at a time through its owner.
+unsafe impl Send for Backend {}
+
+impl Backend {
+    /// The CPU backend with `threads` threads.
+    pub fn cpu(threads: usize) -> Result<Backend> {
+        // SAFETY: plain constructor; freed in Drop.
+        let raw = unsafe { sys::ggml_backend_cpu_init() };
+        let Some(raw) = NonNull::new(raw) else {
+            bail!("ggml CPU backend failed to start")
+        };
+        // SAFETY: raw is a CPU backend.
+        unsafe { sys::ggml_backend_cpu_set_n_threads(raw.as_ptr(), threads.max(1) as i32) };
+        Ok(Backend { raw })
+    }
+
+    fn raw(&self) -> *mut sys::ggml_backend {
+        self.raw.as_ptr()
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        // SAFETY: created in cpu(), freed once after every buffer and graph using it.
+        unsafe { sys::ggml_backend_free(self.raw()) }
+    }
+}
+
+/// A backend buffer holding every tensor of a context (weights, streaming state).
+pub struct Buffer {
+    raw: NonNull<sys::ggml_backend_buffer>,
+}
+
+// SAFETY: owned by one component, used by one thread at a time.
+unsafe impl Send for Buffer {}
+
+impl Buffer {
+    /// Allocates all tensors of `ctx` on `backend` and zeroes them.
+    pub fn alloc(ctx: &Ctx, backend: &Backend) -> Result<Buffer> {
+        // SAFETY: ctx is a no_alloc context whose tensors get their data in this buffer.
+        let raw = unsafe { sys::ggml_backend_alloc_ctx_tensors(ctx.raw(), backend.raw()) };
+        let Some(raw) = NonNull::new(raw) else {
+            bail!("cannot allocate a ggml backend buffer")
+        };
+        let b = Buffer { raw };
+        b.clear();
+        Ok(b)
+    }
+
+    pub fn clear(&self) {
+        // SAFETY: valid buffer.
+        unsafe { sys::ggml_backend_buffer_clear(self.raw.as_ptr(), 0) }
+    }
+
+    pub fn bytes(&self) -> usize {
+        // SAFETY: valid buffer.
+        unsafe { sys::ggml_backend_buffer_get_size(self.raw.as_ptr()) }
+    }
+}
+
+impl Drop for Buffer {
+    fn drop(&mut self) {
+        // SAFETY: allocated in alloc(), freed once.
+        unsafe { sys::ggml_backend_buffer_free(self.raw.as_ptr()) }
+    }
+}

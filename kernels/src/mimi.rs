@@ -1,0 +1,1045 @@
+//! The Mimi codec on ggml, streaming: 24 kHz mono audio ⇄ 8 codebooks at 12.5 Hz, one or
+//! more 80 ms frames (1920 samples) per call.
+//!
+//! Every streaming state lives in persistent tensors (left context of each causal conv, the
+//! overlap tail of each transposed conv, the transformers' ring KV caches); each graph reads
+//! the old state and writes the new one in the same compute. A graph is built once per chunk
+//! size (frames per call) and reused with its allocator, so the per-frame path allocates
+//! nothing after warm-up.
+//!
+//! Layouts: SEANet signals are time-fastest `[T, C]` (what `im2col` unfolds and `col2im`
+//! produces); transformer and quantizer activations are channel-fastest `[C, T]`.
+//! A convolution is `im2col` + `mul_mat` (ggml_conv_1d would round f32 data through f16);
+//! a transposed convolution is `mul_mat` with weights re-laid-out once at load + `col2im_1d`
+//! (ggml's conv_transpose_1d re-arranges its whole kernel on every call).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use anyhow::{Result, ensure};
+use flm_conversion::GgmlType;
+use flm_conversion::model_files::{MIMI_ARCH, mimi_keys};
+use flm_conversion::plan::mimi_arch::*;
+
+use crate::ggml::{self, Backend, Buffer, Ctx, Graph, T};
+use crate::weights::{Weights, WeightsBuilder};
+
+/// Samples per code frame (80 ms at 24 kHz).
+pub const FRAME: usize = FRAME_SIZE as usize;
+/// Transformer steps per code frame (the SEANet latent runs at 25 Hz).
+const STEPS_PER_FRAME: usize = 2;
+const HEAD_DIM: usize = LATENT / HEADS;
+const MAX_NODES: usize = 4096;
+
+/// A causal conv of the SEANet: weight name prefix, kernel, stride, in and out channels.
+#[derive(Clone, Copy)]
+struct ConvSpec {
+    k: usize,
+    s: usize,
+    ic: usize,
+    oc: usize,
+}
+
+/// Persistent streaming state, one tensor per stateful layer.
+struct State {
+    tensors: HashMap<String, T>,
+    buffer: Buffer,
+    _ctx: Ctx,
+}
+
+impl State {
+    fn get(&self, name: &str) -> T {
+        self.tensors[name]
+    }
+}
+
+/// Host-side bookkeeping of one transformer's ring KV cache (as Kyutai's `RingKVCache`).
+struct Ring {
+    /// Position held by each slot, -1 when empty.
+    slot_pos: Vec<i64>,
+    /// Positions written so far.
+    end: i64,
+}
+
+impl Ring {
+    fn new() -> Ring {
+        Ring {
+            slot_pos: vec![-1; CONTEXT],
+            end: 0,
+        }
+    }
+
+    /// Claims slots for `n` new positions; fills their indices, the positions and the
+    /// attention mask ([CONTEXT, n]: 0 where key slot j is visible to query i, else -inf).
+    fn advance(&mut self, n: usize, slots: &mut [i32], pos: &mut [i32], mask: &mut [f32]) {
+        for i in 0..n {
+            let p = self.end + i as i64;
+            let slot = (p as usize) % CONTEXT;
+            self.slot_pos[slot] = p;
+            slots[i] = slot as i32;
+            pos[i] = p as i32;
+        }
+        for i in 0..n {
+            let q = self.end + i as i64;
+            for (j, &k) in self.slot_pos.iter().enumerate() {
+                let d = q - k;
+                let visible = k >= 0 && d >= 0 && d < CONTEXT as i64;
+                mask[i * CONTEXT + j] = if visible { 0.0 } else { f32::NEG_INFINITY };
+            }
+        }
+        self.end += n as i64;
+    }
+}
+
+/// Graph inputs and outputs of one direction for one chunk size.
+struct Step {
+    graph: Graph,
+    input: T,
+    outputs: Vec<T>,
+    slots: T,
+    pos: T,
+    mask: T,
+    first: Option<T>,
+}
+
+pub struct Mimi {
+    backend: Backend,
+    weights: Weights,
+    state: State,
+    weight_type: GgmlType,
+    encoders: HashMap<usize, Step>,
+    decoders: HashMap<usize, Step>,
+    enc_ring: Ring,
+    dec_ring: Ring,
+    enc_first: bool,
+    // Scratch for per-call inputs, sized for the largest chunk seen.
+    slots: Vec<i32>,
+    pos: Vec<i32>,
+    mask: Vec<f32>,
+}
+
+fn enc_convs() -> Vec<(String, ConvSpec)> {
+    let mut v = vec![(
+        "enc.0".to_string(),
+        ConvSpec {
+            k: KERNEL,
+            s: 1,
+            ic: CHANNELS,
+            oc: N_FILTERS,
+        },
+    )];
+    let mut dim = N_FILTERS;
+    for (i, &r) in RATIOS.iter().rev().enumerate() {
+        let n = ENC_RES[i];
+        v.push((
+            format!("enc.{n}.b1"),
+            ConvSpec {
+                k: RESIDUAL_KERNEL,
+                s: 1,
+                ic: dim,
+                oc: dim / COMPRESS,
+            },
+        ));
+        v.push((
+            format!("enc.{n}.b3"),
+            ConvSpec {
+                k: 1,
+                s: 1,
+                ic: dim / COMPRESS,
+                oc: dim,
+            },
+        ));
+        v.push((
+            format!("enc.{}", n + 2),
+            ConvSpec {
+                k: 2 * r,
+                s: r,
+                ic: dim,
+                oc: 2 * dim,
+            },
+        ));
+        dim *= 2;
+    }
+    v.push((
+        "enc.14".into(),
+        ConvSpec {
+            k: LAST_KERNEL,
+            s: 1,
+            ic: dim,
+            oc: LATENT,
+        },
+    ));
+    v.push((
+        "downsample".into(),
+        ConvSpec {
+            k: 4,
+            s: 2,
+            ic: LATENT,
+            oc: LATENT,
+        },
+    ));
+    v
+}
+
+/// Decoder convs; transposed ones are those at `DEC_RES - 1`.
+fn dec_convs() -> Vec<(String, ConvSpec, bool)> {
+    let mut dim = N_FILTERS << RATIOS.len();
+    let mut v = vec![(
+        "dec.0".to_string(),
+        ConvSpec {
+            k: KERNEL,
+            s: 1,
+            ic: LATENT,
+            oc: dim,
+        },
+        false,
+    )];
+    for (i, &r) in RATIOS.iter().enumerate() {
+        let n = DEC_RES[i] - 1;
+        v.push((
+            format!("dec.{n}"),
+            ConvSpec {
+                k: 2 * r,
+                s: r,
+                ic: dim,
+                oc: dim / 2,
+            },
+            true,
+        ));
+        dim /= 2;
+        v.push((
+            format!("dec.{}.b1", n + 1),
+            ConvSpec {
+                k: RESIDUAL_KERNEL,
+                s: 1,
+                ic: dim,
+                oc: dim / COMPRESS,
+            },
+            false,
+        ));
+        v.push((
+            format!("dec.{}.b3", n + 1),
+            ConvSpec {
+                k: 1,
+                s: 1,
+                ic: dim / COMPRESS,
+                oc: dim,
+            },
+            false,
+        ));
+    }
+    v.push((
+        "dec.14".into(),
+        ConvSpec {
+            k: LAST_KERNEL,
+            s: 1,
+            ic: dim,
+            oc: CHANNELS,
+        },
+        false,
+    ));
+    v
+}
+
+impl Mimi {
+    /// Loads `mimi.gguf` onto a CPU backend with `threads` threads.
+    pub fn load(path: &Path, threads: usize) -> Result<Mimi> {
+        let backend = Backend::cpu(threads)?;
+        let mut wb = WeightsBuilder::open(path)?;
+        let label = path.display().to_string();
+        let g = wb.gguf();
+        let arch = g
+            .get_str("general.architecture")
+            .map_err(|e| anyhow::anyhow!("{label}: {e}"))?;
+        ensure!(
+            arch == MIMI_ARCH,
+            "{label}: architecture `{arch}`, expected `{MIMI_ARCH}`"
+        );
+        for (key, want) in [
+            (mimi_keys::SAMPLE_RATE, SAMPLE_RATE as u64),
+            (mimi_keys::FRAME_SIZE, FRAME_SIZE as u64),
+            (mimi_keys::N_CODEBOOKS, N_CODEBOOKS as u64),
+            (mimi_keys::CODEBOOK_SIZE, CODEBOOK_SIZE as u64),
+            (mimi_keys::LATENT_DIM, LATENT as u64),
+            (mimi_keys::CONTEXT, CONTEXT as u64),
+        ] {
+            let have = g
+                .get_u64(key)
+                .map_err(|e| anyhow::anyhow!("{label}: {e}"))?;
+            ensure!(
+                have == want,
+                "{label}: `{key}` is {have}, this build supports {want}"
+            );
+        }
+        let i = |v: usize| v as i64;
+        let mut weight_type = GgmlType::F32;
+        for (name, c) in enc_convs() {
+            weight_type = wb.tensor(&format!("{name}.weight"), &[i(c.k), i(c.ic), i(c.oc)])?;
+            if name != "downsample" {
+                wb.tensor(&format!("{name}.bias"), &[i(c.oc)])?;
+            }
+        }
+        for (name, c, transposed) in dec_convs() {
+            wb.tensor(&format!("{name}.bias"), &[i(c.oc)])?;
+            if transposed {
+                // [K, OC, IC] → [IC, K*OC]: row (oc*K + k) holds the weights of every input channel.
+                let (bytes, ty) = wb.bytes(&format!("{name}.weight"))?;
+                let t = wb.gguf().tensor(&format!("{name}.weight")).unwrap();
+                let have: Vec<i64> = t.ne.iter().map(|&d| d as i64).collect();
+                ensure!(
+                    have == [i(c.k), i(c.oc), i(c.ic)],
+                    "{label}: tensor `{name}.weight` has shape {have:?}"
+                );
+                let es = ty.block_bytes() as usize;
+                ensure!(
+                    !ty.is_quantized(),
+                    "{label}: `{name}.weight` is {ty}, expected f32 or f16"
+                );
+                let mut out = vec![0u8; bytes.len()];
+                for ic in 0..c.ic {
+                    for row in 0..c.k * c.oc {
+                        let src = (ic * c.k * c.oc + row) * es;
+                        let dst = (row * c.ic + ic) * es;
+                        out[dst..dst + es].copy_from_slice(&bytes[src..src + es]);
+                    }
+                }
+                wb.host(
+                    &format!("{name}.weight_cols"),
+                    ty.id(),
+                    &[i(c.ic), i(c.k * c.oc)],
+                    out,
+                );
+            } else {
+                wb.tensor(&format!("{name}.weight"), &[i(c.k), i(c.ic), i(c.oc)])?;
+            }
+        }
+        wb.tensor("upsample.weight", &[4, 1, i(LATENT)])?;
+        for side in ["enc_tr", "dec_tr"] {
+            for l in 0..LAYERS {
+                let p = |s: &str| format!("{side}.{l}.{s}");
+                wb.tensor(&p("attn_qkv.weight"), &[i(LATENT), i(3 * LATENT)])?;
+                wb.tensor(&p("attn_out.weight"), &[i(LATENT), i(LATENT)])?;
+                for n in [
+                    "norm1.weight",
+                    "norm1.bias",
+                    "norm2.weight",
+                    "norm2.bias",
+                    "scale1",
+                    "scale2",
+                ] {
+                    wb.tensor(&p(n), &[i(LATENT)])?;
+                }
+                wb.tensor(&p("ffn_up.weight"), &[i(LATENT), i(FFN)])?;
+                wb.tensor(&p("ffn_down.weight"), &[i(FFN), i(LATENT)])?;
+            }
+        }
+        for g in ["first", "rest"] {
+            wb.tensor(
+                &format!("rvq.{g}.in_proj.weight"),
+                &[1, i(LATENT), i(CODEBOOK_DIM)],
+            )?;
+            wb.tensor(
+                &format!("rvq.{g}.out_proj.weight"),
+                &[1, i(CODEBOOK_DIM), i(LATENT)],
+            )?;
+        }
+        wb.tensor(
+            "rvq.codebook",
+            &[i(CODEBOOK_DIM), i(CODEBOOK_SIZE), i(N_CODEBOOKS)],
+        )?;
+        // Squared norms of the codebook vectors, for nearest-neighbour search by dot products.
+        let book = wb.f32s("rvq.codebook")?;
+        let norms: Vec<u8> = book
+            .chunks_exact(CODEBOOK_DIM)
+            .flat_map(|c| c.iter().map(|x| x * x).sum::<f32>().to_le_bytes())
+            .collect();
+        wb.host(
+            "rvq.codebook_norm",
+            ggml::F32,
+            &[i(CODEBOOK_SIZE), i(N_CODEBOOKS)],
+            norms,
+        );
+        let weights = wb.build(&backend)?;
+        let state = Self::new_state(&backend)?;
+        Ok(Mimi {
+            backend,
+            weights,
+            state,
+            weight_type,
+            encoders: HashMap::new(),
+            decoders: HashMap::new(),
+            enc_ring: Ring::new(),
+            dec_ring: Ring::new(),
+            enc_first: true,
+            slots: vec![],
+            pos: vec![],
+            mask: vec![],
+        })
+    }
+
+    fn new_state(backend: &Backend) -> Result<State> {
+        let mut decl: Vec<(String, Vec<i64>)> = vec![];
+        for (name, c) in enc_convs() {
+            if c.k > c.s {
+                decl.push((name, vec![(c.k - c.s) as i64, c.ic as i64]));
+            }
+        }
+        for (name, c, transposed) in dec_convs() {
+            if transposed {
+                decl.push((name, vec![(c.k - c.s) as i64, c.oc as i64]));
+            } else if c.k > c.s {
+                decl.push((name, vec![(c.k - c.s) as i64, c.ic as i64]));
+            }
+        }
+        decl.push(("upsample".into(), vec![2, LATENT as i64]));
+        for side in ["enc_tr", "dec_tr"] {
+            for l in 0..LAYERS {
+                for kv in ["k", "v"] {
+                    decl.push((
+                        format!("{side}.{l}.{kv}"),
+                        vec![LATENT as i64, CONTEXT as i64],
+                    ));
+                }
+            }
+        }
+        let ctx = Ctx::new(decl.len(), 0);
+        let tensors: HashMap<String, T> = decl
+            .iter()
+            .map(|(n, ne)| (n.clone(), ctx.new_tensor(ggml::F32, ne)))
+            .collect();
+        let buffer = Buffer::alloc(&ctx, backend)?;
+        Ok(State {
+            tensors,
+            buffer,
+            _ctx: ctx,
+        })
+    }
+
+    /// Starts a new stream: clears every state (both directions).
+    pub fn reset(&mut self) {
+        self.state.buffer.clear();
+        self.enc_ring = Ring::new();
+        self.dec_ring = Ring::new();
+        self.enc_first = true;
+    }
+
+    /// Bytes of weights on the backend.
+    pub fn weight_bytes(&self) -> usize {
+        self.weights.bytes()
+    }
+
+    /// Encodes `pcm` (a whole number of 1920-sample frames) into `codes`, frame-major
+    /// (`codes[f * 8 + q]`).
+    pub fn encode(&mut self, pcm: &[f32], codes: &mut [i32]) -> Result<()> {
+        ensure!(
+            !pcm.is_empty() && pcm.len() % FRAME == 0,
+            "Mimi encode: {} samples is not a whole number of frames",
+            pcm.len()
+        );
+        let frames = pcm.len() / FRAME;
+        ensure!(
+            codes.len() == frames * N_CODEBOOKS,
+            "Mimi encode: codes buffer of {} for {frames} frames",
+            codes.len()
+        );
+        ensure!(
+            frames * STEPS_PER_FRAME <= CONTEXT,
+            "Mimi encode: at most {} frames per call",
+            CONTEXT / STEPS_PER_FRAME
+        );
+        if !self.encoders.contains_key(&frames) {
+            let step = self.build_encoder(frames)?;
+            self.encoders.insert(frames, step);
+        }
+        let n = frames * STEPS_PER_FRAME;
+        self.scratch(n);
+        self.enc_ring.advance(
+            n,
+            &mut self.slots[..n],
+            &mut self.pos[..n],
+            &mut self.mask[..n * CONTEXT],
+        );
+        let step = self.encoders.get_mut(&frames).unwrap();
+        step.input.write(pcm);
+        step.slots.write(&self.slots[..n]);
+        step.pos.write(&self.pos[..n]);
+        step.mask.write(&self.mask[..n * CONTEXT]);
+        step.first
+            .unwrap()
+            .write(&[if self.enc_first { 1.0f32 } else { 0.0 }]);
+        step.graph.compute(&self.backend)?;
+        self.enc_first = false;
+        let mut q_codes = [0i32; 256];
+        for (q, out) in step.outputs.iter().enumerate() {
+            out.read(&mut q_codes[..frames.min(256)]);
+            for f in 0..frames {
+                codes[f * N_CODEBOOKS + q] = q_codes[f];
+            }
+        }
+        Ok(())
+    }
+
+    /// Decodes `codes` (frame-major, 8 per frame, each < 2048) into `pcm` (1920 per frame).
+    pub fn decode(&mut self, codes: &[i32], pcm: &mut [f32]) -> Result<()> {
+        ensure!(
+            !codes.is_empty() && codes.len() % N_CODEBOOKS == 0,
+            "Mimi decode: {} codes is not a whole number of frames",
+            codes.len()
+        );
+        let frames = codes.len() / N_CODEBOOKS;
+        ensure!(
+            pcm.len() == frames * FRAME,
+            "Mimi decode: pcm buffer of {} for {frames} frames",
+            pcm.len()
+        );
+        ensure!(
+            frames * STEPS_PER_FRAME <= CONTEXT,
+            "Mimi decode: at most {} frames per call",
+            CONTEXT / STEPS_PER_FRAME
+        );
+        if let Some(c) = codes
+            .iter()
+            .find(|&&c| c < 0 || c as usize >= CODEBOOK_SIZE)
+        {
+            anyhow::bail!("Mimi decode: code {c} is outside 0..{CODEBOOK_SIZE}");
+        }
+        if !self.decoders.contains_key(&frames) {
+            let step = self.build_decoder(frames)?;
+            self.decoders.insert(frames, step);
+        }
+        let n = frames * STEPS_PER_FRAME;
+        self.scratch(n);
+        self.dec_ring.advance(
+            n,
+            &mut self.slots[..n],
+            &mut self.pos[..n],
+            &mut self.mask[..n * CONTEXT],
+        );
+        let step = self.decoders.get_mut(&frames).unwrap();
+        // Codebook-major on the graph side: one contiguous row of frames per codebook.
+        let mut by_q = [0i32; 8 * 125];
+        for f in 0..frames {
+            for q in 0..N_CODEBOOKS {
+                by_q[q * frames + f] = codes[f * N_CODEBOOKS + q];
+            }
+        }
+        step.input.write(&by_q[..frames * N_CODEBOOKS]);
+        step.slots.write(&self.slots[..n]);
+        step.pos.write(&self.pos[..n]);
+        step.mask.write(&self.mask[..n * CONTEXT]);
+        step.graph.compute(&self.backend)?;
+        step.outputs[0].read(pcm);
+        Ok(())
+    }
+
+    /// Builds the graphs for `frames` frames per call ahead of time (warm-up).
+    pub fn prepare(&mut self, frames: usize) -> Result<()> {
+        if !self.encoders.contains_key(&frames) {
+            let s = self.build_encoder(frames)?;
+            self.encoders.insert(frames, s);
+        }
+        if !self.decoders.contains_key(&frames) {
+            let s = self.build_decoder(frames)?;
+            self.decoders.insert(frames, s);
+        }
+        Ok(())
+    }
+
+    fn scratch(&mut self, n: usize) {
+        if self.slots.len() < n {
+            self.slots.resize(n, 0);
+            self.pos.resize(n, 0);
+            self.mask.resize(n * CONTEXT, 0.0);
+        }
+    }
+
+    fn build_encoder(&self, frames: usize) -> Result<Step> {
+        let mut graph = Graph::new(MAX_NODES);
+        let n = frames * STEPS_PER_FRAME;
+        let (input, outputs, slots, pos, mask, first, writes) = {
+            let b = Builder {
+                g: &graph.ctx,
+                w: &self.weights,
+                s: &self.state,
+                f16: self.weight_type == GgmlType::F16,
+                writes: vec![],
+            };
+            let input =
+                b.g.new_tensor(ggml::F32, &[(frames * FRAME) as i64, 1])
+                    .set_input()
+                    .name("pcm");
+            let slots =
+                b.g.new_tensor(ggml::I32, &[n as i64])
+                    .set_input()
+                    .name("slots");
+            let pos =
+                b.g.new_tensor(ggml::I32, &[n as i64])
+                    .set_input()
+                    .name("pos");
+            let mask =
+                b.g.new_tensor(ggml::F32, &[CONTEXT as i64, n as i64])
+                    .set_input()
+                    .name("mask");
+            let first = b.g.new_tensor(ggml::F32, &[1, 1]).set_input().name("first");
+            let mut b = b;
+            let mut h = b.conv(input, "enc.0", enc_convs()[0].1, true);
+            let mut dim = N_FILTERS;
+            for (i, &r) in RATIOS.iter().rev().enumerate() {
+                let n_ = ENC_RES[i];
+                h = b.resblock(h, &format!("enc.{n_}"), dim);
+                h = b.g.elu(h);
+                h = b.conv(
+                    h,
+                    &format!("enc.{}", n_ + 2),
+                    ConvSpec {
+                        k: 2 * r,
+                        s: r,
+                        ic: dim,
+                        oc: 2 * dim,
+                    },
+                    true,
+                );
+                dim *= 2;
+            }
+            h = b.g.elu(h);
+            h = b.conv(
+                h,
+                "enc.14",
+                ConvSpec {
+                    k: LAST_KERNEL,
+                    s: 1,
+                    ic: dim,
+                    oc: LATENT,
+                },
+                true,
+            );
+            // [2F, 512] → [512, 2F] for the transformer.
+            let mut x = b.g.cont(b.g.transpose(h));
+            x = b.transformer(x, "enc_tr", slots, pos, mask);
+            let xt = b.g.cont(b.g.transpose(x));
+            let z = b.downsample(xt, first);
+            let latent = b.g.cont(b.g.transpose(z));
+            let outputs = b.rvq_encode(latent);
+            (
+                input,
+                outputs,
+                slots,
+                pos,
+                mask,
+                Some(first),
+                std::mem::take(&mut b.writes),
+            )
+        };
+        for o in &outputs {
+            graph.expand(*o);
+        }
+        // State writes go last, after every read of the old state.
+        for w in writes {
+            graph.expand(w);
+        }
+        graph.allocate(&self.backend)?;
+        Ok(Step {
+            graph,
+            input,
+            outputs,
+            slots,
+            pos,
+            mask,
+            first,
+        })
+    }
+
+    fn build_decoder(&self, frames: usize) -> Result<Step> {
+        let mut graph = Graph::new(MAX_NODES);
+        let n = frames * STEPS_PER_FRAME;
+        let (input, outputs, slots, pos, mask, writes) = {
+            let mut b = Builder {
+                g: &graph.ctx,
+                w: &self.weights,
+                s: &self.state,
+                f16: self.weight_type == GgmlType::F16,
+                writes: vec![],
+            };
+            let input =
+                b.g.new_tensor(ggml::I32, &[(frames * N_CODEBOOKS) as i64])
+                    .set_input()
+                    .name("codes");
+            let slots =
+                b.g.new_tensor(ggml::I32, &[n as i64])
+                    .set_input()
+                    .name("slots");
+            let pos =
+                b.g.new_tensor(ggml::I32, &[n as i64])
+                    .set_input()
+                    .name("pos");
+            let mask =
+                b.g.new_tensor(ggml::F32, &[CONTEXT as i64, n as i64])
+                    .set_input()
+                    .name("mask");
+            let latent = b.rvq_decode(input, frames);
+            let up = b.upsample(latent, frames);
+            let mut x = b.g.cont(b.g.transpose(up));
+            x = b.transformer(x, "dec_tr", slots, pos, mask);
+            let mut h = b.g.cont(b.g.transpose(x));
+            let convs = dec_convs();
+            h = b.conv(h, "dec.0", convs[0].1, true);
+            let mut dim = N_FILTERS << RATIOS.len();
+            for (i, &r) in RATIOS.iter().enumerate() {
+                let n_ = DEC_RES[i] - 1;
+                h = b.g.elu(h);
+                h = b.conv_transpose(
+                    h,
+                    &format!("dec.{n_}"),
+                    ConvSpec {
+                        k: 2 * r,
+                        s: r,
+                        ic: dim,
+                        oc: dim / 2,
+                    },
+                );
+                dim /= 2;
+                h = b.resblock(h, &format!("dec.{}", n_ + 1), dim);
+            }
+            h = b.g.elu(h);
+            h = b.conv(
+                h,
+                "dec.14",
+                ConvSpec {
+                    k: LAST_KERNEL,
+                    s: 1,
+                    ic: dim,
+                    oc: CHANNELS,
+                },
+                true,
+            );
+            let pcm = h.set_output().name("pcm_out");
+            (
+                input,
+                vec![pcm],
+                slots,
+                pos,
+                mask,
+                std::mem::take(&mut b.writes),
+            )
+        };
+        for o in &outputs {
+            graph.expand(*o);
+        }
+        for w in writes {
+            graph.expand(w);
+        }
+        graph.allocate(&self.backend)?;
+        Ok(Step {
+            graph,
+            input,
+            outputs,
+            slots,
+            pos,
+            mask,
+            first: None,
+        })
+    }
+}
+
+/// Builds Mimi graph pieces into one graph context.
+struct Builder<'a> {
+    g: &'a Ctx,
+    w: &'a Weights,
+    s: &'a State,
+    /// f16 weights: unfold activations to f16 too (ggml's f16 matmul wants both sides f16).
+    f16: bool,
+    /// State updates, expanded after the outputs.
+    writes: Vec<T>,
+}
+
+impl Builder<'_> {
+    fn col_type(&self) -> ggml::Type {
+        if self.f16 { ggml::F16 } else { ggml::F32 }
+    }
+
+    /// Causal conv of `x` ([L, IC], time-fastest) → [L/s, OC]. The left context (K−s input
+    /// samples) comes from the state; the last K−s samples become the new state.
+    fn conv_with(&mut self, x: T, name: &str, c: ConvSpec, state: Option<(T, T)>, bias: bool) -> T {
+        let g = self.g;
+        let w = self.w.get(&format!("{name}.weight"));
+        let l = x.ne()[0] as usize;
+        let xc = match state {
+            Some((left, st)) => {
+                let cat = g.concat(left, x, 0);
+                let tail = g.view(
+                    cat,
+                    &[(c.k - c.s) as i64, c.ic as i64],
+                    &[cat.nb()[1]],
+                    l * 4,
+                );
+                self.writes.push(g.cpy(tail, st));
+                cat
+            }
+            None => x,
+        };
+        let cols = g.im2col_1d(w, xc, c.s as i32, self.col_type());
+        let w2 = g.reshape(w, &[(c.k * c.ic) as i64, c.oc as i64]);
+        let mut y = g.mul_mat(cols, w2);
+        if bias {
+            let b = self.w.get(&format!("{name}.bias"));
+            y = g.add(y, g.reshape(b, &[1, c.oc as i64]));
+        }
+        y
+    }
+
+    fn conv(&mut self, x: T, name: &str, c: ConvSpec, bias: bool) -> T {
+        let state = (c.k > c.s).then(|| (self.s.get(name), self.s.get(name)));
+        self.conv_with(x, name, c, state, bias)
+    }
+
+    /// SEANet residual block: x + conv1(elu(conv3(elu(x)))).
+    fn resblock(&mut self, x: T, name: &str, dim: usize) -> T {
+        let h = self.g.elu(x);
+        let h = self.conv(
+            h,
+            &format!("{name}.b1"),
+            ConvSpec {
+                k: RESIDUAL_KERNEL,
+                s: 1,
+                ic: dim,
+                oc: dim / COMPRESS,
+            },
+            true,
+        );
+        let h = self.g.elu(h);
+        let h = self.conv(
+            h,
+            &format!("{name}.b3"),
+            ConvSpec {
+                k: 1,
+                s: 1,
+                ic: dim / COMPRESS,
+                oc: dim,
+            },
+            true,
+        );
+        self.g.add(x, h)
+    }
+
+    /// Streaming transposed conv of `x` ([L, IC], time-fastest) → [L·s, OC]: columns by one
+    /// matmul, overlap-added by col2im; the first K−s outputs receive the tail held back from
+    /// the previous call, the last K−s are held back (without bias) for the next.
+    fn conv_transpose(&mut self, x: T, name: &str, c: ConvSpec) -> T {
+        let g = self.g;
+        let l = x.ne()[0] as usize;
+        let xt = g.cont(g.transpose(x));
+        let xt = if self.f16 { g.cast(xt, ggml::F16) } else { xt };
+        let cols = g.mul_mat(self.w.get(&format!("{name}.weight_cols")), xt);
+        let full = g.col2im_1d(cols, c.s as i32, c.oc as i32);
+        let b = self.w.get(&format!("{name}.bias"));
+        let y = self.overlap_add(full, name, l * c.s, c.k - c.s, c.oc);
+        g.add(y, g.reshape(b, &[1, c.oc as i64]))
+    }
+
+    /// The first `emit` samples of `full` ([emit + tail, C], time-fastest) plus the held-back
+    /// tail; the last `tail` samples become the new held-back tail.
+    fn overlap_add(&mut self, full: T, state: &str, emit: usize, tail: usize, ch: usize) -> T {
+        let g = self.g;
+        let st = self.s.get(state);
+        let nb1 = full.nb()[1];
+        let head = g.view(full, &[emit as i64, ch as i64], &[nb1], 0);
+        let rest = g.view(full, &[tail as i64, ch as i64], &[nb1], emit * 4);
+        let y = g.add(head, g.pad_ext(st, 0, (emit - tail) as i32));
+        self.writes.push(g.cpy(rest, st));
+        y
+    }
+
+    /// Learned ×2 down-sample (k4 s2, no bias): at the first call its left context is the
+    /// first sample repeated (Kyutai's `pad_mode="replicate"`), later the state.
+    fn downsample(&mut self, x: T, first: T) -> T {
+        let g = self.g;
+        let st = self.s.get("downsample");
+        let x0 = g.view(x, &[1, LATENT as i64], &[x.nb()[1]], 0);
+        let init = g.repeat_4d(x0, [2, LATENT as i64, 1, 1]);
+        let left = g.add(st, g.mul(g.sub(init, st), first));
+        self.conv_with(
+            x,
+            "downsample",
+            ConvSpec {
+                k: 4,
+                s: 2,
+                ic: LATENT,
+                oc: LATENT,
+            },
+            Some((left, st)),
+            false,
+        )
+    }
+
+    /// Learned depthwise ×2 up-sample (transposed conv, k4 s2, one filter per channel) of
+    /// `x` ([512, F], channel-fastest) → [2F, 512] time-fastest.
+    fn upsample(&mut self, x: T, frames: usize) -> T {
+        let g = self.g;
+        let mut w = g.reshape(self.w.get("upsample.weight"), &[4, LATENT as i64, 1]);
+        if self.f16 {
+            // Element-wise ops take f32 operands; 2K values.
+            w = g.cast(w, ggml::F32);
+        }
+        let xr = g.reshape(x, &[1, LATENT as i64, frames as i64]);
+        let cols = g.mul(g.repeat_4d(xr, [4, LATENT as i64, frames as i64, 1]), w);
+        let cols = g.reshape(cols, &[(4 * LATENT) as i64, frames as i64]);
+        let full = g.col2im_1d(cols, 2, LATENT as i32);
+        self.overlap_add(full, "upsample", 2 * frames, 2, LATENT)
+    }
+
+    /// 8 pre-norm layers with LayerScale over `x` ([512, N], channel-fastest).
+    fn transformer(&mut self, mut x: T, side: &str, slots: T, pos: T, mask: T) -> T {
+        let g = self.g;
+        let n = x.ne()[1];
+        let (d, h, c) = (HEAD_DIM as i64, HEADS as i64, CONTEXT as i64);
+        for l in 0..LAYERS {
+            let w = |s: &str| self.w.get(&format!("{side}.{l}.{s}"));
+            let y = g.add(
+                g.mul(g.norm(x, NORM_EPS), w("norm1.weight")),
+                w("norm1.bias"),
+            );
+            let qkv = g.mul_mat(w("attn_qkv.weight"), y);
+            let part = |i: usize| {
+                let v = g.view(
+                    qkv,
+                    &[d, h, n],
+                    &[(HEAD_DIM * 4), qkv.nb()[1]],
+                    i * LATENT * 4,
+                );
+                g.cont(v)
+            };
+            let q = g.rope(
+                part(0),
+                pos,
+                HEAD_DIM as i32,
+                ggml::ROPE_NORMAL,
+                ROPE_MAX_PERIOD,
+            );
+            let k = g.rope(
+                part(1),
+                pos,
+                HEAD_DIM as i32,
+                ggml::ROPE_NORMAL,
+                ROPE_MAX_PERIOD,
+            );
+            let v = part(2);
+            let kc = g.set_rows(
+                self.s.get(&format!("{side}.{l}.k")),
+                g.reshape(k, &[LATENT as i64, n]),
+                slots,
+            );
+            let vc = g.set_rows(
+                self.s.get(&format!("{side}.{l}.v")),
+                g.reshape(v, &[LATENT as i64, n]),
+                slots,
+            );
+            let kk = g.permute(
+                g.view(kc, &[d, h, c], &[HEAD_DIM * 4, LATENT * 4], 0),
+                [0, 2, 1, 3],
+            );
+            let qq = g.permute(q, [0, 2, 1, 3]);
+            let kq = g.soft_max_ext(
+                g.mul_mat(kk, qq),
+                Some(mask),
+                1.0 / (HEAD_DIM as f32).sqrt(),
+            );
+            let vv = g.cont(g.permute(
+                g.view(vc, &[d, h, c], &[HEAD_DIM * 4, LATENT * 4], 0),
+                [1, 2, 0, 3],
+            ));
+            let kqv = g.mul_mat(vv, kq);
+            let o = g.reshape(g.cont(g.permute(kqv, [0, 2, 1, 3])), &[LATENT as i64, n]);
+            let attn = g.mul_mat(w("attn_out.weight"), o);
+            x = g.add(x, g.mul(attn, w("scale1")));
+            let y = g.add(
+                g.mul(g.norm(x, NORM_EPS), w("norm2.weight")),
+                w("norm2.bias"),
+            );
+            let f = g.mul_mat(
+                w("ffn_down.weight"),
+                g.gelu_erf(g.mul_mat(w("ffn_up.weight"), y)),
+            );
+            x = g.add(x, g.mul(f, w("scale2")));
+        }
+        x
+    }
+
+    fn codebook(&self, q: usize) -> (T, T) {
+        let g = self.g;
+        let book = self.w.get("rvq.codebook");
+        let norms = self.w.get("rvq.codebook_norm");
+        let b = g.view(
+            book,
+            &[CODEBOOK_DIM as i64, CODEBOOK_SIZE as i64],
+            &[CODEBOOK_DIM * 4],
+            q * CODEBOOK_DIM * CODEBOOK_SIZE * 4,
+        );
+        let nrm = g.view(
+            norms,
+            &[CODEBOOK_SIZE as i64, 1],
+            &[CODEBOOK_SIZE * 4],
+            q * CODEBOOK_SIZE * 4,
+        );
+        (b, nrm)
+    }
+
+    fn project(&self, name: &str, x: T, ic: usize, oc: usize) -> T {
+        let w = self.g.reshape(self.w.get(name), &[ic as i64, oc as i64]);
+        self.g.mul_mat(w, x)
+    }
+
+    /// Split RVQ: codebook 0 quantizes the semantic projection, codebooks 1..7 the residuals
+    /// of the acoustic projection of the same latent. Nearest neighbour by L2 distance, as
+    /// argmax of 2·x·c − |c|². One I32 [F] output per codebook.
+    fn rvq_encode(&mut self, latent: T) -> Vec<T> {
+        let g = self.g;
+        let mut outs = vec![];
+        let nearest = |r: T, q: usize| {
+            let (b, nrm) = self.codebook(q);
+            let score = g.sub(g.scale(g.mul_mat(b, r), 2.0), nrm);
+            let code = g.argmax(score);
+            (code, b)
+        };
+        let z = self.project("rvq.first.in_proj.weight", latent, LATENT, CODEBOOK_DIM);
+        let (code, _) = nearest(z, 0);
+        outs.push(code.set_output());
+        let mut r = self.project("rvq.rest.in_proj.weight", latent, LATENT, CODEBOOK_DIM);
+        for q in 1..N_CODEBOOKS {
+            let (code, b) = nearest(r, q);
+            outs.push(code.set_output());
+            if q + 1 < N_CODEBOOKS {
+                r = g.sub(r, g.get_rows(b, code));
+            }
+        }
+        outs
+    }
+
+    /// Sum of the selected codebook vectors of each group through its output projection.
+    fn rvq_decode(&mut self, codes: T, frames: usize) -> T {
+        let g = self.g;
+        let code = |q: usize| g.view(codes, &[frames as i64], &[], q * frames * 4);
+        let (b0, _) = self.codebook(0);
+        let first = self.project(
+            "rvq.first.out_proj.weight",
+            g.get_rows(b0, code(0)),
+            CODEBOOK_DIM,
+            LATENT,
+        );
+        let mut sum = None;
+        for q in 1..N_CODEBOOKS {
+            let (b, _) = self.codebook(q);
+            let e = g.get_rows(b, code(q));
+            sum = Some(match sum {
+                None => e,
+                Some(s) => g.add(s, e),
+            });
+        }
+        let rest = self.project(
+            "rvq.rest.out_proj.weight",
+            sum.unwrap(),
+            CODEBOOK_DIM,
+            LATENT,
+        );
+        g.add(first, rest)
+    }
+}

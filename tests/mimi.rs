@@ -1,0 +1,119 @@
+//! Mimi on ggml against Kyutai's PyTorch reference (golden files in tests/golden/mimi, made by
+//! tests/golden/make_mimi_golden.py from the seed-1 checkpoint of the test kit).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+use flm_kernels::mimi::{FRAME, Mimi};
+
+const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/mimi");
+
+fn golden_codes() -> (Vec<i32>, usize) {
+    let bytes = std::fs::read(Path::new(GOLDEN).join("codes.npy")).unwrap();
+    let npy = npyz::NpyFile::new(&bytes[..]).unwrap();
+    let shape = npy.shape().to_vec();
+    assert_eq!(shape[0], 8);
+    let t = shape[1] as usize;
+    let by_q: Vec<i32> = npy.into_vec().unwrap();
+    // [8, T] → frame-major.
+    let mut codes = vec![0; 8 * t];
+    for q in 0..8 {
+        for f in 0..t {
+            codes[f * 8 + q] = by_q[q * t + f];
+        }
+    }
+    (codes, t)
+}
+
+fn golden_decoded() -> Vec<f32> {
+    let bytes = std::fs::read(Path::new(GOLDEN).join("decoded.npy")).unwrap();
+    npyz::NpyFile::new(&bytes[..]).unwrap().into_vec().unwrap()
+}
+
+fn speech() -> Vec<f32> {
+    let mut r = hound::WavReader::open(Path::new(GOLDEN).join("speech.wav")).unwrap();
+    r.samples::<i16>()
+        .map(|s| s.unwrap() as f32 / 32768.0)
+        .collect()
+}
+
+/// The seed-1 Mimi converted at `dtype`.
+fn mimi_gguf(dtype: &str) -> PathBuf {
+    let out = scratch(&format!("mimi-{dtype}"));
+    let run = convert(
+        checkpoints(1),
+        &out,
+        &["--quant", "q8_0", "--mimi-dtype", dtype],
+    );
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    out.join("mimi.gguf")
+}
+
+fn snr_db(reference: &[f32], got: &[f32]) -> f64 {
+    let sig: f64 = reference.iter().map(|&x| (x as f64).powi(2)).sum();
+    let err: f64 = reference
+        .iter()
+        .zip(got)
+        .map(|(&a, &b)| (a as f64 - b as f64).powi(2))
+        .sum();
+    10.0 * (sig / err.max(1e-30)).log10()
+}
+
+fn check(dtype: &str, min_equal: f64, min_snr: f64) {
+    let (want, frames) = golden_codes();
+    assert!(frames >= 100);
+    let pcm = speech();
+    let mut mimi = Mimi::load(&mimi_gguf(dtype), 2).unwrap();
+    let mut codes = vec![0i32; frames * 8];
+    for f in 0..frames {
+        mimi.encode(
+            &pcm[f * FRAME..(f + 1) * FRAME],
+            &mut codes[f * 8..(f + 1) * 8],
+        )
+        .unwrap();
+    }
+    let equal = codes.iter().zip(&want).filter(|(a, b)| a == b).count() as f64 / codes.len() as f64;
+    let first_diff = codes.iter().zip(&want).position(|(a, b)| a != b);
+    eprintln!(
+        "{dtype}: {:.2} % of codes equal (first difference at {first_diff:?})",
+        100.0 * equal
+    );
+    assert!(
+        equal >= min_equal,
+        "{dtype}: only {:.2} % of codes equal the reference",
+        100.0 * equal
+    );
+
+    let reference = golden_decoded();
+    let mut out = vec![0f32; frames * FRAME];
+    for f in 0..frames {
+        mimi.decode(
+            &want[f * 8..(f + 1) * 8],
+            &mut out[f * FRAME..(f + 1) * FRAME],
+        )
+        .unwrap();
+    }
+    let snr = snr_db(&reference, &out);
+    eprintln!("{dtype}: decode SNR {snr:.1} dB");
+    assert!(
+        snr >= min_snr,
+        "{dtype}: decode SNR {snr:.1} dB < {min_snr}"
+    );
+}
+
+#[test]
+fn f32_weights_match_the_reference() {
+    // Codes: f32 arithmetic in another summation order flips only near-ties.
+    check("f32", 0.99, 40.0);
+}
+
+#[test]
+fn f16_weights_stay_close_to_the_reference() {
+    check("f16", 0.95, 25.0);
+}
