@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use flm_conversion::{ConvertOptions, Gguf, MimiDtype, Quant};
-use flm_edge::{inspect, model_dir::ModelDir};
+use flm_edge::{bench, codes_npy, inspect, model_dir::ModelDir, wav};
+use flm_kernels::mimi::{FRAME, Mimi};
 
 #[derive(Parser)]
 #[command(
@@ -47,6 +48,76 @@ enum Cmd {
         #[arg(required = true, value_name = "FILE.gguf|MODEL_DIR")]
         paths: Vec<PathBuf>,
     },
+    /// The Mimi codec alone: audio to codes and back, streaming one 80 ms frame at a time.
+    Mimi {
+        #[command(subcommand)]
+        cmd: MimiCmd,
+    },
+    /// Benchmarks of the real-time stages.
+    Bench {
+        #[command(subcommand)]
+        cmd: BenchCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum MimiCmd {
+    /// Any PCM WAV (8–48 kHz, mono or stereo) to int32 codes [8, T] in a .npy file.
+    Encode {
+        /// A model folder or its mimi.gguf.
+        #[arg(long, value_name = "MODEL_DIR|mimi.gguf")]
+        model: PathBuf,
+        #[arg(long, value_name = "in.wav")]
+        input: PathBuf,
+        #[arg(long, value_name = "codes.npy")]
+        output: PathBuf,
+        /// CPU threads (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
+    /// Codes [8, T] (.npy, int32 or int64) to a 24 kHz mono WAV, 1920 samples per frame.
+    Decode {
+        #[arg(long, value_name = "MODEL_DIR|mimi.gguf")]
+        model: PathBuf,
+        #[arg(long, value_name = "codes.npy")]
+        input: PathBuf,
+        #[arg(long, value_name = "out.wav")]
+        output: PathBuf,
+        #[arg(long)]
+        threads: Option<usize>,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Streaming Mimi encode and decode, ms per 80 ms frame (median, p99), on the CPU backend.
+    Mimi {
+        #[arg(long, value_name = "MODEL_DIR|mimi.gguf")]
+        model: PathBuf,
+        /// Timed frames (after 10 warm-up frames).
+        #[arg(long, default_value_t = 200)]
+        frames: usize,
+        #[arg(long)]
+        threads: Option<usize>,
+    },
+}
+
+fn threads(t: Option<usize>) -> usize {
+    t.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    })
+}
+
+/// The Mimi file of a model folder (checked against its siblings) or a mimi.gguf path.
+fn mimi_path(model: &std::path::Path) -> Result<PathBuf> {
+    if model.is_dir() {
+        let m = ModelDir::open(model)?;
+        Ok(m.path(flm_conversion::model_files::MIMI_FILE))
+    } else {
+        Ok(model.to_path_buf())
+    }
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -96,6 +167,87 @@ fn run(cli: Cli) -> Result<()> {
                     println!("== {}\n{}", p.display(), inspect::render(&g));
                 }
             }
+        }
+        Cmd::Mimi {
+            cmd:
+                MimiCmd::Encode {
+                    model,
+                    input,
+                    output,
+                    threads: t,
+                },
+        } => {
+            let pcm = wav::read_mono_24k(&input)?;
+            let mut mimi = Mimi::load(&mimi_path(&model)?, threads(t))?;
+            // A last partial frame is completed with silence.
+            let frames = pcm.len().div_ceil(FRAME);
+            let mut padded = pcm;
+            padded.resize(frames * FRAME, 0.0);
+            let mut codes = vec![0i32; frames * 8];
+            for f in 0..frames {
+                mimi.encode(
+                    &padded[f * FRAME..(f + 1) * FRAME],
+                    &mut codes[f * 8..(f + 1) * 8],
+                )?;
+            }
+            codes_npy::write(&output, &codes)?;
+            eprintln!("{} frames encoded to {}", frames, output.display());
+        }
+        Cmd::Mimi {
+            cmd:
+                MimiCmd::Decode {
+                    model,
+                    input,
+                    output,
+                    threads: t,
+                },
+        } => {
+            let codes = codes_npy::read(&input)?;
+            let mut mimi = Mimi::load(&mimi_path(&model)?, threads(t))?;
+            let frames = codes.len() / 8;
+            let mut pcm = vec![0f32; frames * FRAME];
+            for f in 0..frames {
+                mimi.decode(
+                    &codes[f * 8..(f + 1) * 8],
+                    &mut pcm[f * FRAME..(f + 1) * FRAME],
+                )?;
+            }
+            wav::write_mono_24k(&output, &pcm)?;
+            eprintln!("{} frames decoded to {}", frames, output.display());
+        }
+        Cmd::Bench {
+            cmd:
+                BenchCmd::Mimi {
+                    model,
+                    frames,
+                    threads: t,
+                },
+        } => {
+            let n = threads(t);
+            let mut mimi = Mimi::load(&mimi_path(&model)?, n)?;
+            let r = bench::mimi(&mut mimi, frames.max(1), 10, n)?;
+            let total = r.encode.median + r.decode.median;
+            println!(
+                "Mimi streaming, CPU backend, {} threads, {} frames of 80 ms (warm)",
+                r.threads, r.frames
+            );
+            println!(
+                "  encode  median {:6.2} ms  p99 {:6.2} ms  max {:6.2} ms",
+                r.encode.median, r.encode.p99, r.encode.max
+            );
+            println!(
+                "  decode  median {:6.2} ms  p99 {:6.2} ms  max {:6.2} ms",
+                r.decode.median, r.decode.p99, r.decode.max
+            );
+            println!(
+                "  encode + decode median {:.2} ms per 80 ms frame: real-time factor {:.3}",
+                total,
+                total / 80.0
+            );
+            println!(
+                "  weights {:.1} MiB",
+                r.weight_bytes as f64 / (1 << 20) as f64
+            );
         }
     }
     Ok(())
