@@ -99,6 +99,9 @@ enum BenchCmd {
         frames: usize,
         #[arg(long)]
         threads: Option<usize>,
+        /// Also time each graph node alone and list the most expensive ops.
+        #[arg(long)]
+        ops: bool,
     },
 }
 
@@ -221,10 +224,15 @@ fn run(cli: Cli) -> Result<()> {
                     model,
                     frames,
                     threads: t,
+                    ops,
                 },
         } => {
             let n = threads(t);
             let mut mimi = Mimi::load(&mimi_path(&model)?, n)?;
+            if ops {
+                bench::print_ops(mimi.profile(20)?);
+                mimi.reset();
+            }
             let r = bench::mimi(&mut mimi, frames.max(1), 10, n)?;
             let total = r.encode.median + r.decode.median;
             println!(

@@ -65,10 +65,14 @@ impl T {
         unsafe { sys::ggml_nbytes(self.raw()) }
     }
 
-    /// Marks an input of a graph (allocated first, never overwritten by other nodes).
+    /// Marks an input of a graph: allocated first, and (flagged as an output too) never
+    /// reused for other nodes, so it still holds its values after a compute.
     pub fn set_input(self) -> Self {
-        // SAFETY: valid tensor; only sets a flag.
-        unsafe { sys::ggml_set_input(self.raw()) };
+        // SAFETY: valid tensor; only sets flags.
+        unsafe {
+            sys::ggml_set_input(self.raw());
+            sys::ggml_set_output(self.raw());
+        }
         self
     }
 
@@ -393,6 +397,45 @@ impl Graph {
             "ggml graph compute failed (status {status})"
         );
         Ok(())
+    }
+}
+
+impl Graph {
+    /// Times every node on its own (a developer tool: `bench mimi --ops`): op description,
+    /// output shape, and microseconds averaged over `reps` runs.
+    pub fn profile(&mut self, backend: &Backend, reps: usize) -> Result<Vec<(String, [i64; 4], f64)>> {
+        let scratch = Ctx::new(0, 1);
+        // SAFETY: the scratch context has room for one graph of one node.
+        let one = unsafe { sys::ggml_new_graph_custom(scratch.raw(), 1, false) };
+        let mut out = vec![];
+        for i in 0..self.n_nodes() {
+            // SAFETY: i < n_nodes; the one-node graph reuses the node's already allocated
+            // tensors, so computing it reads and writes only them.
+            let node = unsafe {
+                let node = sys::ggml_graph_node(self.graph.as_ptr(), i);
+                sys::ggml_graph_add_node(one, node);
+                node
+            };
+            if std::env::var_os("FLM_PROFILE_TRACE").is_some() {
+                // SAFETY: valid node; static string.
+                eprintln!("node {i}: {:?}", unsafe { std::ffi::CStr::from_ptr(sys::ggml_op_desc(node)) });
+            }
+            let t0 = std::time::Instant::now();
+            for _ in 0..reps.max(1) {
+                // SAFETY: as above.
+                let status = unsafe { sys::ggml_backend_graph_compute(backend.raw(), one) };
+                ensure!(status == sys::GGML_STATUS_SUCCESS, "profile compute failed");
+            }
+            let us = t0.elapsed().as_secs_f64() * 1e6 / reps.max(1) as f64;
+            // SAFETY: node is valid; ggml_op_desc returns a static string.
+            let desc = unsafe { std::ffi::CStr::from_ptr(sys::ggml_op_desc(node)) }.to_string_lossy().into_owned();
+            // SAFETY: valid node.
+            let ne = unsafe { (*node).ne };
+            out.push((desc, ne, us));
+            // SAFETY: empties the scratch graph for the next node.
+            unsafe { sys::ggml_graph_clear(one) };
+        }
+        Ok(out)
     }
 }
 

@@ -106,7 +106,6 @@ pub struct Mimi {
     backend: Backend,
     weights: Weights,
     state: State,
-    weight_type: GgmlType,
     encoders: HashMap<usize, Step>,
     decoders: HashMap<usize, Step>,
     enc_ring: Ring,
@@ -119,126 +118,81 @@ pub struct Mimi {
 }
 
 fn enc_convs() -> Vec<(String, ConvSpec)> {
-    let mut v = vec![(
-        "enc.0".to_string(),
-        ConvSpec {
-            k: KERNEL,
-            s: 1,
-            ic: CHANNELS,
-            oc: N_FILTERS,
-        },
-    )];
+    let mut v = vec![("enc.0".to_string(), ConvSpec { k: KERNEL, s: 1, ic: CHANNELS, oc: N_FILTERS })];
     let mut dim = N_FILTERS;
     for (i, &r) in RATIOS.iter().rev().enumerate() {
         let n = ENC_RES[i];
-        v.push((
-            format!("enc.{n}.b1"),
-            ConvSpec {
-                k: RESIDUAL_KERNEL,
-                s: 1,
-                ic: dim,
-                oc: dim / COMPRESS,
-            },
-        ));
-        v.push((
-            format!("enc.{n}.b3"),
-            ConvSpec {
-                k: 1,
-                s: 1,
-                ic: dim / COMPRESS,
-                oc: dim,
-            },
-        ));
-        v.push((
-            format!("enc.{}", n + 2),
-            ConvSpec {
-                k: 2 * r,
-                s: r,
-                ic: dim,
-                oc: 2 * dim,
-            },
-        ));
+        v.push((format!("enc.{n}.b1"), ConvSpec { k: RESIDUAL_KERNEL, s: 1, ic: dim, oc: dim / COMPRESS }));
+        v.push((format!("enc.{n}.b3"), ConvSpec { k: 1, s: 1, ic: dim / COMPRESS, oc: dim }));
+        v.push((format!("enc.{}", n + 2), ConvSpec { k: 2 * r, s: r, ic: dim, oc: 2 * dim }));
         dim *= 2;
     }
-    v.push((
-        "enc.14".into(),
-        ConvSpec {
-            k: LAST_KERNEL,
-            s: 1,
-            ic: dim,
-            oc: LATENT,
-        },
-    ));
-    v.push((
-        "downsample".into(),
-        ConvSpec {
-            k: 4,
-            s: 2,
-            ic: LATENT,
-            oc: LATENT,
-        },
-    ));
+    v.push(("enc.14".into(), ConvSpec { k: LAST_KERNEL, s: 1, ic: dim, oc: LATENT }));
+    v.push(("downsample".into(), ConvSpec { k: 4, s: 2, ic: LATENT, oc: LATENT }));
     v
 }
 
 /// Decoder convs; transposed ones are those at `DEC_RES - 1`.
 fn dec_convs() -> Vec<(String, ConvSpec, bool)> {
     let mut dim = N_FILTERS << RATIOS.len();
-    let mut v = vec![(
-        "dec.0".to_string(),
-        ConvSpec {
-            k: KERNEL,
-            s: 1,
-            ic: LATENT,
-            oc: dim,
-        },
-        false,
-    )];
+    let mut v = vec![("dec.0".to_string(), ConvSpec { k: KERNEL, s: 1, ic: LATENT, oc: dim }, false)];
     for (i, &r) in RATIOS.iter().enumerate() {
         let n = DEC_RES[i] - 1;
-        v.push((
-            format!("dec.{n}"),
-            ConvSpec {
-                k: 2 * r,
-                s: r,
-                ic: dim,
-                oc: dim / 2,
-            },
-            true,
-        ));
+        v.push((format!("dec.{n}"), ConvSpec { k: 2 * r, s: r, ic: dim, oc: dim / 2 }, true));
         dim /= 2;
-        v.push((
-            format!("dec.{}.b1", n + 1),
-            ConvSpec {
-                k: RESIDUAL_KERNEL,
-                s: 1,
-                ic: dim,
-                oc: dim / COMPRESS,
-            },
-            false,
-        ));
-        v.push((
-            format!("dec.{}.b3", n + 1),
-            ConvSpec {
-                k: 1,
-                s: 1,
-                ic: dim / COMPRESS,
-                oc: dim,
-            },
-            false,
-        ));
+        v.push((format!("dec.{}.b1", n + 1), ConvSpec { k: RESIDUAL_KERNEL, s: 1, ic: dim, oc: dim / COMPRESS }, false));
+        v.push((format!("dec.{}.b3", n + 1), ConvSpec { k: 1, s: 1, ic: dim / COMPRESS, oc: dim }, false));
     }
-    v.push((
-        "dec.14".into(),
-        ConvSpec {
-            k: LAST_KERNEL,
-            s: 1,
-            ic: dim,
-            oc: CHANNELS,
-        },
-        false,
-    ));
+    v.push(("dec.14".into(), ConvSpec { k: LAST_KERNEL, s: 1, ic: dim, oc: CHANNELS }, false));
     v
+}
+
+/// The first conv has one input channel: it is unfolded by `im2col` instead of split into
+/// taps, with a zero tap in front so that the unfolded rows (8) suit the SIMD matmul.
+const FIRST_CONV_TAPS: usize = KERNEL + 1;
+
+/// Left context (samples) a causal conv keeps between calls.
+fn conv_context(name: &str, c: ConvSpec) -> usize {
+    if name == "enc.0" { FIRST_CONV_TAPS - c.s } else { c.k - c.s }
+}
+
+/// Re-lays a conv weight (ggml [K, IC, OC]) out as K/s matrices of [IC·s, OC]: matrix j
+/// holds taps j·s .. j·s+s−1, tap-major, so that a stride-s conv over a channel-fastest
+/// signal viewed as [IC·s, T/s] is a sum of K/s matmuls on shifted contiguous views.
+fn conv_taps(bytes: &[u8], es: usize, c: ConvSpec) -> Vec<u8> {
+    let g = c.s;
+    let mut out = vec![0u8; bytes.len()];
+    for k in 0..c.k {
+        let (j, p) = (k / g, k % g);
+        for ic in 0..c.ic {
+            for oc in 0..c.oc {
+                let src = (oc * c.ic * c.k + ic * c.k + k) * es;
+                let dst = (j * c.ic * g * c.oc + oc * c.ic * g + p * c.ic + ic) * es;
+                out[dst..dst + es].copy_from_slice(&bytes[src..src + es]);
+            }
+        }
+    }
+    out
+}
+
+/// Re-lays a transposed-conv weight (ggml [K, OC, IC], K = 2s) out as two matrices of
+/// [IC, s·OC]: the first gives output samples t·s + j of input t, the second those of the
+/// next input's span (t+1)·s + j.
+fn conv_transpose_halves(bytes: &[u8], es: usize, c: ConvSpec) -> Vec<u8> {
+    let s = c.s;
+    let mut out = vec![0u8; bytes.len()];
+    for h in 0..2 {
+        for j in 0..s {
+            for oc in 0..c.oc {
+                for ic in 0..c.ic {
+                    let src = (ic * c.oc * c.k + oc * c.k + h * s + j) * es;
+                    let dst = (h * c.ic * s * c.oc + (j * c.oc + oc) * c.ic + ic) * es;
+                    out[dst..dst + es].copy_from_slice(&bytes[src..src + es]);
+                }
+            }
+        }
+    }
+    out
 }
 
 impl Mimi {
@@ -273,47 +227,53 @@ impl Mimi {
         }
         let i = |v: usize| v as i64;
         let mut weight_type = GgmlType::F32;
-        for (name, c) in enc_convs() {
-            weight_type = wb.tensor(&format!("{name}.weight"), &[i(c.k), i(c.ic), i(c.oc)])?;
+        let mut decl_conv = |wb: &mut WeightsBuilder, name: &str, c: ConvSpec, transposed: bool| -> Result<()> {
+            let wname = format!("{name}.weight");
+            let t = wb.gguf().tensor(&wname).ok_or_else(|| anyhow::anyhow!("{label}: tensor `{wname}` is missing"))?;
+            let have: Vec<i64> = t.ne.iter().map(|&d| d as i64).collect();
+            let want = if transposed { [i(c.k), i(c.oc), i(c.ic)] } else { [i(c.k), i(c.ic), i(c.oc)] };
+            ensure!(have == want, "{label}: tensor `{wname}` has shape {have:?}, expected {want:?}");
+            let (bytes, ty) = wb.bytes(&wname)?;
+            ensure!(!ty.is_quantized(), "{label}: `{wname}` is {ty}, expected f32 or f16");
+            weight_type = ty;
+            let es = ty.block_bytes() as usize;
+            if transposed {
+                let out = conv_transpose_halves(bytes, es, c);
+                wb.host(&format!("{name}.halves"), ty.id(), &[i(c.ic), i(c.s * c.oc), 2], out);
+            } else if name == "enc.0" {
+                // One input channel: a zero tap in front, unfolded by im2col.
+                let mut out = vec![0u8; es * FIRST_CONV_TAPS * c.oc];
+                for oc in 0..c.oc {
+                    let dst = (oc * FIRST_CONV_TAPS + 1) * es;
+                    out[dst..dst + c.k * es].copy_from_slice(&bytes[oc * c.k * es..(oc + 1) * c.k * es]);
+                }
+                wb.host(&format!("{name}.taps"), ty.id(), &[i(FIRST_CONV_TAPS), 1, i(c.oc)], out);
+            } else {
+                let out = conv_taps(bytes, es, c);
+                wb.host(&format!("{name}.taps"), ty.id(), &[i(c.ic * c.s), i(c.oc), i(c.k / c.s)], out);
+            }
             if name != "downsample" {
                 wb.tensor(&format!("{name}.bias"), &[i(c.oc)])?;
             }
+            Ok(())
+        };
+        for (name, c) in enc_convs() {
+            decl_conv(&mut wb, &name, c, false)?;
         }
         for (name, c, transposed) in dec_convs() {
-            wb.tensor(&format!("{name}.bias"), &[i(c.oc)])?;
-            if transposed {
-                // [K, OC, IC] → [IC, K*OC]: row (oc*K + k) holds the weights of every input channel.
-                let (bytes, ty) = wb.bytes(&format!("{name}.weight"))?;
-                let t = wb.gguf().tensor(&format!("{name}.weight")).unwrap();
-                let have: Vec<i64> = t.ne.iter().map(|&d| d as i64).collect();
-                ensure!(
-                    have == [i(c.k), i(c.oc), i(c.ic)],
-                    "{label}: tensor `{name}.weight` has shape {have:?}"
-                );
-                let es = ty.block_bytes() as usize;
-                ensure!(
-                    !ty.is_quantized(),
-                    "{label}: `{name}.weight` is {ty}, expected f32 or f16"
-                );
-                let mut out = vec![0u8; bytes.len()];
-                for ic in 0..c.ic {
-                    for row in 0..c.k * c.oc {
-                        let src = (ic * c.k * c.oc + row) * es;
-                        let dst = (row * c.ic + ic) * es;
-                        out[dst..dst + es].copy_from_slice(&bytes[src..src + es]);
-                    }
-                }
-                wb.host(
-                    &format!("{name}.weight_cols"),
-                    ty.id(),
-                    &[i(c.ic), i(c.k * c.oc)],
-                    out,
-                );
-            } else {
-                wb.tensor(&format!("{name}.weight"), &[i(c.k), i(c.ic), i(c.oc)])?;
+            decl_conv(&mut wb, &name, c, transposed)?;
+        }
+        // Depthwise up-sample [4, 1, C] → [C, 2, 2]: taps 0,1 then taps 2,3, channel-fastest.
+        let up = wb.f32s("upsample.weight")?;
+        ensure!(up.len() == 4 * LATENT, "{label}: tensor `upsample.weight` has {} values", up.len());
+        let mut halves = vec![0f32; 4 * LATENT];
+        for c in 0..LATENT {
+            for k in 0..4 {
+                halves[k * LATENT + c] = up[c * 4 + k];
             }
         }
-        wb.tensor("upsample.weight", &[4, 1, i(LATENT)])?;
+        let halves: Vec<u8> = halves.iter().flat_map(|x| x.to_le_bytes()).collect();
+        wb.host("upsample.halves", ggml::F32, &[i(LATENT), 2, 2], halves);
         for side in ["enc_tr", "dec_tr"] {
             for l in 0..LAYERS {
                 let p = |s: &str| format!("{side}.{l}.{s}");
@@ -365,7 +325,6 @@ impl Mimi {
             backend,
             weights,
             state,
-            weight_type,
             encoders: HashMap::new(),
             decoders: HashMap::new(),
             enc_ring: Ring::new(),
@@ -380,18 +339,19 @@ impl Mimi {
     fn new_state(backend: &Backend) -> Result<State> {
         let mut decl: Vec<(String, Vec<i64>)> = vec![];
         for (name, c) in enc_convs() {
-            if c.k > c.s {
-                decl.push((name, vec![(c.k - c.s) as i64, c.ic as i64]));
+            let ctx_len = conv_context(&name, c);
+            if ctx_len > 0 {
+                decl.push((name, vec![c.ic as i64, ctx_len as i64]));
             }
         }
         for (name, c, transposed) in dec_convs() {
             if transposed {
-                decl.push((name, vec![(c.k - c.s) as i64, c.oc as i64]));
+                decl.push((name, vec![c.oc as i64, (c.k - c.s) as i64]));
             } else if c.k > c.s {
-                decl.push((name, vec![(c.k - c.s) as i64, c.ic as i64]));
+                decl.push((name.clone(), vec![c.ic as i64, conv_context(&name, c) as i64]));
             }
         }
-        decl.push(("upsample".into(), vec![2, LATENT as i64]));
+        decl.push(("upsample".into(), vec![LATENT as i64, 2]));
         for side in ["enc_tr", "dec_tr"] {
             for l in 0..LAYERS {
                 for kv in ["k", "v"] {
@@ -545,6 +505,18 @@ impl Mimi {
         Ok(())
     }
 
+    /// Per-node timings of the one-frame encoder and decoder graphs (state is not advanced
+    /// consistently while profiling: reset before real use).
+    pub fn profile(&mut self, reps: usize) -> Result<Vec<(String, [i64; 4], f64)>> {
+        // One real call of each sets every graph input.
+        let mut codes = [0i32; N_CODEBOOKS];
+        self.encode(&[0.0; FRAME], &mut codes)?;
+        self.decode(&codes, &mut [0.0; FRAME])?;
+        let mut out = self.encoders.get_mut(&1).unwrap().graph.profile(&self.backend, reps)?;
+        out.extend(self.decoders.get_mut(&1).unwrap().graph.profile(&self.backend, reps)?);
+        Ok(out)
+    }
+
     fn scratch(&mut self, n: usize) {
         if self.slots.len() < n {
             self.slots.resize(n, 0);
@@ -556,80 +528,28 @@ impl Mimi {
     fn build_encoder(&self, frames: usize) -> Result<Step> {
         let mut graph = Graph::new(MAX_NODES);
         let n = frames * STEPS_PER_FRAME;
-        let (input, outputs, slots, pos, mask, first, writes) = {
-            let b = Builder {
-                g: &graph.ctx,
-                w: &self.weights,
-                s: &self.state,
-                f16: self.weight_type == GgmlType::F16,
-                writes: vec![],
-            };
-            let input =
-                b.g.new_tensor(ggml::F32, &[(frames * FRAME) as i64, 1])
-                    .set_input()
-                    .name("pcm");
-            let slots =
-                b.g.new_tensor(ggml::I32, &[n as i64])
-                    .set_input()
-                    .name("slots");
-            let pos =
-                b.g.new_tensor(ggml::I32, &[n as i64])
-                    .set_input()
-                    .name("pos");
-            let mask =
-                b.g.new_tensor(ggml::F32, &[CONTEXT as i64, n as i64])
-                    .set_input()
-                    .name("mask");
-            let first = b.g.new_tensor(ggml::F32, &[1, 1]).set_input().name("first");
-            let mut b = b;
-            let mut h = b.conv(input, "enc.0", enc_convs()[0].1, true);
-            let mut dim = N_FILTERS;
-            for (i, &r) in RATIOS.iter().rev().enumerate() {
-                let n_ = ENC_RES[i];
-                h = b.resblock(h, &format!("enc.{n_}"), dim);
-                h = b.g.elu(h);
-                h = b.conv(
-                    h,
-                    &format!("enc.{}", n_ + 2),
-                    ConvSpec {
-                        k: 2 * r,
-                        s: r,
-                        ic: dim,
-                        oc: 2 * dim,
-                    },
-                    true,
-                );
-                dim *= 2;
-            }
+        let mut b = Builder { g: &graph.ctx, w: &self.weights, s: &self.state, writes: vec![] };
+        let input = b.g.new_tensor(ggml::F32, &[1, (frames * FRAME) as i64]).set_input().name("pcm");
+        let slots = b.g.new_tensor(ggml::I32, &[n as i64]).set_input().name("slots");
+        let pos = b.g.new_tensor(ggml::I32, &[n as i64]).set_input().name("pos");
+        let mask = b.g.new_tensor(ggml::F32, &[CONTEXT as i64, n as i64]).set_input().name("mask");
+        let first = b.g.new_tensor(ggml::F32, &[1, 1]).set_input().name("first");
+        let convs = enc_convs();
+        let mut h = b.first_conv(input, "enc.0", convs[0].1);
+        let mut dim = N_FILTERS;
+        for (i, &r) in RATIOS.iter().rev().enumerate() {
+            let n_ = ENC_RES[i];
+            h = b.resblock(h, &format!("enc.{n_}"), dim);
             h = b.g.elu(h);
-            h = b.conv(
-                h,
-                "enc.14",
-                ConvSpec {
-                    k: LAST_KERNEL,
-                    s: 1,
-                    ic: dim,
-                    oc: LATENT,
-                },
-                true,
-            );
-            // [2F, 512] → [512, 2F] for the transformer.
-            let mut x = b.g.cont(b.g.transpose(h));
-            x = b.transformer(x, "enc_tr", slots, pos, mask);
-            let xt = b.g.cont(b.g.transpose(x));
-            let z = b.downsample(xt, first);
-            let latent = b.g.cont(b.g.transpose(z));
-            let outputs = b.rvq_encode(latent);
-            (
-                input,
-                outputs,
-                slots,
-                pos,
-                mask,
-                Some(first),
-                std::mem::take(&mut b.writes),
-            )
-        };
+            h = b.conv(h, &format!("enc.{}", n_ + 2), ConvSpec { k: 2 * r, s: r, ic: dim, oc: 2 * dim });
+            dim *= 2;
+        }
+        h = b.g.elu(h);
+        h = b.conv(h, "enc.14", ConvSpec { k: LAST_KERNEL, s: 1, ic: dim, oc: LATENT });
+        h = b.transformer(h, "enc_tr", slots, pos, mask);
+        let latent = b.downsample(h, first);
+        let outputs = b.rvq_encode(latent);
+        let writes = std::mem::take(&mut b.writes);
         for o in &outputs {
             graph.expand(*o);
         }
@@ -638,90 +558,34 @@ impl Mimi {
             graph.expand(w);
         }
         graph.allocate(&self.backend)?;
-        Ok(Step {
-            graph,
-            input,
-            outputs,
-            slots,
-            pos,
-            mask,
-            first,
-        })
+        Ok(Step { graph, input, outputs, slots, pos, mask, first: Some(first) })
     }
 
     fn build_decoder(&self, frames: usize) -> Result<Step> {
         let mut graph = Graph::new(MAX_NODES);
         let n = frames * STEPS_PER_FRAME;
-        let (input, outputs, slots, pos, mask, writes) = {
-            let mut b = Builder {
-                g: &graph.ctx,
-                w: &self.weights,
-                s: &self.state,
-                f16: self.weight_type == GgmlType::F16,
-                writes: vec![],
-            };
-            let input =
-                b.g.new_tensor(ggml::I32, &[(frames * N_CODEBOOKS) as i64])
-                    .set_input()
-                    .name("codes");
-            let slots =
-                b.g.new_tensor(ggml::I32, &[n as i64])
-                    .set_input()
-                    .name("slots");
-            let pos =
-                b.g.new_tensor(ggml::I32, &[n as i64])
-                    .set_input()
-                    .name("pos");
-            let mask =
-                b.g.new_tensor(ggml::F32, &[CONTEXT as i64, n as i64])
-                    .set_input()
-                    .name("mask");
-            let latent = b.rvq_decode(input, frames);
-            let up = b.upsample(latent, frames);
-            let mut x = b.g.cont(b.g.transpose(up));
-            x = b.transformer(x, "dec_tr", slots, pos, mask);
-            let mut h = b.g.cont(b.g.transpose(x));
-            let convs = dec_convs();
-            h = b.conv(h, "dec.0", convs[0].1, true);
-            let mut dim = N_FILTERS << RATIOS.len();
-            for (i, &r) in RATIOS.iter().enumerate() {
-                let n_ = DEC_RES[i] - 1;
-                h = b.g.elu(h);
-                h = b.conv_transpose(
-                    h,
-                    &format!("dec.{n_}"),
-                    ConvSpec {
-                        k: 2 * r,
-                        s: r,
-                        ic: dim,
-                        oc: dim / 2,
-                    },
-                );
-                dim /= 2;
-                h = b.resblock(h, &format!("dec.{}", n_ + 1), dim);
-            }
+        let mut b = Builder { g: &graph.ctx, w: &self.weights, s: &self.state, writes: vec![] };
+        let input = b.g.new_tensor(ggml::I32, &[(frames * N_CODEBOOKS) as i64]).set_input().name("codes");
+        let slots = b.g.new_tensor(ggml::I32, &[n as i64]).set_input().name("slots");
+        let pos = b.g.new_tensor(ggml::I32, &[n as i64]).set_input().name("pos");
+        let mask = b.g.new_tensor(ggml::F32, &[CONTEXT as i64, n as i64]).set_input().name("mask");
+        let latent = b.rvq_decode(input, frames);
+        let mut h = b.upsample(latent, frames);
+        h = b.transformer(h, "dec_tr", slots, pos, mask);
+        let convs = dec_convs();
+        h = b.conv(h, "dec.0", convs[0].1);
+        let mut dim = N_FILTERS << RATIOS.len();
+        for (i, &r) in RATIOS.iter().enumerate() {
+            let n_ = DEC_RES[i] - 1;
             h = b.g.elu(h);
-            h = b.conv(
-                h,
-                "dec.14",
-                ConvSpec {
-                    k: LAST_KERNEL,
-                    s: 1,
-                    ic: dim,
-                    oc: CHANNELS,
-                },
-                true,
-            );
-            let pcm = h.set_output().name("pcm_out");
-            (
-                input,
-                vec![pcm],
-                slots,
-                pos,
-                mask,
-                std::mem::take(&mut b.writes),
-            )
-        };
+            h = b.conv_transpose(h, &format!("dec.{n_}"), ConvSpec { k: 2 * r, s: r, ic: dim, oc: dim / 2 });
+            dim /= 2;
+            h = b.resblock(h, &format!("dec.{}", n_ + 1), dim);
+        }
+        h = b.g.elu(h);
+        h = b.conv(h, "dec.14", ConvSpec { k: LAST_KERNEL, s: 1, ic: dim, oc: CHANNELS });
+        let outputs = vec![h.set_output().name("pcm_out")];
+        let writes = std::mem::take(&mut b.writes);
         for o in &outputs {
             graph.expand(*o);
         }
@@ -729,162 +593,146 @@ impl Mimi {
             graph.expand(w);
         }
         graph.allocate(&self.backend)?;
-        Ok(Step {
-            graph,
-            input,
-            outputs,
-            slots,
-            pos,
-            mask,
-            first: None,
-        })
+        Ok(Step { graph, input, outputs, slots, pos, mask, first: None })
     }
 }
 
-/// Builds Mimi graph pieces into one graph context.
+/// Builds Mimi graph pieces into one graph context. Signals are channel-fastest [C, T].
 struct Builder<'a> {
     g: &'a Ctx,
     w: &'a Weights,
     s: &'a State,
-    /// f16 weights: unfold activations to f16 too (ggml's f16 matmul wants both sides f16).
-    f16: bool,
     /// State updates, expanded after the outputs.
     writes: Vec<T>,
 }
 
 impl Builder<'_> {
-    fn col_type(&self) -> ggml::Type {
-        if self.f16 { ggml::F16 } else { ggml::F32 }
+    /// Prepends the left context `left` ([IC, ctx]) to `x` ([IC, L]) and queues the write of
+    /// the last `ctx` samples into the state tensor `st`.
+    fn with_context(&mut self, x: T, left: T, st: T) -> T {
+        let g = self.g;
+        let (ic, l, ctx) = (x.ne()[0], x.ne()[1], left.ne()[1]);
+        let cat = g.concat(left, x, 1);
+        let tail = g.view(cat, &[ic, ctx], &[cat.nb()[1]], (l * ic * 4) as usize);
+        self.writes.push(g.cpy(tail, st));
+        cat
     }
 
-    /// Causal conv of `x` ([L, IC], time-fastest) → [L/s, OC]. The left context (K−s input
-    /// samples) comes from the state; the last K−s samples become the new state.
-    fn conv_with(&mut self, x: T, name: &str, c: ConvSpec, state: Option<(T, T)>, bias: bool) -> T {
+    /// Causal conv of `x` ([IC, L]) → [OC, L/s], with left context from the state or given.
+    /// A stride-s conv with K = n·s taps is n matmuls over the signal viewed as [IC·s, ·]
+    /// (each column a block of s samples), shifted by one block each.
+    fn conv_left(&mut self, x: T, name: &str, c: ConvSpec, left: Option<(T, T)>) -> T {
         let g = self.g;
-        let w = self.w.get(&format!("{name}.weight"));
-        let l = x.ne()[0] as usize;
-        let xc = match state {
-            Some((left, st)) => {
-                let cat = g.concat(left, x, 0);
-                let tail = g.view(
-                    cat,
-                    &[(c.k - c.s) as i64, c.ic as i64],
-                    &[cat.nb()[1]],
-                    l * 4,
-                );
-                self.writes.push(g.cpy(tail, st));
-                cat
-            }
+        let l = x.ne()[1] as usize;
+        let xc = match left {
+            Some((left, st)) => self.with_context(x, left, st),
             None => x,
         };
-        let cols = g.im2col_1d(w, xc, c.s as i32, self.col_type());
-        let w2 = g.reshape(w, &[(c.k * c.ic) as i64, c.oc as i64]);
-        let mut y = g.mul_mat(cols, w2);
-        if bias {
-            let b = self.w.get(&format!("{name}.bias"));
-            y = g.add(y, g.reshape(b, &[1, c.oc as i64]));
+        let blocks = xc.ne()[1] as usize / c.s;
+        let xr = g.reshape(xc, &[(c.ic * c.s) as i64, blocks as i64]);
+        let taps = self.w.get(&format!("{name}.taps"));
+        let row = c.ic * c.s;
+        let mut y: Option<T> = None;
+        for j in 0..c.k / c.s {
+            let wj = g.view(taps, &[row as i64, c.oc as i64], &[taps.nb()[1]], j * taps.nb()[2]);
+            let xj = g.view(xr, &[row as i64, (l / c.s) as i64], &[xr.nb()[1]], j * xr.nb()[1]);
+            let p = g.mul_mat(wj, xj);
+            y = Some(match y {
+                None => p,
+                Some(acc) => g.add(acc, p),
+            });
         }
-        y
+        y.expect("at least one tap")
     }
 
-    fn conv(&mut self, x: T, name: &str, c: ConvSpec, bias: bool) -> T {
-        let state = (c.k > c.s).then(|| (self.s.get(name), self.s.get(name)));
-        self.conv_with(x, name, c, state, bias)
+    fn conv(&mut self, x: T, name: &str, c: ConvSpec) -> T {
+        let left = (c.k > c.s).then(|| (self.s.get(name), self.s.get(name)));
+        let y = self.conv_left(x, name, c, left);
+        self.bias(y, name, c.oc)
+    }
+
+    fn bias(&self, y: T, name: &str, oc: usize) -> T {
+        let b = self.w.get(&format!("{name}.bias"));
+        self.g.add(y, self.g.reshape(b, &[oc as i64, 1]))
+    }
+
+    /// The one-channel input conv: unfolded by im2col (8 taps, the first zero).
+    fn first_conv(&mut self, x: T, name: &str, c: ConvSpec) -> T {
+        let g = self.g;
+        let st = self.s.get(name);
+        let xc = self.with_context(x, st, st);
+        let taps = self.w.get(&format!("{name}.taps"));
+        let signal = g.reshape(xc, &[xc.ne()[1], 1]);
+        let cols = g.im2col_1d(taps, signal, 1, ggml::F32);
+        let y = g.mul_mat(g.reshape(taps, &[FIRST_CONV_TAPS as i64, c.oc as i64]), cols);
+        self.bias(y, name, c.oc)
     }
 
     /// SEANet residual block: x + conv1(elu(conv3(elu(x)))).
     fn resblock(&mut self, x: T, name: &str, dim: usize) -> T {
         let h = self.g.elu(x);
-        let h = self.conv(
-            h,
-            &format!("{name}.b1"),
-            ConvSpec {
-                k: RESIDUAL_KERNEL,
-                s: 1,
-                ic: dim,
-                oc: dim / COMPRESS,
-            },
-            true,
-        );
+        let h = self.conv(h, &format!("{name}.b1"), ConvSpec { k: RESIDUAL_KERNEL, s: 1, ic: dim, oc: dim / COMPRESS });
         let h = self.g.elu(h);
-        let h = self.conv(
-            h,
-            &format!("{name}.b3"),
-            ConvSpec {
-                k: 1,
-                s: 1,
-                ic: dim / COMPRESS,
-                oc: dim,
-            },
-            true,
-        );
+        let h = self.conv(h, &format!("{name}.b3"), ConvSpec { k: 1, s: 1, ic: dim / COMPRESS, oc: dim });
         self.g.add(x, h)
     }
 
-    /// Streaming transposed conv of `x` ([L, IC], time-fastest) → [L·s, OC]: columns by one
-    /// matmul, overlap-added by col2im; the first K−s outputs receive the tail held back from
-    /// the previous call, the last K−s are held back (without bias) for the next.
+    /// Streaming transposed conv (K = 2s) of `x` ([IC, L]) → [OC, L·s]. Input t contributes
+    /// `a` to outputs t·s.. and `b` to the next span (t+1)·s..; the `b` of the last input is
+    /// held back for the next call.
     fn conv_transpose(&mut self, x: T, name: &str, c: ConvSpec) -> T {
         let g = self.g;
-        let l = x.ne()[0] as usize;
-        let xt = g.cont(g.transpose(x));
-        let xt = if self.f16 { g.cast(xt, ggml::F16) } else { xt };
-        let cols = g.mul_mat(self.w.get(&format!("{name}.weight_cols")), xt);
-        let full = g.col2im_1d(cols, c.s as i32, c.oc as i32);
-        let b = self.w.get(&format!("{name}.bias"));
-        let y = self.overlap_add(full, name, l * c.s, c.k - c.s, c.oc);
-        g.add(y, g.reshape(b, &[1, c.oc as i64]))
+        let l = x.ne()[1];
+        let halves = self.w.get(&format!("{name}.halves"));
+        let half = |h: usize| {
+            let w = g.view(halves, &[c.ic as i64, (c.s * c.oc) as i64], &[halves.nb()[1]], h * halves.nb()[2]);
+            g.reshape(g.mul_mat(w, x), &[c.oc as i64, c.s as i64 * l])
+        };
+        let (a, b) = (half(0), half(1));
+        let y = self.overlap(a, b, name, c.s);
+        self.bias(y, name, c.oc)
     }
 
-    /// The first `emit` samples of `full` ([emit + tail, C], time-fastest) plus the held-back
-    /// tail; the last `tail` samples become the new held-back tail.
-    fn overlap_add(&mut self, full: T, state: &str, emit: usize, tail: usize, ch: usize) -> T {
+    /// a + (b delayed by one span of `s` samples), with the held-back span as the first.
+    fn overlap(&mut self, a: T, b: T, state: &str, s: usize) -> T {
         let g = self.g;
         let st = self.s.get(state);
-        let nb1 = full.nb()[1];
-        let head = g.view(full, &[emit as i64, ch as i64], &[nb1], 0);
-        let rest = g.view(full, &[tail as i64, ch as i64], &[nb1], emit * 4);
-        let y = g.add(head, g.pad_ext(st, 0, (emit - tail) as i32));
-        self.writes.push(g.cpy(rest, st));
-        y
+        let (ch, len) = (b.ne()[0], b.ne()[1]);
+        let span = s as i64;
+        let shifted = if len == span {
+            st
+        } else {
+            g.concat(st, g.view(b, &[ch, len - span], &[b.nb()[1]], 0), 1)
+        };
+        let tail = g.view(b, &[ch, span], &[b.nb()[1]], ((len - span) as usize) * b.nb()[1]);
+        self.writes.push(g.cpy(tail, st));
+        g.add(a, shifted)
     }
 
-    /// Learned ×2 down-sample (k4 s2, no bias): at the first call its left context is the
-    /// first sample repeated (Kyutai's `pad_mode="replicate"`), later the state.
+    /// Learned ×2 down-sample (k4 s2, no bias) of [512, 2F] → [512, F]: at the first call
+    /// its left context is the first sample repeated (Kyutai's `pad_mode="replicate"`).
     fn downsample(&mut self, x: T, first: T) -> T {
         let g = self.g;
         let st = self.s.get("downsample");
-        let x0 = g.view(x, &[1, LATENT as i64], &[x.nb()[1]], 0);
-        let init = g.repeat_4d(x0, [2, LATENT as i64, 1, 1]);
+        let x0 = g.view(x, &[LATENT as i64, 1], &[x.nb()[1]], 0);
+        let init = g.repeat_4d(x0, [LATENT as i64, 2, 1, 1]);
         let left = g.add(st, g.mul(g.sub(init, st), first));
-        self.conv_with(
-            x,
-            "downsample",
-            ConvSpec {
-                k: 4,
-                s: 2,
-                ic: LATENT,
-                oc: LATENT,
-            },
-            Some((left, st)),
-            false,
-        )
+        self.conv_left(x, "downsample", ConvSpec { k: 4, s: 2, ic: LATENT, oc: LATENT }, Some((left, st)))
     }
 
-    /// Learned depthwise ×2 up-sample (transposed conv, k4 s2, one filter per channel) of
-    /// `x` ([512, F], channel-fastest) → [2F, 512] time-fastest.
+    /// Learned depthwise ×2 up-sample (transposed, k4 s2, one filter per channel) of
+    /// [512, F] → [512, 2F].
     fn upsample(&mut self, x: T, frames: usize) -> T {
         let g = self.g;
-        let mut w = g.reshape(self.w.get("upsample.weight"), &[4, LATENT as i64, 1]);
-        if self.f16 {
-            // Element-wise ops take f32 operands; 2K values.
-            w = g.cast(w, ggml::F32);
-        }
-        let xr = g.reshape(x, &[1, LATENT as i64, frames as i64]);
-        let cols = g.mul(g.repeat_4d(xr, [4, LATENT as i64, frames as i64, 1]), w);
-        let cols = g.reshape(cols, &[(4 * LATENT) as i64, frames as i64]);
-        let full = g.col2im_1d(cols, 2, LATENT as i32);
-        self.overlap_add(full, "upsample", 2 * frames, 2, LATENT)
+        let (c, f) = (LATENT as i64, frames as i64);
+        let halves = self.w.get("upsample.halves");
+        let rep = g.repeat_4d(g.reshape(x, &[c, 1, f]), [c, 2, f, 1]);
+        let half = |h: usize| {
+            let w = g.view(halves, &[c, 2], &[halves.nb()[1]], h * halves.nb()[2]);
+            g.reshape(g.mul(rep, g.reshape(w, &[c, 2, 1])), &[c, 2 * f])
+        };
+        let (a, b) = (half(0), half(1));
+        self.overlap(a, b, "upsample", 2)
     }
 
     /// 8 pre-norm layers with LayerScale over `x` ([512, N], channel-fastest).

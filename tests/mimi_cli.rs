@@ -1,0 +1,233 @@
+//! `flm-edge mimi encode/decode`: file formats, resampling, chunking, and bad input.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+use flm_kernels::mimi::{FRAME, Mimi};
+
+const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/mimi");
+
+fn model() -> &'static PathBuf {
+    static M: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    M.get_or_init(|| {
+        let out = scratch("model");
+        let run = convert(checkpoints(1), &out, &["--quant", "q8_0"]);
+        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+        out
+    })
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn read_codes(p: &Path) -> (Vec<u64>, Vec<i32>) {
+    let bytes = std::fs::read(p).unwrap();
+    let npy = npyz::NpyFile::new(&bytes[..]).unwrap();
+    assert_eq!(npy.dtype().descr(), "'<i4'");
+    (npy.shape().to_vec(), npy.into_vec().unwrap())
+}
+
+fn speech() -> Vec<f32> {
+    let mut r = hound::WavReader::open(Path::new(GOLDEN).join("speech.wav")).unwrap();
+    r.samples::<i16>().map(|s| s.unwrap() as f32 / 32768.0).collect()
+}
+
+#[test]
+fn encode_and_decode_files_match_the_reference() {
+    let dir = scratch("files");
+    std::fs::create_dir_all(&dir).unwrap();
+    let codes = dir.join("codes.npy");
+    let run = flm_edge(&["mimi", "encode", "--model", s(model()), "--input", &format!("{GOLDEN}/speech.wav"), "--output", s(&codes)]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let (shape, got) = read_codes(&codes);
+    let (want_shape, want) = read_codes(&Path::new(GOLDEN).join("codes.npy"));
+    // The clip is 139.4 frames: the last partial frame is completed with silence.
+    assert_eq!(shape, vec![8, want_shape[1] + 1]);
+    let t = shape[1] as usize;
+    let tw = want_shape[1] as usize;
+    let equal = (0..8).flat_map(|q| (0..tw).map(move |f| (q, f))).filter(|&(q, f)| got[q * t + f] == want[q * tw + f]).count();
+    assert!(equal as f64 >= 0.99 * (8 * tw) as f64, "{equal} of {} codes equal", 8 * tw);
+
+    let wav = dir.join("out.wav");
+    let run = flm_edge(&["mimi", "decode", "--model", s(model()), "--input", &format!("{GOLDEN}/codes.npy"), "--output", s(&wav)]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let mut r = hound::WavReader::open(&wav).unwrap();
+    assert_eq!((r.spec().sample_rate, r.spec().channels), (24_000, 1));
+    let pcm: Vec<f32> = r.samples::<f32>().map(|x| x.unwrap()).collect();
+    let bytes = std::fs::read(Path::new(GOLDEN).join("decoded.npy")).unwrap();
+    let reference: Vec<f32> = npyz::NpyFile::new(&bytes[..]).unwrap().into_vec().unwrap();
+    assert_eq!(pcm.len(), reference.len());
+    let sig: f64 = reference.iter().map(|&x| (x as f64).powi(2)).sum();
+    let err: f64 = reference.iter().zip(&pcm).map(|(&a, &b)| (a as f64 - b as f64).powi(2)).sum();
+    assert!(10.0 * (sig / err).log10() >= 40.0);
+}
+
+#[test]
+fn any_pcm_wav_is_resampled_and_mixed_down() {
+    let dir = scratch("formats");
+    std::fs::create_dir_all(&dir).unwrap();
+    let pcm = speech();
+    let secs = pcm.len() as f64 / 24_000.0;
+    // (rate, channels, bits, float)
+    for (rate, ch, bits, float) in [(48_000u32, 2u16, 16u16, false), (16_000, 1, 24, false), (44_100, 2, 32, true), (8_000, 1, 8, false), (24_000, 2, 32, false)] {
+        let path = dir.join(format!("in-{rate}-{ch}-{bits}-{float}.wav"));
+        let spec = hound::WavSpec {
+            channels: ch,
+            sample_rate: rate,
+            bits_per_sample: bits,
+            sample_format: if float { hound::SampleFormat::Float } else { hound::SampleFormat::Int },
+        };
+        let mut w = hound::WavWriter::create(&path, spec).unwrap();
+        let n = (secs * rate as f64) as usize;
+        for i in 0..n {
+            // Nearest-sample resampling of the clip: content only, rates are what is tested.
+            let x = pcm[(i as f64 * 24_000.0 / rate as f64) as usize % pcm.len()];
+            for _ in 0..ch {
+                if float {
+                    w.write_sample(x).unwrap();
+                } else {
+                    let max = ((1i64 << (bits - 1)) - 1) as f32;
+                    w.write_sample((x * max) as i32).unwrap();
+                }
+            }
+        }
+        w.finalize().unwrap();
+        let codes = dir.join(format!("codes-{rate}.npy"));
+        let run = flm_edge(&["mimi", "encode", "--model", s(model()), "--input", s(&path), "--output", s(&codes)]);
+        assert!(run.status.success(), "{rate}: {}", String::from_utf8_lossy(&run.stderr));
+        let (shape, values) = read_codes(&codes);
+        let frames = ((n as f64 * 24_000.0 / rate as f64) / FRAME as f64).ceil() as u64;
+        assert!(shape == vec![8, frames] || shape == vec![8, frames + 1], "{rate}: shape {shape:?}, expected [8, {frames}]");
+        assert!(values.iter().all(|&c| (0..2048).contains(&c)));
+    }
+}
+
+#[test]
+fn streamed_equals_chunked() {
+    let m = model().join("mimi.gguf");
+    let pcm = speech();
+    let frames = 100;
+    let mut one = Mimi::load(&m, 2).unwrap();
+    let mut chunked = Mimi::load(&m, 2).unwrap();
+    let (mut a, mut b) = (vec![0i32; frames * 8], vec![0i32; frames * 8]);
+    for f in 0..frames {
+        one.encode(&pcm[f * FRAME..(f + 1) * FRAME], &mut a[f * 8..(f + 1) * 8]).unwrap();
+    }
+    for (start, len) in [(0, 1), (1, 7), (8, 92)] {
+        chunked.encode(&pcm[start * FRAME..(start + len) * FRAME], &mut b[start * 8..(start + len) * 8]).unwrap();
+    }
+    assert_eq!(a, b, "encode: one frame per call vs chunks");
+    let (mut x, mut y) = (vec![0f32; frames * FRAME], vec![0f32; frames * FRAME]);
+    for f in 0..frames {
+        one.decode(&a[f * 8..(f + 1) * 8], &mut x[f * FRAME..(f + 1) * FRAME]).unwrap();
+    }
+    // The whole clip in one call.
+    chunked.decode(&a, &mut y).unwrap();
+    let diff = x.iter().zip(&y).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max);
+    assert!(diff <= 1e-5, "decode: frame by frame vs whole clip differ by {diff}");
+    // A new stream after reset gives the same result again.
+    one.reset();
+    let mut again = vec![0i32; 8];
+    one.encode(&pcm[..FRAME], &mut again).unwrap();
+    assert_eq!(&again[..], &a[..8]);
+}
+
+fn wav_header(format: u16, channels: u16, rate: u32, bits: u16, data_len: u32) -> Vec<u8> {
+    let block = channels * bits / 8;
+    let mut h = b"RIFF".to_vec();
+    h.extend_from_slice(&(36 + data_len).to_le_bytes());
+    h.extend_from_slice(b"WAVEfmt ");
+    h.extend_from_slice(&16u32.to_le_bytes());
+    h.extend_from_slice(&format.to_le_bytes());
+    h.extend_from_slice(&channels.to_le_bytes());
+    h.extend_from_slice(&rate.to_le_bytes());
+    h.extend_from_slice(&(rate * block as u32).to_le_bytes());
+    h.extend_from_slice(&block.to_le_bytes());
+    h.extend_from_slice(&bits.to_le_bytes());
+    h.extend_from_slice(b"data");
+    h.extend_from_slice(&data_len.to_le_bytes());
+    h
+}
+
+#[test]
+fn bad_audio_gets_one_error_line_and_no_output() {
+    let dir = scratch("bad-wav");
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = std::fs::read(format!("{GOLDEN}/speech.wav")).unwrap();
+    let mut alaw = wav_header(6, 1, 8000, 8, 8000);
+    alaw.extend(vec![0x55u8; 8000]);
+    let mut rate0 = wav_header(1, 1, 0, 16, 4000);
+    rate0.extend(vec![0u8; 4000]);
+    let mut huge = wav_header(1, 1, 1_000_000_000, 16, 4000);
+    huge.extend(vec![0u8; 4000]);
+    let mut chan0 = wav_header(1, 0, 24000, 16, 4000);
+    chan0.extend(vec![0u8; 4000]);
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("text.wav", b"hello, this is not audio".to_vec(), "not a WAV file"),
+        ("alaw.wav", alaw, "not a PCM WAV"),
+        ("empty.wav", wav_header(1, 1, 24000, 16, 0), "no audio samples"),
+        ("zero-bytes.wav", vec![], "not a WAV file"),
+        ("truncated.wav", good[..good.len() / 2].to_vec(), "truncated"),
+        ("rate0.wav", rate0, "wav"),
+        ("huge-rate.wav", huge, "sample rate 1000000000 Hz"),
+        ("no-channels.wav", chan0, "wav"),
+    ];
+    for (name, bytes, needle) in cases {
+        let input = dir.join(name);
+        std::fs::write(&input, bytes).unwrap();
+        let out = dir.join(format!("{name}.npy"));
+        let run = flm_edge(&["mimi", "encode", "--model", s(model()), "--input", s(&input), "--output", s(&out)]);
+        assert_one_line_error(&run, &[name, needle]);
+        assert!(!out.exists(), "{name}: output written");
+    }
+}
+
+fn write_npy<T: npyz::Serialize + npyz::AutoSerialize + Copy>(path: &Path, shape: &[u64], values: &[T]) {
+    use npyz::WriterBuilder;
+    let f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let mut w = npyz::WriteOptions::new().default_dtype().shape(shape).writer(f).begin_nd().unwrap();
+    w.extend(values.iter().copied()).unwrap();
+    w.finish().unwrap();
+}
+
+#[test]
+fn bad_codes_get_one_error_line_and_no_output() {
+    let dir = scratch("bad-codes");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut ok = vec![5i32; 8 * 3];
+    write_npy(&dir.join("big.npy"), &[8, 3], &{
+        ok[7] = 2048;
+        ok.clone()
+    });
+    ok[7] = -1;
+    write_npy(&dir.join("negative.npy"), &[8, 3], &ok);
+    write_npy(&dir.join("shape7.npy"), &[7, 3], &vec![1i32; 21]);
+    write_npy(&dir.join("flat.npy"), &[24], &vec![1i32; 24]);
+    write_npy(&dir.join("float.npy"), &[8, 3], &vec![1.0f32; 24]);
+    write_npy(&dir.join("int64.npy"), &[8, 3], &vec![3i64; 24]);
+    std::fs::write(dir.join("garbage.npy"), b"\x93NUMPY garbage").unwrap();
+    let good = std::fs::read(format!("{GOLDEN}/codes.npy")).unwrap();
+    std::fs::write(dir.join("truncated.npy"), &good[..good.len() - 100]).unwrap();
+    for (name, needle) in [
+        ("big.npy", "code 2048"),
+        ("negative.npy", "code -1"),
+        ("shape7.npy", "expected [8, T]"),
+        ("flat.npy", "expected [8, T]"),
+        ("float.npy", "expected int32 or int64"),
+        ("garbage.npy", "not a .npy file"),
+        ("truncated.npy", "truncated"),
+    ] {
+        let out = dir.join(format!("{name}.wav"));
+        let run = flm_edge(&["mimi", "decode", "--model", s(model()), "--input", s(&dir.join(name)), "--output", s(&out)]);
+        assert_one_line_error(&run, &[name, needle]);
+        assert!(!out.exists(), "{name}: output written");
+    }
+    // int64 codes (numpy's default integer) are accepted.
+    let out = dir.join("int64.wav");
+    let run = flm_edge(&["mimi", "decode", "--model", s(model()), "--input", s(&dir.join("int64.npy")), "--output", s(&out)]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert_eq!(hound::WavReader::open(&out).unwrap().len() as usize, 3 * FRAME);
+}
