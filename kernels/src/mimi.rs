@@ -97,6 +97,7 @@ struct Step {
     input: T,
     outputs: Vec<T>,
     slots: T,
+    pairs: T,
     pos: T,
     mask: T,
     first: Option<T>,
@@ -113,6 +114,7 @@ pub struct Mimi {
     enc_first: bool,
     // Scratch for per-call inputs, sized for the largest chunk seen.
     slots: Vec<i32>,
+    pairs: Vec<i32>,
     pos: Vec<i32>,
     mask: Vec<f32>,
 }
@@ -331,6 +333,7 @@ impl Mimi {
             dec_ring: Ring::new(),
             enc_first: true,
             slots: vec![],
+            pairs: vec![],
             pos: vec![],
             mask: vec![],
         })
@@ -354,12 +357,10 @@ impl Mimi {
         decl.push(("upsample".into(), vec![LATENT as i64, 2]));
         for side in ["enc_tr", "dec_tr"] {
             for l in 0..LAYERS {
-                for kv in ["k", "v"] {
-                    decl.push((
-                        format!("{side}.{l}.{kv}"),
-                        vec![LATENT as i64, CONTEXT as i64],
-                    ));
-                }
+                // Keys by slot ([512, CAP]); values transposed ([CAP, 512]) so that attention
+                // weights multiply them without a copy.
+                decl.push((format!("{side}.{l}.k"), vec![LATENT as i64, CONTEXT as i64]));
+                decl.push((format!("{side}.{l}.v"), vec![CONTEXT as i64, LATENT as i64]));
             }
         }
         let ctx = Ctx::new(decl.len(), 0);
@@ -422,6 +423,10 @@ impl Mimi {
         let step = self.encoders.get_mut(&frames).unwrap();
         step.input.write(pcm);
         step.slots.write(&self.slots[..n]);
+        for (pair, slot) in self.pairs[..n / 2].iter_mut().zip(self.slots.iter().step_by(2)) {
+            *pair = slot / 2;
+        }
+        step.pairs.write(&self.pairs[..n / 2]);
         step.pos.write(&self.pos[..n]);
         step.mask.write(&self.mask[..n * CONTEXT]);
         step.first
@@ -485,6 +490,10 @@ impl Mimi {
         }
         step.input.write(&by_q[..frames * N_CODEBOOKS]);
         step.slots.write(&self.slots[..n]);
+        for (pair, slot) in self.pairs[..n / 2].iter_mut().zip(self.slots.iter().step_by(2)) {
+            *pair = slot / 2;
+        }
+        step.pairs.write(&self.pairs[..n / 2]);
         step.pos.write(&self.pos[..n]);
         step.mask.write(&self.mask[..n * CONTEXT]);
         step.graph.compute(&self.backend)?;
@@ -520,6 +529,7 @@ impl Mimi {
     fn scratch(&mut self, n: usize) {
         if self.slots.len() < n {
             self.slots.resize(n, 0);
+            self.pairs.resize(n / 2, 0);
             self.pos.resize(n, 0);
             self.mask.resize(n * CONTEXT, 0.0);
         }
@@ -531,6 +541,7 @@ impl Mimi {
         let mut b = Builder { g: &graph.ctx, w: &self.weights, s: &self.state, writes: vec![] };
         let input = b.g.new_tensor(ggml::F32, &[1, (frames * FRAME) as i64]).set_input().name("pcm");
         let slots = b.g.new_tensor(ggml::I32, &[n as i64]).set_input().name("slots");
+        let pairs = b.g.new_tensor(ggml::I32, &[n as i64 / 2]).set_input().name("pairs");
         let pos = b.g.new_tensor(ggml::I32, &[n as i64]).set_input().name("pos");
         let mask = b.g.new_tensor(ggml::F32, &[CONTEXT as i64, n as i64]).set_input().name("mask");
         let first = b.g.new_tensor(ggml::F32, &[1, 1]).set_input().name("first");
@@ -546,7 +557,7 @@ impl Mimi {
         }
         h = b.g.elu(h);
         h = b.conv(h, "enc.14", ConvSpec { k: LAST_KERNEL, s: 1, ic: dim, oc: LATENT });
-        h = b.transformer(h, "enc_tr", slots, pos, mask);
+        h = b.transformer(h, "enc_tr", slots, pairs, pos, mask);
         let latent = b.downsample(h, first);
         let outputs = b.rvq_encode(latent);
         let writes = std::mem::take(&mut b.writes);
@@ -558,7 +569,7 @@ impl Mimi {
             graph.expand(w);
         }
         graph.allocate(&self.backend)?;
-        Ok(Step { graph, input, outputs, slots, pos, mask, first: Some(first) })
+        Ok(Step { graph, input, outputs, slots, pairs, pos, mask, first: Some(first) })
     }
 
     fn build_decoder(&self, frames: usize) -> Result<Step> {
@@ -567,11 +578,12 @@ impl Mimi {
         let mut b = Builder { g: &graph.ctx, w: &self.weights, s: &self.state, writes: vec![] };
         let input = b.g.new_tensor(ggml::I32, &[(frames * N_CODEBOOKS) as i64]).set_input().name("codes");
         let slots = b.g.new_tensor(ggml::I32, &[n as i64]).set_input().name("slots");
+        let pairs = b.g.new_tensor(ggml::I32, &[n as i64 / 2]).set_input().name("pairs");
         let pos = b.g.new_tensor(ggml::I32, &[n as i64]).set_input().name("pos");
         let mask = b.g.new_tensor(ggml::F32, &[CONTEXT as i64, n as i64]).set_input().name("mask");
         let latent = b.rvq_decode(input, frames);
         let mut h = b.upsample(latent, frames);
-        h = b.transformer(h, "dec_tr", slots, pos, mask);
+        h = b.transformer(h, "dec_tr", slots, pairs, pos, mask);
         let convs = dec_convs();
         h = b.conv(h, "dec.0", convs[0].1);
         let mut dim = N_FILTERS << RATIOS.len();
@@ -593,7 +605,7 @@ impl Mimi {
             graph.expand(w);
         }
         graph.allocate(&self.backend)?;
-        Ok(Step { graph, input, outputs, slots, pos, mask, first: None })
+        Ok(Step { graph, input, outputs, slots, pairs, pos, mask, first: None })
     }
 }
 
@@ -736,7 +748,7 @@ impl Builder<'_> {
     }
 
     /// 8 pre-norm layers with LayerScale over `x` ([512, N], channel-fastest).
-    fn transformer(&mut self, mut x: T, side: &str, slots: T, pos: T, mask: T) -> T {
+    fn transformer(&mut self, mut x: T, side: &str, slots: T, pairs: T, pos: T, mask: T) -> T {
         let g = self.g;
         let n = x.ne()[1];
         let (d, h, c) = (HEAD_DIM as i64, HEADS as i64, CONTEXT as i64);
@@ -776,11 +788,10 @@ impl Builder<'_> {
                 g.reshape(k, &[LATENT as i64, n]),
                 slots,
             );
-            let vc = g.set_rows(
-                self.s.get(&format!("{side}.{l}.v")),
-                g.reshape(v, &[LATENT as i64, n]),
-                slots,
-            );
+            // Values go in by slot pairs: a frame writes 2 steps, at an even slot.
+            let vt = g.reshape(g.cont(g.transpose(g.reshape(v, &[LATENT as i64, n]))), &[2, n / 2, LATENT as i64]);
+            let vcache = g.reshape(self.s.get(&format!("{side}.{l}.v")), &[2, c / 2, LATENT as i64]);
+            let vc = g.set_rows(vcache, vt, pairs);
             let kk = g.permute(
                 g.view(kc, &[d, h, c], &[HEAD_DIM * 4, LATENT * 4], 0),
                 [0, 2, 1, 3],
@@ -791,11 +802,7 @@ impl Builder<'_> {
                 Some(mask),
                 1.0 / (HEAD_DIM as f32).sqrt(),
             );
-            let vv = g.cont(g.permute(
-                g.view(vc, &[d, h, c], &[HEAD_DIM * 4, LATENT * 4], 0),
-                [1, 2, 0, 3],
-            ));
-            let kqv = g.mul_mat(vv, kq);
+            let kqv = g.mul_mat(g.reshape(vc, &[c, d, h]), kq);
             let o = g.reshape(g.cont(g.permute(kqv, [0, 2, 1, 3])), &[LATENT as i64, n]);
             let attn = g.mul_mat(w("attn_out.weight"), o);
             x = g.add(x, g.mul(attn, w("scale1")));
