@@ -22,8 +22,10 @@ pub fn read_mono_24k(path: &Path) -> Result<Vec<f32>> {
 }
 
 fn read_mono(path: &Path) -> Result<(Vec<f32>, u32)> {
+    std::fs::File::open(path).context("cannot open")?;
     let reader = hound::WavReader::open(path).map_err(|e| match e {
-        hound::Error::IoError(io) => anyhow::anyhow!("cannot read: {io}"),
+        // The file opened: a read error here is a header that ends early.
+        hound::Error::IoError(io) => anyhow::anyhow!("not a WAV file (header: {io})"),
         hound::Error::FormatError(msg) => anyhow::anyhow!("not a WAV file ({msg})"),
         hound::Error::Unsupported => anyhow::anyhow!("not a PCM WAV file (unsupported encoding)"),
         other => anyhow::anyhow!("bad WAV file: {other}"),

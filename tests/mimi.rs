@@ -69,7 +69,7 @@ fn check(dtype: &str, min_equal: f64, min_snr: f64) {
     let (want, frames) = golden_codes();
     assert!(frames >= 100);
     let pcm = speech();
-    let mut mimi = Mimi::load(&mimi_gguf(dtype), 2).unwrap();
+    let mut mimi = Mimi::load(&mimi_gguf(dtype), 1).unwrap();
     let mut codes = vec![0i32; frames * 8];
     for f in 0..frames {
         mimi.encode(

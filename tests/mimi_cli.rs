@@ -1,4 +1,7 @@
 //! `flm-edge mimi encode/decode`: file formats, resampling, chunking, and bad input.
+//!
+//! Tests run side by side, so each ggml compute uses one thread: two processes spinning two
+//! threads each on a 2-core machine slow everything down many times.
 
 mod common;
 
@@ -14,7 +17,11 @@ fn model() -> &'static PathBuf {
     M.get_or_init(|| {
         let out = scratch("model");
         let run = convert(checkpoints(1), &out, &["--quant", "q8_0"]);
-        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
         out
     })
 }
@@ -32,7 +39,9 @@ fn read_codes(p: &Path) -> (Vec<u64>, Vec<i32>) {
 
 fn speech() -> Vec<f32> {
     let mut r = hound::WavReader::open(Path::new(GOLDEN).join("speech.wav")).unwrap();
-    r.samples::<i16>().map(|s| s.unwrap() as f32 / 32768.0).collect()
+    r.samples::<i16>()
+        .map(|s| s.unwrap() as f32 / 32768.0)
+        .collect()
 }
 
 #[test]
@@ -40,20 +49,57 @@ fn encode_and_decode_files_match_the_reference() {
     let dir = scratch("files");
     std::fs::create_dir_all(&dir).unwrap();
     let codes = dir.join("codes.npy");
-    let run = flm_edge(&["mimi", "encode", "--model", s(model()), "--input", &format!("{GOLDEN}/speech.wav"), "--output", s(&codes)]);
-    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let run = flm_edge(&[
+        "mimi",
+        "encode",
+        "--model",
+        s(model()),
+        "--threads",
+        "1",
+        "--input",
+        &format!("{GOLDEN}/speech.wav"),
+        "--output",
+        s(&codes),
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
     let (shape, got) = read_codes(&codes);
     let (want_shape, want) = read_codes(&Path::new(GOLDEN).join("codes.npy"));
     // The clip is 139.4 frames: the last partial frame is completed with silence.
     assert_eq!(shape, vec![8, want_shape[1] + 1]);
     let t = shape[1] as usize;
     let tw = want_shape[1] as usize;
-    let equal = (0..8).flat_map(|q| (0..tw).map(move |f| (q, f))).filter(|&(q, f)| got[q * t + f] == want[q * tw + f]).count();
-    assert!(equal as f64 >= 0.99 * (8 * tw) as f64, "{equal} of {} codes equal", 8 * tw);
+    let equal = (0..8)
+        .flat_map(|q| (0..tw).map(move |f| (q, f)))
+        .filter(|&(q, f)| got[q * t + f] == want[q * tw + f])
+        .count();
+    assert!(
+        equal as f64 >= 0.99 * (8 * tw) as f64,
+        "{equal} of {} codes equal",
+        8 * tw
+    );
 
     let wav = dir.join("out.wav");
-    let run = flm_edge(&["mimi", "decode", "--model", s(model()), "--input", &format!("{GOLDEN}/codes.npy"), "--output", s(&wav)]);
-    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let run = flm_edge(&[
+        "mimi",
+        "decode",
+        "--model",
+        s(model()),
+        "--threads",
+        "1",
+        "--input",
+        &format!("{GOLDEN}/codes.npy"),
+        "--output",
+        s(&wav),
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
     let mut r = hound::WavReader::open(&wav).unwrap();
     assert_eq!((r.spec().sample_rate, r.spec().channels), (24_000, 1));
     let pcm: Vec<f32> = r.samples::<f32>().map(|x| x.unwrap()).collect();
@@ -61,7 +107,11 @@ fn encode_and_decode_files_match_the_reference() {
     let reference: Vec<f32> = npyz::NpyFile::new(&bytes[..]).unwrap().into_vec().unwrap();
     assert_eq!(pcm.len(), reference.len());
     let sig: f64 = reference.iter().map(|&x| (x as f64).powi(2)).sum();
-    let err: f64 = reference.iter().zip(&pcm).map(|(&a, &b)| (a as f64 - b as f64).powi(2)).sum();
+    let err: f64 = reference
+        .iter()
+        .zip(&pcm)
+        .map(|(&a, &b)| (a as f64 - b as f64).powi(2))
+        .sum();
     assert!(10.0 * (sig / err).log10() >= 40.0);
 }
 
@@ -72,13 +122,23 @@ fn any_pcm_wav_is_resampled_and_mixed_down() {
     let pcm = speech();
     let secs = pcm.len() as f64 / 24_000.0;
     // (rate, channels, bits, float)
-    for (rate, ch, bits, float) in [(48_000u32, 2u16, 16u16, false), (16_000, 1, 24, false), (44_100, 2, 32, true), (8_000, 1, 8, false), (24_000, 2, 32, false)] {
+    for (rate, ch, bits, float) in [
+        (48_000u32, 2u16, 16u16, false),
+        (16_000, 1, 24, false),
+        (44_100, 2, 32, true),
+        (8_000, 1, 8, false),
+        (24_000, 2, 32, false),
+    ] {
         let path = dir.join(format!("in-{rate}-{ch}-{bits}-{float}.wav"));
         let spec = hound::WavSpec {
             channels: ch,
             sample_rate: rate,
             bits_per_sample: bits,
-            sample_format: if float { hound::SampleFormat::Float } else { hound::SampleFormat::Int },
+            sample_format: if float {
+                hound::SampleFormat::Float
+            } else {
+                hound::SampleFormat::Int
+            },
         };
         let mut w = hound::WavWriter::create(&path, spec).unwrap();
         let n = (secs * rate as f64) as usize;
@@ -96,11 +156,29 @@ fn any_pcm_wav_is_resampled_and_mixed_down() {
         }
         w.finalize().unwrap();
         let codes = dir.join(format!("codes-{rate}.npy"));
-        let run = flm_edge(&["mimi", "encode", "--model", s(model()), "--input", s(&path), "--output", s(&codes)]);
-        assert!(run.status.success(), "{rate}: {}", String::from_utf8_lossy(&run.stderr));
+        let run = flm_edge(&[
+            "mimi",
+            "encode",
+            "--model",
+            s(model()),
+            "--threads",
+            "1",
+            "--input",
+            s(&path),
+            "--output",
+            s(&codes),
+        ]);
+        assert!(
+            run.status.success(),
+            "{rate}: {}",
+            String::from_utf8_lossy(&run.stderr)
+        );
         let (shape, values) = read_codes(&codes);
         let frames = ((n as f64 * 24_000.0 / rate as f64) / FRAME as f64).ceil() as u64;
-        assert!(shape == vec![8, frames] || shape == vec![8, frames + 1], "{rate}: shape {shape:?}, expected [8, {frames}]");
+        assert!(
+            shape == vec![8, frames] || shape == vec![8, frames + 1],
+            "{rate}: shape {shape:?}, expected [8, {frames}]"
+        );
         assert!(values.iter().all(|&c| (0..2048).contains(&c)));
     }
 }
@@ -110,24 +188,38 @@ fn streamed_equals_chunked() {
     let m = model().join("mimi.gguf");
     let pcm = speech();
     let frames = 100;
-    let mut one = Mimi::load(&m, 2).unwrap();
-    let mut chunked = Mimi::load(&m, 2).unwrap();
+    let mut one = Mimi::load(&m, 1).unwrap();
+    let mut chunked = Mimi::load(&m, 1).unwrap();
     let (mut a, mut b) = (vec![0i32; frames * 8], vec![0i32; frames * 8]);
     for f in 0..frames {
-        one.encode(&pcm[f * FRAME..(f + 1) * FRAME], &mut a[f * 8..(f + 1) * 8]).unwrap();
+        one.encode(&pcm[f * FRAME..(f + 1) * FRAME], &mut a[f * 8..(f + 1) * 8])
+            .unwrap();
     }
     for (start, len) in [(0, 1), (1, 7), (8, 92)] {
-        chunked.encode(&pcm[start * FRAME..(start + len) * FRAME], &mut b[start * 8..(start + len) * 8]).unwrap();
+        chunked
+            .encode(
+                &pcm[start * FRAME..(start + len) * FRAME],
+                &mut b[start * 8..(start + len) * 8],
+            )
+            .unwrap();
     }
     assert_eq!(a, b, "encode: one frame per call vs chunks");
     let (mut x, mut y) = (vec![0f32; frames * FRAME], vec![0f32; frames * FRAME]);
     for f in 0..frames {
-        one.decode(&a[f * 8..(f + 1) * 8], &mut x[f * FRAME..(f + 1) * FRAME]).unwrap();
+        one.decode(&a[f * 8..(f + 1) * 8], &mut x[f * FRAME..(f + 1) * FRAME])
+            .unwrap();
     }
     // The whole clip in one call.
     chunked.decode(&a, &mut y).unwrap();
-    let diff = x.iter().zip(&y).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max);
-    assert!(diff <= 1e-5, "decode: frame by frame vs whole clip differ by {diff}");
+    let diff = x
+        .iter()
+        .zip(&y)
+        .map(|(p, q)| (p - q).abs())
+        .fold(0f32, f32::max);
+    assert!(
+        diff <= 1e-5,
+        "decode: frame by frame vs whole clip differ by {diff}"
+    );
     // A new stream after reset gives the same result again.
     one.reset();
     let mut again = vec![0i32; 8];
@@ -166,11 +258,23 @@ fn bad_audio_gets_one_error_line_and_no_output() {
     let mut chan0 = wav_header(1, 0, 24000, 16, 4000);
     chan0.extend(vec![0u8; 4000]);
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
-        ("text.wav", b"hello, this is not audio".to_vec(), "not a WAV file"),
+        (
+            "text.wav",
+            b"hello, this is not audio".to_vec(),
+            "not a WAV file",
+        ),
         ("alaw.wav", alaw, "not a PCM WAV"),
-        ("empty.wav", wav_header(1, 1, 24000, 16, 0), "no audio samples"),
+        (
+            "empty.wav",
+            wav_header(1, 1, 24000, 16, 0),
+            "no audio samples",
+        ),
         ("zero-bytes.wav", vec![], "not a WAV file"),
-        ("truncated.wav", good[..good.len() / 2].to_vec(), "truncated"),
+        (
+            "truncated.wav",
+            good[..good.len() / 2].to_vec(),
+            "truncated",
+        ),
         ("rate0.wav", rate0, "wav"),
         ("huge-rate.wav", huge, "sample rate 1000000000 Hz"),
         ("no-channels.wav", chan0, "wav"),
@@ -179,16 +283,36 @@ fn bad_audio_gets_one_error_line_and_no_output() {
         let input = dir.join(name);
         std::fs::write(&input, bytes).unwrap();
         let out = dir.join(format!("{name}.npy"));
-        let run = flm_edge(&["mimi", "encode", "--model", s(model()), "--input", s(&input), "--output", s(&out)]);
+        let run = flm_edge(&[
+            "mimi",
+            "encode",
+            "--model",
+            s(model()),
+            "--threads",
+            "1",
+            "--input",
+            s(&input),
+            "--output",
+            s(&out),
+        ]);
         assert_one_line_error(&run, &[name, needle]);
         assert!(!out.exists(), "{name}: output written");
     }
 }
 
-fn write_npy<T: npyz::Serialize + npyz::AutoSerialize + Copy>(path: &Path, shape: &[u64], values: &[T]) {
+fn write_npy<T: npyz::Serialize + npyz::AutoSerialize + Copy>(
+    path: &Path,
+    shape: &[u64],
+    values: &[T],
+) {
     use npyz::WriterBuilder;
     let f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
-    let mut w = npyz::WriteOptions::new().default_dtype().shape(shape).writer(f).begin_nd().unwrap();
+    let mut w = npyz::WriteOptions::new()
+        .default_dtype()
+        .shape(shape)
+        .writer(f)
+        .begin_nd()
+        .unwrap();
     w.extend(values.iter().copied()).unwrap();
     w.finish().unwrap();
 }
@@ -221,13 +345,42 @@ fn bad_codes_get_one_error_line_and_no_output() {
         ("truncated.npy", "truncated"),
     ] {
         let out = dir.join(format!("{name}.wav"));
-        let run = flm_edge(&["mimi", "decode", "--model", s(model()), "--input", s(&dir.join(name)), "--output", s(&out)]);
+        let run = flm_edge(&[
+            "mimi",
+            "decode",
+            "--model",
+            s(model()),
+            "--threads",
+            "1",
+            "--input",
+            s(&dir.join(name)),
+            "--output",
+            s(&out),
+        ]);
         assert_one_line_error(&run, &[name, needle]);
         assert!(!out.exists(), "{name}: output written");
     }
     // int64 codes (numpy's default integer) are accepted.
     let out = dir.join("int64.wav");
-    let run = flm_edge(&["mimi", "decode", "--model", s(model()), "--input", s(&dir.join("int64.npy")), "--output", s(&out)]);
-    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
-    assert_eq!(hound::WavReader::open(&out).unwrap().len() as usize, 3 * FRAME);
+    let run = flm_edge(&[
+        "mimi",
+        "decode",
+        "--model",
+        s(model()),
+        "--threads",
+        "1",
+        "--input",
+        s(&dir.join("int64.npy")),
+        "--output",
+        s(&out),
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert_eq!(
+        hound::WavReader::open(&out).unwrap().len() as usize,
+        3 * FRAME
+    );
 }

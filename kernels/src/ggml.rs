@@ -403,7 +403,11 @@ impl Graph {
 impl Graph {
     /// Times every node on its own (a developer tool: `bench mimi --ops`): op description,
     /// output shape, and microseconds averaged over `reps` runs.
-    pub fn profile(&mut self, backend: &Backend, reps: usize) -> Result<Vec<(String, [i64; 4], f64)>> {
+    pub fn profile(
+        &mut self,
+        backend: &Backend,
+        reps: usize,
+    ) -> Result<Vec<(String, [i64; 4], f64)>> {
         let scratch = Ctx::new(0, 1);
         // SAFETY: the scratch context has room for one graph of one node.
         let one = unsafe { sys::ggml_new_graph_custom(scratch.raw(), 1, false) };
@@ -418,7 +422,9 @@ impl Graph {
             };
             if std::env::var_os("FLM_PROFILE_TRACE").is_some() {
                 // SAFETY: valid node; static string.
-                eprintln!("node {i}: {:?}", unsafe { std::ffi::CStr::from_ptr(sys::ggml_op_desc(node)) });
+                eprintln!("node {i}: {:?}", unsafe {
+                    std::ffi::CStr::from_ptr(sys::ggml_op_desc(node))
+                });
             }
             let t0 = std::time::Instant::now();
             for _ in 0..reps.max(1) {
@@ -428,7 +434,9 @@ impl Graph {
             }
             let us = t0.elapsed().as_secs_f64() * 1e6 / reps.max(1) as f64;
             // SAFETY: node is valid; ggml_op_desc returns a static string.
-            let desc = unsafe { std::ffi::CStr::from_ptr(sys::ggml_op_desc(node)) }.to_string_lossy().into_owned();
+            let desc = unsafe { std::ffi::CStr::from_ptr(sys::ggml_op_desc(node)) }
+                .to_string_lossy()
+                .into_owned();
             // SAFETY: valid node.
             let ne = unsafe { (*node).ne };
             out.push((desc, ne, us));

@@ -120,32 +120,125 @@ pub struct Mimi {
 }
 
 fn enc_convs() -> Vec<(String, ConvSpec)> {
-    let mut v = vec![("enc.0".to_string(), ConvSpec { k: KERNEL, s: 1, ic: CHANNELS, oc: N_FILTERS })];
+    let mut v = vec![(
+        "enc.0".to_string(),
+        ConvSpec {
+            k: KERNEL,
+            s: 1,
+            ic: CHANNELS,
+            oc: N_FILTERS,
+        },
+    )];
     let mut dim = N_FILTERS;
     for (i, &r) in RATIOS.iter().rev().enumerate() {
         let n = ENC_RES[i];
-        v.push((format!("enc.{n}.b1"), ConvSpec { k: RESIDUAL_KERNEL, s: 1, ic: dim, oc: dim / COMPRESS }));
-        v.push((format!("enc.{n}.b3"), ConvSpec { k: 1, s: 1, ic: dim / COMPRESS, oc: dim }));
-        v.push((format!("enc.{}", n + 2), ConvSpec { k: 2 * r, s: r, ic: dim, oc: 2 * dim }));
+        v.push((
+            format!("enc.{n}.b1"),
+            ConvSpec {
+                k: RESIDUAL_KERNEL,
+                s: 1,
+                ic: dim,
+                oc: dim / COMPRESS,
+            },
+        ));
+        v.push((
+            format!("enc.{n}.b3"),
+            ConvSpec {
+                k: 1,
+                s: 1,
+                ic: dim / COMPRESS,
+                oc: dim,
+            },
+        ));
+        v.push((
+            format!("enc.{}", n + 2),
+            ConvSpec {
+                k: 2 * r,
+                s: r,
+                ic: dim,
+                oc: 2 * dim,
+            },
+        ));
         dim *= 2;
     }
-    v.push(("enc.14".into(), ConvSpec { k: LAST_KERNEL, s: 1, ic: dim, oc: LATENT }));
-    v.push(("downsample".into(), ConvSpec { k: 4, s: 2, ic: LATENT, oc: LATENT }));
+    v.push((
+        "enc.14".into(),
+        ConvSpec {
+            k: LAST_KERNEL,
+            s: 1,
+            ic: dim,
+            oc: LATENT,
+        },
+    ));
+    v.push((
+        "downsample".into(),
+        ConvSpec {
+            k: 4,
+            s: 2,
+            ic: LATENT,
+            oc: LATENT,
+        },
+    ));
     v
 }
 
 /// Decoder convs; transposed ones are those at `DEC_RES - 1`.
 fn dec_convs() -> Vec<(String, ConvSpec, bool)> {
     let mut dim = N_FILTERS << RATIOS.len();
-    let mut v = vec![("dec.0".to_string(), ConvSpec { k: KERNEL, s: 1, ic: LATENT, oc: dim }, false)];
+    let mut v = vec![(
+        "dec.0".to_string(),
+        ConvSpec {
+            k: KERNEL,
+            s: 1,
+            ic: LATENT,
+            oc: dim,
+        },
+        false,
+    )];
     for (i, &r) in RATIOS.iter().enumerate() {
         let n = DEC_RES[i] - 1;
-        v.push((format!("dec.{n}"), ConvSpec { k: 2 * r, s: r, ic: dim, oc: dim / 2 }, true));
+        v.push((
+            format!("dec.{n}"),
+            ConvSpec {
+                k: 2 * r,
+                s: r,
+                ic: dim,
+                oc: dim / 2,
+            },
+            true,
+        ));
         dim /= 2;
-        v.push((format!("dec.{}.b1", n + 1), ConvSpec { k: RESIDUAL_KERNEL, s: 1, ic: dim, oc: dim / COMPRESS }, false));
-        v.push((format!("dec.{}.b3", n + 1), ConvSpec { k: 1, s: 1, ic: dim / COMPRESS, oc: dim }, false));
+        v.push((
+            format!("dec.{}.b1", n + 1),
+            ConvSpec {
+                k: RESIDUAL_KERNEL,
+                s: 1,
+                ic: dim,
+                oc: dim / COMPRESS,
+            },
+            false,
+        ));
+        v.push((
+            format!("dec.{}.b3", n + 1),
+            ConvSpec {
+                k: 1,
+                s: 1,
+                ic: dim / COMPRESS,
+                oc: dim,
+            },
+            false,
+        ));
     }
-    v.push(("dec.14".into(), ConvSpec { k: LAST_KERNEL, s: 1, ic: dim, oc: CHANNELS }, false));
+    v.push((
+        "dec.14".into(),
+        ConvSpec {
+            k: LAST_KERNEL,
+            s: 1,
+            ic: dim,
+            oc: CHANNELS,
+        },
+        false,
+    ));
     v
 }
 
@@ -155,7 +248,11 @@ const FIRST_CONV_TAPS: usize = KERNEL + 1;
 
 /// Left context (samples) a causal conv keeps between calls.
 fn conv_context(name: &str, c: ConvSpec) -> usize {
-    if name == "enc.0" { FIRST_CONV_TAPS - c.s } else { c.k - c.s }
+    if name == "enc.0" {
+        FIRST_CONV_TAPS - c.s
+    } else {
+        c.k - c.s
+    }
 }
 
 /// Re-lays a conv weight (ggml [K, IC, OC]) out as K/s matrices of [IC·s, OC]: matrix j
@@ -229,36 +326,66 @@ impl Mimi {
         }
         let i = |v: usize| v as i64;
         let mut weight_type = GgmlType::F32;
-        let mut decl_conv = |wb: &mut WeightsBuilder, name: &str, c: ConvSpec, transposed: bool| -> Result<()> {
-            let wname = format!("{name}.weight");
-            let t = wb.gguf().tensor(&wname).ok_or_else(|| anyhow::anyhow!("{label}: tensor `{wname}` is missing"))?;
-            let have: Vec<i64> = t.ne.iter().map(|&d| d as i64).collect();
-            let want = if transposed { [i(c.k), i(c.oc), i(c.ic)] } else { [i(c.k), i(c.ic), i(c.oc)] };
-            ensure!(have == want, "{label}: tensor `{wname}` has shape {have:?}, expected {want:?}");
-            let (bytes, ty) = wb.bytes(&wname)?;
-            ensure!(!ty.is_quantized(), "{label}: `{wname}` is {ty}, expected f32 or f16");
-            weight_type = ty;
-            let es = ty.block_bytes() as usize;
-            if transposed {
-                let out = conv_transpose_halves(bytes, es, c);
-                wb.host(&format!("{name}.halves"), ty.id(), &[i(c.ic), i(c.s * c.oc), 2], out);
-            } else if name == "enc.0" {
-                // One input channel: a zero tap in front, unfolded by im2col.
-                let mut out = vec![0u8; es * FIRST_CONV_TAPS * c.oc];
-                for oc in 0..c.oc {
-                    let dst = (oc * FIRST_CONV_TAPS + 1) * es;
-                    out[dst..dst + c.k * es].copy_from_slice(&bytes[oc * c.k * es..(oc + 1) * c.k * es]);
+        let mut decl_conv =
+            |wb: &mut WeightsBuilder, name: &str, c: ConvSpec, transposed: bool| -> Result<()> {
+                let wname = format!("{name}.weight");
+                let t = wb
+                    .gguf()
+                    .tensor(&wname)
+                    .ok_or_else(|| anyhow::anyhow!("{label}: tensor `{wname}` is missing"))?;
+                let have: Vec<i64> = t.ne.iter().map(|&d| d as i64).collect();
+                let want = if transposed {
+                    [i(c.k), i(c.oc), i(c.ic)]
+                } else {
+                    [i(c.k), i(c.ic), i(c.oc)]
+                };
+                ensure!(
+                    have == want,
+                    "{label}: tensor `{wname}` has shape {have:?}, expected {want:?}"
+                );
+                let (bytes, ty) = wb.bytes(&wname)?;
+                ensure!(
+                    !ty.is_quantized(),
+                    "{label}: `{wname}` is {ty}, expected f32 or f16"
+                );
+                weight_type = ty;
+                let es = ty.block_bytes() as usize;
+                if transposed {
+                    let out = conv_transpose_halves(bytes, es, c);
+                    wb.host(
+                        &format!("{name}.halves"),
+                        ty.id(),
+                        &[i(c.ic), i(c.s * c.oc), 2],
+                        out,
+                    );
+                } else if name == "enc.0" {
+                    // One input channel: a zero tap in front, unfolded by im2col.
+                    let mut out = vec![0u8; es * FIRST_CONV_TAPS * c.oc];
+                    for oc in 0..c.oc {
+                        let dst = (oc * FIRST_CONV_TAPS + 1) * es;
+                        out[dst..dst + c.k * es]
+                            .copy_from_slice(&bytes[oc * c.k * es..(oc + 1) * c.k * es]);
+                    }
+                    wb.host(
+                        &format!("{name}.taps"),
+                        ty.id(),
+                        &[i(FIRST_CONV_TAPS), 1, i(c.oc)],
+                        out,
+                    );
+                } else {
+                    let out = conv_taps(bytes, es, c);
+                    wb.host(
+                        &format!("{name}.taps"),
+                        ty.id(),
+                        &[i(c.ic * c.s), i(c.oc), i(c.k / c.s)],
+                        out,
+                    );
                 }
-                wb.host(&format!("{name}.taps"), ty.id(), &[i(FIRST_CONV_TAPS), 1, i(c.oc)], out);
-            } else {
-                let out = conv_taps(bytes, es, c);
-                wb.host(&format!("{name}.taps"), ty.id(), &[i(c.ic * c.s), i(c.oc), i(c.k / c.s)], out);
-            }
-            if name != "downsample" {
-                wb.tensor(&format!("{name}.bias"), &[i(c.oc)])?;
-            }
-            Ok(())
-        };
+                if name != "downsample" {
+                    wb.tensor(&format!("{name}.bias"), &[i(c.oc)])?;
+                }
+                Ok(())
+            };
         for (name, c) in enc_convs() {
             decl_conv(&mut wb, &name, c, false)?;
         }
@@ -267,7 +394,11 @@ impl Mimi {
         }
         // Depthwise up-sample [4, 1, C] → [C, 2, 2]: taps 0,1 then taps 2,3, channel-fastest.
         let up = wb.f32s("upsample.weight")?;
-        ensure!(up.len() == 4 * LATENT, "{label}: tensor `upsample.weight` has {} values", up.len());
+        ensure!(
+            up.len() == 4 * LATENT,
+            "{label}: tensor `upsample.weight` has {} values",
+            up.len()
+        );
         let mut halves = vec![0f32; 4 * LATENT];
         for c in 0..LATENT {
             for k in 0..4 {
@@ -351,7 +482,10 @@ impl Mimi {
             if transposed {
                 decl.push((name, vec![c.oc as i64, (c.k - c.s) as i64]));
             } else if c.k > c.s {
-                decl.push((name.clone(), vec![c.ic as i64, conv_context(&name, c) as i64]));
+                decl.push((
+                    name.clone(),
+                    vec![c.ic as i64, conv_context(&name, c) as i64],
+                ));
             }
         }
         decl.push(("upsample".into(), vec![LATENT as i64, 2]));
@@ -423,7 +557,10 @@ impl Mimi {
         let step = self.encoders.get_mut(&frames).unwrap();
         step.input.write(pcm);
         step.slots.write(&self.slots[..n]);
-        for (pair, slot) in self.pairs[..n / 2].iter_mut().zip(self.slots.iter().step_by(2)) {
+        for (pair, slot) in self.pairs[..n / 2]
+            .iter_mut()
+            .zip(self.slots.iter().step_by(2))
+        {
             *pair = slot / 2;
         }
         step.pairs.write(&self.pairs[..n / 2]);
@@ -490,7 +627,10 @@ impl Mimi {
         }
         step.input.write(&by_q[..frames * N_CODEBOOKS]);
         step.slots.write(&self.slots[..n]);
-        for (pair, slot) in self.pairs[..n / 2].iter_mut().zip(self.slots.iter().step_by(2)) {
+        for (pair, slot) in self.pairs[..n / 2]
+            .iter_mut()
+            .zip(self.slots.iter().step_by(2))
+        {
             *pair = slot / 2;
         }
         step.pairs.write(&self.pairs[..n / 2]);
@@ -521,8 +661,19 @@ impl Mimi {
         let mut codes = [0i32; N_CODEBOOKS];
         self.encode(&[0.0; FRAME], &mut codes)?;
         self.decode(&codes, &mut [0.0; FRAME])?;
-        let mut out = self.encoders.get_mut(&1).unwrap().graph.profile(&self.backend, reps)?;
-        out.extend(self.decoders.get_mut(&1).unwrap().graph.profile(&self.backend, reps)?);
+        let mut out = self
+            .encoders
+            .get_mut(&1)
+            .unwrap()
+            .graph
+            .profile(&self.backend, reps)?;
+        out.extend(
+            self.decoders
+                .get_mut(&1)
+                .unwrap()
+                .graph
+                .profile(&self.backend, reps)?,
+        );
         Ok(out)
     }
 
@@ -538,12 +689,32 @@ impl Mimi {
     fn build_encoder(&self, frames: usize) -> Result<Step> {
         let mut graph = Graph::new(MAX_NODES);
         let n = frames * STEPS_PER_FRAME;
-        let mut b = Builder { g: &graph.ctx, w: &self.weights, s: &self.state, writes: vec![] };
-        let input = b.g.new_tensor(ggml::F32, &[1, (frames * FRAME) as i64]).set_input().name("pcm");
-        let slots = b.g.new_tensor(ggml::I32, &[n as i64]).set_input().name("slots");
-        let pairs = b.g.new_tensor(ggml::I32, &[n as i64 / 2]).set_input().name("pairs");
-        let pos = b.g.new_tensor(ggml::I32, &[n as i64]).set_input().name("pos");
-        let mask = b.g.new_tensor(ggml::F32, &[CONTEXT as i64, n as i64]).set_input().name("mask");
+        let mut b = Builder {
+            g: &graph.ctx,
+            w: &self.weights,
+            s: &self.state,
+            writes: vec![],
+        };
+        let input =
+            b.g.new_tensor(ggml::F32, &[1, (frames * FRAME) as i64])
+                .set_input()
+                .name("pcm");
+        let slots =
+            b.g.new_tensor(ggml::I32, &[n as i64])
+                .set_input()
+                .name("slots");
+        let pairs =
+            b.g.new_tensor(ggml::I32, &[n as i64 / 2])
+                .set_input()
+                .name("pairs");
+        let pos =
+            b.g.new_tensor(ggml::I32, &[n as i64])
+                .set_input()
+                .name("pos");
+        let mask =
+            b.g.new_tensor(ggml::F32, &[CONTEXT as i64, n as i64])
+                .set_input()
+                .name("mask");
         let first = b.g.new_tensor(ggml::F32, &[1, 1]).set_input().name("first");
         let convs = enc_convs();
         let mut h = b.first_conv(input, "enc.0", convs[0].1);
@@ -552,11 +723,29 @@ impl Mimi {
             let n_ = ENC_RES[i];
             h = b.resblock(h, &format!("enc.{n_}"), dim);
             h = b.g.elu(h);
-            h = b.conv(h, &format!("enc.{}", n_ + 2), ConvSpec { k: 2 * r, s: r, ic: dim, oc: 2 * dim });
+            h = b.conv(
+                h,
+                &format!("enc.{}", n_ + 2),
+                ConvSpec {
+                    k: 2 * r,
+                    s: r,
+                    ic: dim,
+                    oc: 2 * dim,
+                },
+            );
             dim *= 2;
         }
         h = b.g.elu(h);
-        h = b.conv(h, "enc.14", ConvSpec { k: LAST_KERNEL, s: 1, ic: dim, oc: LATENT });
+        h = b.conv(
+            h,
+            "enc.14",
+            ConvSpec {
+                k: LAST_KERNEL,
+                s: 1,
+                ic: dim,
+                oc: LATENT,
+            },
+        );
         h = b.transformer(h, "enc_tr", slots, pairs, pos, mask);
         let latent = b.downsample(h, first);
         let outputs = b.rvq_encode(latent);
@@ -569,18 +758,47 @@ impl Mimi {
             graph.expand(w);
         }
         graph.allocate(&self.backend)?;
-        Ok(Step { graph, input, outputs, slots, pairs, pos, mask, first: Some(first) })
+        Ok(Step {
+            graph,
+            input,
+            outputs,
+            slots,
+            pairs,
+            pos,
+            mask,
+            first: Some(first),
+        })
     }
 
     fn build_decoder(&self, frames: usize) -> Result<Step> {
         let mut graph = Graph::new(MAX_NODES);
         let n = frames * STEPS_PER_FRAME;
-        let mut b = Builder { g: &graph.ctx, w: &self.weights, s: &self.state, writes: vec![] };
-        let input = b.g.new_tensor(ggml::I32, &[(frames * N_CODEBOOKS) as i64]).set_input().name("codes");
-        let slots = b.g.new_tensor(ggml::I32, &[n as i64]).set_input().name("slots");
-        let pairs = b.g.new_tensor(ggml::I32, &[n as i64 / 2]).set_input().name("pairs");
-        let pos = b.g.new_tensor(ggml::I32, &[n as i64]).set_input().name("pos");
-        let mask = b.g.new_tensor(ggml::F32, &[CONTEXT as i64, n as i64]).set_input().name("mask");
+        let mut b = Builder {
+            g: &graph.ctx,
+            w: &self.weights,
+            s: &self.state,
+            writes: vec![],
+        };
+        let input =
+            b.g.new_tensor(ggml::I32, &[(frames * N_CODEBOOKS) as i64])
+                .set_input()
+                .name("codes");
+        let slots =
+            b.g.new_tensor(ggml::I32, &[n as i64])
+                .set_input()
+                .name("slots");
+        let pairs =
+            b.g.new_tensor(ggml::I32, &[n as i64 / 2])
+                .set_input()
+                .name("pairs");
+        let pos =
+            b.g.new_tensor(ggml::I32, &[n as i64])
+                .set_input()
+                .name("pos");
+        let mask =
+            b.g.new_tensor(ggml::F32, &[CONTEXT as i64, n as i64])
+                .set_input()
+                .name("mask");
         let latent = b.rvq_decode(input, frames);
         let mut h = b.upsample(latent, frames);
         h = b.transformer(h, "dec_tr", slots, pairs, pos, mask);
@@ -590,12 +808,30 @@ impl Mimi {
         for (i, &r) in RATIOS.iter().enumerate() {
             let n_ = DEC_RES[i] - 1;
             h = b.g.elu(h);
-            h = b.conv_transpose(h, &format!("dec.{n_}"), ConvSpec { k: 2 * r, s: r, ic: dim, oc: dim / 2 });
+            h = b.conv_transpose(
+                h,
+                &format!("dec.{n_}"),
+                ConvSpec {
+                    k: 2 * r,
+                    s: r,
+                    ic: dim,
+                    oc: dim / 2,
+                },
+            );
             dim /= 2;
             h = b.resblock(h, &format!("dec.{}", n_ + 1), dim);
         }
         h = b.g.elu(h);
-        h = b.conv(h, "dec.14", ConvSpec { k: LAST_KERNEL, s: 1, ic: dim, oc: CHANNELS });
+        h = b.conv(
+            h,
+            "dec.14",
+            ConvSpec {
+                k: LAST_KERNEL,
+                s: 1,
+                ic: dim,
+                oc: CHANNELS,
+            },
+        );
         let outputs = vec![h.set_output().name("pcm_out")];
         let writes = std::mem::take(&mut b.writes);
         for o in &outputs {
@@ -605,7 +841,16 @@ impl Mimi {
             graph.expand(w);
         }
         graph.allocate(&self.backend)?;
-        Ok(Step { graph, input, outputs, slots, pairs, pos, mask, first: None })
+        Ok(Step {
+            graph,
+            input,
+            outputs,
+            slots,
+            pairs,
+            pos,
+            mask,
+            first: None,
+        })
     }
 }
 
@@ -646,8 +891,18 @@ impl Builder<'_> {
         let row = c.ic * c.s;
         let mut y: Option<T> = None;
         for j in 0..c.k / c.s {
-            let wj = g.view(taps, &[row as i64, c.oc as i64], &[taps.nb()[1]], j * taps.nb()[2]);
-            let xj = g.view(xr, &[row as i64, (l / c.s) as i64], &[xr.nb()[1]], j * xr.nb()[1]);
+            let wj = g.view(
+                taps,
+                &[row as i64, c.oc as i64],
+                &[taps.nb()[1]],
+                j * taps.nb()[2],
+            );
+            let xj = g.view(
+                xr,
+                &[row as i64, (l / c.s) as i64],
+                &[xr.nb()[1]],
+                j * xr.nb()[1],
+            );
             let p = g.mul_mat(wj, xj);
             y = Some(match y {
                 None => p,
@@ -676,16 +931,37 @@ impl Builder<'_> {
         let taps = self.w.get(&format!("{name}.taps"));
         let signal = g.reshape(xc, &[xc.ne()[1], 1]);
         let cols = g.im2col_1d(taps, signal, 1, ggml::F32);
-        let y = g.mul_mat(g.reshape(taps, &[FIRST_CONV_TAPS as i64, c.oc as i64]), cols);
+        let y = g.mul_mat(
+            g.reshape(taps, &[FIRST_CONV_TAPS as i64, c.oc as i64]),
+            cols,
+        );
         self.bias(y, name, c.oc)
     }
 
     /// SEANet residual block: x + conv1(elu(conv3(elu(x)))).
     fn resblock(&mut self, x: T, name: &str, dim: usize) -> T {
         let h = self.g.elu(x);
-        let h = self.conv(h, &format!("{name}.b1"), ConvSpec { k: RESIDUAL_KERNEL, s: 1, ic: dim, oc: dim / COMPRESS });
+        let h = self.conv(
+            h,
+            &format!("{name}.b1"),
+            ConvSpec {
+                k: RESIDUAL_KERNEL,
+                s: 1,
+                ic: dim,
+                oc: dim / COMPRESS,
+            },
+        );
         let h = self.g.elu(h);
-        let h = self.conv(h, &format!("{name}.b3"), ConvSpec { k: 1, s: 1, ic: dim / COMPRESS, oc: dim });
+        let h = self.conv(
+            h,
+            &format!("{name}.b3"),
+            ConvSpec {
+                k: 1,
+                s: 1,
+                ic: dim / COMPRESS,
+                oc: dim,
+            },
+        );
         self.g.add(x, h)
     }
 
@@ -697,7 +973,12 @@ impl Builder<'_> {
         let l = x.ne()[1];
         let halves = self.w.get(&format!("{name}.halves"));
         let half = |h: usize| {
-            let w = g.view(halves, &[c.ic as i64, (c.s * c.oc) as i64], &[halves.nb()[1]], h * halves.nb()[2]);
+            let w = g.view(
+                halves,
+                &[c.ic as i64, (c.s * c.oc) as i64],
+                &[halves.nb()[1]],
+                h * halves.nb()[2],
+            );
             g.reshape(g.mul_mat(w, x), &[c.oc as i64, c.s as i64 * l])
         };
         let (a, b) = (half(0), half(1));
@@ -716,7 +997,12 @@ impl Builder<'_> {
         } else {
             g.concat(st, g.view(b, &[ch, len - span], &[b.nb()[1]], 0), 1)
         };
-        let tail = g.view(b, &[ch, span], &[b.nb()[1]], ((len - span) as usize) * b.nb()[1]);
+        let tail = g.view(
+            b,
+            &[ch, span],
+            &[b.nb()[1]],
+            ((len - span) as usize) * b.nb()[1],
+        );
         self.writes.push(g.cpy(tail, st));
         g.add(a, shifted)
     }
@@ -729,7 +1015,17 @@ impl Builder<'_> {
         let x0 = g.view(x, &[LATENT as i64, 1], &[x.nb()[1]], 0);
         let init = g.repeat_4d(x0, [LATENT as i64, 2, 1, 1]);
         let left = g.add(st, g.mul(g.sub(init, st), first));
-        self.conv_left(x, "downsample", ConvSpec { k: 4, s: 2, ic: LATENT, oc: LATENT }, Some((left, st)))
+        self.conv_left(
+            x,
+            "downsample",
+            ConvSpec {
+                k: 4,
+                s: 2,
+                ic: LATENT,
+                oc: LATENT,
+            },
+            Some((left, st)),
+        )
     }
 
     /// Learned depthwise ×2 up-sample (transposed, k4 s2, one filter per channel) of
@@ -789,8 +1085,14 @@ impl Builder<'_> {
                 slots,
             );
             // Values go in by slot pairs: a frame writes 2 steps, at an even slot.
-            let vt = g.reshape(g.cont(g.transpose(g.reshape(v, &[LATENT as i64, n]))), &[2, n / 2, LATENT as i64]);
-            let vcache = g.reshape(self.s.get(&format!("{side}.{l}.v")), &[2, c / 2, LATENT as i64]);
+            let vt = g.reshape(
+                g.cont(g.transpose(g.reshape(v, &[LATENT as i64, n]))),
+                &[2, n / 2, LATENT as i64],
+            );
+            let vcache = g.reshape(
+                self.s.get(&format!("{side}.{l}.v")),
+                &[2, c / 2, LATENT as i64],
+            );
             let vc = g.set_rows(vcache, vt, pairs);
             let kk = g.permute(
                 g.view(kc, &[d, h, c], &[HEAD_DIM * 4, LATENT * 4], 0),
