@@ -51,8 +51,10 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 fn llama_cpp_step(model: &Path) -> (Vec<f32>, Vec<f32>) {
     let mut bb = Backbone::load(
         &model.join(BACKBONE_FILE),
+        // One thread: tests run side by side on a 2-core machine.
         &BackboneParams {
             n_ctx: 64,
+            n_threads: 1,
             ..Default::default()
         },
     )

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Quick start without hardware or downloads: builds flm-edge, writes a small seeded FLM-Audio
 # checkpoint and a full-size Mimi checkpoint in the released formats (random weights),
-# converts them to a q4_k model folder, and inspects it.
+# converts them to a q4_k model folder, inspects it, and runs a speech clip through Mimi.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 .ci/install-deps
@@ -12,4 +12,7 @@ target/release/flm-testkit lm --size tiny --seed 1 --out "$work/lm"
 target/release/flm-testkit mimi --seed 1 --out "$work/mimi.safetensors"
 target/release/flm-edge convert --lm "$work/lm" --mimi "$work/mimi.safetensors" --out "$work/model" --quant q4_k --force
 target/release/flm-edge inspect "$work/model" | grep -E "^(==|model folder)|^  (general.architecture|flm.model_id)|tensors  " 
-echo "model folder ready: $work/model"
+target/release/flm-edge mimi encode --model "$work/model" --input tests/golden/mimi/speech.wav --output "$work/codes.npy"
+target/release/flm-edge mimi decode --model "$work/model" --input "$work/codes.npy" --output "$work/decoded.wav"
+target/release/flm-edge bench mimi --model "$work/model" --frames 50
+echo "model folder ready: $work/model (Mimi round trip: $work/decoded.wav)"
