@@ -45,7 +45,7 @@ fn read_mono(path: &Path) -> Result<(Vec<f32>, u32)> {
     ensure!(n > 0, "no audio samples");
     let channels = spec.channels as usize;
     ensure!(
-        n % channels == 0,
+        n.is_multiple_of(channels),
         "{n} samples do not fill whole frames of {channels} channels"
     );
     let samples: Vec<f32> = match (spec.sample_format, spec.bits_per_sample) {

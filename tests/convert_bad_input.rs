@@ -92,7 +92,7 @@ fn data_offsets_out_of_range_or_overlapping() {
     edit_safetensors_header(&weights(&ck), |h| {
         let t = h.get_mut("model.norm.weight").unwrap();
         let end = t["data_offsets"][1].as_u64().unwrap();
-        t["data_offsets"][1] = json!(end + 1 << 40);
+        t["data_offsets"][1] = json!((end + 1) << 40);
     });
     expect_error(&dir, &ck, &["model.safetensors", "model.norm.weight"]);
     let (dir, ck) = copy_checkpoints("offsets-overlap");

@@ -108,6 +108,25 @@ fn check(dtype: &str, min_equal: f64, min_snr: f64) {
 }
 
 #[test]
+fn the_generator_still_makes_the_golden_weights() {
+    use sha2::Digest;
+    let meta: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(Path::new(GOLDEN).join("meta.json")).unwrap(),
+    )
+    .unwrap();
+    let bytes = std::fs::read(&checkpoints(1).mimi).unwrap();
+    let digest: String = sha2::Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(
+        digest,
+        meta["weights_sha256"].as_str().unwrap(),
+        "flm-testkit changed: remake the golden files"
+    );
+}
+
+#[test]
 fn f32_weights_match_the_reference() {
     // Codes: f32 arithmetic in another summation order flips only near-ties.
     check("f32", 0.99, 40.0);

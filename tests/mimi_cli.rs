@@ -328,10 +328,10 @@ fn bad_codes_get_one_error_line_and_no_output() {
     });
     ok[7] = -1;
     write_npy(&dir.join("negative.npy"), &[8, 3], &ok);
-    write_npy(&dir.join("shape7.npy"), &[7, 3], &vec![1i32; 21]);
-    write_npy(&dir.join("flat.npy"), &[24], &vec![1i32; 24]);
-    write_npy(&dir.join("float.npy"), &[8, 3], &vec![1.0f32; 24]);
-    write_npy(&dir.join("int64.npy"), &[8, 3], &vec![3i64; 24]);
+    write_npy(&dir.join("shape7.npy"), &[7, 3], &[1i32; 21]);
+    write_npy(&dir.join("flat.npy"), &[24], &[1i32; 24]);
+    write_npy(&dir.join("float.npy"), &[8, 3], &[1.0f32; 24]);
+    write_npy(&dir.join("int64.npy"), &[8, 3], &[3i64; 24]);
     std::fs::write(dir.join("garbage.npy"), b"\x93NUMPY garbage").unwrap();
     let good = std::fs::read(format!("{GOLDEN}/codes.npy")).unwrap();
     std::fs::write(dir.join("truncated.npy"), &good[..good.len() - 100]).unwrap();

@@ -80,7 +80,7 @@ impl GgmlType {
     /// Quantizes whole rows of `src` (row length `row_len`) into `dst`, which it resizes.
     pub fn quantize_rows(self, src: &[f32], row_len: usize, dst: &mut Vec<u8>) -> Result<()> {
         ensure!(
-            row_len > 0 && src.len() % row_len == 0,
+            row_len > 0 && src.len().is_multiple_of(row_len),
             "quantize: {} values are not whole rows of {row_len}",
             src.len()
         );
@@ -95,12 +95,12 @@ impl GgmlType {
     /// Quantizes whole rows of `src` into `dst`, which must hold exactly their bytes.
     pub fn quantize_rows_into(self, src: &[f32], row_len: usize, dst: &mut [u8]) -> Result<()> {
         ensure!(
-            row_len > 0 && src.len() % row_len == 0,
+            row_len > 0 && src.len().is_multiple_of(row_len),
             "quantize: {} values are not whole rows of {row_len}",
             src.len()
         );
         ensure!(
-            row_len as u64 % self.block_size() == 0,
+            (row_len as u64).is_multiple_of(self.block_size()),
             "quantize: row {row_len} not a multiple of {} block",
             self.name()
         );
@@ -178,7 +178,7 @@ impl GgmlType {
     pub fn dequantize(self, src: &[u8], dst: &mut [f32]) -> Result<()> {
         let n = dst.len() as u64;
         ensure!(
-            n % self.block_size() == 0,
+            n.is_multiple_of(self.block_size()),
             "dequantize: {n} values are not whole {} blocks",
             self.name()
         );

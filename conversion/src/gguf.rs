@@ -260,7 +260,7 @@ impl GgufBuilder {
             ne.len()
         );
         ensure!(
-            ne[0] % ty.block_size() == 0,
+            ne[0].is_multiple_of(ty.block_size()),
             "tensor `{name}`: row of {} is not a multiple of the {} block size {}",
             ne[0],
             ty.name(),

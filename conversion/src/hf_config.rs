@@ -156,7 +156,7 @@ impl FlmConfig {
         let heads = self.num_attention_heads;
         let kv = self.n_kv_heads();
         ensure!(
-            kv > 0 && heads % kv == 0,
+            kv > 0 && heads.is_multiple_of(kv),
             "`num_key_value_heads` {kv} does not divide `num_attention_heads` {heads}"
         );
         ensure!(
@@ -165,7 +165,10 @@ impl FlmConfig {
             self.head_dim(),
             self.hidden_size
         );
-        ensure!(self.head_dim() % 2 == 0, "`head_dim` must be even for RoPE");
+        ensure!(
+            self.head_dim().is_multiple_of(2),
+            "`head_dim` must be even for RoPE"
+        );
         ensure!(
             self.hidden_act == "silu",
             "`hidden_act` is `{}`; only silu is supported",
@@ -218,7 +221,7 @@ impl FlmConfig {
         );
         let d = &self.aud_depthgpt;
         ensure!(
-            d.n_embd % d.n_head == 0,
+            d.n_embd.is_multiple_of(d.n_head),
             "`aud_depthgpt.n_embd` {} is not a multiple of `n_head` {}",
             d.n_embd,
             d.n_head

@@ -138,7 +138,7 @@ pub fn choose(
         },
     };
     let mut ty = preferred;
-    while row_len % ty.block_size() != 0 {
+    while !row_len.is_multiple_of(ty.block_size()) {
         ty = fallback(ty);
     }
     let note = (ty != preferred).then(|| {
@@ -161,9 +161,8 @@ fn fallback(ty: GgmlType) -> GgmlType {
 
 /// Q4_K_M's choice of layers whose attn_v and ffn_down get more bits (llama.cpp `use_more_bits`).
 pub fn more_bits_layer(layer: usize, n_layers: usize) -> bool {
-    layer < n_layers / 8
-        || layer >= 7 * n_layers / 8
-        || (layer >= n_layers / 8 && (layer - n_layers / 8) % 3 == 2)
+    let (lo, hi) = (n_layers / 8, 7 * n_layers / 8);
+    layer < lo || layer >= hi || (layer - lo) % 3 == 2
 }
 
 #[cfg(test)]

@@ -527,7 +527,7 @@ impl Mimi {
     /// (`codes[f * 8 + q]`).
     pub fn encode(&mut self, pcm: &[f32], codes: &mut [i32]) -> Result<()> {
         ensure!(
-            !pcm.is_empty() && pcm.len() % FRAME == 0,
+            !pcm.is_empty() && pcm.len().is_multiple_of(FRAME),
             "Mimi encode: {} samples is not a whole number of frames",
             pcm.len()
         );
@@ -584,7 +584,7 @@ impl Mimi {
     /// Decodes `codes` (frame-major, 8 per frame, each < 2048) into `pcm` (1920 per frame).
     pub fn decode(&mut self, codes: &[i32], pcm: &mut [f32]) -> Result<()> {
         ensure!(
-            !codes.is_empty() && codes.len() % N_CODEBOOKS == 0,
+            !codes.is_empty() && codes.len().is_multiple_of(N_CODEBOOKS),
             "Mimi decode: {} codes is not a whole number of frames",
             codes.len()
         );

@@ -22,43 +22,51 @@ pub const CODEBOOK_STD: f32 = 0.3;
 /// Codebooks stored in the released checkpoint (1 semantic + 31 acoustic).
 pub const STORED_CODEBOOKS: usize = 32;
 
-pub fn tensors() -> Vec<(String, Vec<usize>, Init)> {
-    let mut t: Vec<(String, Vec<usize>, Init)> = vec![];
-    let w = |fan_in: usize| Init {
+/// A tensor to write: name, shape (PyTorch order), value distribution.
+pub type Tensor = (String, Vec<usize>, Init);
+
+/// Weights keep activations O(1): std 1/sqrt(fan_in).
+fn w(fan_in: usize) -> Init {
+    Init {
         mean: 0.0,
         std: 1.0 / (fan_in as f32).sqrt(),
-    };
-    let bias = Init {
-        mean: 0.0,
-        std: 0.02,
-    };
-    let mut conv = |t: &mut Vec<_>, p: String, shape: [usize; 3], fan_in: usize| {
-        t.push((format!("{p}.weight"), shape.to_vec(), w(fan_in)));
-        t.push((format!("{p}.bias"), vec![shape[0]], bias));
-    };
-    let resblock = |t: &mut Vec<_>,
-                    conv: &mut dyn FnMut(&mut Vec<_>, String, [usize; 3], usize),
-                    p: &str,
-                    dim: usize| {
-        conv(
-            t,
-            format!("{p}.block.1.conv.conv"),
-            [dim / 2, dim, 3],
-            dim * 3,
-        );
-        conv(
-            t,
-            format!("{p}.block.3.conv.conv"),
-            [dim, dim / 2, 1],
-            dim / 2,
-        );
-    };
+    }
+}
+
+const BIAS: Init = Init {
+    mean: 0.0,
+    std: 0.02,
+};
+
+fn conv(t: &mut Vec<Tensor>, p: String, shape: [usize; 3], fan_in: usize) {
+    t.push((format!("{p}.weight"), shape.to_vec(), w(fan_in)));
+    t.push((format!("{p}.bias"), vec![shape[0]], BIAS));
+}
+
+fn resblock(t: &mut Vec<Tensor>, p: &str, dim: usize) {
+    conv(
+        t,
+        format!("{p}.block.1.conv.conv"),
+        [dim / 2, dim, 3],
+        dim * 3,
+    );
+    conv(
+        t,
+        format!("{p}.block.3.conv.conv"),
+        [dim, dim / 2, 1],
+        dim / 2,
+    );
+}
+
+pub fn tensors() -> Vec<Tensor> {
+    let mut t: Vec<Tensor> = vec![];
+    let bias = BIAS;
     // Encoder.
     conv(&mut t, "encoder.model.0.conv.conv".into(), [64, 1, 7], 7);
     let mut dim = 64;
     for (i, ratio) in [4usize, 5, 6, 8].into_iter().enumerate() {
         let n = 1 + 3 * i;
-        resblock(&mut t, &mut conv, &format!("encoder.model.{n}"), dim);
+        resblock(&mut t, &format!("encoder.model.{n}"), dim);
         conv(
             &mut t,
             format!("encoder.model.{}.conv.conv", n + 2),
@@ -95,7 +103,7 @@ pub fn tensors() -> Vec<(String, Vec<usize>, Init)> {
             bias,
         ));
         dim /= 2;
-        resblock(&mut t, &mut conv, &format!("decoder.model.{}", n + 1), dim);
+        resblock(&mut t, &format!("decoder.model.{}", n + 1), dim);
     }
     conv(
         &mut t,
