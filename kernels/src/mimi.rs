@@ -59,6 +59,11 @@ struct Ring {
     slot_pos: Vec<i64>,
     /// Positions written so far.
     end: i64,
+    // Per-call input values, sized for the largest call seen.
+    slots: Vec<i32>,
+    pairs: Vec<i32>,
+    pos: Vec<i32>,
+    mask: Vec<f32>,
 }
 
 impl Ring {
@@ -66,28 +71,47 @@ impl Ring {
         Ring {
             slot_pos: vec![-1; CONTEXT],
             end: 0,
+            slots: vec![],
+            pairs: vec![],
+            pos: vec![],
+            mask: vec![],
         }
     }
 
-    /// Claims slots for `n` new positions; fills their indices, the positions and the
-    /// attention mask ([CONTEXT, n]: 0 where key slot j is visible to query i, else -inf).
-    fn advance(&mut self, n: usize, slots: &mut [i32], pos: &mut [i32], mask: &mut [f32]) {
+    /// Claims slots for `n` new positions and writes the graph inputs: slot indices, slot
+    /// pairs, positions, and the attention mask ([CONTEXT, n]: 0 where key slot j is visible
+    /// to query i, else -inf).
+    fn advance(&mut self, n: usize, inputs: &RingInputs) {
+        if self.slots.len() < n {
+            self.slots.resize(n, 0);
+            self.pairs.resize(n / 2, 0);
+            self.pos.resize(n, 0);
+            self.mask.resize(n * CONTEXT, 0.0);
+        }
         for i in 0..n {
             let p = self.end + i as i64;
             let slot = (p as usize) % CONTEXT;
             self.slot_pos[slot] = p;
-            slots[i] = slot as i32;
-            pos[i] = p as i32;
+            self.slots[i] = slot as i32;
+            self.pos[i] = p as i32;
+        }
+        for i in 0..n / 2 {
+            // `end` and n are even and CONTEXT is even: pairs never straddle the wrap.
+            self.pairs[i] = self.slots[2 * i] / 2;
         }
         for i in 0..n {
             let q = self.end + i as i64;
             for (j, &k) in self.slot_pos.iter().enumerate() {
                 let d = q - k;
                 let visible = k >= 0 && d >= 0 && d < CONTEXT as i64;
-                mask[i * CONTEXT + j] = if visible { 0.0 } else { f32::NEG_INFINITY };
+                self.mask[i * CONTEXT + j] = if visible { 0.0 } else { f32::NEG_INFINITY };
             }
         }
         self.end += n as i64;
+        inputs.slots.write(&self.slots[..n]);
+        inputs.pairs.write(&self.pairs[..n / 2]);
+        inputs.pos.write(&self.pos[..n]);
+        inputs.mask.write(&self.mask[..n * CONTEXT]);
     }
 }
 
@@ -96,11 +120,33 @@ struct Step {
     graph: Graph,
     input: T,
     outputs: Vec<T>,
+    ring: RingInputs,
+    first: Option<T>,
+}
+
+/// Per-call inputs of a transformer graph: the ring slots written (keys by slot, values by
+/// slot pair), the positions (RoPE), and the attention mask.
+#[derive(Clone, Copy)]
+struct RingInputs {
     slots: T,
     pairs: T,
     pos: T,
     mask: T,
-    first: Option<T>,
+}
+
+impl RingInputs {
+    fn new(g: &Ctx, n: usize) -> RingInputs {
+        let n = n as i64;
+        RingInputs {
+            slots: g.new_tensor(ggml::I32, &[n]).set_input().name("slots"),
+            pairs: g.new_tensor(ggml::I32, &[n / 2]).set_input().name("pairs"),
+            pos: g.new_tensor(ggml::I32, &[n]).set_input().name("pos"),
+            mask: g
+                .new_tensor(ggml::F32, &[CONTEXT as i64, n])
+                .set_input()
+                .name("mask"),
+        }
+    }
 }
 
 pub struct Mimi {
@@ -112,11 +158,6 @@ pub struct Mimi {
     enc_ring: Ring,
     dec_ring: Ring,
     enc_first: bool,
-    // Scratch for per-call inputs, sized for the largest chunk seen.
-    slots: Vec<i32>,
-    pairs: Vec<i32>,
-    pos: Vec<i32>,
-    mask: Vec<f32>,
 }
 
 fn enc_convs() -> Vec<(String, ConvSpec)> {
@@ -463,10 +504,6 @@ impl Mimi {
             enc_ring: Ring::new(),
             dec_ring: Ring::new(),
             enc_first: true,
-            slots: vec![],
-            pairs: vec![],
-            pos: vec![],
-            mask: vec![],
         })
     }
 
@@ -547,25 +584,9 @@ impl Mimi {
             self.encoders.insert(frames, step);
         }
         let n = frames * STEPS_PER_FRAME;
-        self.scratch(n);
-        self.enc_ring.advance(
-            n,
-            &mut self.slots[..n],
-            &mut self.pos[..n],
-            &mut self.mask[..n * CONTEXT],
-        );
         let step = self.encoders.get_mut(&frames).unwrap();
+        self.enc_ring.advance(n, &step.ring);
         step.input.write(pcm);
-        step.slots.write(&self.slots[..n]);
-        for (pair, slot) in self.pairs[..n / 2]
-            .iter_mut()
-            .zip(self.slots.iter().step_by(2))
-        {
-            *pair = slot / 2;
-        }
-        step.pairs.write(&self.pairs[..n / 2]);
-        step.pos.write(&self.pos[..n]);
-        step.mask.write(&self.mask[..n * CONTEXT]);
         step.first
             .unwrap()
             .write(&[if self.enc_first { 1.0f32 } else { 0.0 }]);
@@ -610,14 +631,8 @@ impl Mimi {
             self.decoders.insert(frames, step);
         }
         let n = frames * STEPS_PER_FRAME;
-        self.scratch(n);
-        self.dec_ring.advance(
-            n,
-            &mut self.slots[..n],
-            &mut self.pos[..n],
-            &mut self.mask[..n * CONTEXT],
-        );
         let step = self.decoders.get_mut(&frames).unwrap();
+        self.dec_ring.advance(n, &step.ring);
         // Codebook-major on the graph side: one contiguous row of frames per codebook.
         let mut by_q = [0i32; 8 * 125];
         for f in 0..frames {
@@ -626,16 +641,6 @@ impl Mimi {
             }
         }
         step.input.write(&by_q[..frames * N_CODEBOOKS]);
-        step.slots.write(&self.slots[..n]);
-        for (pair, slot) in self.pairs[..n / 2]
-            .iter_mut()
-            .zip(self.slots.iter().step_by(2))
-        {
-            *pair = slot / 2;
-        }
-        step.pairs.write(&self.pairs[..n / 2]);
-        step.pos.write(&self.pos[..n]);
-        step.mask.write(&self.mask[..n * CONTEXT]);
         step.graph.compute(&self.backend)?;
         step.outputs[0].read(pcm);
         Ok(())
@@ -677,15 +682,6 @@ impl Mimi {
         Ok(out)
     }
 
-    fn scratch(&mut self, n: usize) {
-        if self.slots.len() < n {
-            self.slots.resize(n, 0);
-            self.pairs.resize(n / 2, 0);
-            self.pos.resize(n, 0);
-            self.mask.resize(n * CONTEXT, 0.0);
-        }
-    }
-
     fn build_encoder(&self, frames: usize) -> Result<Step> {
         let mut graph = Graph::new(MAX_NODES);
         let n = frames * STEPS_PER_FRAME;
@@ -699,22 +695,7 @@ impl Mimi {
             b.g.new_tensor(ggml::F32, &[1, (frames * FRAME) as i64])
                 .set_input()
                 .name("pcm");
-        let slots =
-            b.g.new_tensor(ggml::I32, &[n as i64])
-                .set_input()
-                .name("slots");
-        let pairs =
-            b.g.new_tensor(ggml::I32, &[n as i64 / 2])
-                .set_input()
-                .name("pairs");
-        let pos =
-            b.g.new_tensor(ggml::I32, &[n as i64])
-                .set_input()
-                .name("pos");
-        let mask =
-            b.g.new_tensor(ggml::F32, &[CONTEXT as i64, n as i64])
-                .set_input()
-                .name("mask");
+        let ring = RingInputs::new(b.g, n);
         let first = b.g.new_tensor(ggml::F32, &[1, 1]).set_input().name("first");
         let convs = enc_convs();
         let mut h = b.first_conv(input, "enc.0", convs[0].1);
@@ -746,26 +727,16 @@ impl Mimi {
                 oc: LATENT,
             },
         );
-        h = b.transformer(h, "enc_tr", slots, pairs, pos, mask);
+        h = b.transformer(h, "enc_tr", &ring);
         let latent = b.downsample(h, first);
         let outputs = b.rvq_encode(latent);
         let writes = std::mem::take(&mut b.writes);
-        for o in &outputs {
-            graph.expand(*o);
-        }
-        // State writes go last, after every read of the old state.
-        for w in writes {
-            graph.expand(w);
-        }
-        graph.allocate(&self.backend)?;
+        self.finish(&mut graph, &outputs, writes)?;
         Ok(Step {
             graph,
             input,
             outputs,
-            slots,
-            pairs,
-            pos,
-            mask,
+            ring,
             first: Some(first),
         })
     }
@@ -783,25 +754,10 @@ impl Mimi {
             b.g.new_tensor(ggml::I32, &[(frames * N_CODEBOOKS) as i64])
                 .set_input()
                 .name("codes");
-        let slots =
-            b.g.new_tensor(ggml::I32, &[n as i64])
-                .set_input()
-                .name("slots");
-        let pairs =
-            b.g.new_tensor(ggml::I32, &[n as i64 / 2])
-                .set_input()
-                .name("pairs");
-        let pos =
-            b.g.new_tensor(ggml::I32, &[n as i64])
-                .set_input()
-                .name("pos");
-        let mask =
-            b.g.new_tensor(ggml::F32, &[CONTEXT as i64, n as i64])
-                .set_input()
-                .name("mask");
+        let ring = RingInputs::new(b.g, n);
         let latent = b.rvq_decode(input, frames);
         let mut h = b.upsample(latent, frames);
-        h = b.transformer(h, "dec_tr", slots, pairs, pos, mask);
+        h = b.transformer(h, "dec_tr", &ring);
         let convs = dec_convs();
         h = b.conv(h, "dec.0", convs[0].1);
         let mut dim = N_FILTERS << RATIOS.len();
@@ -834,23 +790,26 @@ impl Mimi {
         );
         let outputs = vec![h.set_output().name("pcm_out")];
         let writes = std::mem::take(&mut b.writes);
-        for o in &outputs {
-            graph.expand(*o);
-        }
-        for w in writes {
-            graph.expand(w);
-        }
-        graph.allocate(&self.backend)?;
+        self.finish(&mut graph, &outputs, writes)?;
         Ok(Step {
             graph,
             input,
             outputs,
-            slots,
-            pairs,
-            pos,
-            mask,
+            ring,
             first: None,
         })
+    }
+
+    /// Adds the outputs, then the state writes (after every read of the old state), and
+    /// allocates the graph.
+    fn finish(&self, graph: &mut Graph, outputs: &[T], writes: Vec<T>) -> Result<()> {
+        for &o in outputs {
+            graph.expand(o);
+        }
+        for w in writes {
+            graph.expand(w);
+        }
+        graph.allocate(&self.backend)
     }
 }
 
@@ -1044,7 +1003,13 @@ impl Builder<'_> {
     }
 
     /// 8 pre-norm layers with LayerScale over `x` ([512, N], channel-fastest).
-    fn transformer(&mut self, mut x: T, side: &str, slots: T, pairs: T, pos: T, mask: T) -> T {
+    fn transformer(&mut self, mut x: T, side: &str, ring: &RingInputs) -> T {
+        let RingInputs {
+            slots,
+            pairs,
+            pos,
+            mask,
+        } = *ring;
         let g = self.g;
         let n = x.ne()[1];
         let (d, h, c) = (HEAD_DIM as i64, HEADS as i64, CONTEXT as i64);
