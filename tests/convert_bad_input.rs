@@ -8,15 +8,35 @@ use std::path::{Path, PathBuf};
 use common::*;
 use serde_json::json;
 
-/// A private copy of the seed-1 checkpoints to break.
-fn copy_checkpoints(name: &str) -> (PathBuf, Checkpoints) {
+/// A private copy of the seed-1 language model folder to break (the Mimi checkpoint is
+/// shared; `copy_mimi` gives a private copy of it to break instead).
+fn copy_checkpoints(name: &str) -> (Scratch, Checkpoints) {
     let src = checkpoints(1);
     let dir = scratch(name);
     let lm = dir.join("lm");
     copy_dir(&src.lm, &lm);
+    (
+        dir,
+        Checkpoints {
+            lm,
+            mimi: src.mimi.clone(),
+        },
+    )
+}
+
+fn copy_mimi(name: &str) -> (Scratch, Checkpoints) {
+    let src = checkpoints(1);
+    let dir = scratch(name);
+    std::fs::create_dir_all(&*dir).unwrap();
     let mimi = dir.join("mimi.safetensors");
     std::fs::copy(&src.mimi, &mimi).unwrap();
-    (dir, Checkpoints { lm, mimi })
+    (
+        dir,
+        Checkpoints {
+            lm: src.lm.clone(),
+            mimi,
+        },
+    )
 }
 
 /// Runs convert on broken checkpoints and checks the error and that no model was left.
@@ -62,7 +82,7 @@ fn truncated_safetensors() {
     f.set_len(len - 1000).unwrap();
     expect_error(&dir, &ck, &["model.safetensors", "truncated"]);
     // Cut inside the header.
-    let (dir, ck) = copy_checkpoints("truncated-header");
+    let (dir, ck) = copy_mimi("truncated-header");
     std::fs::OpenOptions::new()
         .write(true)
         .open(&ck.mimi)
@@ -71,7 +91,7 @@ fn truncated_safetensors() {
         .unwrap();
     expect_error(&dir, &ck, &["mimi.safetensors", "truncated"]);
     // Empty file.
-    let (dir, ck) = copy_checkpoints("empty");
+    let (dir, ck) = copy_mimi("empty");
     std::fs::write(&ck.mimi, b"").unwrap();
     expect_error(&dir, &ck, &["mimi.safetensors", "not a safetensors file"]);
 }
@@ -125,7 +145,7 @@ fn missing_tensor() {
             "missing",
         ],
     );
-    let (dir, ck) = copy_checkpoints("missing-codebook");
+    let (dir, ck) = copy_mimi("missing-codebook");
     edit_safetensors_header(&ck.mimi, |h| {
         let t = h
             .remove("quantizer.rvq_rest.vq.layers.6._codebook.cluster_usage")
@@ -159,7 +179,7 @@ fn wrong_shape() {
             "expected [768, 256]",
         ],
     );
-    let (dir, ck) = copy_checkpoints("wrong-shape-mimi");
+    let (dir, ck) = copy_mimi("wrong-shape-mimi");
     edit_safetensors_header(&ck.mimi, |h| {
         h.get_mut("decoder.model.14.conv.conv.weight").unwrap()["shape"] = json!([1, 32, 6]);
     });
@@ -215,7 +235,7 @@ fn nan_or_inf_in_a_weight() {
 #[test]
 fn failure_while_writing_leaves_nothing_that_looks_like_a_model() {
     // A NaN in Mimi's last tensor is found while writing the third file, after the other two.
-    let (dir, ck) = copy_checkpoints("late-failure");
+    let (dir, ck) = copy_mimi("late-failure");
     let (_, e) = tensor_range(
         &ck.mimi,
         "quantizer.rvq_rest.vq.layers.6._codebook.embedding_sum",

@@ -8,7 +8,7 @@ use std::path::Path;
 use common::*;
 use flm_conversion::Gguf;
 
-fn converted(name: &str) -> std::path::PathBuf {
+fn converted(name: &str) -> Scratch {
     let out = scratch(name);
     let run = convert(checkpoints(1), &out, &["--quant", "q4_k"]);
     assert!(

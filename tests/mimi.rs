@@ -39,8 +39,8 @@ fn speech() -> Vec<f32> {
         .collect()
 }
 
-/// The seed-1 Mimi converted at `dtype`.
-fn mimi_gguf(dtype: &str) -> PathBuf {
+/// The seed-1 Mimi converted at `dtype` (the folder goes when the returned guard does).
+fn mimi_gguf(dtype: &str) -> (Scratch, PathBuf) {
     let out = scratch(&format!("mimi-{dtype}"));
     let run = convert(
         checkpoints(1),
@@ -52,7 +52,8 @@ fn mimi_gguf(dtype: &str) -> PathBuf {
         "{}",
         String::from_utf8_lossy(&run.stderr)
     );
-    out.join("mimi.gguf")
+    let path = out.join("mimi.gguf");
+    (out, path)
 }
 
 fn snr_db(reference: &[f32], got: &[f32]) -> f64 {
@@ -69,7 +70,8 @@ fn check(dtype: &str, min_equal: f64, min_snr: f64) {
     let (want, frames) = golden_codes();
     assert!(frames >= 100);
     let pcm = speech();
-    let mut mimi = Mimi::load(&mimi_gguf(dtype), 1).unwrap();
+    let (_dir, path) = mimi_gguf(dtype);
+    let mut mimi = Mimi::load(&path, 1).unwrap();
     let mut codes = vec![0i32; frames * 8];
     for f in 0..frames {
         mimi.encode(

@@ -22,7 +22,7 @@ fn model() -> &'static PathBuf {
             "{}",
             String::from_utf8_lossy(&run.stderr)
         );
-        out
+        out.keep()
     })
 }
 

@@ -9,8 +9,39 @@ use std::sync::OnceLock;
 
 use flm_testkit::{LmSpec, write_lm, write_mimi};
 
-/// A fresh folder for this test binary, emptied on first use.
-pub fn scratch(name: &str) -> PathBuf {
+/// A test's own folder, removed when the test is done with it (test data runs to gigabytes).
+pub struct Scratch(PathBuf);
+
+impl Scratch {
+    /// Keeps the folder for the rest of the run (shared fixtures).
+    pub fn keep(self) -> PathBuf {
+        let p = self.0.clone();
+        std::mem::forget(self);
+        p
+    }
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for Scratch {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A fresh, empty folder name for this test binary (the binary's root is emptied on first use).
+pub fn scratch(name: &str) -> Scratch {
     static ROOT: OnceLock<PathBuf> = OnceLock::new();
     let root = ROOT.get_or_init(|| {
         let exe = std::env::current_exe().unwrap();
@@ -22,7 +53,7 @@ pub fn scratch(name: &str) -> PathBuf {
     });
     let p = root.join(name);
     let _ = std::fs::remove_dir_all(&p);
-    p
+    Scratch(p)
 }
 
 pub struct Checkpoints {
@@ -38,7 +69,7 @@ pub fn checkpoints(seed: u64) -> &'static Checkpoints {
     if let Some((_, c)) = guard.iter().find(|(s, _)| *s == seed) {
         return c;
     }
-    let dir = scratch(&format!("checkpoints-{seed}"));
+    let dir = scratch(&format!("checkpoints-{seed}")).keep();
     let lm = dir.join("lm");
     let mimi = dir.join("mimi.safetensors");
     write_lm(&lm, &LmSpec::tiny(), seed).unwrap();
