@@ -271,20 +271,9 @@ impl Ctx {
         })
     }
 
-    /// Scatter-adds [K*OC, T] columns into a [(T-1)*s + K, OC] signal.
-    pub fn col2im_1d(&self, cols: T, stride: i32, oc: i32) -> T {
-        // SAFETY: as for unary ops.
-        T::new(unsafe { sys::ggml_col2im_1d(self.raw(), cols.raw(), stride, oc, 0) })
-    }
-
     pub fn repeat_4d(&self, a: T, ne: [i64; 4]) -> T {
         // SAFETY: as for unary ops; ggml checks that a's shape divides ne.
         T::new(unsafe { sys::ggml_repeat_4d(self.raw(), a.raw(), ne[0], ne[1], ne[2], ne[3]) })
-    }
-
-    pub fn pad_ext(&self, a: T, left0: i32, right0: i32) -> T {
-        // SAFETY: as for unary ops.
-        T::new(unsafe { sys::ggml_pad_ext(self.raw(), a.raw(), left0, right0, 0, 0, 0, 0, 0, 0) })
     }
 
     /// Writes rows of `src` into rows `idx` of `dst`; returns `dst` as modified.
@@ -420,12 +409,6 @@ impl Graph {
                 sys::ggml_graph_add_node(one, node);
                 node
             };
-            if std::env::var_os("FLM_PROFILE_TRACE").is_some() {
-                // SAFETY: valid node; static string.
-                eprintln!("node {i}: {:?}", unsafe {
-                    std::ffi::CStr::from_ptr(sys::ggml_op_desc(node))
-                });
-            }
             let t0 = std::time::Instant::now();
             for _ in 0..reps.max(1) {
                 // SAFETY: as above.

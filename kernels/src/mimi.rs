@@ -7,17 +7,16 @@
 //! size (frames per call) and reused with its allocator, so the per-frame path allocates
 //! nothing after warm-up.
 //!
-//! Layouts: SEANet signals are time-fastest `[T, C]` (what `im2col` unfolds and `col2im`
-//! produces); transformer and quantizer activations are channel-fastest `[C, T]`.
-//! A convolution is `im2col` + `mul_mat` (ggml_conv_1d would round f32 data through f16);
-//! a transposed convolution is `mul_mat` with weights re-laid-out once at load + `col2im_1d`
-//! (ggml's conv_transpose_1d re-arranges its whole kernel on every call).
+//! Layout: every signal is channel-fastest `[C, T]`. A stride-s convolution with K = n·s taps
+//! is n matmuls over the signal viewed as blocks of s samples; a transposed convolution
+//! (K = 2s) is two matmuls, the second delayed by one span. Weights are re-laid-out once at
+//! load for this and are always the matmul's first operand. (ggml_conv_1d would round f32
+//! data through f16, and ggml's conv_transpose_1d re-arranges its whole kernel on every call.)
 
 use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::{Result, ensure};
-use flm_conversion::GgmlType;
 use flm_conversion::model_files::{MIMI_ARCH, mimi_keys};
 use flm_conversion::plan::mimi_arch::*;
 
@@ -30,6 +29,8 @@ pub const FRAME: usize = FRAME_SIZE as usize;
 const STEPS_PER_FRAME: usize = 2;
 const HEAD_DIM: usize = LATENT / HEADS;
 const MAX_NODES: usize = 4096;
+/// Most frames per call: every step of a call must fit in the ring KV cache.
+pub const MAX_FRAMES_PER_CALL: usize = CONTEXT / STEPS_PER_FRAME;
 
 /// A causal conv of the SEANet: weight name prefix, kernel, stride, in and out channels.
 #[derive(Clone, Copy)]
@@ -283,6 +284,14 @@ fn dec_convs() -> Vec<(String, ConvSpec, bool)> {
     v
 }
 
+fn check_chunk(frames: usize) -> Result<()> {
+    ensure!(
+        (1..=MAX_FRAMES_PER_CALL).contains(&frames),
+        "Mimi: {frames} frames per call (1..={MAX_FRAMES_PER_CALL})"
+    );
+    Ok(())
+}
+
 /// The first conv has one input channel: it is unfolded by `im2col` instead of split into
 /// taps, with a zero tap in front so that the unfolded rows (8) suit the SIMD matmul.
 const FIRST_CONV_TAPS: usize = KERNEL + 1;
@@ -366,8 +375,7 @@ impl Mimi {
             );
         }
         let i = |v: usize| v as i64;
-        let mut weight_type = GgmlType::F32;
-        let mut decl_conv =
+        let decl_conv =
             |wb: &mut WeightsBuilder, name: &str, c: ConvSpec, transposed: bool| -> Result<()> {
                 let wname = format!("{name}.weight");
                 let t = wb
@@ -389,7 +397,6 @@ impl Mimi {
                     !ty.is_quantized(),
                     "{label}: `{wname}` is {ty}, expected f32 or f16"
                 );
-                weight_type = ty;
                 let es = ty.block_bytes() as usize;
                 if transposed {
                     let out = conv_transpose_halves(bytes, es, c);
@@ -574,15 +581,7 @@ impl Mimi {
             "Mimi encode: codes buffer of {} for {frames} frames",
             codes.len()
         );
-        ensure!(
-            frames * STEPS_PER_FRAME <= CONTEXT,
-            "Mimi encode: at most {} frames per call",
-            CONTEXT / STEPS_PER_FRAME
-        );
-        if !self.encoders.contains_key(&frames) {
-            let step = self.build_encoder(frames)?;
-            self.encoders.insert(frames, step);
-        }
+        self.prepare_encoder(frames)?;
         let n = frames * STEPS_PER_FRAME;
         let step = self.encoders.get_mut(&frames).unwrap();
         self.enc_ring.advance(n, &step.ring);
@@ -592,9 +591,9 @@ impl Mimi {
             .write(&[if self.enc_first { 1.0f32 } else { 0.0 }]);
         step.graph.compute(&self.backend)?;
         self.enc_first = false;
-        let mut q_codes = [0i32; 256];
+        let mut q_codes = [0i32; MAX_FRAMES_PER_CALL];
         for (q, out) in step.outputs.iter().enumerate() {
-            out.read(&mut q_codes[..frames.min(256)]);
+            out.read(&mut q_codes[..frames]);
             for f in 0..frames {
                 codes[f * N_CODEBOOKS + q] = q_codes[f];
             }
@@ -615,26 +614,19 @@ impl Mimi {
             "Mimi decode: pcm buffer of {} for {frames} frames",
             pcm.len()
         );
-        ensure!(
-            frames * STEPS_PER_FRAME <= CONTEXT,
-            "Mimi decode: at most {} frames per call",
-            CONTEXT / STEPS_PER_FRAME
-        );
+
         if let Some(c) = codes
             .iter()
             .find(|&&c| c < 0 || c as usize >= CODEBOOK_SIZE)
         {
             anyhow::bail!("Mimi decode: code {c} is outside 0..{CODEBOOK_SIZE}");
         }
-        if !self.decoders.contains_key(&frames) {
-            let step = self.build_decoder(frames)?;
-            self.decoders.insert(frames, step);
-        }
+        self.prepare_decoder(frames)?;
         let n = frames * STEPS_PER_FRAME;
         let step = self.decoders.get_mut(&frames).unwrap();
         self.dec_ring.advance(n, &step.ring);
         // Codebook-major on the graph side: one contiguous row of frames per codebook.
-        let mut by_q = [0i32; 8 * 125];
+        let mut by_q = [0i32; N_CODEBOOKS * MAX_FRAMES_PER_CALL];
         for f in 0..frames {
             for q in 0..N_CODEBOOKS {
                 by_q[q * frames + f] = codes[f * N_CODEBOOKS + q];
@@ -648,13 +640,24 @@ impl Mimi {
 
     /// Builds the graphs for `frames` frames per call ahead of time (warm-up).
     pub fn prepare(&mut self, frames: usize) -> Result<()> {
+        self.prepare_encoder(frames)?;
+        self.prepare_decoder(frames)
+    }
+
+    fn prepare_encoder(&mut self, frames: usize) -> Result<()> {
+        check_chunk(frames)?;
         if !self.encoders.contains_key(&frames) {
-            let s = self.build_encoder(frames)?;
-            self.encoders.insert(frames, s);
+            let step = self.build_encoder(frames)?;
+            self.encoders.insert(frames, step);
         }
+        Ok(())
+    }
+
+    fn prepare_decoder(&mut self, frames: usize) -> Result<()> {
+        check_chunk(frames)?;
         if !self.decoders.contains_key(&frames) {
-            let s = self.build_decoder(frames)?;
-            self.decoders.insert(frames, s);
+            let step = self.build_decoder(frames)?;
+            self.decoders.insert(frames, step);
         }
         Ok(())
     }

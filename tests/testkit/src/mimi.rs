@@ -60,7 +60,6 @@ fn resblock(t: &mut Vec<Tensor>, p: &str, dim: usize) {
 
 pub fn tensors() -> Vec<Tensor> {
     let mut t: Vec<Tensor> = vec![];
-    let bias = BIAS;
     // Encoder.
     conv(&mut t, "encoder.model.0.conv.conv".into(), [64, 1, 7], 7);
     let mut dim = 64;
@@ -100,7 +99,7 @@ pub fn tensors() -> Vec<Tensor> {
         t.push((
             format!("decoder.model.{n}.convtr.convtr.bias"),
             vec![dim / 2],
-            bias,
+            BIAS,
         ));
         dim /= 2;
         resblock(&mut t, &format!("decoder.model.{}", n + 1), dim);
@@ -133,7 +132,7 @@ pub fn tensors() -> Vec<Tensor> {
                     std: 0.1,
                 },
             ));
-            t.push((format!("{p}norm1.bias"), vec![512], bias));
+            t.push((format!("{p}norm1.bias"), vec![512], BIAS));
             t.push((
                 format!("{p}norm2.weight"),
                 vec![512],
@@ -142,7 +141,7 @@ pub fn tensors() -> Vec<Tensor> {
                     std: 0.1,
                 },
             ));
-            t.push((format!("{p}norm2.bias"), vec![512], bias));
+            t.push((format!("{p}norm2.bias"), vec![512], BIAS));
             t.push((format!("{p}linear1.weight"), vec![2048, 512], w(512)));
             t.push((format!("{p}linear2.weight"), vec![512, 2048], w(2048)));
             t.push((
