@@ -23,16 +23,10 @@ impl Default for BackboneParams {
     fn default() -> Self {
         BackboneParams {
             n_ctx: 512,
-            n_threads: default_threads(),
+            n_threads: crate::default_threads() as i32,
             n_gpu_layers: 0,
         }
     }
-}
-
-pub fn default_threads() -> i32 {
-    std::thread::available_parallelism()
-        .map(|n| n.get() as i32)
-        .unwrap_or(1)
 }
 
 pub struct Backbone {

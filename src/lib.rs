@@ -7,3 +7,10 @@ pub mod files;
 pub mod inspect;
 pub mod model_dir;
 pub mod wav;
+
+/// Threads for compute: every core the process may use.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}

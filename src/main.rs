@@ -106,11 +106,7 @@ enum BenchCmd {
 }
 
 fn threads(t: Option<usize>) -> usize {
-    t.unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-    })
+    t.unwrap_or_else(flm_edge::default_threads)
 }
 
 /// The Mimi file of a model folder (checked against its siblings) or a mimi.gguf path.

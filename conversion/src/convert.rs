@@ -87,16 +87,11 @@ pub fn convert(opts: ConvertOptions) -> Result<Summary> {
     check_sources(&mimi_ck, &mimi_items, None)?;
     report_unused(
         &lm,
-        [&backbone_items, &audio_items],
+        &[&backbone_items, &audio_items],
         plan::ignored_lm_tensor,
         log,
     );
-    report_unused(
-        &mimi_ck,
-        [&mimi_items, &vec![]],
-        plan::ignored_mimi_tensor,
-        log,
-    );
+    report_unused(&mimi_ck, &[&mimi_items], plan::ignored_mimi_tensor, log);
 
     let model_id = model_id(&config_path, &lm, &mimi_ck)?;
     log(&format!("model id {model_id}"));
@@ -283,7 +278,7 @@ fn check_sources(ck: &Checkpoint, items: &[Item], config: Option<&Path>) -> Resu
 
 fn report_unused(
     ck: &Checkpoint,
-    plans: [&Vec<Item>; 2],
+    plans: &[&[Item]],
     ignored: fn(&str) -> bool,
     log: &mut dyn FnMut(&str),
 ) {
