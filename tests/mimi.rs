@@ -8,35 +8,11 @@ use std::path::{Path, PathBuf};
 use common::*;
 use flm_kernels::mimi::{FRAME, Mimi};
 
-const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/mimi");
-
+/// Golden codes, frame-major, and their number of frames.
 fn golden_codes() -> (Vec<i32>, usize) {
-    let bytes = std::fs::read(Path::new(GOLDEN).join("codes.npy")).unwrap();
-    let npy = npyz::NpyFile::new(&bytes[..]).unwrap();
-    let shape = npy.shape().to_vec();
-    assert_eq!(shape[0], 8);
-    let t = shape[1] as usize;
-    let by_q: Vec<i32> = npy.into_vec().unwrap();
-    // [8, T] → frame-major.
-    let mut codes = vec![0; 8 * t];
-    for q in 0..8 {
-        for f in 0..t {
-            codes[f * 8 + q] = by_q[q * t + f];
-        }
-    }
-    (codes, t)
-}
-
-fn golden_decoded() -> Vec<f32> {
-    let bytes = std::fs::read(Path::new(GOLDEN).join("decoded.npy")).unwrap();
-    npyz::NpyFile::new(&bytes[..]).unwrap().into_vec().unwrap()
-}
-
-fn speech() -> Vec<f32> {
-    let mut r = hound::WavReader::open(Path::new(GOLDEN).join("speech.wav")).unwrap();
-    r.samples::<i16>()
-        .map(|s| s.unwrap() as f32 / 32768.0)
-        .collect()
+    let codes = flm_edge::codes_npy::read(&Path::new(GOLDEN_MIMI).join("codes.npy")).unwrap();
+    let frames = codes.len() / 8;
+    (codes, frames)
 }
 
 /// The seed-1 Mimi converted at `dtype` (the folder goes when the returned guard does).
@@ -54,16 +30,6 @@ fn mimi_gguf(dtype: &str) -> (Scratch, PathBuf) {
     );
     let path = out.join("mimi.gguf");
     (out, path)
-}
-
-fn snr_db(reference: &[f32], got: &[f32]) -> f64 {
-    let sig: f64 = reference.iter().map(|&x| (x as f64).powi(2)).sum();
-    let err: f64 = reference
-        .iter()
-        .zip(got)
-        .map(|(&a, &b)| (a as f64 - b as f64).powi(2))
-        .sum();
-    10.0 * (sig / err.max(1e-30)).log10()
 }
 
 fn check(dtype: &str, min_equal: f64, min_snr: f64) {
@@ -113,7 +79,7 @@ fn check(dtype: &str, min_equal: f64, min_snr: f64) {
 fn the_generator_still_makes_the_golden_weights() {
     use sha2::Digest;
     let meta: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(Path::new(GOLDEN).join("meta.json")).unwrap(),
+        &std::fs::read_to_string(Path::new(GOLDEN_MIMI).join("meta.json")).unwrap(),
     )
     .unwrap();
     let bytes = std::fs::read(&checkpoints(1).mimi).unwrap();

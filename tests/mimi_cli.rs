@@ -10,8 +10,6 @@ use std::path::{Path, PathBuf};
 use common::*;
 use flm_kernels::mimi::{FRAME, Mimi};
 
-const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/mimi");
-
 fn model() -> &'static PathBuf {
     static M: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     M.get_or_init(|| {
@@ -37,11 +35,20 @@ fn read_codes(p: &Path) -> (Vec<u64>, Vec<i32>) {
     (npy.shape().to_vec(), npy.into_vec().unwrap())
 }
 
-fn speech() -> Vec<f32> {
-    let mut r = hound::WavReader::open(Path::new(GOLDEN).join("speech.wav")).unwrap();
-    r.samples::<i16>()
-        .map(|s| s.unwrap() as f32 / 32768.0)
-        .collect()
+/// `flm-edge mimi VERB` on the test model, one thread.
+fn mimi(verb: &str, input: &Path, output: &Path) -> std::process::Output {
+    flm_edge(&[
+        "mimi",
+        verb,
+        "--model",
+        s(model()),
+        "--threads",
+        "1",
+        "--input",
+        s(input),
+        "--output",
+        s(output),
+    ])
 }
 
 #[test]
@@ -49,25 +56,14 @@ fn encode_and_decode_files_match_the_reference() {
     let dir = scratch("files");
     std::fs::create_dir_all(&dir).unwrap();
     let codes = dir.join("codes.npy");
-    let run = flm_edge(&[
-        "mimi",
-        "encode",
-        "--model",
-        s(model()),
-        "--threads",
-        "1",
-        "--input",
-        &format!("{GOLDEN}/speech.wav"),
-        "--output",
-        s(&codes),
-    ]);
+    let run = mimi("encode", &Path::new(GOLDEN_MIMI).join("speech.wav"), &codes);
     assert!(
         run.status.success(),
         "{}",
         String::from_utf8_lossy(&run.stderr)
     );
     let (shape, got) = read_codes(&codes);
-    let (want_shape, want) = read_codes(&Path::new(GOLDEN).join("codes.npy"));
+    let (want_shape, want) = read_codes(&Path::new(GOLDEN_MIMI).join("codes.npy"));
     // The clip is 139.4 frames: the last partial frame is completed with silence.
     assert_eq!(shape, vec![8, want_shape[1] + 1]);
     let t = shape[1] as usize;
@@ -83,18 +79,7 @@ fn encode_and_decode_files_match_the_reference() {
     );
 
     let wav = dir.join("out.wav");
-    let run = flm_edge(&[
-        "mimi",
-        "decode",
-        "--model",
-        s(model()),
-        "--threads",
-        "1",
-        "--input",
-        &format!("{GOLDEN}/codes.npy"),
-        "--output",
-        s(&wav),
-    ]);
+    let run = mimi("decode", &Path::new(GOLDEN_MIMI).join("codes.npy"), &wav);
     assert!(
         run.status.success(),
         "{}",
@@ -103,16 +88,8 @@ fn encode_and_decode_files_match_the_reference() {
     let mut r = hound::WavReader::open(&wav).unwrap();
     assert_eq!((r.spec().sample_rate, r.spec().channels), (24_000, 1));
     let pcm: Vec<f32> = r.samples::<f32>().map(|x| x.unwrap()).collect();
-    let bytes = std::fs::read(Path::new(GOLDEN).join("decoded.npy")).unwrap();
-    let reference: Vec<f32> = npyz::NpyFile::new(&bytes[..]).unwrap().into_vec().unwrap();
-    assert_eq!(pcm.len(), reference.len());
-    let sig: f64 = reference.iter().map(|&x| (x as f64).powi(2)).sum();
-    let err: f64 = reference
-        .iter()
-        .zip(&pcm)
-        .map(|(&a, &b)| (a as f64 - b as f64).powi(2))
-        .sum();
-    assert!(10.0 * (sig / err).log10() >= 40.0);
+    let snr = snr_db(&golden_decoded(), &pcm);
+    assert!(snr >= 40.0, "decode SNR {snr:.1} dB");
 }
 
 #[test]
@@ -156,18 +133,7 @@ fn any_pcm_wav_is_resampled_and_mixed_down() {
         }
         w.finalize().unwrap();
         let codes = dir.join(format!("codes-{rate}.npy"));
-        let run = flm_edge(&[
-            "mimi",
-            "encode",
-            "--model",
-            s(model()),
-            "--threads",
-            "1",
-            "--input",
-            s(&path),
-            "--output",
-            s(&codes),
-        ]);
+        let run = mimi("encode", &path, &codes);
         assert!(
             run.status.success(),
             "{rate}: {}",
@@ -248,7 +214,7 @@ fn wav_header(format: u16, channels: u16, rate: u32, bits: u16, data_len: u32) -
 fn bad_audio_gets_one_error_line_and_no_output() {
     let dir = scratch("bad-wav");
     std::fs::create_dir_all(&dir).unwrap();
-    let good = std::fs::read(format!("{GOLDEN}/speech.wav")).unwrap();
+    let good = std::fs::read(format!("{GOLDEN_MIMI}/speech.wav")).unwrap();
     let mut alaw = wav_header(6, 1, 8000, 8, 8000);
     alaw.extend(vec![0x55u8; 8000]);
     let mut rate0 = wav_header(1, 1, 0, 16, 4000);
@@ -283,18 +249,7 @@ fn bad_audio_gets_one_error_line_and_no_output() {
         let input = dir.join(name);
         std::fs::write(&input, bytes).unwrap();
         let out = dir.join(format!("{name}.npy"));
-        let run = flm_edge(&[
-            "mimi",
-            "encode",
-            "--model",
-            s(model()),
-            "--threads",
-            "1",
-            "--input",
-            s(&input),
-            "--output",
-            s(&out),
-        ]);
+        let run = mimi("encode", &input, &out);
         assert_one_line_error(&run, &[name, needle]);
         assert!(!out.exists(), "{name}: output written");
     }
@@ -333,7 +288,7 @@ fn bad_codes_get_one_error_line_and_no_output() {
     write_npy(&dir.join("float.npy"), &[8, 3], &[1.0f32; 24]);
     write_npy(&dir.join("int64.npy"), &[8, 3], &[3i64; 24]);
     std::fs::write(dir.join("garbage.npy"), b"\x93NUMPY garbage").unwrap();
-    let good = std::fs::read(format!("{GOLDEN}/codes.npy")).unwrap();
+    let good = std::fs::read(format!("{GOLDEN_MIMI}/codes.npy")).unwrap();
     std::fs::write(dir.join("truncated.npy"), &good[..good.len() - 100]).unwrap();
     for (name, needle) in [
         ("big.npy", "code 2048"),
@@ -345,35 +300,13 @@ fn bad_codes_get_one_error_line_and_no_output() {
         ("truncated.npy", "truncated"),
     ] {
         let out = dir.join(format!("{name}.wav"));
-        let run = flm_edge(&[
-            "mimi",
-            "decode",
-            "--model",
-            s(model()),
-            "--threads",
-            "1",
-            "--input",
-            s(&dir.join(name)),
-            "--output",
-            s(&out),
-        ]);
+        let run = mimi("decode", &dir.join(name), &out);
         assert_one_line_error(&run, &[name, needle]);
         assert!(!out.exists(), "{name}: output written");
     }
     // int64 codes (numpy's default integer) are accepted.
     let out = dir.join("int64.wav");
-    let run = flm_edge(&[
-        "mimi",
-        "decode",
-        "--model",
-        s(model()),
-        "--threads",
-        "1",
-        "--input",
-        s(&dir.join("int64.npy")),
-        "--output",
-        s(&out),
-    ]);
+    let run = mimi("decode", &dir.join("int64.npy"), &out);
     assert!(
         run.status.success(),
         "{}",

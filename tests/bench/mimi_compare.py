@@ -29,6 +29,27 @@ def stats(ms):
     return np.median(ms), ms[int(round((len(ms) - 1) * 0.99))]
 
 
+def time_stream(encode, decode, pcm, frames, warm):
+    """Streams pcm one frame per call; returns per-frame encode and decode times in ms."""
+    enc, dec = [], []
+    for f in range(frames + warm):
+        x = pcm[f * 1920:(f + 1) * 1920]
+        t0 = time.perf_counter()
+        c = encode(x)
+        t1 = time.perf_counter()
+        decode(c)
+        t2 = time.perf_counter()
+        if f >= warm:
+            enc.append((t1 - t0) * 1e3)
+            dec.append((t2 - t1) * 1e3)
+    return stats(enc), stats(dec)
+
+
+def report(name, timings):
+    (em, ep), (dm, dp) = timings
+    print(f"{name:18} encode median {em:6.2f} ms p99 {ep:6.2f} | decode median {dm:6.2f} ms p99 {dp:6.2f} | total {em + dm:6.2f} ms")
+
+
 def main():
     weights, frames, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     torch.set_num_threads(threads)
@@ -38,36 +59,15 @@ def main():
     from moshi.models import loaders
     mimi = loaders.get_mimi(weights, device="cpu", num_codebooks=8)
     mimi.eval()
-    enc, dec = [], []
     with torch.no_grad(), mimi.streaming(1):
-        for f in range(frames + warm):
-            x = torch.from_numpy(pcm[f * 1920:(f + 1) * 1920].copy()).view(1, 1, 1920)
-            t0 = time.perf_counter()
-            c = mimi.encode(x)
-            t1 = time.perf_counter()
-            mimi.decode(c)
-            t2 = time.perf_counter()
-            if f >= warm:
-                enc.append((t1 - t0) * 1e3)
-                dec.append((t2 - t1) * 1e3)
-    (em, ep), (dm, dp) = stats(enc), stats(dec)
-    print(f"pytorch  moshi    encode median {em:6.2f} ms p99 {ep:6.2f} | decode median {dm:6.2f} ms p99 {dp:6.2f} | total {em + dm:6.2f} ms")
+        report("pytorch moshi", time_stream(
+            lambda x: mimi.encode(torch.from_numpy(x.copy()).view(1, 1, 1920)),
+            mimi.decode, pcm, frames, warm))
 
     import rustymimi
     tok = rustymimi.Tokenizer(weights, num_codebooks=8)
-    enc, dec = [], []
-    for f in range(frames + warm):
-        x = pcm[f * 1920:(f + 1) * 1920].reshape(1, 1, 1920)
-        t0 = time.perf_counter()
-        c = tok.encode_step(x)
-        t1 = time.perf_counter()
-        tok.decode_step(c)
-        t2 = time.perf_counter()
-        if f >= warm:
-            enc.append((t1 - t0) * 1e3)
-            dec.append((t2 - t1) * 1e3)
-    (em, ep), (dm, dp) = stats(enc), stats(dec)
-    print(f"candle   rustymimi encode median {em:6.2f} ms p99 {ep:6.2f} | decode median {dm:6.2f} ms p99 {dp:6.2f} | total {em + dm:6.2f} ms")
+    report("candle rustymimi", time_stream(
+        lambda x: tok.encode_step(x.reshape(1, 1, 1920)), tok.decode_step, pcm, frames, warm))
 
 
 if __name__ == "__main__":

@@ -157,3 +157,32 @@ pub fn tensor_range(path: &Path, name: &str) -> (usize, usize) {
         8 + n + off[1].as_u64().unwrap() as usize,
     )
 }
+
+/// Golden files of the Mimi codec (see tests/golden/mimi/README.md).
+pub const GOLDEN_MIMI: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/mimi");
+
+/// The golden input clip, 24 kHz mono.
+pub fn speech() -> Vec<f32> {
+    let mut r = hound::WavReader::open(Path::new(GOLDEN_MIMI).join("speech.wav")).unwrap();
+    r.samples::<i16>()
+        .map(|s| s.unwrap() as f32 / 32768.0)
+        .collect()
+}
+
+/// The reference decode of the golden codes.
+pub fn golden_decoded() -> Vec<f32> {
+    let bytes = std::fs::read(Path::new(GOLDEN_MIMI).join("decoded.npy")).unwrap();
+    npyz::NpyFile::new(&bytes[..]).unwrap().into_vec().unwrap()
+}
+
+/// Signal-to-noise ratio of `got` against `reference`, in dB.
+pub fn snr_db(reference: &[f32], got: &[f32]) -> f64 {
+    assert_eq!(reference.len(), got.len());
+    let sig: f64 = reference.iter().map(|&x| (x as f64).powi(2)).sum();
+    let err: f64 = reference
+        .iter()
+        .zip(got)
+        .map(|(&a, &b)| (a as f64 - b as f64).powi(2))
+        .sum();
+    10.0 * (sig / err.max(1e-30)).log10()
+}
