@@ -17,6 +17,10 @@ pub struct BackboneParams {
     pub n_threads: i32,
     /// Layers placed on the GPU (CUDA builds); 0 keeps everything on the CPU.
     pub n_gpu_layers: i32,
+    /// Keep the KV cache in f32 instead of f16 (twice the memory; f16 values alone move
+    /// f32-weight outputs by about 1e-3).
+    pub kv_f32: bool,
+    pub flash_attn: bool,
 }
 
 impl Default for BackboneParams {
@@ -25,6 +29,8 @@ impl Default for BackboneParams {
             n_ctx: 512,
             n_threads: crate::default_threads() as i32,
             n_gpu_layers: 0,
+            kv_f32: false,
+            flash_attn: false,
         }
     }
 }
@@ -33,8 +39,10 @@ pub struct Backbone {
     model: *mut sys::llama_model,
     ctx: *mut sys::llama_context,
     batch: sys::llama_batch,
+    token_batch: sys::llama_batch,
     n_embd: usize,
     n_vocab: usize,
+    n_ctx: u32,
 }
 
 // SAFETY: the llama.cpp model and context are used from one thread at a time (&mut self for
@@ -91,6 +99,17 @@ impl Backbone {
             cp.embeddings = true;
             cp.pooling_type = sys::LLAMA_POOLING_TYPE_NONE;
             cp.no_perf = true;
+            // The CPU flash-attention kernel rounds queries through f16 (errors of 1e-3 on
+            // f32 weights); the plain path keeps f32 end to end.
+            cp.flash_attn_type = if params.flash_attn {
+                sys::LLAMA_FLASH_ATTN_TYPE_ENABLED
+            } else {
+                sys::LLAMA_FLASH_ATTN_TYPE_DISABLED
+            };
+            if params.kv_f32 {
+                cp.type_k = sys::GGML_TYPE_F32;
+                cp.type_v = sys::GGML_TYPE_F32;
+            }
             sys::llama_init_from_model(model, cp)
         };
         if ctx.is_null() {
@@ -107,12 +126,18 @@ impl Backbone {
         };
         // SAFETY: allocates room for one embedding row of n_embd floats and one sequence id.
         let batch = unsafe { sys::llama_batch_init(1, n_embd as i32, 1) };
+        // SAFETY: a plain token batch of one, for `decode_token` (benchmarks).
+        let token_batch = unsafe { sys::llama_batch_init(1, 0, 1) };
+        // SAFETY: ctx is valid; a getter.
+        let n_ctx = unsafe { sys::llama_n_ctx(ctx) };
         Ok(Backbone {
             model,
             ctx,
             batch,
+            token_batch,
             n_embd,
             n_vocab,
+            n_ctx,
         })
     }
 
@@ -144,8 +169,69 @@ impl Backbone {
         Some(String::from_utf8_lossy(&buf[..end]).into_owned())
     }
 
+    /// Positions the KV cache holds.
+    pub fn n_ctx(&self) -> u32 {
+        self.n_ctx
+    }
+
     /// Runs one step: `embd` (n_embd floats) at position `pos`, appended to the KV cache.
     pub fn step(&mut self, embd: &[f32], pos: i32) -> Result<()> {
+        self.decode_embd(embd, pos, true)
+    }
+
+    /// As `step`, but asks for no output: llama.cpp then skips the final norm and the text
+    /// head (benchmarks use the difference to time the head).
+    pub fn step_without_head(&mut self, embd: &[f32], pos: i32) -> Result<()> {
+        self.decode_embd(embd, pos, false)
+    }
+
+    /// Runs one ordinary text token at `pos` (benchmarks: llama.cpp's own decode path).
+    pub fn decode_token(&mut self, token: i32, pos: i32) -> Result<()> {
+        // SAFETY: the token batch was allocated for one token with one sequence id.
+        let rc = unsafe {
+            *self.token_batch.token = token;
+            *self.token_batch.pos = pos;
+            *self.token_batch.n_seq_id = 1;
+            **self.token_batch.seq_id = 0;
+            *self.token_batch.logits = 1;
+            self.token_batch.n_tokens = 1;
+            sys::llama_decode(self.ctx, self.token_batch)
+        };
+        ensure!(
+            rc == 0,
+            "llama_decode failed with code {rc} at position {pos}"
+        );
+        Ok(())
+    }
+
+    /// Drops positions `keep .. keep + n` from the KV cache and moves the later ones `n`
+    /// positions down (llama.cpp re-rotates their keys), so that the context goes on from
+    /// a lower position.
+    pub fn discard(&mut self, keep: i32, n: i32) -> Result<()> {
+        // SAFETY: ctx is valid; memory operations on sequence 0 between decodes.
+        unsafe {
+            let mem = sys::llama_get_memory(self.ctx);
+            ensure!(
+                sys::llama_memory_can_shift(mem),
+                "this backbone's KV cache cannot be shifted"
+            );
+            ensure!(
+                sys::llama_memory_seq_rm(mem, 0, keep, keep + n),
+                "llama.cpp could not drop positions {keep}..{}",
+                keep + n
+            );
+            sys::llama_memory_seq_add(mem, 0, keep + n, -1, -n);
+        }
+        Ok(())
+    }
+
+    /// Highest position held by the KV cache (-1 when empty).
+    pub fn max_pos(&self) -> i32 {
+        // SAFETY: ctx is valid; a getter.
+        unsafe { sys::llama_memory_seq_pos_max(sys::llama_get_memory(self.ctx), 0) }
+    }
+
+    fn decode_embd(&mut self, embd: &[f32], pos: i32, output: bool) -> Result<()> {
         ensure!(
             embd.len() == self.n_embd,
             "backbone step: {} values, expected {}",
@@ -159,7 +245,7 @@ impl Backbone {
             *self.batch.pos = pos;
             *self.batch.n_seq_id = 1;
             **self.batch.seq_id = 0;
-            *self.batch.logits = 1;
+            *self.batch.logits = output as i8;
             self.batch.n_tokens = 1;
             sys::llama_decode(self.ctx, self.batch)
         };
@@ -197,6 +283,7 @@ impl Drop for Backbone {
         // SAFETY: each was created in load() and is freed exactly once, context before model.
         unsafe {
             sys::llama_batch_free(self.batch);
+            sys::llama_batch_free(self.token_batch);
             sys::llama_free(self.ctx);
             sys::llama_model_free(self.model);
         }

@@ -3,9 +3,14 @@
 pub mod backbone;
 pub mod bench;
 pub mod codes_npy;
+pub mod detok;
+pub mod embed;
+pub mod engine;
 pub mod files;
 pub mod inspect;
 pub mod model_dir;
+pub mod run;
+pub mod token_ring;
 pub mod wav;
 
 /// Threads for compute: every core the process may use.

@@ -6,6 +6,8 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use flm_conversion::{ConvertOptions, Gguf, MimiDtype, Quant};
+use flm_edge::engine::{EngineOptions, Sampling};
+use flm_edge::run::{RunOptions, UserInput};
 use flm_edge::{bench, codes_npy, inspect, model_dir::ModelDir, wav};
 use flm_kernels::mimi::{FRAME, Mimi};
 
@@ -52,6 +54,27 @@ enum Cmd {
     Mimi {
         #[command(subcommand)]
         cmd: MimiCmd,
+    },
+    /// A whole conversation from a file, offline: one 80 ms step per input frame, as fast as
+    /// the machine allows.
+    #[command(group(clap::ArgGroup::new("user").required(true).args(["input", "input_codes"])))]
+    Run {
+        #[arg(long, value_name = "MODEL_DIR")]
+        model: PathBuf,
+        /// The user's audio: any PCM WAV, resampled to 24 kHz mono.
+        #[arg(long, value_name = "user.wav")]
+        input: Option<PathBuf>,
+        /// The user's Mimi codes [8, T] (.npy) instead of audio: skips the encoder.
+        #[arg(long, value_name = "user_codes.npy")]
+        input_codes: Option<PathBuf>,
+        /// The reply, 24 kHz mono, as long as the input.
+        #[arg(long, value_name = "reply.wav")]
+        output: PathBuf,
+        /// One JSON object per step: step, text, audio, piece, ms.
+        #[arg(long, value_name = "steps.jsonl")]
+        transcript: Option<PathBuf>,
+        #[command(flatten)]
+        engine: EngineArgs,
     },
     /// Benchmarks of the real-time stages.
     Bench {
@@ -103,6 +126,101 @@ enum BenchCmd {
         #[arg(long)]
         ops: bool,
     },
+}
+
+/// Options of the step engine shared by the commands that run the model.
+#[derive(clap::Args)]
+struct EngineArgs {
+    /// Seed of the samplers.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Argmax for text and audio (repetition penalties still apply).
+    #[arg(long)]
+    greedy: bool,
+    /// CPU threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Backbone context in steps (default: the model's, 8192 for the release); when full,
+    /// the oldest steps after the first `--sink` are dropped.
+    #[arg(long, value_name = "STEPS")]
+    context: Option<u32>,
+    /// Steps at the start of the conversation that are never dropped.
+    #[arg(long, default_value_t = 16)]
+    sink: u32,
+    /// Keep the backbone's KV cache in f32 (default: f32 for f32 weights, else f16).
+    #[arg(long)]
+    kv_f32: bool,
+    #[arg(long)]
+    temp_text: Option<f32>,
+    #[arg(long)]
+    top_p_text: Option<f32>,
+    #[arg(long)]
+    top_k_text: Option<u32>,
+    #[arg(long)]
+    penalty_text: Option<f32>,
+    #[arg(long)]
+    penalty_window_text: Option<usize>,
+    #[arg(long)]
+    temp_audio: Option<f32>,
+    #[arg(long)]
+    top_p_audio: Option<f32>,
+    #[arg(long)]
+    top_k_audio: Option<u32>,
+    #[arg(long)]
+    penalty_audio: Option<f32>,
+    #[arg(long)]
+    penalty_window_audio: Option<usize>,
+}
+
+impl EngineArgs {
+    /// Engine options: the model's sampling defaults with these flags on top.
+    fn options(&self, model: &ModelDir) -> Result<EngineOptions> {
+        let label = model
+            .path(flm_conversion::model_files::AUDIO_FILE)
+            .display()
+            .to_string();
+        let mut s = Sampling::from_model(&model.audio, &label)?;
+        let set = |p: &mut flm_kernels::sampling::SamplingParams,
+                   t: Option<f32>,
+                   top_p: Option<f32>,
+                   top_k: Option<u32>,
+                   pen: Option<f32>,
+                   win: Option<usize>| {
+            p.temperature = t.unwrap_or(p.temperature);
+            p.top_p = top_p.unwrap_or(p.top_p);
+            p.top_k = top_k.unwrap_or(p.top_k);
+            p.repetition_penalty = pen.unwrap_or(p.repetition_penalty);
+            p.repetition_window = win.unwrap_or(p.repetition_window);
+        };
+        set(
+            &mut s.text,
+            self.temp_text,
+            self.top_p_text,
+            self.top_k_text,
+            self.penalty_text,
+            self.penalty_window_text,
+        );
+        set(
+            &mut s.audio,
+            self.temp_audio,
+            self.top_p_audio,
+            self.top_k_audio,
+            self.penalty_audio,
+            self.penalty_window_audio,
+        );
+        if self.greedy {
+            s = s.greedy();
+        }
+        s.check()?;
+        Ok(EngineOptions {
+            threads: threads(self.threads),
+            sampling: s,
+            seed: self.seed,
+            context: self.context,
+            sink: self.sink,
+            kv_f32: self.kv_f32.then_some(true),
+        })
+    }
 }
 
 fn threads(t: Option<usize>) -> usize {
@@ -213,6 +331,38 @@ fn run(cli: Cli) -> Result<()> {
             }
             wav::write_mono_24k(&output, &pcm)?;
             eprintln!("{} frames decoded to {}", frames, output.display());
+        }
+        Cmd::Run {
+            model,
+            input,
+            input_codes,
+            output,
+            transcript,
+            engine,
+        } => {
+            let dir = ModelDir::open(&model)?;
+            let opts = engine.options(&dir)?;
+            let input = match (input, input_codes) {
+                (_, Some(codes)) => UserInput::Codes(codes),
+                (Some(wav), None) => UserInput::Wav(wav),
+                (None, None) => unreachable!("clap requires one"),
+            };
+            let summary = flm_edge::run::run(RunOptions {
+                model,
+                input,
+                output: output.clone(),
+                transcript,
+                engine: opts,
+            })?;
+            eprintln!(
+                "{} steps, median {:.1} ms per 80 ms step; reply in {}",
+                summary.steps,
+                summary.median_step_ms,
+                output.display()
+            );
+            if !summary.text.is_empty() {
+                println!("{}", summary.text);
+            }
         }
         Cmd::Bench {
             cmd:

@@ -412,6 +412,8 @@ fn backbone_kv(cfg: &FlmConfig, vocab: &Vocab, quant: Quant) -> GgufBuilder {
         Value::F32(cfg.rms_norm_eps as f32),
     );
     b.set(&a("vocab_size"), Value::U32(cfg.vocab_size as u32));
+    // Per-position hidden states, not pooled: flm-edge reads the state of each step.
+    b.set(&a("pooling_type"), Value::U32(0));
     vocab.write_llama_keys(&mut b, cfg.bos_token_id, cfg.eos_ids().first().copied());
     b
 }

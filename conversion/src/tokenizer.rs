@@ -10,6 +10,18 @@ use crate::gguf::{Array, GgufBuilder, Value};
 /// llama.cpp token types (enum llama_token_type).
 const TOKEN_NORMAL: i32 = 1;
 const TOKEN_CONTROL: i32 = 3;
+/// Token texts llama.cpp expects to be control tokens (its end-of-text and FIM lists).
+const CONTROL_LOOKING: [&str; 9] = [
+    "<|repo_name|>",
+    "</s>",
+    "<|endoftext|>",
+    "<|im_end|>",
+    "<|fim_prefix|>",
+    "<|fim_suffix|>",
+    "<|fim_middle|>",
+    "<|fim_pad|>",
+    "<|file_sep|>",
+];
 const TOKEN_USER_DEFINED: i32 = 4;
 const TOKEN_UNUSED: i32 = 5;
 
@@ -60,7 +72,13 @@ impl Vocab {
                 "token `{text}` has id {id}, beyond the model's {n_vocab} embedding rows"
             );
             tokens[id] = Some(text.to_string());
-            types[id] = ty;
+            // llama.cpp treats these as end-of-text / fill-in-the-middle markers and warns
+            // at every load unless they are control tokens.
+            types[id] = if CONTROL_LOOKING.contains(&text) {
+                TOKEN_CONTROL
+            } else {
+                ty
+            };
             Ok(())
         };
         for (text, id) in vocab {

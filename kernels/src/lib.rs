@@ -1,5 +1,7 @@
 //! flm-edge compute on ggml: the Mimi codec, the depth transformer, sampling.
 
+pub mod depformer;
 pub mod ggml;
 pub mod mimi;
+pub mod sampling;
 pub mod weights;

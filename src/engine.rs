@@ -1,0 +1,429 @@
+//! One 80 ms step of FLM-Audio: the user's 8 codes in, the model's text token and 8 speaking
+//! codes out.
+//!
+//! embed (sum of 17 rows) → backbone (llama.cpp, KV-cached) → text logits and hidden state →
+//! text token → depth transformer, 8 positions → speaking codes. Everything a step touches
+//! is sized at load: the step allocates nothing.
+
+use std::time::Instant;
+
+use anyhow::{Context, Result, ensure};
+use flm_conversion::Gguf;
+use flm_conversion::model_files::{AUDIO_FILE, BACKBONE_FILE, audio_keys};
+use flm_kernels::depformer::Depformer;
+use flm_kernels::sampling::{SampleRng, Sampler, SamplingParams};
+
+use crate::backbone::{Backbone, BackboneParams};
+use crate::embed::Embedder;
+use crate::model_dir::ModelDir;
+use crate::token_ring::{CODEBOOKS, InitialTokens, STREAMS, TokenRing};
+
+/// Sampling of both streams; defaults come from the model file.
+#[derive(Clone, Copy, Debug)]
+pub struct Sampling {
+    pub text: SamplingParams,
+    pub audio: SamplingParams,
+    /// The audio repetition penalty applies to codebooks 0..this.
+    pub audio_penalty_codebooks: usize,
+}
+
+impl Sampling {
+    pub fn from_model(g: &Gguf, label: &str) -> Result<Sampling> {
+        let f = |k: String| -> Result<f64> { g.get_f64(&k).with_context(|| label.to_string()) };
+        let params = |stream: &str| -> Result<SamplingParams> {
+            let k = |n: &str| format!("{}.{stream}.{n}", audio_keys::SAMPLING);
+            Ok(SamplingParams {
+                temperature: f(k("temperature"))? as f32,
+                top_p: f(k("top_p"))? as f32,
+                top_k: f(k("top_k"))? as u32,
+                repetition_penalty: f(k("repetition_penalty"))? as f32,
+                repetition_window: f(k("repetition_window"))? as usize,
+            })
+        };
+        Ok(Sampling {
+            text: params("text")?,
+            audio: params("audio")?,
+            audio_penalty_codebooks: f(audio_keys::AUDIO_PENALTY_CODEBOOKS.into())? as usize,
+        })
+    }
+
+    /// Argmax everywhere (penalties still apply, as with `use_sampling=False`).
+    pub fn greedy(mut self) -> Sampling {
+        self.text.temperature = 0.0;
+        self.audio.temperature = 0.0;
+        self
+    }
+
+    pub fn check(&self) -> Result<()> {
+        for (name, p) in [("text", &self.text), ("audio", &self.audio)] {
+            ensure!(
+                p.temperature >= 0.0 && p.temperature.is_finite(),
+                "{name} temperature {} must be ≥ 0",
+                p.temperature
+            );
+            ensure!(
+                (0.0..=1.0).contains(&p.top_p),
+                "{name} top-p {} must be in 0..1",
+                p.top_p
+            );
+            ensure!(
+                p.repetition_penalty >= 1.0 && p.repetition_penalty.is_finite(),
+                "{name} repetition penalty {} must be ≥ 1",
+                p.repetition_penalty
+            );
+            ensure!(
+                p.repetition_window <= 4096,
+                "{name} repetition window {} is over 4096",
+                p.repetition_window
+            );
+        }
+        Ok(())
+    }
+}
+
+/// How the backbone keeps running past its context: when the KV cache is full, the first
+/// `sink` positions stay (an attention sink: the start of the conversation) and the oldest
+/// half of the rest is dropped; the later positions move down, so RoPE positions never pass
+/// the context the model was trained on.
+#[derive(Clone, Copy, Debug)]
+pub struct ContextPolicy {
+    /// Positions (steps) the backbone holds: at most the model's context length.
+    pub positions: u32,
+    pub sink: u32,
+}
+
+pub struct EngineOptions {
+    pub threads: usize,
+    pub sampling: Sampling,
+    pub seed: u64,
+    /// Backbone context in steps; None uses the model's (8192 for the release).
+    pub context: Option<u32>,
+    pub sink: u32,
+    /// KV cache in f32; None: f32 when the backbone's weights are f32, else f16.
+    pub kv_f32: Option<bool>,
+}
+
+/// Milliseconds per stage of one step.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StageTimes {
+    /// Sum of the 17 embedding rows.
+    pub embed: f64,
+    /// llama.cpp's decode of one position, text head included.
+    pub backbone: f64,
+    /// The 8 positions of the depth transformer.
+    pub depth: f64,
+    /// Penalties and sampling of the text token and the 8 codes.
+    pub sample: f64,
+}
+
+impl StageTimes {
+    pub fn total(&self) -> f64 {
+        self.embed + self.backbone + self.depth + self.sample
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct StepOutput {
+    /// Text token chosen at this step.
+    pub text: i32,
+    /// Speaking codes chosen at this step (acoustics belong to the previous audio frame).
+    pub audio: [i32; CODEBOOKS],
+    /// The output frame completed by this step: text and semantic code of the previous step,
+    /// acoustic codes of this one. None after the first step.
+    pub frame: Option<[i32; 1 + CODEBOOKS]>,
+    pub times: StageTimes,
+    /// True when this step first discarded old context.
+    pub context_shifted: bool,
+}
+
+/// The last `cap` tokens of one stream, for the repetition penalty (order does not matter).
+struct Window {
+    ids: Vec<i32>,
+    cap: usize,
+    next: usize,
+}
+
+impl Window {
+    fn new(cap: usize) -> Window {
+        Window {
+            ids: Vec::with_capacity(cap),
+            cap,
+            next: 0,
+        }
+    }
+
+    fn push(&mut self, id: i32) {
+        if self.cap == 0 {
+            return;
+        }
+        if self.ids.len() < self.cap {
+            self.ids.push(id);
+        } else {
+            self.ids[self.next] = id;
+            self.next = (self.next + 1) % self.cap;
+        }
+    }
+
+    fn clear(&mut self) {
+        self.ids.clear();
+        self.next = 0;
+    }
+}
+
+pub struct Engine {
+    backbone: Backbone,
+    embedder: Embedder,
+    depformer: Depformer,
+    ring: TokenRing,
+    init: InitialTokens,
+    sampling: Sampling,
+    text_sampler: Sampler,
+    audio_sampler: Sampler,
+    rng: SampleRng,
+    seed: u64,
+    text_window: Window,
+    audio_windows: Vec<Window>,
+    /// Backbone position of the next step.
+    pos: i32,
+    policy: ContextPolicy,
+    /// Codes the speaking heads may emit: 0..this (pad and empty are masked).
+    n_codes: usize,
+    embd: Vec<f32>,
+    text_logits: Vec<f32>,
+    audio_logits: Vec<f32>,
+}
+
+impl Engine {
+    pub fn load(model: &ModelDir, opts: &EngineOptions) -> Result<Engine> {
+        let audio_path = model.path(AUDIO_FILE);
+        let backbone_path = model.path(BACKBONE_FILE);
+        let label = audio_path.display().to_string();
+        let g = &model.audio;
+        let u = |k: &str| -> Result<u64> { g.get_u64(k).with_context(|| label.clone()) };
+        let trained = u(audio_keys::CONTEXT_LENGTH)? as u32;
+        let positions = opts.context.unwrap_or(trained);
+        ensure!(
+            positions >= 2 * opts.sink + 16 && positions <= trained,
+            "context of {positions} steps: must be between {} and the model's {trained}",
+            2 * opts.sink + 16
+        );
+        opts.sampling.check()?;
+        let delays: Vec<usize> = match g.get(audio_keys::DELAYS) {
+            Some(flm_conversion::gguf::Value::Array(flm_conversion::gguf::Array::I32(d))) => {
+                d.iter().map(|&x| x.max(0) as usize).collect()
+            }
+            _ => anyhow::bail!("{label}: `{}` is missing or not i32", audio_keys::DELAYS),
+        };
+        let init = InitialTokens {
+            text_wait: u(audio_keys::TEXT_WAIT)? as i32,
+            audio_pad: u(audio_keys::AUDIO_PAD)? as i32,
+        };
+        let ring = TokenRing::new(&delays, init).with_context(|| label.clone())?;
+        let f32_weights = model.backbone.get_u64("general.file_type").ok() == Some(0);
+        let kv_f32 = opts.kv_f32.unwrap_or(f32_weights);
+        let backbone = Backbone::load(
+            &backbone_path,
+            &BackboneParams {
+                n_ctx: positions,
+                n_threads: opts.threads as i32,
+                n_gpu_layers: 0,
+                kv_f32,
+                flash_attn: false,
+            },
+        )?;
+        let depformer = Depformer::load(&audio_path, opts.threads)?;
+        let shape = *depformer.shape();
+        ensure!(
+            shape.codebooks == CODEBOOKS && shape.hidden == backbone.n_embd(),
+            "{label}: depth transformer for {} codebooks and width {}, backbone width {}",
+            shape.codebooks,
+            shape.hidden,
+            backbone.n_embd()
+        );
+        let embedder = Embedder::open(
+            (&backbone_path, &model.backbone),
+            (&audio_path, &model.audio),
+            backbone.n_embd(),
+            shape.vocab,
+            CODEBOOKS,
+        )?;
+        let n_codes = init.audio_pad.min(shape.empty) as usize;
+        let s = opts.sampling;
+        Ok(Engine {
+            text_sampler: Sampler::new(backbone.n_vocab(), s.text),
+            audio_sampler: Sampler::new(shape.vocab, s.audio),
+            rng: SampleRng::new(opts.seed),
+            seed: opts.seed,
+            text_window: Window::new(s.text.repetition_window),
+            audio_windows: (0..CODEBOOKS)
+                .map(|_| Window::new(s.audio.repetition_window))
+                .collect(),
+            pos: 0,
+            policy: ContextPolicy {
+                positions,
+                sink: opts.sink,
+            },
+            n_codes,
+            embd: vec![0.0; backbone.n_embd()],
+            text_logits: vec![0.0; backbone.n_vocab()],
+            audio_logits: vec![0.0; shape.vocab],
+            sampling: s,
+            backbone,
+            embedder,
+            depformer,
+            ring,
+            init,
+        })
+    }
+
+    pub fn policy(&self) -> ContextPolicy {
+        self.policy
+    }
+
+    pub fn sampling(&self) -> &Sampling {
+        &self.sampling
+    }
+
+    /// Backbone position of the next step.
+    pub fn position(&self) -> i32 {
+        self.pos
+    }
+
+    /// Highest position in the backbone's KV cache.
+    pub fn max_cached_position(&self) -> i32 {
+        self.backbone.max_pos()
+    }
+
+    pub fn steps(&self) -> usize {
+        self.ring.step()
+    }
+
+    pub fn backbone(&mut self) -> &mut Backbone {
+        &mut self.backbone
+    }
+
+    pub fn depformer(&mut self) -> &mut Depformer {
+        &mut self.depformer
+    }
+
+    /// Starts a new conversation.
+    pub fn reset(&mut self) {
+        self.backbone.clear();
+        self.ring.reset(self.init);
+        self.text_window.clear();
+        for w in &mut self.audio_windows {
+            w.clear();
+        }
+        self.rng = SampleRng::new(self.seed);
+        self.pos = 0;
+    }
+
+    /// One step with the user's codes of the current frame.
+    pub fn step(&mut self, user: &[i32; CODEBOOKS]) -> Result<StepOutput> {
+        self.run_step(user, None)
+    }
+
+    /// Teacher forcing: computes this step's choices as `step` does, but continues the
+    /// streams with `forced` (text, then 8 speaking codes) instead. The output reports the
+    /// engine's own choices.
+    pub fn step_forced(
+        &mut self,
+        user: &[i32; CODEBOOKS],
+        forced: &[i32; 1 + CODEBOOKS],
+    ) -> Result<StepOutput> {
+        self.run_step(user, Some(forced))
+    }
+
+    fn run_step(
+        &mut self,
+        user: &[i32; CODEBOOKS],
+        forced: Option<&[i32; 1 + CODEBOOKS]>,
+    ) -> Result<StepOutput> {
+        for (q, &c) in user.iter().enumerate() {
+            ensure!(
+                c >= 0 && (c as usize) < self.n_codes,
+                "user code {c} of codebook {q} is outside 0..{}",
+                self.n_codes
+            );
+        }
+        let mut times = StageTimes::default();
+        let context_shifted = self.make_room()?;
+
+        let t0 = Instant::now();
+        self.ring.push_user(user);
+        let col = self.ring.input();
+        debug_assert_eq!(col.len(), STREAMS);
+        self.embedder.sum(
+            col[0],
+            &col[1..=CODEBOOKS],
+            &col[1 + CODEBOOKS..],
+            &mut self.embd,
+        )?;
+        let t1 = Instant::now();
+        times.embed = ms(t1 - t0);
+
+        self.backbone.step(&self.embd, self.pos)?;
+        self.pos += 1;
+        let t2 = Instant::now();
+        times.backbone = ms(t2 - t1);
+
+        self.text_logits.copy_from_slice(self.backbone.logits());
+        let text =
+            self.text_sampler
+                .sample(&mut self.text_logits, &self.text_window.ids, &mut self.rng);
+        let text_in = forced.map_or(text, |f| f[0]);
+        self.text_window.push(text_in);
+        times.sample = ms(t2.elapsed());
+
+        self.depformer.begin(self.backbone.hidden())?;
+        let mut audio = [0i32; CODEBOOKS];
+        let mut fed = [0i32; CODEBOOKS];
+        let mut prev = self.depformer.shape().empty;
+        for c in 0..CODEBOOKS {
+            let ts = Instant::now();
+            self.depformer.position(c, prev, &mut self.audio_logits)?;
+            let td = Instant::now();
+            times.depth += ms(td - ts);
+            // Pad and empty would index past Mimi's codebooks: never emit them.
+            self.audio_logits[self.n_codes..].fill(f32::NEG_INFINITY);
+            let window: &[i32] = if c < self.sampling.audio_penalty_codebooks {
+                &self.audio_windows[c].ids
+            } else {
+                &[]
+            };
+            audio[c] = self
+                .audio_sampler
+                .sample(&mut self.audio_logits, window, &mut self.rng);
+            fed[c] = forced.map_or(audio[c], |f| f[1 + c]);
+            prev = fed[c];
+            times.sample += ms(td.elapsed());
+        }
+        for (w, &a) in self.audio_windows.iter_mut().zip(&fed) {
+            w.push(a);
+        }
+        let frame = self.ring.push_model(text_in, &fed);
+        Ok(StepOutput {
+            text,
+            audio,
+            frame,
+            times,
+            context_shifted,
+        })
+    }
+
+    /// Applies the context policy before a step that would not fit.
+    fn make_room(&mut self) -> Result<bool> {
+        let ContextPolicy { positions, sink } = self.policy;
+        if (self.pos as u32) < positions {
+            return Ok(false);
+        }
+        let n = (positions - sink) / 2;
+        self.backbone.discard(sink as i32, n as i32)?;
+        self.pos -= n as i32;
+        Ok(true)
+    }
+}
+
+fn ms(d: std::time::Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
