@@ -182,11 +182,26 @@ impl Backbone {
     /// As `step`, but asks for no output: llama.cpp then skips the final norm and the text
     /// head (benchmarks use the difference to time the head).
     pub fn step_without_head(&mut self, embd: &[f32], pos: i32) -> Result<()> {
-        self.decode_embd(embd, pos, false)
+        self.without_embeddings(|b| b.decode_embd(embd, pos, false))
     }
 
-    /// Runs one ordinary text token at `pos` (benchmarks: llama.cpp's own decode path).
+    /// Runs `f` with llama.cpp's embedding output off (it would force an output row).
+    fn without_embeddings(&mut self, f: impl FnOnce(&mut Self) -> Result<()>) -> Result<()> {
+        // SAFETY: ctx is valid; the flag only changes what the next decodes output.
+        unsafe { sys::llama_set_embeddings(self.ctx, false) };
+        let r = f(self);
+        // SAFETY: as above.
+        unsafe { sys::llama_set_embeddings(self.ctx, true) };
+        r
+    }
+
+    /// Runs one ordinary text token at `pos`, logits only (benchmarks: llama.cpp's own
+    /// decode path).
     pub fn decode_token(&mut self, token: i32, pos: i32) -> Result<()> {
+        self.without_embeddings(|b| b.decode_token_inner(token, pos))
+    }
+
+    fn decode_token_inner(&mut self, token: i32, pos: i32) -> Result<()> {
         // SAFETY: the token batch was allocated for one token with one sequence id.
         let rc = unsafe {
             *self.token_batch.token = token;

@@ -5,6 +5,9 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use flm_kernels::mimi::{FRAME, Mimi};
 
+use crate::engine::Engine;
+use crate::model_dir::ModelDir;
+
 /// Median, 99th percentile and maximum of a set of durations, in milliseconds.
 pub struct Stats {
     pub median: f64,
@@ -100,4 +103,131 @@ pub fn print_ops(nodes: Vec<(String, [i64; 4], f64)>) {
             100.0 * us / total
         );
     }
+}
+
+pub struct StepBench {
+    pub steps: usize,
+    pub threads: usize,
+    pub embed: Stats,
+    pub backbone: Stats,
+    pub depth: Stats,
+    pub sample: Stats,
+    pub total: Stats,
+    /// Median ms of the final norm and text head inside the backbone decode.
+    pub text_head: f64,
+    /// llama.cpp decoding one ordinary text token of the same backbone.
+    pub llama_decode: Stats,
+    pub weight_bytes_per_step: u64,
+    pub peak_rss_bytes: u64,
+}
+
+fn stats_ms(samples: &mut [f64]) -> Stats {
+    let mut d: Vec<Duration> = samples
+        .iter()
+        .map(|&ms| Duration::from_secs_f64(ms / 1e3))
+        .collect();
+    stats(&mut d)
+}
+
+/// Bytes of weights one step reads: every backbone and depth-transformer weight, plus one
+/// embedding row per stream (17) instead of whole tables.
+pub fn weight_bytes_per_step(model: &ModelDir) -> u64 {
+    use flm_conversion::plan::audio_names::{DEP_WTE, LISTEN_EMBD, SPEAK_EMBD};
+    let row = |t: &flm_conversion::gguf::TensorInfo| t.ty.row_bytes(t.ne[0]);
+    let mut bytes = 0;
+    for t in &model.backbone.tensors {
+        bytes += if t.name == "token_embd.weight" {
+            row(t)
+        } else {
+            t.n_bytes()
+        };
+    }
+    for t in &model.audio.tensors {
+        bytes += match t.name.as_str() {
+            SPEAK_EMBD | LISTEN_EMBD | DEP_WTE => 8 * row(t),
+            _ => t.n_bytes(),
+        };
+    }
+    bytes
+}
+
+/// Peak resident memory of this process.
+pub fn peak_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Runs `steps` engine steps after `warmup`, with pseudo-random user codes, then times the
+/// text head (decode with and without output) and llama.cpp's own one-token decode.
+pub fn step(
+    engine: &mut Engine,
+    model: &ModelDir,
+    steps: usize,
+    warmup: usize,
+    threads: usize,
+) -> Result<StepBench> {
+    let mut seed = 0x9e3779b97f4a7c15u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let n = steps.max(1);
+    let (mut embed, mut backbone, mut depth, mut sample, mut total) =
+        (vec![], vec![], vec![], vec![], vec![]);
+    engine.reset();
+    for s in 0..n + warmup {
+        let user: [i32; 8] = std::array::from_fn(|_| (next() % 2048) as i32);
+        let out = engine.step(&user)?;
+        if s >= warmup {
+            let t = out.times;
+            embed.push(t.embed);
+            backbone.push(t.backbone);
+            depth.push(t.depth);
+            sample.push(t.sample);
+            total.push(t.total());
+        }
+    }
+    // The head: the same decode with and without output rows, alternated.
+    let reps = n.min(20);
+    let width = engine.backbone().n_embd();
+    let embd: Vec<f32> = (0..width).map(|i| ((i % 7) as f32 - 3.0) * 0.01).collect();
+    let mut pos = engine.position();
+    let (mut with, mut without, mut llama) = (vec![], vec![], vec![]);
+    let vocab = engine.backbone().n_vocab() as u64;
+    for _ in 0..reps {
+        let b = engine.backbone();
+        let t0 = Instant::now();
+        b.step(&embd, pos)?;
+        let t1 = Instant::now();
+        b.step_without_head(&embd, pos + 1)?;
+        let t2 = Instant::now();
+        b.decode_token((next() % vocab.min(151_643)) as i32, pos + 2)?;
+        let t3 = Instant::now();
+        with.push(t1 - t0);
+        without.push(t2 - t1);
+        llama.push(t3 - t2);
+        pos += 3;
+    }
+    let text_head = (stats(&mut with).median - stats(&mut without).median).max(0.0);
+    Ok(StepBench {
+        steps: n,
+        threads,
+        embed: stats_ms(&mut embed),
+        backbone: stats_ms(&mut backbone),
+        depth: stats_ms(&mut depth),
+        sample: stats_ms(&mut sample),
+        total: stats_ms(&mut total),
+        text_head,
+        llama_decode: stats(&mut llama),
+        weight_bytes_per_step: weight_bytes_per_step(model),
+        peak_rss_bytes: peak_rss_bytes(),
+    })
 }

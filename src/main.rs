@@ -126,6 +126,17 @@ enum BenchCmd {
         #[arg(long)]
         ops: bool,
     },
+    /// One step of the language model (embed, backbone, depth transformer, sampling), ms per
+    /// 80 ms step, next to llama.cpp's own decode of one token of the same backbone.
+    Step {
+        #[arg(long, value_name = "MODEL_DIR")]
+        model: PathBuf,
+        /// Timed steps (after 5 warm-up steps).
+        #[arg(long, default_value_t = 50)]
+        steps: usize,
+        #[command(flatten)]
+        engine: EngineArgs,
+    },
 }
 
 /// Options of the step engine shared by the commands that run the model.
@@ -363,6 +374,57 @@ fn run(cli: Cli) -> Result<()> {
             if !summary.text.is_empty() {
                 println!("{}", summary.text);
             }
+        }
+        Cmd::Bench {
+            cmd:
+                BenchCmd::Step {
+                    model,
+                    steps,
+                    engine: args,
+                },
+        } => {
+            let dir = ModelDir::open(&model)?;
+            let opts = args.options(&dir)?;
+            let threads = opts.threads;
+            let mut engine = flm_edge::engine::Engine::load(&dir, &opts)?;
+            let r = bench::step(&mut engine, &dir, steps, 5, threads)?;
+            let quant = dir
+                .audio
+                .get_str(flm_conversion::model_files::audio_keys::QUANT)
+                .unwrap_or("?");
+            println!(
+                "LM step, CPU, {} threads, {quant} weights (mmap), {} steps (warm)",
+                r.threads, r.steps
+            );
+            let row = |name: &str, s: &bench::Stats| {
+                println!(
+                    "  {name:<9} median {:8.2} ms  p99 {:8.2} ms  max {:8.2} ms",
+                    s.median, s.p99, s.max
+                )
+            };
+            row("embed", &r.embed);
+            row("backbone", &r.backbone);
+            println!(
+                "    of which text head (final norm + lm_head) ≈ {:.2} ms",
+                r.text_head
+            );
+            row("depth", &r.depth);
+            row("sampling", &r.sample);
+            row("total", &r.total);
+            row("llama.cpp", &r.llama_decode);
+            println!("    (llama_decode of one text token, same backbone, same run)");
+            let around = r.embed.median + r.sample.median;
+            let base = r.llama_decode.median;
+            println!(
+                "  around the backbone (embed + sampling): {:.2} % of llama.cpp's decode; depth transformer {:.1} %",
+                100.0 * around / base,
+                100.0 * r.depth.median / base
+            );
+            println!(
+                "  weights read per step {:.1} MiB; peak RSS {:.0} MiB",
+                r.weight_bytes_per_step as f64 / (1 << 20) as f64,
+                r.peak_rss_bytes as f64 / (1 << 20) as f64
+            );
         }
         Cmd::Bench {
             cmd:
