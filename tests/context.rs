@@ -69,7 +69,7 @@ fn small_context_drops_the_oldest_half_after_the_sink() {
     // Full at 64; each shift drops (64 - 8) / 2 = 28 steps, so it refills every 28 steps.
     let shifts = run(&mut e, 200);
     assert_eq!(shifts, vec![64, 92, 120, 148, 176]);
-    assert_eq!(e.position(), 64 - 28 + (200 - 176) as i32);
+    assert_eq!(e.position(), 64 - 28 + (200 - 176));
 }
 
 #[test]

@@ -35,9 +35,10 @@ fn golden_tokens() -> Vec<[i32; 9]> {
         .collect()
 }
 
-/// The seed-3 tiny model converted with `quant` (removed with the guard).
-fn model(quant: &str) -> (Scratch, ModelDir) {
-    let out = scratch(&format!("lm-{quant}"));
+/// The seed-3 tiny model converted with `quant` into a folder of the test `name` (removed
+/// with the guard).
+fn model(quant: &str, name: &str) -> (Scratch, ModelDir) {
+    let out = scratch(&format!("{name}-{quant}"));
     let run = convert(checkpoints(SEED), &out, &["--quant", quant]);
     assert!(
         run.status.success(),
@@ -82,7 +83,7 @@ const F32_TOL: f32 = 1e-4;
 
 #[test]
 fn f32_greedy_tokens_and_values_match_the_reference() {
-    let (_dir, dir) = model("f32");
+    let (_dir, dir) = model("f32", "greedy");
     let mut engine = greedy_engine(&dir);
     let user = user_codes();
     let want = golden_tokens();
@@ -117,7 +118,7 @@ fn f32_greedy_tokens_and_values_match_the_reference() {
 
 #[test]
 fn f32_depth_transformer_logits_match_the_reference() {
-    let (_dir, dir) = model("f32");
+    let (_dir, dir) = model("f32", "depth");
     let mut engine = greedy_engine(&dir);
     let want: Vec<f32> = npy("audio_logits_step0.npy");
     let tokens = golden_tokens();
@@ -142,7 +143,7 @@ fn f32_depth_transformer_logits_match_the_reference() {
 /// the engine makes too when fed the reference's tokens, and the largest reference margin
 /// among the decisions it makes differently.
 fn agreement(quant: &str) -> (f64, f32) {
-    let (_dir, dir) = model(quant);
+    let (_dir, dir) = model(quant, "forced");
     let mut engine = greedy_engine(&dir);
     let want = golden_tokens();
     let margins: Vec<f32> = npy("margins.npy");

@@ -80,7 +80,8 @@ pub fn convert(opts: ConvertOptions) -> Result<Summary> {
 
     let has_lm_head = lm.get("lm_head.weight").is_some();
     let backbone_items = plan::backbone(&cfg, has_lm_head);
-    let audio_items = plan::audio(&cfg);
+    let ffn_width = plan::depth_ffn_width(&cfg, !matches!(quant, Quant::F32 | Quant::F16));
+    let audio_items = plan::audio(&cfg, ffn_width);
     let mimi_items = plan::mimi();
     check_sources(&lm, &backbone_items, Some(&config_path))?;
     check_sources(&lm, &audio_items, Some(&config_path))?;
@@ -109,7 +110,7 @@ pub fn convert(opts: ConvertOptions) -> Result<Summary> {
             ck: &lm,
             items: audio_items,
             types: vec![],
-            gguf: audio_kv(&cfg, &vocab, quant),
+            gguf: audio_kv(&cfg, &vocab, quant, ffn_width),
         },
         Job {
             file: MIMI_FILE,
@@ -353,12 +354,22 @@ fn write_item(
             buf.usage.resize(u.n_elements(), 0.0);
             ck.read_f32(u, 0, &mut buf.usage)?;
         }
-        let n_rows = t.n_elements() / row;
+        // Source rows may be shorter than output rows (PadCols).
+        let src_row = item.shape.last().copied().unwrap_or(1);
+        let n_rows = t.n_elements() / src_row;
         let mut r = 0;
         while r < n_rows {
             let n = rows_per_chunk.min(n_rows - r);
-            buf.f32s.resize(n * row, 0.0);
-            ck.read_f32(t, r * row, &mut buf.f32s)?;
+            buf.f32s.resize(n * src_row, 0.0);
+            ck.read_f32(t, r * src_row, &mut buf.f32s)?;
+            if src_row < row {
+                buf.f32s.resize(n * row, 0.0);
+                for i in (0..n).rev() {
+                    buf.f32s
+                        .copy_within(i * src_row..(i + 1) * src_row, i * row);
+                    buf.f32s[i * row + src_row..(i + 1) * row].fill(0.0);
+                }
+            }
             match &item.transform {
                 Transform::Scale(s) => buf.f32s.iter_mut().for_each(|x| *x *= s),
                 Transform::Codebook { .. } => {
@@ -367,11 +378,20 @@ fn write_item(
                         chunk.iter_mut().for_each(|x| *x /= usage);
                     }
                 }
-                Transform::None | Transform::Zeros => {}
+                Transform::None
+                | Transform::Zeros
+                | Transform::PadRows(_)
+                | Transform::PadCols(_) => {}
             }
             ty.quantize_rows_parallel(&buf.f32s, row, &mut buf.out, buf.threads)?;
             w.write_all(&buf.out)?;
             r += n;
+        }
+        if let Transform::PadRows(total) = item.transform {
+            buf.f32s.clear();
+            buf.f32s.resize((total - n_rows) * row, 0.0);
+            ty.quantize_rows(&buf.f32s, row, &mut buf.out)?;
+            w.write_all(&buf.out)?;
         }
     }
     Ok(())
@@ -418,7 +438,7 @@ fn backbone_kv(cfg: &FlmConfig, vocab: &Vocab, quant: Quant) -> GgufBuilder {
     b
 }
 
-fn audio_kv(cfg: &FlmConfig, vocab: &Vocab, quant: Quant) -> GgufBuilder {
+fn audio_kv(cfg: &FlmConfig, vocab: &Vocab, quant: Quant, ffn_width: usize) -> GgufBuilder {
     use audio_keys::*;
     let mut b = GgufBuilder::new();
     general_kv(
@@ -453,7 +473,7 @@ fn audio_kv(cfg: &FlmConfig, vocab: &Vocab, quant: Quant) -> GgufBuilder {
     b.set(DEP_EMBEDDING_LENGTH, u(cfg.aud_depthgpt.n_embd));
     b.set(DEP_HEAD_COUNT, u(cfg.aud_depthgpt.n_head));
     b.set(DEP_BLOCK_COUNT, u(cfg.aud_depthgpt.n_layer));
-    b.set(DEP_FEED_FORWARD, u(cfg.depth_ffn()));
+    b.set(DEP_FEED_FORWARD, u(ffn_width));
     b.set(DEP_NORM_EPS, Value::F32(DEPFORMER_NORM_EPS));
     for (stream, d) in [("text", &TEXT_SAMPLING), ("audio", &AUDIO_SAMPLING)] {
         let k = |f: &str| format!("{SAMPLING}.{stream}.{f}");

@@ -21,6 +21,10 @@ pub enum Transform {
     },
     /// No source: zeros (q/k/v biases of a checkpoint trained without them).
     Zeros,
+    /// Zero rows appended to each source up to this many rows.
+    PadRows(usize),
+    /// Zeros appended to each row up to this length.
+    PadCols(usize),
 }
 
 /// One tensor of an output file.
@@ -76,6 +80,11 @@ impl Item {
     /// ggml shape (fastest axis first) of the output tensor.
     pub fn ne(&self) -> Vec<u64> {
         let mut ne: Vec<u64> = self.shape.iter().rev().map(|&d| d as u64).collect();
+        match self.transform {
+            Transform::PadRows(n) => ne[1] = n as u64,
+            Transform::PadCols(n) => ne[0] = n as u64,
+            _ => {}
+        }
         if self.sources.len() > 1 {
             ne.push(self.sources.len() as u64);
         }
@@ -83,7 +92,15 @@ impl Item {
     }
 
     pub fn row_len(&self) -> u64 {
-        self.shape.last().copied().unwrap_or(1) as u64
+        match self.transform {
+            Transform::PadCols(n) => n as u64,
+            _ => self.shape.last().copied().unwrap_or(1) as u64,
+        }
+    }
+
+    fn padded(mut self, t: Transform) -> Item {
+        self.transform = t;
+        self
     }
 }
 
@@ -241,7 +258,20 @@ pub fn backbone(cfg: &FlmConfig, has_lm_head: bool) -> Vec<Item> {
 }
 
 /// The audio file: the 16 audio embedding tables and the depth transformer.
-pub fn audio(cfg: &FlmConfig) -> Vec<Item> {
+/// Width of the depth transformer's MLPs in the file: the checkpoint's (2730 for the release)
+/// or, for quantized files, rounded up to a whole number of 256-value blocks with zero
+/// weights (exact: a zero gate and up row gives silu(0) · 0 = 0), so that every MLP matrix
+/// can be quantized instead of falling back to f16 for rows of 2730.
+pub fn depth_ffn_width(cfg: &FlmConfig, quantized: bool) -> usize {
+    let f = cfg.depth_ffn();
+    if quantized {
+        f.next_multiple_of(256)
+    } else {
+        f
+    }
+}
+
+pub fn audio(cfg: &FlmConfig, ffn_width: usize) -> Vec<Item> {
     use audio_names::*;
     let h = cfg.hidden_size;
     let av = cfg.aud_vocab_size;
@@ -249,6 +279,11 @@ pub fn audio(cfg: &FlmConfig) -> Vec<Item> {
     let d = &cfg.aud_depthgpt;
     let e = d.n_embd;
     let f = cfg.depth_ffn();
+    let (pad_rows, pad_cols) = if ffn_width > f {
+        (Transform::PadRows(ffn_width), Transform::PadCols(ffn_width))
+    } else {
+        (Transform::None, Transform::None)
+    };
     let per = |fmt: &dyn Fn(usize) -> String| (0..c).map(fmt).collect::<Vec<_>>();
     let dep = "aud_output_layers.";
     let mut items = vec![
@@ -327,21 +362,24 @@ pub fn audio(cfg: &FlmConfig) -> Vec<Item> {
                 &[f, e],
                 Role::Weight,
             )
-            .dims(&["8 × aud_depthgpt.n_embd / 3", "aud_depthgpt.n_embd"]),
+            .dims(&["8 × aud_depthgpt.n_embd / 3", "aud_depthgpt.n_embd"])
+            .padded(pad_rows.clone()),
             Item::stacked(
                 blk(b, "ffn_up"),
                 per(&|i| format!("{p}mlps.{i}.up_proj.weight")),
                 &[f, e],
                 Role::Weight,
             )
-            .dims(&["8 × aud_depthgpt.n_embd / 3", "aud_depthgpt.n_embd"]),
+            .dims(&["8 × aud_depthgpt.n_embd / 3", "aud_depthgpt.n_embd"])
+            .padded(pad_rows.clone()),
             Item::stacked(
                 blk(b, "ffn_down"),
                 per(&|i| format!("{p}mlps.{i}.down_proj.weight")),
                 &[e, f],
                 Role::Weight,
             )
-            .dims(&["aud_depthgpt.n_embd", "8 × aud_depthgpt.n_embd / 3"]),
+            .dims(&["aud_depthgpt.n_embd", "8 × aud_depthgpt.n_embd / 3"])
+            .padded(pad_cols.clone()),
         ]);
     }
     items.push(
