@@ -93,7 +93,7 @@ pub fn print_ops(nodes: Vec<(String, [i64; 4], f64)>) {
     let mut rows: Vec<_> = by.into_iter().collect();
     rows.sort_by(|a, b| b.1.1.total_cmp(&a.1.1));
     println!(
-        "ops of one encode + one decode frame, each node timed alone: {:.2} ms in all",
+        "ops of one graph, each node timed alone: {:.2} ms in all",
         total / 1e3
     );
     for ((op, ne), (count, us)) in rows.into_iter().take(30) {

@@ -134,6 +134,9 @@ enum BenchCmd {
         /// Timed steps (after 5 warm-up steps).
         #[arg(long, default_value_t = 50)]
         steps: usize,
+        /// Also time each node of the depth transformer's last position alone.
+        #[arg(long)]
+        ops: bool,
         #[command(flatten)]
         engine: EngineArgs,
     },
@@ -380,6 +383,7 @@ fn run(cli: Cli) -> Result<()> {
                 BenchCmd::Step {
                     model,
                     steps,
+                    ops,
                     engine: args,
                 },
         } => {
@@ -388,6 +392,9 @@ fn run(cli: Cli) -> Result<()> {
             let threads = opts.threads;
             let mut engine = flm_edge::engine::Engine::load(&dir, &opts)?;
             let r = bench::step(&mut engine, &dir, steps, 5, threads)?;
+            if ops {
+                bench::print_ops(engine.depformer().profile(7, 20)?);
+            }
             let quant = dir
                 .audio
                 .get_str(flm_conversion::model_files::audio_keys::QUANT)

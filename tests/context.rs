@@ -27,16 +27,20 @@ fn engine(dir: &ModelDir, context: Option<u32>, sink: u32) -> Engine {
     .unwrap()
 }
 
-fn model() -> (Scratch, ModelDir) {
-    let out = scratch("model");
-    let run = convert(checkpoints(5), &out, &["--quant", "q8_0"]);
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    let dir = ModelDir::open(&out).unwrap();
-    (out, dir)
+/// The seed-5 tiny model at q8_0, converted once for the tests of this file.
+fn model() -> ModelDir {
+    static M: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    let path = M.get_or_init(|| {
+        let out = scratch("model");
+        let run = convert(checkpoints(5), &out, &["--quant", "q8_0"]);
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        out.keep()
+    });
+    ModelDir::open(path).unwrap()
 }
 
 /// Pseudo-random user codes for step t.
@@ -64,7 +68,7 @@ fn run(engine: &mut Engine, steps: usize) -> Vec<usize> {
 
 #[test]
 fn small_context_drops_the_oldest_half_after_the_sink() {
-    let (_d, dir) = model();
+    let dir = model();
     let mut e = engine(&dir, Some(64), 8);
     // Full at 64; each shift drops (64 - 8) / 2 = 28 steps, so it refills every 28 steps.
     let shifts = run(&mut e, 200);
@@ -74,7 +78,7 @@ fn small_context_drops_the_oldest_half_after_the_sink() {
 
 #[test]
 fn runs_past_the_trained_context() {
-    let (_d, dir) = model();
+    let dir = model();
     let mut e = engine(&dir, None, 16);
     assert_eq!(e.policy().positions, 8192);
     let shifts = run(&mut e, 8192 + 300);
@@ -84,7 +88,7 @@ fn runs_past_the_trained_context() {
 
 #[test]
 fn a_context_past_the_trained_one_is_refused() {
-    let (_d, dir) = model();
+    let dir = model();
     let sampling = Sampling::from_model(&dir.audio, "audio.gguf").unwrap();
     let r = Engine::load(
         &dir,

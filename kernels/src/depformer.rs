@@ -119,21 +119,36 @@ impl Depformer {
         let s = DepformerShape::read(wb.gguf(), &label)?;
         let i = |v: usize| v as i64;
         let (e, f, v, c) = (i(s.embd), i(s.ffn), i(s.vocab), i(s.codebooks));
-        wb.tensor(DEP_IN, &[i(s.hidden), c * e])?;
+        // Matrices are declared per position (one 2-D tensor each), so that the CPU backend
+        // can keep them re-laid-out for its fast matrix-vector kernels.
+        let cb = s.codebooks;
+        for p in 0..cb {
+            wb.matrix_part(&per(DEP_IN, p), DEP_IN, &[i(s.hidden), e], p, cb)?;
+            wb.matrix_part(&per(DEP_OUT, p), DEP_OUT, &[e, v], p, cb)?;
+        }
         wb.tensor(DEP_WTE, &[e, v, c])?;
         wb.tensor(DEP_WPE, &[e, c])?;
         for b in 0..s.layers {
             wb.tensor(&blk(b, "attn_norm.weight"), &[e])?;
-            wb.tensor(&blk(b, "attn_qkv.weight"), &[e, 3 * e])?;
-            wb.tensor(&blk(b, "attn_output.weight"), &[e, e])?;
+            for (name, ne) in [
+                ("attn_qkv.weight", [e, 3 * e]),
+                ("attn_output.weight", [e, e]),
+            ] {
+                wb.matrix_part(&blk(b, name), &blk(b, name), &ne, 0, 1)?;
+            }
             wb.tensor(&blk(b, "ffn_norm.weight"), &[e])?;
-            wb.tensor(&blk(b, "ffn_gate"), &[e, f, c])?;
-            wb.tensor(&blk(b, "ffn_up"), &[e, f, c])?;
-            wb.tensor(&blk(b, "ffn_down"), &[f, e, c])?;
+            for (name, ne) in [
+                ("ffn_gate", [e, f]),
+                ("ffn_up", [e, f]),
+                ("ffn_down", [f, e]),
+            ] {
+                for p in 0..cb {
+                    wb.matrix_part(&per(&blk(b, name), p), &blk(b, name), &ne, p, cb)?;
+                }
+            }
         }
         wb.tensor(DEP_OUT_NORM, &[e])?;
-        wb.tensor(DEP_OUT, &[e, v, c])?;
-        let weights = wb.build(&backend)?;
+        let weights = wb.build(&backend, true)?;
         let state = new_state(&s, &backend)?;
         let mut d = Depformer {
             shape: s,
@@ -200,28 +215,21 @@ impl Depformer {
         let mut graph = Graph::new(MAX_NODES);
         let g = &graph.ctx;
         let w = |n: &str| self.weights.get(n);
-        let (e, d, h, f, v) = (s.embd, s.head_dim(), s.heads, s.ffn, s.vocab);
+        let (e, d, h, v) = (s.embd, s.head_dim(), s.heads, s.vocab);
         let (ei, di, hi, n) = (e as i64, d as i64, h as i64, p as i64 + 1);
-        // Slice p of a stacked [.., .., codebooks] tensor.
-        let slice = |t: T, rows: usize| {
-            let nb = t.nb();
-            g.view(t, &[t.ne()[0], rows as i64], &[nb[1]], p * nb[2])
-        };
+        // This position's weight of a per-position matrix.
+        let wp = |name: &str| w(&per(name, p));
         let token = g.view(self.state.tokens, &[1], &[], p * 4);
         let slot = g.view(self.state.slots, &[1], &[], p * 4);
-        let wte = slice(w(DEP_WTE), v);
-        let w_in = w(DEP_IN);
-        let w_in_p = g.view(
-            w_in,
-            &[w_in.ne()[0], ei],
-            &[w_in.nb()[1]],
-            p * e * w_in.nb()[1],
-        );
+        let wte = {
+            let t = w(DEP_WTE);
+            g.view(t, &[ei, v as i64], &[t.nb()[1]], p * t.nb()[2])
+        };
         let wpe = w(DEP_WPE);
         let wpe_p = g.view(wpe, &[ei, 1], &[wpe.nb()[1]], p * wpe.nb()[1]);
         let mut x = g.add(
             g.add(g.get_rows(wte, token), wpe_p),
-            g.mul_mat(w_in_p, self.state.hidden),
+            g.mul_mat(wp(DEP_IN), self.state.hidden),
         );
         for b in 0..s.layers {
             let y = g.mul(g.rms_norm(x, s.norm_eps), w(&blk(b, "attn_norm.weight")));
@@ -239,20 +247,24 @@ impl Depformer {
             let o = g.reshape(g.cont(g.permute(o, [0, 2, 1, 3])), &[ei, 1]);
             x = g.add(x, g.mul_mat(w(&blk(b, "attn_output.weight")), o));
             let y = g.mul(g.rms_norm(x, s.norm_eps), w(&blk(b, "ffn_norm.weight")));
-            let gate = g.mul_mat(slice(w(&blk(b, "ffn_gate")), f), y);
-            let up = g.mul_mat(slice(w(&blk(b, "ffn_up")), f), y);
-            let down = slice(w(&blk(b, "ffn_down")), e);
-            x = g.add(x, g.mul_mat(down, g.mul(g.silu(gate), up)));
+            let gate = g.mul_mat(wp(&blk(b, "ffn_gate")), y);
+            let up = g.mul_mat(wp(&blk(b, "ffn_up")), y);
+            x = g.add(
+                x,
+                g.mul_mat(wp(&blk(b, "ffn_down")), g.mul(g.silu(gate), up)),
+            );
         }
         let x = g.mul(g.rms_norm(x, s.norm_eps), w(DEP_OUT_NORM));
-        let logits = g
-            .mul_mat(slice(w(DEP_OUT), v), x)
-            .set_output()
-            .name("logits");
+        let logits = g.mul_mat(wp(DEP_OUT), x).set_output().name("logits");
         graph.expand(logits);
         graph.allocate(&self.backend)?;
         Ok(Position { graph, logits })
     }
+}
+
+/// Name of position `p`'s part of a per-position matrix.
+fn per(name: &str, p: usize) -> String {
+    format!("{name}.{p}")
 }
 
 fn new_state(s: &DepformerShape, backend: &Backend) -> Result<State> {

@@ -472,6 +472,76 @@ impl Drop for Backend {
     }
 }
 
+/// A buffer type of the CPU device beyond plain memory: ggml's "extra" types keep matrix
+/// weights re-laid-out (interleaved rows) for faster matrix-vector kernels, as llama.cpp
+/// does for its own weights. Data written into such a buffer is re-laid-out on the way in.
+#[derive(Clone, Copy)]
+pub struct ExtraBufferType {
+    raw: sys::ggml_backend_buffer_type_t,
+    dev: sys::ggml_backend_dev_t,
+}
+
+// SAFETY: buffer types and devices are process-wide static objects of ggml.
+unsafe impl Send for ExtraBufferType {}
+
+impl ExtraBufferType {
+    /// The CPU device's extra buffer types (none on builds or CPUs without them).
+    pub fn cpu() -> Vec<ExtraBufferType> {
+        let mut out = vec![];
+        // SAFETY: device and registry lookups return static objects or null; the proc
+        // address, when present, has the documented `ggml_backend_dev_get_extra_bufts_t`
+        // signature and returns a null-terminated array of static buffer types.
+        unsafe {
+            let dev = sys::ggml_backend_dev_by_type(sys::GGML_BACKEND_DEVICE_TYPE_CPU);
+            if dev.is_null() {
+                return out;
+            }
+            let reg = sys::ggml_backend_dev_backend_reg(dev);
+            let name = c"ggml_backend_dev_get_extra_bufts";
+            let f = sys::ggml_backend_reg_get_proc_address(reg, name.as_ptr());
+            if f.is_null() {
+                return out;
+            }
+            let f: sys::ggml_backend_dev_get_extra_bufts_t = std::mem::transmute(f);
+            let Some(f) = f else { return out };
+            let mut p = f(dev);
+            while !p.is_null() && !(*p).is_null() {
+                out.push(ExtraBufferType { raw: *p, dev });
+                p = p.add(1);
+            }
+        }
+        out
+    }
+
+    pub fn name(&self) -> String {
+        // SAFETY: a static buffer type; ggml returns a static C string.
+        unsafe { std::ffi::CStr::from_ptr(sys::ggml_backend_buft_name(self.raw)) }
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    /// Whether `w ×` vector would run on this buffer type's kernels if `w` lived in it.
+    /// `w` must not be allocated yet.
+    pub fn supports_matmul_weight(&self, w: T) -> bool {
+        let scratch = Ctx::new(4, 0);
+        let x = scratch.new_tensor(F32, &[w.ne()[0], 1]);
+        let y = scratch.mul_mat(w, x);
+        // SAFETY: as llama.cpp does: a zero-size buffer of this type is attached to the
+        // unallocated weight only for the duration of the query, then detached and freed.
+        unsafe {
+            let dummy = sys::ggml_backend_buft_alloc_buffer(self.raw, 0);
+            if dummy.is_null() {
+                return false;
+            }
+            (*w.raw()).buffer = dummy;
+            let ok = sys::ggml_backend_dev_supports_op(self.dev, y.raw());
+            (*w.raw()).buffer = std::ptr::null_mut();
+            sys::ggml_backend_buffer_free(dummy);
+            ok
+        }
+    }
+}
+
 /// A backend buffer holding every tensor of a context (weights, streaming state).
 pub struct Buffer {
     raw: NonNull<sys::ggml_backend_buffer>,
@@ -491,6 +561,17 @@ impl Buffer {
         let b = Buffer { raw };
         b.clear();
         Ok(b)
+    }
+
+    /// Allocates all tensors of `ctx` in a buffer of an extra CPU type (not zeroed: every
+    /// tensor is written whole afterwards).
+    pub fn alloc_extra(ctx: &Ctx, buft: &ExtraBufferType) -> Result<Buffer> {
+        // SAFETY: ctx is a no_alloc context whose tensors get their data in this buffer.
+        let raw = unsafe { sys::ggml_backend_alloc_ctx_tensors_from_buft(ctx.raw(), buft.raw) };
+        let Some(raw) = NonNull::new(raw) else {
+            bail!("cannot allocate a ggml buffer of type {}", buft.name())
+        };
+        Ok(Buffer { raw })
     }
 
     pub fn clear(&self) {

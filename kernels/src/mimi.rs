@@ -500,7 +500,7 @@ impl Mimi {
             &[i(CODEBOOK_SIZE), i(N_CODEBOOKS)],
             norms,
         );
-        let weights = wb.build(&backend)?;
+        let weights = wb.build(&backend, false)?;
         let state = Self::new_state(&backend)?;
         Ok(Mimi {
             backend,

@@ -12,11 +12,20 @@ use anyhow::{Context, Result, bail, ensure};
 use flm_conversion::{GgmlType, Gguf};
 use memmap2::Mmap;
 
-use crate::ggml::{Backend, Buffer, Ctx, T, Type};
+use crate::ggml::{Backend, Buffer, Ctx, ExtraBufferType, T, Type};
 
 enum Source {
     File { offset: usize, len: usize },
     Host(Vec<u8>),
+}
+
+struct Decl {
+    name: String,
+    ty: Type,
+    ne: Vec<i64>,
+    src: Source,
+    /// Only ever the weight of matrix-vector products: may live in a re-laid-out buffer.
+    matrix: bool,
 }
 
 /// Tensors to load, declared before the buffer is allocated.
@@ -24,7 +33,7 @@ pub struct WeightsBuilder {
     path: PathBuf,
     gguf: Gguf,
     map: Mmap,
-    decl: Vec<(String, Type, Vec<i64>, Source)>,
+    decl: Vec<Decl>,
 }
 
 impl WeightsBuilder {
@@ -53,26 +62,60 @@ impl WeightsBuilder {
 
     /// Declares file tensor `name`, which must have ggml shape `ne`.
     pub fn tensor(&mut self, name: &str, ne: &[i64]) -> Result<GgmlType> {
+        self.part(name, name, ne, None, false)
+    }
+
+    /// Declares `name` as part `i` of file tensor `of` (shape `ne`), split into `parts`
+    /// equal parts along its slowest axis, used only as a matrix-vector weight.
+    pub fn matrix_part(
+        &mut self,
+        name: &str,
+        of: &str,
+        ne: &[i64],
+        i: usize,
+        parts: usize,
+    ) -> Result<()> {
+        self.part(name, of, ne, Some((i, parts)), true).map(|_| ())
+    }
+
+    fn part(
+        &mut self,
+        name: &str,
+        of: &str,
+        ne: &[i64],
+        part: Option<(usize, usize)>,
+        matrix: bool,
+    ) -> Result<GgmlType> {
         let t = self
             .gguf
-            .tensor(name)
-            .with_context(|| format!("{}: tensor `{name}` is missing", self.path.display()))?;
+            .tensor(of)
+            .with_context(|| format!("{}: tensor `{of}` is missing", self.path.display()))?;
         let have: Vec<i64> = t.ne.iter().map(|&d| d as i64).collect();
+        let (i, parts) = part.unwrap_or((0, 1));
+        let mut whole = ne.to_vec();
+        if parts > 1 {
+            // A part of the slowest axis: [ne0, ne1] out of [ne0, ne1 · parts] or
+            // [ne0, ne1, parts].
+            if have.len() == ne.len() + 1 {
+                whole.push(parts as i64);
+            } else {
+                *whole.last_mut().unwrap() *= parts as i64;
+            }
+        }
         ensure!(
-            have == ne,
-            "{}: tensor `{name}` has shape {have:?}, expected {ne:?}",
+            have == whole,
+            "{}: tensor `{of}` has shape {have:?}, expected {whole:?}",
             self.path.display()
         );
-        let offset = (self.gguf.data_offset + t.offset) as usize;
-        self.decl.push((
-            name.to_string(),
-            t.ty.id(),
-            ne.to_vec(),
-            Source::File {
-                offset,
-                len: t.n_bytes() as usize,
-            },
-        ));
+        let len = t.n_bytes() as usize / parts;
+        let offset = (self.gguf.data_offset + t.offset) as usize + i * len;
+        self.decl.push(Decl {
+            name: name.to_string(),
+            ty: t.ty.id(),
+            ne: ne.to_vec(),
+            src: Source::File { offset, len },
+            matrix,
+        });
         Ok(t.ty)
     }
 
@@ -97,19 +140,47 @@ impl WeightsBuilder {
 
     /// Declares a tensor computed on the host.
     pub fn host(&mut self, name: &str, ty: Type, ne: &[i64], data: Vec<u8>) {
-        self.decl
-            .push((name.to_string(), ty, ne.to_vec(), Source::Host(data)));
+        self.decl.push(Decl {
+            name: name.to_string(),
+            ty,
+            ne: ne.to_vec(),
+            src: Source::Host(data),
+            matrix: false,
+        });
     }
 
-    pub fn build(self, backend: &Backend) -> Result<Weights> {
-        let ctx = Ctx::new(self.decl.len(), 0);
+    /// Allocates every declared tensor on `backend` and copies its data in. Matrix weights
+    /// that the CPU's re-laid-out buffer type supports go there (`extra`), the rest in plain
+    /// memory.
+    pub fn build(self, backend: &Backend, extra: bool) -> Result<Weights> {
+        let plain = Ctx::new(self.decl.len(), 0);
+        let relaid = Ctx::new(self.decl.len(), 0);
+        let buft = if extra {
+            ExtraBufferType::cpu().into_iter().next()
+        } else {
+            None
+        };
         let mut tensors = HashMap::new();
-        for (name, ty, ne, _) in &self.decl {
-            let t = ctx.new_tensor(*ty, ne);
-            tensors.insert(name.clone(), t);
+        let mut n_relaid = 0;
+        for d in &self.decl {
+            let mut t = plain.new_tensor(d.ty, &d.ne);
+            if let Some(b) = &buft
+                && d.matrix
+            {
+                let r = relaid.new_tensor(d.ty, &d.ne);
+                if b.supports_matmul_weight(r) {
+                    t = r;
+                    n_relaid += 1;
+                }
+            }
+            tensors.insert(d.name.clone(), t);
         }
-        let buffer = Buffer::alloc(&ctx, backend)?;
-        for (name, _, _, src) in &self.decl {
+        let mut buffers = vec![Buffer::alloc(&plain, backend)?];
+        if let (Some(b), true) = (&buft, n_relaid > 0) {
+            buffers.push(Buffer::alloc_extra(&relaid, b)?);
+        }
+        for d in &self.decl {
+            let (name, src) = (&d.name, &d.src);
             let t = tensors[name];
             let bytes: &[u8] = match src {
                 Source::File { offset, len } => &self.map[*offset..offset + len],
@@ -128,8 +199,8 @@ impl WeightsBuilder {
         Ok(Weights {
             path: self.path,
             tensors,
-            buffer,
-            _ctx: ctx,
+            buffers,
+            _ctx: [plain, relaid],
         })
     }
 }
@@ -138,9 +209,9 @@ impl WeightsBuilder {
 pub struct Weights {
     path: PathBuf,
     tensors: HashMap<String, T>,
-    buffer: Buffer,
-    // Holds the tensor descriptions the handles point into; dropped last.
-    _ctx: Ctx,
+    buffers: Vec<Buffer>,
+    // Hold the tensor descriptions the handles point into; dropped last.
+    _ctx: [Ctx; 2],
 }
 
 impl Weights {
@@ -152,6 +223,6 @@ impl Weights {
     }
 
     pub fn bytes(&self) -> usize {
-        self.buffer.bytes()
+        self.buffers.iter().map(Buffer::bytes).sum()
     }
 }
