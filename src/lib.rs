@@ -3,6 +3,7 @@
 pub mod backbone;
 pub mod bench;
 pub mod codes_npy;
+pub mod config;
 pub mod detok;
 pub mod embed;
 pub mod engine;
@@ -10,6 +11,7 @@ pub mod files;
 pub mod inspect;
 pub mod model_dir;
 pub mod run;
+pub mod serve;
 pub mod token_ring;
 pub mod wav;
 

@@ -76,6 +76,32 @@ enum Cmd {
         #[command(flatten)]
         engine: EngineArgs,
     },
+    /// The appliance: listen and speak through ALSA every 80 ms until SIGTERM (SIGHUP reloads
+    /// the configuration). With --input-wav/--output-wav, replays a file through the same
+    /// pipeline instead of the devices.
+    Serve {
+        /// Configuration file (TOML; every key is documented in boards/flm-edge.toml).
+        #[arg(long, value_name = "config.toml")]
+        config: Option<PathBuf>,
+        /// Board profile under the configuration file: jetson-agx-orin, jetson-orin-nx,
+        /// jetson-orin-nano, x86-dev.
+        #[arg(long, value_name = "NAME")]
+        board: Option<String>,
+        /// Model folder (overrides the configuration's `model`).
+        #[arg(long, value_name = "MODEL_DIR")]
+        model: Option<PathBuf>,
+        /// Replay this WAV as the user's voice instead of capturing.
+        #[arg(long, value_name = "x.wav", requires = "output_wav")]
+        input_wav: Option<PathBuf>,
+        /// Write the reply here (as long as the input, time-aligned) instead of playing it.
+        #[arg(long, value_name = "y.wav", requires = "input_wav")]
+        output_wav: Option<PathBuf>,
+        /// Replay at real-time pace (otherwise as fast as the model goes, nothing dropped).
+        #[arg(long)]
+        realtime: bool,
+    },
+    /// ALSA cards and PCM names usable as `audio.capture` / `audio.playback`.
+    Devices,
     /// Benchmarks of the real-time stages.
     Bench {
         #[command(subcommand)]
@@ -378,6 +404,22 @@ fn run(cli: Cli) -> Result<()> {
                 println!("{}", summary.text);
             }
         }
+        Cmd::Serve {
+            config,
+            board,
+            model,
+            input_wav,
+            output_wav,
+            realtime,
+        } => flm_edge::serve::serve(flm_edge::serve::ServeOptions {
+            board,
+            config,
+            model,
+            input_wav,
+            output_wav,
+            realtime,
+        })?,
+        Cmd::Devices => print!("{}", flm_edge::serve::alsa_io::list_devices()?),
         Cmd::Bench {
             cmd:
                 BenchCmd::Step {

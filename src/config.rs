@@ -1,0 +1,312 @@
+//! The appliance's configuration: one TOML file, on top of an optional board profile, under
+//! the command-line flags. Every key is documented in `boards/flm-edge.toml`.
+//!
+//! Unknown keys and wrong types are refused with one line naming the key.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail, ensure};
+use serde::Deserialize;
+
+/// Board profiles shipped with the binary (`boards/*.toml`).
+pub const BOARDS: [(&str, &str); 4] = [
+    (
+        "jetson-agx-orin",
+        include_str!("../boards/jetson-agx-orin.toml"),
+    ),
+    (
+        "jetson-orin-nx",
+        include_str!("../boards/jetson-orin-nx.toml"),
+    ),
+    (
+        "jetson-orin-nano",
+        include_str!("../boards/jetson-orin-nano.toml"),
+    ),
+    ("x86-dev", include_str!("../boards/x86-dev.toml")),
+];
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Model folder made by `flm-edge convert`.
+    pub model: Option<PathBuf>,
+    /// Compute threads; 0 uses every core.
+    pub threads: usize,
+    /// "cpu", or "cuda" on builds with the `cuda` feature.
+    pub backend: String,
+    pub audio: Audio,
+    pub schedule: Schedule,
+    pub context: ContextPolicy,
+    pub sampling: Sampling,
+    pub status: Status,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Audio {
+    /// ALSA capture PCM: `hw:CARD=Name,DEV=0`, `plughw:CARD=Name`, or a named PCM.
+    pub capture: String,
+    /// ALSA playback PCM.
+    pub playback: String,
+    /// Device sample rate in Hz.
+    pub rate: u32,
+    /// Device channels: 1 or 2 (stereo capture is mixed down, playback duplicated).
+    pub channels: u32,
+    /// Sample format: "s16", "s32" or "f32".
+    pub format: String,
+    /// ALSA period in milliseconds.
+    pub period_ms: u32,
+    /// Periods in the ALSA buffer.
+    pub periods: u32,
+    /// Real-time priority (SCHED_FIFO 1..99) of the two audio threads; 0 leaves them normal.
+    pub rt_priority: u32,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Schedule {
+    /// 80 ms frames between a frame's capture and the playback of the model's answer to it:
+    /// the time a step has before its output is due.
+    pub latency_frames: u32,
+    /// Captured frames allowed to wait for the model; older ones are dropped (and counted).
+    pub max_backlog_frames: u32,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ContextPolicy {
+    /// Backbone positions (steps) kept; 0 uses the model's context length.
+    pub positions: u32,
+    /// First steps never dropped when the context is full.
+    pub sink: u32,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Sampling {
+    pub seed: u64,
+    pub greedy: bool,
+    pub text_temperature: Option<f32>,
+    pub text_top_p: Option<f32>,
+    pub text_top_k: Option<u32>,
+    pub text_repetition_penalty: Option<f32>,
+    pub audio_temperature: Option<f32>,
+    pub audio_top_p: Option<f32>,
+    pub audio_top_k: Option<u32>,
+    pub audio_repetition_penalty: Option<f32>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Status {
+    /// Loopback address of the Prometheus text endpoint (`/metrics`); "" turns it off.
+    pub metrics: String,
+    /// Unix socket of the JSON-lines event stream (text, listening/speaking); "" turns it off.
+    pub events: String,
+    /// Seconds between two summary lines in the log.
+    pub log_interval_s: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            model: None,
+            threads: 0,
+            backend: "cpu".into(),
+            audio: Audio::default(),
+            schedule: Schedule::default(),
+            context: ContextPolicy::default(),
+            sampling: Sampling::default(),
+            status: Status::default(),
+        }
+    }
+}
+
+impl Default for Audio {
+    fn default() -> Self {
+        Audio {
+            capture: "default".into(),
+            playback: "default".into(),
+            rate: 48_000,
+            channels: 1,
+            format: "s16".into(),
+            period_ms: 20,
+            periods: 4,
+            rt_priority: 0,
+        }
+    }
+}
+
+impl Default for Schedule {
+    fn default() -> Self {
+        Schedule {
+            latency_frames: 2,
+            max_backlog_frames: 4,
+        }
+    }
+}
+
+impl Default for ContextPolicy {
+    fn default() -> Self {
+        ContextPolicy {
+            positions: 0,
+            sink: 16,
+        }
+    }
+}
+
+impl Default for Sampling {
+    fn default() -> Self {
+        Sampling {
+            // The official code seeds everything with 42.
+            seed: 42,
+            greedy: false,
+            text_temperature: None,
+            text_top_p: None,
+            text_top_k: None,
+            text_repetition_penalty: None,
+            audio_temperature: None,
+            audio_top_p: None,
+            audio_top_k: None,
+            audio_repetition_penalty: None,
+        }
+    }
+}
+
+impl Default for Status {
+    fn default() -> Self {
+        Status {
+            metrics: "127.0.0.1:9464".into(),
+            events: String::new(),
+            log_interval_s: 60,
+        }
+    }
+}
+
+/// Parses TOML text into `base`'s type, naming the offending key on error. Keys absent from
+/// the text keep their defaults.
+fn parse(text: &str, label: &str) -> Result<Config> {
+    let de = toml::Deserializer::parse(text).map_err(|e| {
+        let msg = e.message().to_string();
+        anyhow::anyhow!("{label}: {}", msg.lines().next().unwrap_or("not TOML"))
+    })?;
+    let cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        let msg = e.inner().message().to_string();
+        anyhow::anyhow!(
+            "{label}: key `{key}`: {}",
+            msg.lines().next().unwrap_or("invalid")
+        )
+    })?;
+    Ok(cfg)
+}
+
+/// Merges `over` onto `base`: a table's keys present in `over` win. Works on TOML values so
+/// that "absent" and "default" differ.
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+fn table(text: &str, label: &str) -> Result<toml::Table> {
+    // Type-check the layer on its own first, for a message that names the key.
+    parse(text, label)?;
+    text.parse::<toml::Table>()
+        .map_err(|e| anyhow::anyhow!("{label}: {}", e.message()))
+}
+
+impl Config {
+    /// The effective configuration: defaults, then the board profile, then the file.
+    pub fn load(board: Option<&str>, file: Option<&Path>) -> Result<Config> {
+        let mut merged = toml::Table::new();
+        if let Some(name) = board {
+            let Some((_, text)) = BOARDS.iter().find(|(n, _)| *n == name) else {
+                let names: Vec<&str> = BOARDS.iter().map(|(n, _)| *n).collect();
+                bail!("board `{name}` is unknown (boards: {})", names.join(", "));
+            };
+            merge(&mut merged, table(text, &format!("board {name}"))?);
+        }
+        if let Some(path) = file {
+            let label = path.display().to_string();
+            let text =
+                std::fs::read_to_string(path).with_context(|| format!("{label}: cannot read"))?;
+            merge(&mut merged, table(&text, &label)?);
+        }
+        let label = file.map_or("configuration".to_string(), |p| p.display().to_string());
+        let cfg = parse(&toml::to_string(&merged)?, &label)?;
+        cfg.check().with_context(|| label.clone())?;
+        Ok(cfg)
+    }
+
+    /// Checks values that types alone do not constrain; errors name the key.
+    pub fn check(&self) -> Result<()> {
+        let a = &self.audio;
+        ensure!(
+            matches!(self.backend.as_str(), "cpu" | "cuda"),
+            "key `backend`: `{}` is not cpu or cuda",
+            self.backend
+        );
+        ensure!(
+            (8_000..=192_000).contains(&a.rate),
+            "key `audio.rate`: {} Hz is outside 8000..192000",
+            a.rate
+        );
+        ensure!(
+            matches!(a.channels, 1 | 2),
+            "key `audio.channels`: {} (1 or 2)",
+            a.channels
+        );
+        ensure!(
+            matches!(a.format.as_str(), "s16" | "s32" | "f32"),
+            "key `audio.format`: `{}` is not s16, s32 or f32",
+            a.format
+        );
+        ensure!(
+            (1..=80).contains(&a.period_ms),
+            "key `audio.period_ms`: {} is outside 1..80",
+            a.period_ms
+        );
+        ensure!(
+            (2..=16).contains(&a.periods),
+            "key `audio.periods`: {} is outside 2..16",
+            a.periods
+        );
+        ensure!(
+            a.rt_priority <= 99,
+            "key `audio.rt_priority`: {} is over 99",
+            a.rt_priority
+        );
+        ensure!(!a.capture.is_empty(), "key `audio.capture` is empty");
+        ensure!(!a.playback.is_empty(), "key `audio.playback` is empty");
+        let s = &self.schedule;
+        ensure!(
+            (1..=25).contains(&s.latency_frames),
+            "key `schedule.latency_frames`: {} is outside 1..25",
+            s.latency_frames
+        );
+        ensure!(
+            (1..=64).contains(&s.max_backlog_frames),
+            "key `schedule.max_backlog_frames`: {} is outside 1..64",
+            s.max_backlog_frames
+        );
+        if !self.status.metrics.is_empty() {
+            let addr: std::net::SocketAddr = self.status.metrics.parse().map_err(|_| {
+                anyhow::anyhow!(
+                    "key `status.metrics`: `{}` is not an address:port",
+                    self.status.metrics
+                )
+            })?;
+            ensure!(
+                addr.ip().is_loopback(),
+                "key `status.metrics`: {addr} is not a loopback address (the endpoint is local only)"
+            );
+        }
+        Ok(())
+    }
+}

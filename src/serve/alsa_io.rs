@@ -1,0 +1,507 @@
+//! ALSA capture and playback, opened by PCM name, with the fault handling of the trusted
+//! audio daemons: an xrun is recovered (prepare) and counted, and the lost time is filled with
+//! silence; a suspend is resumed; a device that disappears (USB unplug) is reopened by name
+//! with back-off, while silence keeps the timeline going.
+//!
+//! Buffers are sized at open; reading and writing a period allocates nothing.
+
+use std::time::{Duration, Instant};
+
+use alsa::pcm::{Access, Format, HwParams, PCM};
+use alsa::{Direction, ValueOr};
+use anyhow::{Context, Result, bail};
+use std::sync::atomic::{AtomicI32, Ordering::Relaxed};
+
+use super::device::{CaptureDevice, Captured, FRAME, Pcm, PlaybackDevice};
+use super::metrics::Metrics;
+use super::resample::StreamResampler;
+
+const RATE: u32 = 24_000;
+const FIRST_RETRY: Duration = Duration::from_millis(500);
+const MAX_RETRY: Duration = Duration::from_secs(5);
+
+#[derive(Clone, Debug)]
+pub struct DeviceSpec {
+    pub name: String,
+    pub rate: u32,
+    pub channels: u32,
+    /// "s16", "s32" or "f32".
+    pub format: String,
+    pub period_ms: u32,
+    pub periods: u32,
+}
+
+/// The last error of a device (errno), for the status thread's log; 0 when none.
+#[derive(Default)]
+pub struct DeviceError(AtomicI32);
+
+impl DeviceError {
+    pub fn take(&self) -> i32 {
+        self.0.swap(0, Relaxed)
+    }
+}
+
+enum Samples {
+    S16(Vec<i16>),
+    S32(Vec<i32>),
+    F32(Vec<f32>),
+}
+
+/// An open PCM and its interleaved period buffer.
+struct Open {
+    pcm: PCM,
+    raw: Samples,
+    period: usize,
+}
+
+fn open(spec: &DeviceSpec, dir: Direction) -> Result<Open> {
+    let label = &spec.name;
+    let pcm = PCM::new(label, dir, false).with_context(|| format!("ALSA device `{label}`"))?;
+    let period = (spec.rate as usize * spec.period_ms as usize / 1000).max(16);
+    let (format, raw) = match spec.format.as_str() {
+        "s16" => (Format::s16(), Samples::S16(vec![])),
+        "s32" => (Format::s32(), Samples::S32(vec![])),
+        "f32" => (Format::float(), Samples::F32(vec![])),
+        other => bail!("sample format `{other}` is not s16, s32 or f32"),
+    };
+    let period = {
+        let hw = HwParams::any(&pcm).with_context(|| format!("ALSA device `{label}`"))?;
+        let ctx = |what: &str| format!("ALSA device `{label}`: {what}");
+        hw.set_access(Access::RWInterleaved)
+            .with_context(|| ctx("no interleaved access"))?;
+        hw.set_format(format)
+            .with_context(|| ctx(&format!("format {} not supported", spec.format)))?;
+        hw.set_channels(spec.channels)
+            .with_context(|| ctx(&format!("{} channels not supported", spec.channels)))?;
+        hw.set_rate(spec.rate, ValueOr::Nearest)
+            .with_context(|| ctx(&format!("rate {} Hz not supported", spec.rate)))?;
+        let got = hw.get_rate().with_context(|| ctx("rate"))?;
+        if got != spec.rate {
+            bail!(
+                "ALSA device `{label}`: runs at {got} Hz, not {} Hz (use plughw: to convert)",
+                spec.rate
+            );
+        }
+        let p = hw
+            .set_period_size_near(period as alsa::pcm::Frames, ValueOr::Nearest)
+            .with_context(|| ctx("period size"))?;
+        hw.set_buffer_size_near(p * spec.periods as alsa::pcm::Frames)
+            .with_context(|| ctx("buffer size"))?;
+        pcm.hw_params(&hw)
+            .with_context(|| ctx("hardware parameters refused"))?;
+        p as usize
+    };
+    let n = period * spec.channels as usize;
+    let raw = match raw {
+        Samples::S16(_) => Samples::S16(vec![0; n]),
+        Samples::S32(_) => Samples::S32(vec![0; n]),
+        Samples::F32(_) => Samples::F32(vec![0.0; n]),
+    };
+    pcm.prepare()
+        .with_context(|| format!("ALSA device `{label}`: prepare"))?;
+    Ok(Open { pcm, raw, period })
+}
+
+/// What an error means for the stream.
+enum Fault {
+    /// Over/underrun or suspend: recovered in place.
+    Recovered,
+    /// The device is gone or unusable: close and reopen later.
+    Lost,
+}
+
+fn handle(o: &Open, e: alsa::Error, xruns: &std::sync::atomic::AtomicU64, m: &Metrics) -> Fault {
+    let errno = e.errno();
+    if errno == libc_epipe() {
+        Metrics::add(xruns);
+    }
+    if (errno == libc_epipe() || errno == libc_estrpipe()) && o.pcm.try_recover(e, true).is_ok() {
+        Metrics::add(&m.recoveries);
+        return Fault::Recovered;
+    }
+    Fault::Lost
+}
+
+// errno values of Linux (alsa-lib returns negated errno codes; the crate gives them positive).
+fn libc_epipe() -> i32 {
+    32
+}
+fn libc_estrpipe() -> i32 {
+    86
+}
+
+/// Reopening a lost device by name, with back-off.
+struct Reopen {
+    wait: Duration,
+    next: Instant,
+}
+
+impl Reopen {
+    fn new() -> Reopen {
+        Reopen {
+            wait: FIRST_RETRY,
+            next: Instant::now(),
+        }
+    }
+    fn due(&self) -> bool {
+        Instant::now() >= self.next
+    }
+    fn failed(&mut self) {
+        self.next = Instant::now() + self.wait;
+        self.wait = (self.wait * 2).min(MAX_RETRY);
+    }
+    fn succeeded(&mut self) {
+        self.wait = FIRST_RETRY;
+    }
+}
+
+pub struct AlsaCapture {
+    spec: DeviceSpec,
+    dev: Option<Open>,
+    reopen: Reopen,
+    mono: Vec<f32>,
+    resampler: StreamResampler,
+    acc: Pcm,
+    acc_len: usize,
+    /// When the last period was read: the length of an xrun is measured from it.
+    last_read: Option<Instant>,
+    /// Pace of silence frames while the device is missing.
+    next_silence: Instant,
+    pub error: DeviceError,
+}
+
+impl AlsaCapture {
+    /// Opens `spec` now: a device that is missing at start is an error (a wrong name).
+    pub fn open(spec: DeviceSpec, m: &Metrics) -> Result<AlsaCapture> {
+        let dev = open(&spec, Direction::Capture)?;
+        m.capture_present.store(true, Relaxed);
+        let period = dev.period;
+        Ok(AlsaCapture {
+            resampler: StreamResampler::new(spec.rate, RATE, period)?,
+            mono: vec![0.0; period],
+            spec,
+            dev: Some(dev),
+            reopen: Reopen::new(),
+            acc: [0.0; FRAME],
+            acc_len: 0,
+            last_read: None,
+            next_silence: Instant::now(),
+            error: DeviceError::default(),
+        })
+    }
+
+    /// Converts `zeros` samples of silence, then the first `n` samples of `mono`; returns
+    /// true when a frame completed into `out` (the rest stays for the next one).
+    fn add(&mut self, out: &mut Pcm, zeros: usize, n: usize) -> Result<bool> {
+        let (acc, acc_len) = (&mut self.acc, &mut self.acc_len);
+        let mut done = false;
+        let mut emit = |x: &[f32]| {
+            for &v in x {
+                if *acc_len == FRAME {
+                    // A second frame completed within one period: only happens after a long
+                    // gap was filled; the oldest frame is dropped.
+                    *acc_len = 0;
+                }
+                acc[*acc_len] = v;
+                *acc_len += 1;
+                if *acc_len == FRAME && !done {
+                    out.copy_from_slice(acc);
+                    *acc_len = 0;
+                    done = true;
+                }
+            }
+        };
+        if zeros > 0 {
+            let z = [0f32; 256];
+            let mut left = zeros;
+            while left > 0 {
+                let n = left.min(z.len());
+                self.resampler.push(&z[..n], &mut emit)?;
+                left -= n;
+            }
+        }
+        self.resampler.push(&self.mono[..n], &mut emit)?;
+        Ok(done)
+    }
+}
+
+impl CaptureDevice for AlsaCapture {
+    fn next_frame(&mut self, out: &mut Pcm, m: &Metrics) -> Captured {
+        loop {
+            let Some(dev) = self.dev.as_mut() else {
+                if self.reopen.due() {
+                    match open(&self.spec, Direction::Capture) {
+                        Ok(d) => {
+                            self.dev = Some(d);
+                            self.reopen.succeeded();
+                            Metrics::add(&m.reopens);
+                            m.capture_present.store(true, Relaxed);
+                            self.last_read = None;
+                            continue;
+                        }
+                        Err(_) => self.reopen.failed(),
+                    }
+                }
+                // Missing: silence at the real-time pace keeps the model's timeline going.
+                let now = Instant::now();
+                if self.next_silence > now {
+                    std::thread::sleep(self.next_silence - now);
+                }
+                self.next_silence = self.next_silence.max(now) + Duration::from_millis(80);
+                out.fill(0.0);
+                return Captured::Silence;
+            };
+            let ch = self.spec.channels as usize;
+            let res = match &mut dev.raw {
+                // SAFETY: the PCM was opened with exactly this sample format (open()).
+                Samples::S16(b) => unsafe { dev.pcm.io_unchecked::<i16>() }.readi(b),
+                // SAFETY: as above.
+                Samples::S32(b) => unsafe { dev.pcm.io_unchecked::<i32>() }.readi(b),
+                // SAFETY: as above.
+                Samples::F32(b) => unsafe { dev.pcm.io_unchecked::<f32>() }.readi(b),
+            };
+            match res {
+                Ok(frames) => {
+                    let n = frames.min(dev.period);
+                    mix_down(&dev.raw, ch, &mut self.mono[..n]);
+                    let now = Instant::now();
+                    self.last_read = Some(now);
+                    self.next_silence = now;
+                    if self.add(out, 0, n).unwrap_or(false) {
+                        return Captured::Audio;
+                    }
+                }
+                Err(e) => {
+                    self.error.0.store(e.errno(), Relaxed);
+                    match handle(dev, e, &m.capture_xruns, m) {
+                        Fault::Recovered => {
+                            // The samples lost during the xrun become silence.
+                            let lost = self
+                                .last_read
+                                .map_or(0.0, |t| t.elapsed().as_secs_f64())
+                                .min(2.0);
+                            let zeros = (lost * self.spec.rate as f64) as usize;
+                            let _ = dev.pcm.start();
+                            self.last_read = Some(Instant::now());
+                            if self.add(out, zeros, 0).unwrap_or(false) {
+                                Metrics::add(&m.capture_silence_frames);
+                                return Captured::Silence;
+                            }
+                        }
+                        Fault::Lost => {
+                            self.dev = None;
+                            m.capture_present.store(false, Relaxed);
+                            self.reopen.failed();
+                            self.next_silence = Instant::now();
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Interleaved device samples to mono f32 in [-1, 1].
+fn mix_down(raw: &Samples, ch: usize, mono: &mut [f32]) {
+    let n = mono.len();
+    let scale = 1.0 / ch as f32;
+    match raw {
+        Samples::S16(b) => {
+            for (i, m) in mono.iter_mut().enumerate().take(n) {
+                *m = b[i * ch..(i + 1) * ch]
+                    .iter()
+                    .map(|&x| x as f32 / 32768.0)
+                    .sum::<f32>()
+                    * scale;
+            }
+        }
+        Samples::S32(b) => {
+            for (i, m) in mono.iter_mut().enumerate().take(n) {
+                *m = b[i * ch..(i + 1) * ch]
+                    .iter()
+                    .map(|&x| x as f32 / 2147483648.0)
+                    .sum::<f32>()
+                    * scale;
+            }
+        }
+        Samples::F32(b) => {
+            for (i, m) in mono.iter_mut().enumerate().take(n) {
+                *m = b[i * ch..(i + 1) * ch].iter().sum::<f32>() * scale;
+            }
+        }
+    }
+}
+
+pub struct AlsaPlayback {
+    spec: DeviceSpec,
+    dev: Option<Open>,
+    reopen: Reopen,
+    resampler: StreamResampler,
+    /// Device-rate mono samples waiting to be written.
+    pending: Vec<f32>,
+    frame: Pcm,
+    next_slot: Instant,
+    latency: u32,
+    pub error: DeviceError,
+}
+
+impl AlsaPlayback {
+    pub fn open(spec: DeviceSpec, m: &Metrics) -> Result<AlsaPlayback> {
+        let dev = open(&spec, Direction::Playback)?;
+        m.playback_present.store(true, Relaxed);
+        let cap = (spec.rate as usize * 80 / 1000) * 4 + 4096;
+        Ok(AlsaPlayback {
+            resampler: StreamResampler::new(RATE, spec.rate, FRAME)?,
+            spec,
+            dev: Some(dev),
+            reopen: Reopen::new(),
+            pending: Vec::with_capacity(cap),
+            frame: [0.0; FRAME],
+            next_slot: Instant::now(),
+            latency: 0,
+            error: DeviceError::default(),
+        })
+    }
+
+    /// Writes `pending` whole periods to the device; keeps the remainder.
+    fn write_pending(&mut self, m: &Metrics) {
+        loop {
+            let Some(dev) = self.dev.as_mut() else {
+                self.pending.clear();
+                return;
+            };
+            let ch = self.spec.channels as usize;
+            if self.pending.len() < dev.period {
+                return;
+            }
+            let period = dev.period;
+            spread(&self.pending[..period], ch, &mut dev.raw);
+            let res = match &dev.raw {
+                // SAFETY: the PCM was opened with exactly this sample format (open()).
+                Samples::S16(b) => unsafe { dev.pcm.io_unchecked::<i16>() }.writei(b),
+                // SAFETY: as above.
+                Samples::S32(b) => unsafe { dev.pcm.io_unchecked::<i32>() }.writei(b),
+                // SAFETY: as above.
+                Samples::F32(b) => unsafe { dev.pcm.io_unchecked::<f32>() }.writei(b),
+            };
+            match res {
+                Ok(n) => {
+                    self.pending.drain(..n.min(period));
+                }
+                Err(e) => {
+                    self.error.0.store(e.errno(), Relaxed);
+                    if let Fault::Lost = handle(dev, e, &m.playback_xruns, m) {
+                        self.dev = None;
+                        m.playback_present.store(false, Relaxed);
+                        self.reopen.failed();
+                        self.next_slot = Instant::now();
+                    }
+                }
+            }
+        }
+    }
+
+    fn queue(&mut self, pcm: &Pcm) {
+        let pending = &mut self.pending;
+        let _ = self
+            .resampler
+            .push(pcm, &mut |x: &[f32]| pending.extend_from_slice(x));
+    }
+}
+
+/// Mono f32 to interleaved device samples (the same on every channel).
+fn spread(mono: &[f32], ch: usize, raw: &mut Samples) {
+    for (i, &v) in mono.iter().enumerate() {
+        let v = v.clamp(-1.0, 1.0);
+        for c in 0..ch {
+            match raw {
+                Samples::S16(b) => b[i * ch + c] = (v * 32767.0) as i16,
+                Samples::S32(b) => b[i * ch + c] = (v as f64 * 2147483647.0) as i32,
+                Samples::F32(b) => b[i * ch + c] = v,
+            }
+        }
+    }
+}
+
+impl PlaybackDevice for AlsaPlayback {
+    fn start(&mut self, frames: u32, m: &Metrics) {
+        self.latency = frames;
+        let silence = [0f32; FRAME];
+        for _ in 0..frames {
+            self.queue(&silence);
+            self.write_pending(m);
+        }
+    }
+
+    fn play_frame(&mut self, fill: &mut dyn FnMut(&mut Pcm), m: &Metrics) -> bool {
+        if self.dev.is_none() && self.reopen.due() {
+            match open(&self.spec, Direction::Playback) {
+                Ok(d) => {
+                    self.dev = Some(d);
+                    self.reopen.succeeded();
+                    Metrics::add(&m.reopens);
+                    m.playback_present.store(true, Relaxed);
+                    let latency = self.latency;
+                    self.start(latency, m);
+                }
+                Err(_) => self.reopen.failed(),
+            }
+        }
+        if self.dev.is_none() {
+            // Missing: frames are taken (and dropped) at the real-time pace.
+            let now = Instant::now();
+            if self.next_slot > now {
+                std::thread::sleep(self.next_slot - now);
+            }
+            self.next_slot = self.next_slot.max(now) + Duration::from_millis(80);
+            fill(&mut self.frame);
+            return true;
+        }
+        let mut frame = self.frame;
+        fill(&mut frame);
+        self.queue(&frame);
+        self.write_pending(m);
+        true
+    }
+}
+
+/// PCM names and cards that `capture` / `playback` may name.
+pub fn list_devices() -> Result<String> {
+    use std::fmt::Write as _;
+    let mut o = String::new();
+    writeln!(o, "cards (use hw:CARD=ID,DEV=0 or plughw:CARD=ID):")?;
+    let mut any = false;
+    for card in alsa::card::Iter::new() {
+        let Ok(card) = card else { continue };
+        any = true;
+        let ctl = alsa::ctl::Ctl::from_card(&card, false);
+        let id = ctl
+            .as_ref()
+            .ok()
+            .and_then(|c| c.card_info().ok())
+            .and_then(|i| i.get_id().ok().map(str::to_string))
+            .unwrap_or_default();
+        writeln!(
+            o,
+            "  CARD={id:<16} {}",
+            card.get_longname().unwrap_or_default()
+        )?;
+    }
+    if !any {
+        writeln!(o, "  (none)")?;
+    }
+    writeln!(o, "PCMs (names usable as they are):")?;
+    if let Ok(hints) = alsa::device_name::HintIter::new_str(None, "pcm") {
+        for h in hints {
+            let name = h.name.unwrap_or_default();
+            let dir = match h.direction {
+                Some(Direction::Capture) => "capture",
+                Some(Direction::Playback) => "playback",
+                None => "both",
+            };
+            let desc = h.desc.unwrap_or_default().replace('\n', " — ");
+            writeln!(o, "  {name:<32} {dir:<8} {desc}")?;
+        }
+    }
+    Ok(o)
+}

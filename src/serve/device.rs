@@ -1,0 +1,38 @@
+//! The two ends of the pipeline, whatever the hardware: a capture device hands out 80 ms
+//! frames of 24 kHz mono audio at its own pace, a playback device takes them at its own
+//! pace. ALSA devices and WAV files (for replay) implement them.
+
+use super::metrics::Metrics;
+
+/// Samples per 80 ms frame at 24 kHz.
+pub const FRAME: usize = 1920;
+pub type Pcm = [f32; FRAME];
+
+pub enum Captured {
+    /// `out` holds the next frame of the user's audio.
+    Audio,
+    /// `out` holds silence standing in for a frame the device could not deliver (xrun,
+    /// device missing): the timeline goes on.
+    Silence,
+    /// The source has ended (a replayed file).
+    End,
+}
+
+pub trait CaptureDevice: Send {
+    /// Blocks until the next frame is complete and writes it into `out`.
+    fn next_frame(&mut self, out: &mut Pcm, m: &Metrics) -> Captured;
+}
+
+pub trait PlaybackDevice: Send {
+    /// Plays silence for the first `frames` frames: the time a step has before its output
+    /// is due.
+    fn start(&mut self, frames: u32, m: &Metrics);
+    /// Waits until the device needs its next frame, lets `fill` write it, and plays it.
+    /// Returns false when the device will take no more (a replay sink that is full).
+    fn play_frame(&mut self, fill: &mut dyn FnMut(&mut Pcm), m: &Metrics) -> bool;
+    /// Whether frames are taken at a real-time pace. An unpaced device (a replay as fast as
+    /// possible) makes the pipeline wait for each output frame instead of playing silence.
+    fn paced(&self) -> bool {
+        true
+    }
+}

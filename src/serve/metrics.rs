@@ -1,0 +1,300 @@
+//! What the daemon reports: counters and step timings, written with atomics by the audio and
+//! step threads (no locks), read by the status endpoint and the log.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+
+/// Upper bounds (ms) of the step-time histogram buckets; the last is +Inf.
+pub const BUCKETS_MS: [f64; 11] = [
+    10.0,
+    20.0,
+    40.0,
+    60.0,
+    70.0,
+    80.0,
+    100.0,
+    160.0,
+    320.0,
+    640.0,
+    f64::INFINITY,
+];
+/// Step times kept for the median and p99 (the last ~82 s).
+const RECENT: usize = 1024;
+
+/// Stages of one step, timed in microseconds.
+#[derive(Clone, Copy, Debug)]
+pub enum Stage {
+    CaptureWait,
+    Encode,
+    Embed,
+    Backbone,
+    Depth,
+    Sample,
+    Decode,
+    Playback,
+}
+
+pub const STAGES: [(Stage, &str); 8] = [
+    (Stage::CaptureWait, "capture_wait"),
+    (Stage::Encode, "encode"),
+    (Stage::Embed, "embed"),
+    (Stage::Backbone, "backbone"),
+    (Stage::Depth, "depth"),
+    (Stage::Sample, "sample"),
+    (Stage::Decode, "decode"),
+    (Stage::Playback, "playback"),
+];
+
+pub struct Metrics {
+    pub steps: AtomicU64,
+    pub deadline_misses: AtomicU64,
+    /// Consecutive steps that missed their deadline, now.
+    pub consecutive_misses: AtomicU64,
+    /// Captured frames dropped because the model was too far behind.
+    pub capture_dropped: AtomicU64,
+    /// Output slots played as silence because their frame was late or missing.
+    pub playback_silent: AtomicU64,
+    pub capture_xruns: AtomicU64,
+    pub playback_xruns: AtomicU64,
+    /// Successful recoveries from xruns and suspends.
+    pub recoveries: AtomicU64,
+    /// Devices opened again after they were lost.
+    pub reopens: AtomicU64,
+    /// Frames of silence that stood in for capture while the device was missing or after an
+    /// xrun (the timeline goes on).
+    pub capture_silence_frames: AtomicU64,
+    pub capture_present: AtomicBool,
+    pub playback_present: AtomicBool,
+    /// Steps completed since the last watchdog ping.
+    pub progress: AtomicU64,
+    buckets: [AtomicU64; BUCKETS_MS.len()],
+    step_sum_us: AtomicU64,
+    step_max_us: AtomicU64,
+    stage_sum_us: [AtomicU64; STAGES.len()],
+    recent_us: [AtomicU64; RECENT],
+}
+
+/// Median, p99 and maximum of the recent steps, in ms.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StepSummary {
+    pub steps: u64,
+    pub median: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let z = || AtomicU64::new(0);
+        Metrics {
+            steps: z(),
+            deadline_misses: z(),
+            consecutive_misses: z(),
+            capture_dropped: z(),
+            playback_silent: z(),
+            capture_xruns: z(),
+            playback_xruns: z(),
+            recoveries: z(),
+            reopens: z(),
+            capture_silence_frames: z(),
+            capture_present: AtomicBool::new(false),
+            playback_present: AtomicBool::new(false),
+            progress: z(),
+            buckets: std::array::from_fn(|_| z()),
+            step_sum_us: z(),
+            step_max_us: z(),
+            stage_sum_us: std::array::from_fn(|_| z()),
+            recent_us: std::array::from_fn(|_| z()),
+        }
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        Metrics::default()
+    }
+
+    pub fn add(c: &AtomicU64) {
+        c.fetch_add(1, Relaxed);
+    }
+
+    pub fn stage(&self, s: Stage, us: u64) {
+        self.stage_sum_us[s as usize].fetch_add(us, Relaxed);
+    }
+
+    /// Records a completed step of `us` microseconds.
+    pub fn step(&self, us: u64, missed: bool) {
+        let n = self.steps.fetch_add(1, Relaxed);
+        self.recent_us[n as usize % RECENT].store(us, Relaxed);
+        self.step_sum_us.fetch_add(us, Relaxed);
+        self.step_max_us.fetch_max(us, Relaxed);
+        let ms = us as f64 / 1e3;
+        let b = BUCKETS_MS
+            .iter()
+            .position(|&le| ms <= le)
+            .unwrap_or(BUCKETS_MS.len() - 1);
+        self.buckets[b].fetch_add(1, Relaxed);
+        if missed {
+            self.deadline_misses.fetch_add(1, Relaxed);
+            self.consecutive_misses.fetch_add(1, Relaxed);
+        } else {
+            self.consecutive_misses.store(0, Relaxed);
+        }
+        self.progress.fetch_add(1, Relaxed);
+    }
+
+    /// Summary of the recent steps (allocates: for the status thread only).
+    pub fn summary(&self) -> StepSummary {
+        let steps = self.steps.load(Relaxed);
+        let n = (steps as usize).min(RECENT);
+        let mut v: Vec<u64> = self.recent_us[..n]
+            .iter()
+            .map(|a| a.load(Relaxed))
+            .collect();
+        v.sort_unstable();
+        let at = |q: f64| {
+            if v.is_empty() {
+                0.0
+            } else {
+                v[((v.len() - 1) as f64 * q).round() as usize] as f64 / 1e3
+            }
+        };
+        StepSummary {
+            steps,
+            median: at(0.5),
+            p99: at(0.99),
+            max: self.step_max_us.load(Relaxed) as f64 / 1e3,
+        }
+    }
+
+    /// Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut o = String::with_capacity(4096);
+        let counter = |o: &mut String, name: &str, help: &str, v: u64| {
+            let _ = writeln!(
+                o,
+                "# HELP flm_edge_{name} {help}\n# TYPE flm_edge_{name} counter\nflm_edge_{name} {v}"
+            );
+        };
+        let g = |a: &AtomicU64| a.load(Relaxed);
+        counter(
+            &mut o,
+            "steps_total",
+            "80 ms steps completed.",
+            g(&self.steps),
+        );
+        counter(
+            &mut o,
+            "deadline_misses_total",
+            "Steps that finished after their output was due.",
+            g(&self.deadline_misses),
+        );
+        counter(
+            &mut o,
+            "capture_dropped_frames_total",
+            "Captured frames dropped because the model was too far behind.",
+            g(&self.capture_dropped),
+        );
+        counter(
+            &mut o,
+            "playback_silent_frames_total",
+            "Output frames played as silence (late or missing).",
+            g(&self.playback_silent),
+        );
+        counter(
+            &mut o,
+            "capture_silence_frames_total",
+            "Silent frames standing in for capture (xrun, device missing).",
+            g(&self.capture_silence_frames),
+        );
+        let _ = writeln!(
+            o,
+            "# HELP flm_edge_xruns_total ALSA over- and underruns.\n# TYPE flm_edge_xruns_total counter"
+        );
+        let _ = writeln!(
+            o,
+            "flm_edge_xruns_total{{dir=\"capture\"}} {}",
+            g(&self.capture_xruns)
+        );
+        let _ = writeln!(
+            o,
+            "flm_edge_xruns_total{{dir=\"playback\"}} {}",
+            g(&self.playback_xruns)
+        );
+        counter(
+            &mut o,
+            "recoveries_total",
+            "Recoveries from xruns and suspends.",
+            g(&self.recoveries),
+        );
+        counter(
+            &mut o,
+            "device_reopens_total",
+            "Audio devices opened again after they were lost.",
+            g(&self.reopens),
+        );
+        let _ = writeln!(
+            o,
+            "# HELP flm_edge_device_present Whether the audio device is open.\n# TYPE flm_edge_device_present gauge"
+        );
+        for (dir, p) in [
+            ("capture", &self.capture_present),
+            ("playback", &self.playback_present),
+        ] {
+            let _ = writeln!(
+                o,
+                "flm_edge_device_present{{dir=\"{dir}\"}} {}",
+                p.load(Relaxed) as u8
+            );
+        }
+        let _ = writeln!(
+            o,
+            "# HELP flm_edge_consecutive_deadline_misses Steps missed in a row, now.\n# TYPE flm_edge_consecutive_deadline_misses gauge\nflm_edge_consecutive_deadline_misses {}",
+            g(&self.consecutive_misses)
+        );
+        let _ = writeln!(
+            o,
+            "# HELP flm_edge_step_seconds Time of one 80 ms step, capture to output.\n# TYPE flm_edge_step_seconds histogram"
+        );
+        let mut cum = 0;
+        for (i, le) in BUCKETS_MS.iter().enumerate() {
+            cum += g(&self.buckets[i]);
+            let le = if le.is_infinite() {
+                "+Inf".to_string()
+            } else {
+                format!("{}", le / 1e3)
+            };
+            let _ = writeln!(o, "flm_edge_step_seconds_bucket{{le=\"{le}\"}} {cum}");
+        }
+        let _ = writeln!(
+            o,
+            "flm_edge_step_seconds_sum {}",
+            g(&self.step_sum_us) as f64 / 1e6
+        );
+        let _ = writeln!(o, "flm_edge_step_seconds_count {}", g(&self.steps));
+        let s = self.summary();
+        let _ = writeln!(
+            o,
+            "# HELP flm_edge_step_recent_seconds Step time over the last 1024 steps.\n# TYPE flm_edge_step_recent_seconds gauge"
+        );
+        for (q, v) in [("0.5", s.median), ("0.99", s.p99), ("1", s.max)] {
+            let _ = writeln!(
+                o,
+                "flm_edge_step_recent_seconds{{quantile=\"{q}\"}} {}",
+                v / 1e3
+            );
+        }
+        let _ = writeln!(
+            o,
+            "# HELP flm_edge_stage_seconds_total Time spent per stage.\n# TYPE flm_edge_stage_seconds_total counter"
+        );
+        for (s, name) in STAGES {
+            let _ = writeln!(
+                o,
+                "flm_edge_stage_seconds_total{{stage=\"{name}\"}} {}",
+                g(&self.stage_sum_us[s as usize]) as f64 / 1e6
+            );
+        }
+        o
+    }
+}

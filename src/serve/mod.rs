@@ -1,0 +1,307 @@
+//! `flm-edge serve`: the appliance. Loads the model, warms it up, tells systemd it is ready,
+//! then runs the real-time pipeline between the ALSA devices (or, for evaluation, a WAV file
+//! replayed at real-time pace) until SIGTERM; SIGHUP reloads the configuration.
+
+pub mod alsa_io;
+pub mod device;
+pub mod file_io;
+pub mod metrics;
+pub mod pipeline;
+pub mod realtime;
+pub mod resample;
+pub mod status;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use flm_conversion::model_files::{AUDIO_FILE, MIMI_FILE, audio_keys};
+use flm_kernels::mimi::Mimi;
+use sd_notify::NotifyState;
+
+use crate::config::Config;
+use crate::detok::Detokenizer;
+use crate::engine::{Engine, EngineOptions, Sampling};
+use crate::model_dir::ModelDir;
+use alsa_io::{AlsaCapture, AlsaPlayback, DeviceSpec};
+use device::{CaptureDevice, PlaybackDevice};
+use metrics::Metrics;
+use pipeline::{Model, Schedule};
+
+pub struct ServeOptions {
+    pub board: Option<String>,
+    pub config: Option<PathBuf>,
+    /// Overrides the config's model folder.
+    pub model: Option<PathBuf>,
+    /// Replay: the user's voice from this WAV instead of the capture device.
+    pub input_wav: Option<PathBuf>,
+    /// Replay: the reply into this WAV (as long as the input) instead of the playback device.
+    pub output_wav: Option<PathBuf>,
+    /// Replay at real-time pace (else as fast as the model goes, nothing dropped).
+    pub realtime: bool,
+}
+
+/// Engine options from the configuration and the model's own sampling defaults.
+pub fn engine_options(cfg: &Config, model: &ModelDir) -> Result<EngineOptions> {
+    let label = model.path(AUDIO_FILE).display().to_string();
+    let mut s = Sampling::from_model(&model.audio, &label)?;
+    let o = &cfg.sampling;
+    let set = |v: &mut f32, o: Option<f32>| *v = o.unwrap_or(*v);
+    set(&mut s.text.temperature, o.text_temperature);
+    set(&mut s.text.top_p, o.text_top_p);
+    set(&mut s.text.repetition_penalty, o.text_repetition_penalty);
+    set(&mut s.audio.temperature, o.audio_temperature);
+    set(&mut s.audio.top_p, o.audio_top_p);
+    set(&mut s.audio.repetition_penalty, o.audio_repetition_penalty);
+    s.text.top_k = o.text_top_k.unwrap_or(s.text.top_k);
+    s.audio.top_k = o.audio_top_k.unwrap_or(s.audio.top_k);
+    if o.greedy {
+        s = s.greedy();
+    }
+    s.check().context("configuration [sampling]")?;
+    Ok(EngineOptions {
+        threads: if cfg.threads == 0 {
+            crate::default_threads()
+        } else {
+            cfg.threads
+        },
+        sampling: s,
+        seed: o.seed,
+        context: (cfg.context.positions > 0).then_some(cfg.context.positions),
+        sink: cfg.context.sink,
+        kv_f32: None,
+    })
+}
+
+/// Loads the model and runs one warm-up step (graphs built, buffers sized), then starts
+/// from a clean state.
+pub fn load_model(cfg: &Config) -> Result<Model> {
+    let Some(dir) = &cfg.model else {
+        bail!("no model folder: set `model` in the configuration or pass --model");
+    };
+    if cfg.backend != "cpu" {
+        bail!(
+            "key `backend`: `{}` needs a build with the cuda feature; this build has the CPU backend",
+            cfg.backend
+        );
+    }
+    let dir = ModelDir::open(dir)?;
+    let opts = engine_options(cfg, &dir)?;
+    let tokenizer = dir
+        .audio
+        .get_str(audio_keys::TOKENIZER_JSON)
+        .with_context(|| dir.path(AUDIO_FILE).display().to_string())?;
+    let detok = Detokenizer::from_json(tokenizer)?;
+    let mut mimi = Mimi::load(&dir.path(MIMI_FILE), opts.threads)?;
+    let mut engine = Engine::load(&dir, &opts)?;
+    let mut codes = [0i32; 8];
+    let mut pcm = [0f32; device::FRAME];
+    mimi.encode(&pcm.clone(), &mut codes)?;
+    engine.step(&codes)?;
+    mimi.decode(&codes, &mut pcm)?;
+    mimi.reset();
+    engine.reset();
+    Ok(Model {
+        engine,
+        mimi,
+        detok,
+    })
+}
+
+fn spec(cfg: &Config, name: &str) -> DeviceSpec {
+    let a = &cfg.audio;
+    DeviceSpec {
+        name: name.to_string(),
+        rate: a.rate,
+        channels: a.channels,
+        format: a.format.clone(),
+        period_ms: a.period_ms,
+        periods: a.periods,
+    }
+}
+
+pub fn serve(opts: ServeOptions) -> Result<()> {
+    let load = |opts: &ServeOptions| -> Result<Config> {
+        let mut cfg = Config::load(opts.board.as_deref(), opts.config.as_deref())?;
+        if let Some(m) = &opts.model {
+            cfg.model = Some(m.clone());
+        }
+        Ok(cfg)
+    };
+    let mut cfg = load(&opts)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let reload = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, stop.clone())?;
+    }
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())?;
+    status::notify(&[NotifyState::Status("loading the model")]);
+    let t0 = Instant::now();
+    let mut model = load_model(&cfg)?;
+    eprintln!(
+        "flm-edge: model {} loaded and warmed up in {:.1} s",
+        cfg.model.as_ref().unwrap().display(),
+        t0.elapsed().as_secs_f64()
+    );
+    let metrics = Arc::new(Metrics::new());
+    if !cfg.status.metrics.is_empty() {
+        status::serve_metrics(&cfg.status.metrics, metrics.clone())?;
+    }
+    let events = match cfg.status.events.as_str() {
+        "" => None,
+        p => Some(status::EventStream::listen(Path::new(p))?),
+    };
+    status::supervise(
+        metrics.clone(),
+        stop.clone(),
+        Duration::from_secs(cfg.status.log_interval_s.max(1) as u64),
+    );
+    let replay = opts.input_wav.is_some() || opts.output_wav.is_some();
+    loop {
+        let schedule = Schedule {
+            latency_frames: cfg.schedule.latency_frames,
+            max_backlog_frames: cfg.schedule.max_backlog_frames,
+        };
+        let mut speaking = false;
+        let mut on_event = |e: &pipeline::Event| {
+            if let Some(ev) = &events {
+                ev.send(e, e.speaking != speaking);
+            }
+            speaking = e.speaking;
+        };
+        let on_event: Option<&mut (dyn FnMut(&pipeline::Event) + Send)> = Some(&mut on_event);
+        // The same stop flag ends the pipeline for SIGTERM and for SIGHUP (then reloads).
+        let run_flag = Arc::new(AtomicBool::new(false));
+        let watcher = {
+            let (stop, reload, run_flag) = (stop.clone(), reload.clone(), run_flag.clone());
+            std::thread::spawn(move || {
+                while !run_flag.load(Relaxed) {
+                    if stop.load(Relaxed) || reload.load(Relaxed) {
+                        run_flag.store(true, Relaxed);
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            })
+        };
+        if replay {
+            let input = opts
+                .input_wav
+                .as_ref()
+                .context("--output-wav needs --input-wav")?;
+            let output = opts
+                .output_wav
+                .as_ref()
+                .context("--input-wav needs --output-wav")?;
+            let pcm = crate::wav::read_mono_24k(input)?;
+            let len = pcm.len();
+            let origin = opts.realtime.then(Instant::now);
+            let mut cap = file_io::WavCapture::new(pcm, origin);
+            let mut play = file_io::WavPlayback::new(cap.frames(), origin);
+            metrics.capture_present.store(true, Relaxed);
+            metrics.playback_present.store(true, Relaxed);
+            status::notify(&[NotifyState::Ready]);
+            pipeline::run(
+                &mut model, &mut cap, &mut play, schedule, &metrics, &run_flag, on_event,
+            )?;
+            run_flag.store(true, Relaxed);
+            let _ = watcher.join();
+            let mut reply = play.into_pcm();
+            reply.truncate(len);
+            crate::wav::write_mono_24k(output, &reply)?;
+            let s = metrics.summary();
+            eprintln!(
+                "flm-edge: replayed {} steps; step median {:.1} ms, p99 {:.1} ms, max {:.1} ms; deadline misses {}",
+                s.steps,
+                s.median,
+                s.p99,
+                s.max,
+                metrics.deadline_misses.load(Relaxed)
+            );
+            break;
+        }
+        let mut cap = AlsaCapture::open(spec(&cfg, &cfg.audio.capture), &metrics)?;
+        let mut play = AlsaPlayback::open(spec(&cfg, &cfg.audio.playback), &metrics)?;
+        let prio = cfg.audio.rt_priority;
+        let mut cap = Realtime {
+            inner: &mut cap,
+            prio,
+            applied: false,
+        };
+        let mut play = Realtime {
+            inner: &mut play,
+            prio,
+            applied: false,
+        };
+        status::notify(&[NotifyState::Ready]);
+        pipeline::run(
+            &mut model, &mut cap, &mut play, schedule, &metrics, &run_flag, on_event,
+        )?;
+        run_flag.store(true, Relaxed);
+        let _ = watcher.join();
+        if stop.load(Relaxed) {
+            break;
+        }
+        // SIGHUP: a new configuration; the model is loaded again only if it changed.
+        reload.store(false, Relaxed);
+        status::notify(&[NotifyState::Reloading]);
+        match load(&opts) {
+            Ok(new) => {
+                if new.model != cfg.model || new.threads != cfg.threads {
+                    model = load_model(&new)?;
+                } else {
+                    model.engine.reset();
+                    model.mimi.reset();
+                    model.detok.reset();
+                }
+                eprintln!("flm-edge: configuration reloaded");
+                cfg = new;
+            }
+            Err(e) => eprintln!("flm-edge: configuration not reloaded: {e:#}"),
+        }
+    }
+    status::notify(&[NotifyState::Stopping]);
+    Ok(())
+}
+
+/// Raises the audio thread that first uses a device to real-time priority, once.
+struct Realtime<'a, D: ?Sized> {
+    inner: &'a mut D,
+    prio: u32,
+    applied: bool,
+}
+
+impl<D: ?Sized> Realtime<'_, D> {
+    fn apply(&mut self, dir: &str) {
+        if !self.applied {
+            self.applied = true;
+            if let Err(why) = realtime::set_fifo(self.prio) {
+                eprintln!(
+                    "flm-edge: warning: {dir} thread stays at normal priority (SCHED_FIFO {} refused: {why}); grant CAP_SYS_NICE or LimitRTPRIO",
+                    self.prio
+                );
+            }
+        }
+    }
+}
+
+impl<D: CaptureDevice + ?Sized> CaptureDevice for Realtime<'_, D> {
+    fn next_frame(&mut self, out: &mut device::Pcm, m: &Metrics) -> device::Captured {
+        self.apply("capture");
+        self.inner.next_frame(out, m)
+    }
+}
+
+impl<D: PlaybackDevice + ?Sized> PlaybackDevice for Realtime<'_, D> {
+    fn start(&mut self, frames: u32, m: &Metrics) {
+        self.apply("playback");
+        self.inner.start(frames, m)
+    }
+    fn play_frame(&mut self, fill: &mut dyn FnMut(&mut device::Pcm), m: &Metrics) -> bool {
+        self.inner.play_frame(fill, m)
+    }
+    fn paced(&self) -> bool {
+        self.inner.paced()
+    }
+}

@@ -1,0 +1,283 @@
+//! The real-time pipeline: a capture thread, the step thread (Mimi encode, one model step,
+//! Mimi decode) and a playback thread, joined by fixed-size lock-free queues of whole 80 ms
+//! frames. The audio threads never wait on the model.
+//!
+//! Timeline. Input frame n is stamped when its capture completes; the answer to it is due
+//! `latency_frames` frames later, in output slot n. A step that finishes after its due time
+//! counts as a deadline miss and its frame is dropped at playback, where slot n plays silence:
+//! nothing shifts. When the model falls further behind than `max_backlog_frames`, the oldest
+//! captured frames are dropped (counted) so that it catches up with the present; while it is
+//! behind by less, it works through the backlog at full speed.
+
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use flm_kernels::mimi::Mimi;
+use heapless::spsc::Queue;
+
+use super::device::{CaptureDevice, Captured, FRAME, Pcm, PlaybackDevice};
+use super::metrics::{Metrics, Stage};
+use crate::detok::Detokenizer;
+use crate::engine::Engine;
+
+/// Queue slots (one is kept free by the queue): about 1.2 s of audio each way.
+const QUEUE: usize = 16;
+const FRAME_TIME: Duration = Duration::from_millis(80);
+/// Output RMS above which the model counts as speaking (about -50 dBFS).
+const SPEAKING_RMS: f32 = 0.003;
+
+struct InFrame {
+    seq: u64,
+    at: Instant,
+    silent: bool,
+    pcm: Pcm,
+}
+
+struct OutFrame {
+    seq: u64,
+    pcm: Pcm,
+}
+
+/// What a local screen is told after each step.
+#[derive(Clone, Debug)]
+pub struct Event {
+    pub step: u64,
+    /// Text that became whole at this step ("" for none).
+    pub piece: heapless::String<64>,
+    pub speaking: bool,
+}
+
+pub struct Model {
+    pub engine: Engine,
+    pub mimi: Mimi,
+    pub detok: Detokenizer,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Schedule {
+    pub latency_frames: u32,
+    pub max_backlog_frames: u32,
+}
+
+/// Runs until `stop` is set or the capture source ends (and its frames are played).
+pub fn run(
+    model: &mut Model,
+    capture: &mut dyn CaptureDevice,
+    playback: &mut dyn PlaybackDevice,
+    schedule: Schedule,
+    metrics: &Metrics,
+    stop: &AtomicBool,
+    on_event: Option<&mut (dyn FnMut(&Event) + Send)>,
+) -> Result<()> {
+    let mut input: Queue<InFrame, QUEUE> = Queue::new();
+    let mut output: Queue<OutFrame, QUEUE> = Queue::new();
+    let mut events: Queue<Event, QUEUE> = Queue::new();
+    let (mut in_tx, mut in_rx) = input.split();
+    let (mut out_tx, mut out_rx) = output.split();
+    let (mut ev_tx, mut ev_rx) = events.split();
+    let capture_done = AtomicBool::new(false);
+    let steps_done = AtomicBool::new(false);
+    // An unpaced replay must lose nothing: the capture side waits for room instead.
+    let lossless = !playback.paced();
+    let due = FRAME_TIME * schedule.latency_frames;
+
+    std::thread::scope(|s| -> Result<()> {
+        let step_thread = std::thread::current();
+        let capture_done = &capture_done;
+        let steps_done = &steps_done;
+
+        s.spawn(move || {
+            let mut frame = InFrame {
+                seq: 0,
+                at: Instant::now(),
+                silent: false,
+                pcm: [0.0; FRAME],
+            };
+            while !stop.load(Relaxed) {
+                let t0 = Instant::now();
+                let kind = capture.next_frame(&mut frame.pcm, metrics);
+                metrics.stage(Stage::CaptureWait, t0.elapsed().as_micros() as u64);
+                match kind {
+                    Captured::End => break,
+                    Captured::Audio => frame.silent = false,
+                    Captured::Silence => frame.silent = true,
+                }
+                frame.at = Instant::now();
+                let mut item = InFrame { ..frame };
+                loop {
+                    match in_tx.enqueue(item) {
+                        Ok(()) => break,
+                        Err(back) if lossless && !stop.load(Relaxed) => {
+                            item = back;
+                            std::thread::sleep(Duration::from_millis(1));
+                        }
+                        Err(_) => {
+                            Metrics::add(&metrics.capture_dropped);
+                            break;
+                        }
+                    }
+                }
+                step_thread.unpark();
+                frame.seq += 1;
+            }
+            capture_done.store(true, Relaxed);
+            step_thread.unpark();
+        });
+
+        s.spawn(move || {
+            playback.start(schedule.latency_frames, metrics);
+            let mut next = 0u64;
+            let paced = playback.paced();
+            loop {
+                if stop.load(Relaxed) {
+                    break;
+                }
+                if !paced && steps_done.load(Relaxed) && out_rx.peek().is_none() {
+                    break;
+                }
+                let t0 = Instant::now();
+                let mut fill = |dst: &mut Pcm| {
+                    // Late frames (for slots already played) are dropped.
+                    while out_rx.peek().is_some_and(|f| f.seq < next) {
+                        out_rx.dequeue();
+                    }
+                    if !paced {
+                        while out_rx.peek().is_none() && !steps_done.load(Relaxed) {
+                            std::thread::sleep(Duration::from_millis(1));
+                        }
+                    }
+                    match out_rx.peek() {
+                        Some(f) if f.seq == next => {
+                            let f = out_rx.dequeue().unwrap();
+                            dst.copy_from_slice(&f.pcm);
+                        }
+                        _ => {
+                            dst.fill(0.0);
+                            Metrics::add(&metrics.playback_silent);
+                        }
+                    }
+                    next += 1;
+                };
+                let more = playback.play_frame(&mut fill, metrics);
+                metrics.stage(Stage::Playback, t0.elapsed().as_micros() as u64);
+                if !more {
+                    break;
+                }
+            }
+        });
+
+        if let Some(f) = on_event {
+            s.spawn(move || {
+                loop {
+                    match ev_rx.dequeue() {
+                        Some(e) => f(&e),
+                        None if steps_done.load(Relaxed) => break,
+                        None => std::thread::park_timeout(Duration::from_millis(20)),
+                    }
+                }
+            });
+        }
+
+        let result = step_loop(
+            model,
+            &mut in_rx,
+            &mut out_tx,
+            &mut ev_tx,
+            schedule,
+            (!lossless).then_some(due),
+            metrics,
+            stop,
+            capture_done,
+        );
+        steps_done.store(true, Relaxed);
+        result
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn step_loop(
+    model: &mut Model,
+    input: &mut heapless::spsc::Consumer<'_, InFrame>,
+    output: &mut heapless::spsc::Producer<'_, OutFrame>,
+    events: &mut heapless::spsc::Producer<'_, Event>,
+    schedule: Schedule,
+    due: Option<Duration>,
+    metrics: &Metrics,
+    stop: &AtomicBool,
+    capture_done: &AtomicBool,
+) -> Result<()> {
+    let mut out = OutFrame {
+        seq: 0,
+        pcm: [0.0; FRAME],
+    };
+    let mut codes = [0i32; 8];
+    let us = |d: Duration| d.as_micros() as u64;
+    while !stop.load(Relaxed) {
+        // Too far behind: drop the oldest frames to catch up with the present (not in an
+        // unpaced replay, which has no present).
+        while due.is_some() && input.len() > schedule.max_backlog_frames as usize {
+            input.dequeue();
+            Metrics::add(&metrics.capture_dropped);
+        }
+        let Some(frame) = input.dequeue() else {
+            if capture_done.load(Relaxed) {
+                break;
+            }
+            std::thread::park_timeout(Duration::from_millis(10));
+            continue;
+        };
+        if frame.silent {
+            Metrics::add(&metrics.capture_silence_frames);
+        }
+        let t0 = Instant::now();
+        model.mimi.encode(&frame.pcm, &mut codes)?;
+        let t1 = Instant::now();
+        let step = model.engine.step(&codes)?;
+        let t2 = Instant::now();
+        match step.frame {
+            Some(f) => {
+                let mut speak = [0i32; 8];
+                speak.copy_from_slice(&f[1..]);
+                model.mimi.decode(&speak, &mut out.pcm)?;
+            }
+            None => out.pcm.fill(0.0),
+        }
+        let t3 = Instant::now();
+        // Unpaced: no deadline, and a step is timed from when the model took the frame.
+        let (missed, start) = match due {
+            Some(d) => (t3 > frame.at + d, frame.at),
+            None => (false, t0),
+        };
+        metrics.stage(Stage::Encode, us(t1 - t0));
+        let st = step.times;
+        metrics.stage(Stage::Embed, (st.embed * 1e3) as u64);
+        metrics.stage(Stage::Backbone, (st.backbone * 1e3) as u64);
+        metrics.stage(Stage::Depth, (st.depth * 1e3) as u64);
+        metrics.stage(Stage::Sample, (st.sample * 1e3) as u64);
+        metrics.stage(Stage::Decode, us(t3 - t2));
+        metrics.step(us(t3 - start), missed);
+        out.seq = frame.seq;
+        if output.enqueue(OutFrame { ..out }).is_err() {
+            Metrics::add(&metrics.playback_silent);
+        }
+        let piece = model.detok.push(step.text);
+        let mut e = Event {
+            step: frame.seq,
+            piece: heapless::String::new(),
+            speaking: rms(&out.pcm) > SPEAKING_RMS,
+        };
+        // A piece longer than the event holds is cut at a character boundary.
+        for ch in piece.chars() {
+            if e.piece.push(ch).is_err() {
+                break;
+            }
+        }
+        let _ = events.enqueue(e);
+    }
+    Ok(())
+}
+
+fn rms(pcm: &Pcm) -> f32 {
+    (pcm.iter().map(|x| x * x).sum::<f32>() / pcm.len() as f32).sqrt()
+}

@@ -1,0 +1,54 @@
+//! Streaming sample-rate conversion between a device rate and Mimi's 24 kHz, with buffers
+//! sized once (rubato's FFT resampler, fixed input chunks).
+
+use anyhow::Result;
+use rubato::audioadapter_buffers::direct::InterleavedSlice;
+use rubato::{Fft, FixedSync, Resampler};
+
+pub struct StreamResampler {
+    /// None when the rates are equal.
+    fft: Option<Fft<f32>>,
+    chunk: Vec<f32>,
+    filled: usize,
+    out: Vec<f32>,
+}
+
+impl StreamResampler {
+    /// From `from` Hz to `to` Hz, converting `chunk` input samples at a time.
+    pub fn new(from: u32, to: u32, chunk: usize) -> Result<StreamResampler> {
+        let fft = (from != to)
+            .then(|| Fft::<f32>::new(from as usize, to as usize, chunk, 1, FixedSync::Input))
+            .transpose()?;
+        let out_len = fft.as_ref().map_or(0, |f| f.output_frames_max());
+        let chunk_len = fft.as_ref().map_or(0, |f| f.input_frames_next());
+        Ok(StreamResampler {
+            fft,
+            chunk: vec![0.0; chunk_len],
+            filled: 0,
+            out: vec![0.0; out_len],
+        })
+    }
+
+    /// Feeds `x`; every converted sample goes to `emit`, in order.
+    pub fn push(&mut self, mut x: &[f32], emit: &mut dyn FnMut(&[f32])) -> Result<()> {
+        let Some(fft) = self.fft.as_mut() else {
+            emit(x);
+            return Ok(());
+        };
+        while !x.is_empty() {
+            let n = (self.chunk.len() - self.filled).min(x.len());
+            self.chunk[self.filled..self.filled + n].copy_from_slice(&x[..n]);
+            self.filled += n;
+            x = &x[n..];
+            if self.filled == self.chunk.len() {
+                let input = InterleavedSlice::new(&self.chunk[..], 1, self.chunk.len())?;
+                let frames = self.out.len();
+                let mut output = InterleavedSlice::new_mut(&mut self.out[..], 1, frames)?;
+                let (_, produced) = fft.process_into_buffer(&input, &mut output, None)?;
+                emit(&self.out[..produced]);
+                self.filled = 0;
+            }
+        }
+        Ok(())
+    }
+}

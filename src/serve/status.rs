@@ -1,0 +1,188 @@
+//! Reporting, off the real-time path: the Prometheus text endpoint on loopback, the JSON-lines
+//! event stream on a Unix socket, the periodic log line, and systemd's READY / STATUS /
+//! WATCHDOG messages.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use sd_notify::NotifyState;
+
+use super::metrics::Metrics;
+use super::pipeline::Event;
+
+/// Serves `GET /metrics` (Prometheus text) and `GET /healthz` (200 while steps complete, 503
+/// otherwise) on `addr`, a loopback address, from its own thread.
+pub fn serve_metrics(addr: &str, metrics: Arc<Metrics>) -> Result<()> {
+    let listener = TcpListener::bind(addr)
+        .with_context(|| format!("status endpoint {addr}: cannot listen"))?;
+    std::thread::Builder::new()
+        .name("flm-status-http".into())
+        .spawn(move || {
+            let mut last = (0u64, Instant::now());
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+                let mut line = String::new();
+                if BufReader::new(&conn).read_line(&mut line).is_err() {
+                    continue;
+                }
+                let path = line.split_whitespace().nth(1).unwrap_or("");
+                let (code, body) = match path {
+                    "/metrics" => ("200 OK", metrics.render()),
+                    "/healthz" => {
+                        let steps = metrics.steps.load(Relaxed);
+                        if steps != last.0 {
+                            last = (steps, Instant::now());
+                        }
+                        if last.1.elapsed() < Duration::from_secs(2) && steps > 0 {
+                            ("200 OK", "ok\n".to_string())
+                        } else {
+                            ("503 Service Unavailable", "steps are not completing\n".to_string())
+                        }
+                    }
+                    _ => ("404 Not Found", "not found\n".to_string()),
+                };
+                let _ = write!(
+                    conn,
+                    "HTTP/1.0 {code}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        })?;
+    Ok(())
+}
+
+/// Clients of the event socket.
+pub struct EventStream {
+    clients: Arc<Mutex<Vec<UnixStream>>>,
+}
+
+impl EventStream {
+    /// Listens on the Unix socket `path` (replacing a stale one).
+    pub fn listen(path: &Path) -> Result<EventStream> {
+        let _ = std::fs::remove_file(path);
+        let listener = UnixListener::bind(path)
+            .with_context(|| format!("{}: cannot listen", path.display()))?;
+        let clients: Arc<Mutex<Vec<UnixStream>>> = Arc::default();
+        let c = clients.clone();
+        std::thread::Builder::new()
+            .name("flm-events".into())
+            .spawn(move || {
+                for s in listener.incoming().flatten() {
+                    let _ = s.set_write_timeout(Some(Duration::from_millis(50)));
+                    if let Ok(mut v) = c.lock() {
+                        v.push(s);
+                    }
+                }
+            })?;
+        Ok(EventStream { clients })
+    }
+
+    /// Sends one JSON line to every client; a client that cannot keep up is dropped.
+    pub fn send(&self, e: &Event, state_changed: bool) {
+        if e.piece.is_empty() && !state_changed {
+            return;
+        }
+        let line = serde_json::json!({
+            "step": e.step,
+            "text": e.piece.as_str(),
+            "state": if e.speaking { "speaking" } else { "listening" },
+        })
+        .to_string()
+            + "\n";
+        if let Ok(mut v) = self.clients.lock() {
+            v.retain_mut(|s| s.write_all(line.as_bytes()).is_ok());
+        }
+    }
+}
+
+/// systemd notifications (no-ops when not run by systemd).
+pub fn notify(states: &[NotifyState]) {
+    let _ = sd_notify::notify(states);
+}
+
+/// The watchdog period systemd asked for, if any.
+pub fn watchdog_period() -> Option<Duration> {
+    sd_notify::watchdog_enabled()
+}
+
+/// Pings the watchdog only while steps complete, updates STATUS, and logs a summary every
+/// `log_every` plus device changes and fault counts (each kind at most once per summary).
+pub fn supervise(metrics: Arc<Metrics>, stop: Arc<AtomicBool>, log_every: Duration) {
+    std::thread::Builder::new()
+        .name("flm-supervisor".into())
+        .spawn(move || {
+            let tick = watchdog_period()
+                .map_or(Duration::from_secs(1), |w| (w / 2).min(Duration::from_secs(1)));
+            let mut last_steps = 0;
+            let mut last_log = Instant::now();
+            let mut present = (true, true);
+            let mut reported = [0u64; 4];
+            while !stop.load(Relaxed) {
+                std::thread::sleep(tick);
+                let steps = metrics.steps.load(Relaxed);
+                let s = metrics.summary();
+                let status = format!(
+                    "steps {steps}; step median {:.1} ms, p99 {:.1} ms; misses {}; xruns {}/{}; devices {}",
+                    s.median,
+                    s.p99,
+                    metrics.deadline_misses.load(Relaxed),
+                    metrics.capture_xruns.load(Relaxed),
+                    metrics.playback_xruns.load(Relaxed),
+                    match (
+                        metrics.capture_present.load(Relaxed),
+                        metrics.playback_present.load(Relaxed)
+                    ) {
+                        (true, true) => "ok",
+                        (false, true) => "capture missing",
+                        (true, false) => "playback missing",
+                        (false, false) => "both missing",
+                    }
+                );
+                let mut states = vec![NotifyState::Status(&status)];
+                if steps != last_steps {
+                    states.push(NotifyState::Watchdog);
+                }
+                notify(&states);
+                last_steps = steps;
+                let now_present = (
+                    metrics.capture_present.load(Relaxed),
+                    metrics.playback_present.load(Relaxed),
+                );
+                for (was, is, dir) in [
+                    (present.0, now_present.0, "capture"),
+                    (present.1, now_present.1, "playback"),
+                ] {
+                    if was != is {
+                        eprintln!(
+                            "flm-edge: {dir} device {}",
+                            if is { "is back" } else { "is gone; reopening by name with back-off" }
+                        );
+                    }
+                }
+                present = now_present;
+                if last_log.elapsed() >= log_every {
+                    last_log = Instant::now();
+                    let counts = [
+                        metrics.capture_xruns.load(Relaxed),
+                        metrics.playback_xruns.load(Relaxed),
+                        metrics.deadline_misses.load(Relaxed),
+                        metrics.capture_dropped.load(Relaxed),
+                    ];
+                    let new: Vec<u64> = counts.iter().zip(&reported).map(|(a, b)| a - b).collect();
+                    reported = counts;
+                    eprintln!(
+                        "flm-edge: {status}; since last report: xruns +{}/+{}, misses +{}, dropped +{}",
+                        new[0], new[1], new[2], new[3]
+                    );
+                }
+            }
+        })
+        .expect("spawn supervisor");
+}
