@@ -31,6 +31,24 @@ pub struct DeviceSpec {
     pub periods: u32,
 }
 
+/// A fault to inject on a device's next read or write (errno; 0 for none): drills and tests
+/// drive the real recovery code through it (EPIPE: xrun, ENODEV: device gone).
+#[derive(Default)]
+pub struct Drill(AtomicI32);
+
+impl Drill {
+    pub fn inject(&self, errno: i32) {
+        self.0.store(errno, Relaxed);
+    }
+
+    fn take(&self) -> Option<alsa::Error> {
+        match self.0.swap(0, Relaxed) {
+            0 => None,
+            e => Some(alsa::Error::new("drill", -e)),
+        }
+    }
+}
+
 /// The last error of a device (errno), for the status thread's log; 0 when none.
 #[derive(Default)]
 pub struct DeviceError(AtomicI32);
@@ -111,7 +129,8 @@ enum Fault {
 }
 
 fn handle(o: &Open, e: alsa::Error, xruns: &std::sync::atomic::AtomicU64, m: &Metrics) -> Fault {
-    let errno = e.errno();
+    // alsa-lib's negative codes arrive negated or not depending on the call: compare sizes.
+    let errno = e.errno().abs();
     if errno == libc_epipe() {
         Metrics::add(xruns);
     }
@@ -168,6 +187,7 @@ pub struct AlsaCapture {
     /// Pace of silence frames while the device is missing.
     next_silence: Instant,
     pub error: DeviceError,
+    pub drill: std::sync::Arc<Drill>,
 }
 
 impl AlsaCapture {
@@ -187,6 +207,7 @@ impl AlsaCapture {
             last_read: None,
             next_silence: Instant::now(),
             error: DeviceError::default(),
+            drill: Default::default(),
         })
     }
 
@@ -252,13 +273,14 @@ impl CaptureDevice for AlsaCapture {
                 return Captured::Silence;
             };
             let ch = self.spec.channels as usize;
-            let res = match &mut dev.raw {
+            let res = match (self.drill.take(), &mut dev.raw) {
+                (Some(e), _) => Err(e),
                 // SAFETY: the PCM was opened with exactly this sample format (open()).
-                Samples::S16(b) => unsafe { dev.pcm.io_unchecked::<i16>() }.readi(b),
+                (None, Samples::S16(b)) => unsafe { dev.pcm.io_unchecked::<i16>() }.readi(b),
                 // SAFETY: as above.
-                Samples::S32(b) => unsafe { dev.pcm.io_unchecked::<i32>() }.readi(b),
+                (None, Samples::S32(b)) => unsafe { dev.pcm.io_unchecked::<i32>() }.readi(b),
                 // SAFETY: as above.
-                Samples::F32(b) => unsafe { dev.pcm.io_unchecked::<f32>() }.readi(b),
+                (None, Samples::F32(b)) => unsafe { dev.pcm.io_unchecked::<f32>() }.readi(b),
             };
             match res {
                 Ok(frames) => {
@@ -272,7 +294,7 @@ impl CaptureDevice for AlsaCapture {
                     }
                 }
                 Err(e) => {
-                    self.error.0.store(e.errno(), Relaxed);
+                    self.error.0.store(e.errno().abs(), Relaxed);
                     match handle(dev, e, &m.capture_xruns, m) {
                         Fault::Recovered => {
                             // The samples lost during the xrun become silence.
@@ -284,7 +306,6 @@ impl CaptureDevice for AlsaCapture {
                             let _ = dev.pcm.start();
                             self.last_read = Some(Instant::now());
                             if self.add(out, zeros, 0).unwrap_or(false) {
-                                Metrics::add(&m.capture_silence_frames);
                                 return Captured::Silence;
                             }
                         }
@@ -343,6 +364,7 @@ pub struct AlsaPlayback {
     next_slot: Instant,
     latency: u32,
     pub error: DeviceError,
+    pub drill: std::sync::Arc<Drill>,
 }
 
 impl AlsaPlayback {
@@ -360,6 +382,7 @@ impl AlsaPlayback {
             next_slot: Instant::now(),
             latency: 0,
             error: DeviceError::default(),
+            drill: Default::default(),
         })
     }
 
@@ -376,20 +399,21 @@ impl AlsaPlayback {
             }
             let period = dev.period;
             spread(&self.pending[..period], ch, &mut dev.raw);
-            let res = match &dev.raw {
+            let res = match (self.drill.take(), &dev.raw) {
+                (Some(e), _) => Err(e),
                 // SAFETY: the PCM was opened with exactly this sample format (open()).
-                Samples::S16(b) => unsafe { dev.pcm.io_unchecked::<i16>() }.writei(b),
+                (None, Samples::S16(b)) => unsafe { dev.pcm.io_unchecked::<i16>() }.writei(b),
                 // SAFETY: as above.
-                Samples::S32(b) => unsafe { dev.pcm.io_unchecked::<i32>() }.writei(b),
+                (None, Samples::S32(b)) => unsafe { dev.pcm.io_unchecked::<i32>() }.writei(b),
                 // SAFETY: as above.
-                Samples::F32(b) => unsafe { dev.pcm.io_unchecked::<f32>() }.writei(b),
+                (None, Samples::F32(b)) => unsafe { dev.pcm.io_unchecked::<f32>() }.writei(b),
             };
             match res {
                 Ok(n) => {
                     self.pending.drain(..n.min(period));
                 }
                 Err(e) => {
-                    self.error.0.store(e.errno(), Relaxed);
+                    self.error.0.store(e.errno().abs(), Relaxed);
                     if let Fault::Lost = handle(dev, e, &m.playback_xruns, m) {
                         self.dev = None;
                         m.playback_present.store(false, Relaxed);

@@ -163,6 +163,7 @@ pub fn serve(opts: ServeOptions) -> Result<()> {
         let schedule = Schedule {
             latency_frames: cfg.schedule.latency_frames,
             max_backlog_frames: cfg.schedule.max_backlog_frames,
+            stall: None,
         };
         let mut speaking = false;
         let mut on_event = |e: &pipeline::Event| {

@@ -54,10 +54,12 @@ pub struct Model {
     pub detok: Detokenizer,
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 pub struct Schedule {
     pub latency_frames: u32,
     pub max_backlog_frames: u32,
+    /// Drill: step n sleeps this long before it runs (a stall past its deadline).
+    pub stall: Option<(u64, Duration)>,
 }
 
 /// Runs until `stop` is set or the capture source ends (and its frames are played).
@@ -229,6 +231,11 @@ fn step_loop(
         };
         if frame.silent {
             Metrics::add(&metrics.capture_silence_frames);
+        }
+        if let Some((n, d)) = schedule.stall
+            && n == frame.seq
+        {
+            std::thread::sleep(d);
         }
         let t0 = Instant::now();
         model.mimi.encode(&frame.pcm, &mut codes)?;

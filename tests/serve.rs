@@ -1,0 +1,277 @@
+//! `flm-edge serve`: the real-time pipeline through WAV replay (same scheduler as with ALSA),
+//! a step that stalls past its deadline, the configuration, and the systemd unit.
+//!
+//! Timed tests run one at a time (a lock) so that their steps keep to real time.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use common::*;
+use flm_edge::config::Config;
+use flm_edge::serve::device::FRAME;
+use flm_edge::serve::file_io::{WavCapture, WavPlayback};
+use flm_edge::serve::metrics::Metrics;
+use flm_edge::serve::pipeline::{self, Schedule};
+
+static TIMED: Mutex<()> = Mutex::new(());
+
+/// The seed-3 tiny model at f32 (the LM golden one), converted once.
+fn model() -> &'static PathBuf {
+    static M: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    M.get_or_init(|| {
+        let out = scratch("model");
+        let run = convert(checkpoints(3), &out, &["--quant", "f32"]);
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        out.keep()
+    })
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// The first `frames` frames of the golden speech clip as a 24 kHz WAV in `dir`.
+fn clip(dir: &Path, frames: usize) -> PathBuf {
+    let path = dir.join("user.wav");
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 24_000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w = hound::WavWriter::create(&path, spec).unwrap();
+    for &x in &speech()[..frames * FRAME] {
+        w.write_sample((x * 32767.0) as i16).unwrap();
+    }
+    w.finalize().unwrap();
+    path
+}
+
+fn config(dir: &Path, extra: &str) -> PathBuf {
+    let path = dir.join("config.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "threads = 2\n[schedule]\nlatency_frames = 6\nmax_backlog_frames = 16\n[status]\nmetrics = \"\"\nevents = \"\"\n{extra}"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn read_wav(p: &Path) -> Vec<f32> {
+    hound::WavReader::open(p)
+        .unwrap()
+        .samples::<f32>()
+        .map(Result::unwrap)
+        .collect()
+}
+
+#[test]
+fn replay_at_real_time_matches_the_offline_run() {
+    let _t = TIMED.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = scratch("replay");
+    std::fs::create_dir_all(&*dir).unwrap();
+    let input = clip(&dir, 30);
+    let cfg = config(&dir, "");
+    let (served, ran) = (dir.join("served.wav"), dir.join("ran.wav"));
+    let out = flm_edge(&[
+        "serve",
+        "--config",
+        s(&cfg),
+        "--model",
+        s(model()),
+        "--input-wav",
+        s(&input),
+        "--output-wav",
+        s(&served),
+        "--realtime",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("replayed 30 steps"), "{stderr}");
+    assert!(stderr.contains("deadline misses 0"), "{stderr}");
+    let out = flm_edge(&[
+        "run",
+        "--model",
+        s(model()),
+        "--threads",
+        "2",
+        "--input",
+        s(&input),
+        "--output",
+        s(&ran),
+    ]);
+    assert!(out.status.success());
+    // Same seed, same steps, no miss: the real-time pipeline answers exactly as the
+    // offline run, sample for sample, in the same place of the timeline.
+    assert_eq!(read_wav(&served), read_wav(&ran));
+}
+
+#[test]
+fn a_stalled_step_leaves_silence_and_the_timeline_goes_on() {
+    let _t = TIMED.lock().unwrap_or_else(|e| e.into_inner());
+    let cfg = Config {
+        model: Some(model().clone()),
+        threads: 2,
+        ..Config::default()
+    };
+    let frames = 40;
+    let pcm = speech()[..frames * FRAME].to_vec();
+    let metrics = Metrics::new();
+    let stop = AtomicBool::new(false);
+    let mut run = |schedule: Schedule, paced: bool| {
+        let mut model = flm_edge::serve::load_model(&cfg).unwrap();
+        let origin = paced.then(Instant::now);
+        let mut cap = WavCapture::new(pcm.clone(), origin);
+        let mut play = WavPlayback::new(frames, origin);
+        pipeline::run(
+            &mut model, &mut cap, &mut play, schedule, &metrics, &stop, None,
+        )
+        .unwrap();
+        play.into_pcm()
+    };
+    // Reference: unpaced, every frame answered.
+    let reference = run(Schedule::default(), false);
+    assert_eq!(metrics.deadline_misses.load(Relaxed), 0);
+    let before = metrics.steps.load(Relaxed);
+    let stalled = run(
+        Schedule {
+            latency_frames: 2,
+            max_backlog_frames: 16,
+            stall: Some((10, Duration::from_millis(400))),
+        },
+        true,
+    );
+    assert_eq!(metrics.steps.load(Relaxed) - before, frames as u64);
+    let misses = metrics.deadline_misses.load(Relaxed);
+    let silent = metrics.playback_silent.load(Relaxed);
+    assert!(misses >= 1, "the stalled step must count as a miss");
+    assert!(silent >= 1, "its output slot must play silence");
+    assert_eq!(metrics.capture_dropped.load(Relaxed), 0);
+    assert_eq!(stalled.len(), reference.len());
+    // Every slot is either the answer of its own step or silence: nothing shifted.
+    let slot = |v: &[f32], n: usize| v[n * FRAME..(n + 1) * FRAME].to_vec();
+    let mut silent_slots = vec![];
+    for n in 0..frames {
+        let got = slot(&stalled, n);
+        if got.iter().all(|&x| x == 0.0) && slot(&reference, n).iter().any(|&x| x != 0.0) {
+            silent_slots.push(n);
+        } else {
+            assert_eq!(got, slot(&reference, n), "slot {n}");
+        }
+    }
+    assert!(silent_slots.contains(&10), "silent slots {silent_slots:?}");
+    assert_eq!(
+        silent_slots.len() as u64,
+        silent,
+        "silent slots {silent_slots:?}"
+    );
+    // The model catches up: the last slots are answered on time again.
+    assert!(
+        silent_slots.iter().all(|&n| n < frames - 5),
+        "{silent_slots:?}"
+    );
+}
+
+#[test]
+fn metrics_are_prometheus_text() {
+    let m = Metrics::new();
+    m.step(50_000, false);
+    m.step(120_000, true);
+    Metrics::add(&m.capture_xruns);
+    let text = m.render();
+    for line in [
+        "flm_edge_steps_total 2",
+        "flm_edge_deadline_misses_total 1",
+        "flm_edge_xruns_total{dir=\"capture\"} 1",
+        "flm_edge_step_seconds_bucket{le=\"0.08\"} 1",
+        "flm_edge_step_seconds_bucket{le=\"+Inf\"} 2",
+        "flm_edge_step_seconds_count 2",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing `{line}` in\n{text}"
+        );
+    }
+    let s = m.summary();
+    assert_eq!((s.steps, s.max), (2, 120.0));
+}
+
+#[test]
+fn a_bad_configuration_gets_one_line_naming_the_key() {
+    let dir = scratch("config");
+    std::fs::create_dir_all(&*dir).unwrap();
+    let cases = [
+        ("[audio]\nrate = \"fast\"\n", "audio.rate"),
+        ("[audio]\nrate = 3\n", "audio.rate"),
+        ("[audio]\nformat = \"s24\"\n", "audio.format"),
+        ("[schedule]\nlatency = 2\n", "latency"),
+        ("[status]\nmetrics = \"0.0.0.0:9464\"\n", "status.metrics"),
+        ("threads = -1\n", "threads"),
+        ("[audio\n", "config.toml"),
+    ];
+    for (text, key) in cases {
+        let path = dir.join("config.toml");
+        std::fs::write(&path, text).unwrap();
+        let out = flm_edge(&["serve", "--config", s(&path), "--model", s(&dir)]);
+        assert_one_line_error(&out, &[key]);
+    }
+    let out = flm_edge(&["serve", "--board", "raspberry", "--model", s(&dir)]);
+    assert_one_line_error(&out, &["raspberry", "jetson-orin-nano"]);
+}
+
+#[test]
+fn every_board_profile_and_the_documented_file_load() {
+    for (name, _) in flm_edge::config::BOARDS {
+        let cfg = Config::load(Some(name), None).unwrap();
+        assert!(cfg.model.is_some(), "{name}");
+    }
+    let doc = Path::new(env!("CARGO_MANIFEST_DIR")).join("boards/flm-edge.toml");
+    let cfg = Config::load(Some("jetson-orin-nx"), Some(&doc)).unwrap();
+    // The file wins over the profile, key by key.
+    assert_eq!(cfg.threads, 0);
+    assert_eq!(cfg.backend, "cpu");
+    let nano = Config::load(Some("jetson-orin-nano"), None).unwrap();
+    assert_eq!(nano.context.positions, 4096);
+    assert_eq!(
+        nano.audio.channels, 1,
+        "keys the profile leaves out keep defaults"
+    );
+}
+
+#[test]
+fn the_systemd_unit_verifies() {
+    let Ok(out) = std::process::Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+    else {
+        eprintln!("systemd-analyze is not installed: unit not verified");
+        return;
+    };
+    assert!(out.status.success());
+    let dir = scratch("unit");
+    std::fs::create_dir_all(&*dir).unwrap();
+    let unit = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("boards/systemd/flm-edge.service"),
+    )
+    .unwrap();
+    // verify checks that ExecStart exists: point it at the binary under test.
+    let unit = unit.replace("/usr/bin/flm-edge", env!("CARGO_BIN_EXE_flm-edge"));
+    let path = dir.join("flm-edge.service");
+    std::fs::write(&path, unit).unwrap();
+    let out = std::process::Command::new("systemd-analyze")
+        .args(["verify", s(&path)])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.trim().is_empty(), "{err}");
+}
