@@ -128,7 +128,7 @@ fn a_stalled_step_leaves_silence_and_the_timeline_goes_on() {
     let pcm = speech()[..frames * FRAME].to_vec();
     let metrics = Metrics::new();
     let stop = AtomicBool::new(false);
-    let mut run = |schedule: Schedule, paced: bool| {
+    let run = |schedule: Schedule, paced: bool| {
         let mut model = flm_edge::serve::load_model(&cfg).unwrap();
         let origin = paced.then(Instant::now);
         let mut cap = WavCapture::new(pcm.clone(), origin);
