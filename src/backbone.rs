@@ -124,6 +124,9 @@ impl Backbone {
                 sys::llama_vocab_n_tokens(sys::llama_model_get_vocab(model)) as usize,
             )
         };
+        // SAFETY: ctx is valid. Clearing the KV cache's data writes all of it, so its memory
+        // is resident from the start instead of growing step by step.
+        unsafe { sys::llama_memory_clear(sys::llama_get_memory(ctx), true) };
         // SAFETY: allocates room for one embedding row of n_embd floats and one sequence id.
         let batch = unsafe { sys::llama_batch_init(1, n_embd as i32, 1) };
         // SAFETY: a plain token batch of one, for `decode_token` (benchmarks).

@@ -68,8 +68,12 @@ pub struct WavPlayback {
 impl WavPlayback {
     /// A sink for `frames` frames; paced from `origin` when given.
     pub fn new(frames: usize, origin: Option<Instant>) -> WavPlayback {
+        // Written (not calloc'ed) so that every page is resident from the start: memory use is
+        // set when the replay starts, not grown while it runs.
+        let mut out = Vec::with_capacity(frames * FRAME);
+        out.resize(frames * FRAME, 0.0);
         WavPlayback {
-            out: vec![0.0; frames * FRAME],
+            out,
             slot: 0,
             slots: frames,
             origin,

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Soak test of `flm-edge serve`: a long conversation at real-time pace, checking for deadline
+# misses, timeline drift and memory growth. Not run in CI.
+#
+#   tests/bench/soak.sh MODEL_DIR [MINUTES] [WORK]
+#
+# The user's voice is the golden speech clip looped to MINUTES. The clip is replayed through
+# the real-time scheduler (--input-wav --realtime): the same threads, queues and deadline
+# monitor as with ALSA devices. Resident memory is sampled every 30 s. On a machine whose
+# kernel has snd-aloop (modprobe snd-aloop), set ALSA=1 to drive the ALSA devices instead:
+# the clip is played into Loopback,0 with aplay while serve captures Loopback,1 and plays to
+# Loopback,0 subdevice 1.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+model="$1"; minutes="${2:-10}"; work="${3:-target/soak}"
+mkdir -p "$work"
+python3 - "$minutes" "$work/user.wav" <<'PY'
+import sys, wave
+minutes, out = float(sys.argv[1]), sys.argv[2]
+w = wave.open("tests/golden/mimi/speech.wav"); x = w.readframes(w.getnframes())
+n = int(24000 * 60 * minutes) * 2
+y = (x * (n // len(x) + 1))[:n]
+o = wave.open(out, "wb"); o.setnchannels(1); o.setsampwidth(2); o.setframerate(24000); o.writeframes(y); o.close()
+PY
+cat > "$work/soak.toml" <<TOML
+[status]
+metrics = "127.0.0.1:19466"
+events = ""
+log_interval_s = 60
+TOML
+if [ "${ALSA:-0}" = 1 ]; then
+  cat >> "$work/soak.toml" <<TOML
+[audio]
+capture = "plughw:CARD=Loopback,DEV=1,SUBDEV=0"
+playback = "plughw:CARD=Loopback,DEV=0,SUBDEV=1"
+TOML
+  target/release/flm-edge serve --config "$work/soak.toml" --model "$model" 2> "$work/serve.log" &
+  pid=$!
+  aplay -q -D plughw:CARD=Loopback,DEV=0,SUBDEV=0 "$work/user.wav"
+  kill -TERM "$pid"
+else
+  target/release/flm-edge serve --config "$work/soak.toml" --model "$model" \
+    --input-wav "$work/user.wav" --output-wav "$work/reply.wav" --realtime 2> "$work/serve.log" &
+  pid=$!
+fi
+: > "$work/rss.log"
+while kill -0 "$pid" 2>/dev/null; do
+  grep VmRSS "/proc/$pid/status" 2>/dev/null | awk -v t="$SECONDS" '{print t, $2}' >> "$work/rss.log" || true
+  curl -s 127.0.0.1:19466/metrics > "$work/metrics.txt" 2>/dev/null || true
+  sleep 30
+done
+wait "$pid" || true
+tail -3 "$work/serve.log"
+echo "resident memory (s, KiB):"; cat "$work/rss.log"
