@@ -45,10 +45,11 @@ else
 fi
 : > "$work/rss.log"
 while kill -0 "$pid" 2>/dev/null; do
-  grep VmRSS "/proc/$pid/status" 2>/dev/null | awk -v t="$SECONDS" '{print t, $2}' >> "$work/rss.log" || true
+  awk -v t="$SECONDS" '/^RssAnon/ {a=$2} /^RssFile/ {f=$2} END {if (a) print t, a, f}' \
+    "/proc/$pid/status" >> "$work/rss.log" 2>/dev/null || true
   curl -s 127.0.0.1:19466/metrics > "$work/metrics.txt" 2>/dev/null || true
   sleep 30
 done
 wait "$pid" || true
 tail -3 "$work/serve.log"
-echo "resident memory (s, KiB):"; cat "$work/rss.log"
+echo "resident memory (s, anonymous KiB, mapped-file KiB):"; cat "$work/rss.log"
