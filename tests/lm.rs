@@ -167,9 +167,9 @@ fn agreement(quant: &str) -> (f64, f32) {
 }
 
 // Quantized weights move logits by a few hundredths here, and this random model has many
-// near-ties (median margin 0.18, 5 % of decisions under 0.05), so agreement is bounded by
-// the fixture: 94.2 % for q8_0 with the default f16 KV cache (95.0 % with an f32 one).
-// What must hold for any quantization: no decision with a clear margin changes.
+// near-ties (median margin 0.18, 5 % of decisions under 0.05): q8_0 agrees on 95.4 % of the
+// decisions, q4_k on 71 %. What must also hold for any quantization: no decision with a clear
+// margin changes.
 
 #[test]
 fn q8_0_agrees_with_the_reference_under_teacher_forcing() {
@@ -178,7 +178,7 @@ fn q8_0_agrees_with_the_reference_under_teacher_forcing() {
         "q8_0: top-1 agreement {:.1} %, largest margin flipped {worst:.3}",
         100.0 * a
     );
-    assert!(a >= 0.93, "q8_0 agreement {a}");
+    assert!(a >= 0.95, "q8_0 agreement {a}");
     assert!(worst < 0.1, "q8_0 changed a decision of margin {worst}");
 }
 

@@ -129,6 +129,9 @@ pub fn choose(
         _ => match (quant, role) {
             (Quant::F32, _) => GgmlType::F32,
             (Quant::F16, _) => GgmlType::F16,
+            // Looked-up tables cost memory, not bandwidth (17 rows a step), and the 17 rows
+            // are summed, so their rounding adds up: one step more precise than the matrices.
+            (Quant::Q8_0, Role::Embedding) => GgmlType::F16,
             (Quant::Q8_0, _) => GgmlType::Q8_0,
             (_, Role::Embedding) => GgmlType::Q8_0,
             (_, Role::Output) => GgmlType::Q6_K,
