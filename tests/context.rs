@@ -8,39 +8,9 @@ use common::*;
 use flm_edge::engine::{Engine, EngineOptions, Sampling};
 use flm_edge::model_dir::ModelDir;
 
-fn engine(dir: &ModelDir, context: Option<u32>, sink: u32) -> Engine {
-    // Greedy keeps the long run quick (no softmax over the text vocabulary).
-    let sampling = Sampling::from_model(&dir.audio, "audio.gguf")
-        .unwrap()
-        .greedy();
-    Engine::load(
-        dir,
-        &EngineOptions {
-            threads: 1,
-            sampling,
-            seed: 5,
-            context,
-            sink,
-            kv_f32: None,
-        },
-    )
-    .unwrap()
-}
-
-/// The seed-5 tiny model at q8_0, converted once for the tests of this file.
+/// The seed-5 tiny model at q8_0.
 fn model() -> ModelDir {
-    static M: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
-    let path = M.get_or_init(|| {
-        let out = scratch("model");
-        let run = convert(checkpoints(5), &out, &["--quant", "q8_0"]);
-        assert!(
-            run.status.success(),
-            "{}",
-            String::from_utf8_lossy(&run.stderr)
-        );
-        out.keep()
-    });
-    ModelDir::open(path).unwrap()
+    ModelDir::open(converted(5, "q8_0")).unwrap()
 }
 
 /// Pseudo-random user codes for step t.
@@ -69,7 +39,8 @@ fn run(engine: &mut Engine, steps: usize) -> Vec<usize> {
 #[test]
 fn small_context_drops_the_oldest_half_after_the_sink() {
     let dir = model();
-    let mut e = engine(&dir, Some(64), 8);
+    // Greedy keeps the long runs quick (no softmax over the text vocabulary).
+    let mut e = engine(&dir, true, Some(64), 8);
     // Full at 64; each shift drops (64 - 8) / 2 = 28 steps, so it refills every 28 steps.
     let shifts = run(&mut e, 200);
     assert_eq!(shifts, vec![64, 92, 120, 148, 176]);
@@ -79,7 +50,7 @@ fn small_context_drops_the_oldest_half_after_the_sink() {
 #[test]
 fn runs_past_the_trained_context() {
     let dir = model();
-    let mut e = engine(&dir, None, 16);
+    let mut e = engine(&dir, true, None, 16);
     assert_eq!(e.policy().positions, 8192);
     let shifts = run(&mut e, 8192 + 300);
     assert_eq!(shifts, vec![8192]);

@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 
 use common::*;
-use flm_edge::engine::{Engine, EngineOptions, Sampling};
+use flm_edge::engine::Engine;
 use flm_edge::model_dir::ModelDir;
 
 const GOLDEN_LM: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/lm");
@@ -50,21 +50,7 @@ fn model(quant: &str, name: &str) -> (Scratch, ModelDir) {
 }
 
 fn greedy_engine(dir: &ModelDir) -> Engine {
-    let sampling = Sampling::from_model(&dir.audio, "audio.gguf")
-        .unwrap()
-        .greedy();
-    Engine::load(
-        dir,
-        &EngineOptions {
-            threads: 1,
-            sampling,
-            seed: 42,
-            context: None,
-            sink: 16,
-            kv_f32: None,
-        },
-    )
-    .unwrap()
+    engine(dir, true, None, 16)
 }
 
 /// Largest absolute difference.

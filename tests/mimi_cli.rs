@@ -5,23 +5,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use common::*;
 use flm_kernels::mimi::{FRAME, Mimi};
 
-fn model() -> &'static PathBuf {
-    static M: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    M.get_or_init(|| {
-        let out = scratch("model");
-        let run = convert(checkpoints(1), &out, &["--quant", "q8_0"]);
-        assert!(
-            run.status.success(),
-            "{}",
-            String::from_utf8_lossy(&run.stderr)
-        );
-        out.keep()
-    })
+fn model() -> &'static Path {
+    converted(1, "q8_0")
 }
 
 fn s(p: &Path) -> &str {

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use common::*;
 use npyz::WriterBuilder;
@@ -12,18 +12,8 @@ use npyz::WriterBuilder;
 const GOLDEN_LM: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/lm");
 
 /// The seed-3 tiny model (the one of the LM golden files), f32.
-fn model() -> &'static PathBuf {
-    static M: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    M.get_or_init(|| {
-        let out = scratch("model");
-        let run = convert(checkpoints(3), &out, &["--quant", "f32"]);
-        assert!(
-            run.status.success(),
-            "{}",
-            String::from_utf8_lossy(&run.stderr)
-        );
-        out.keep()
-    })
+fn model() -> &'static Path {
+    converted(3, "f32")
 }
 
 fn s(p: &Path) -> &str {

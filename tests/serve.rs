@@ -20,18 +20,8 @@ use flm_edge::serve::pipeline::{self, Schedule};
 static TIMED: Mutex<()> = Mutex::new(());
 
 /// The seed-3 tiny model at f32 (the LM golden one), converted once.
-fn model() -> &'static PathBuf {
-    static M: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    M.get_or_init(|| {
-        let out = scratch("model");
-        let run = convert(checkpoints(3), &out, &["--quant", "f32"]);
-        assert!(
-            run.status.success(),
-            "{}",
-            String::from_utf8_lossy(&run.stderr)
-        );
-        out.keep()
-    })
+fn model() -> &'static Path {
+    converted(3, "f32")
 }
 
 fn s(p: &Path) -> &str {
@@ -120,7 +110,7 @@ fn replay_at_real_time_matches_the_offline_run() {
 fn a_stalled_step_leaves_silence_and_the_timeline_goes_on() {
     let _t = TIMED.lock().unwrap_or_else(|e| e.into_inner());
     let cfg = Config {
-        model: Some(model().clone()),
+        model: Some(model().to_path_buf()),
         threads: 2,
         ..Config::default()
     };

@@ -79,6 +79,51 @@ pub fn checkpoints(seed: u64) -> &'static Checkpoints {
     c
 }
 
+/// The checkpoints of `seed` converted with `--quant quant`, once per test binary (kept for
+/// the rest of the run).
+pub fn converted(seed: u64, quant: &str) -> &'static Path {
+    type Models = std::sync::Mutex<Vec<(u64, String, &'static Path)>>;
+    static CACHE: OnceLock<Models> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    let mut guard = cache.lock().unwrap();
+    if let Some((_, _, p)) = guard.iter().find(|(s, q, _)| *s == seed && q == quant) {
+        return p;
+    }
+    let out = scratch(&format!("model-{seed}-{quant}"));
+    let run = convert(checkpoints(seed), &out, &["--quant", quant]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let p: &'static Path = Box::leak(out.keep().into_boxed_path());
+    guard.push((seed, quant.to_string(), p));
+    p
+}
+
+/// An engine on one thread with the model's sampling defaults (argmax when `greedy`).
+pub fn engine(
+    dir: &flm_edge::model_dir::ModelDir,
+    greedy: bool,
+    context: Option<u32>,
+    sink: u32,
+) -> flm_edge::engine::Engine {
+    use flm_edge::engine::{Engine, EngineOptions, Sampling};
+    let mut sampling = Sampling::from_model(&dir.audio, "audio.gguf").unwrap();
+    if greedy {
+        sampling = sampling.greedy();
+    }
+    let opts = EngineOptions {
+        threads: 1,
+        sampling,
+        seed: 5,
+        context,
+        sink,
+        kv_f32: None,
+    };
+    Engine::load(dir, &opts).unwrap()
+}
+
 /// Runs the `flm-edge` binary.
 pub fn flm_edge(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_flm-edge"))
