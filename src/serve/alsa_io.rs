@@ -182,6 +182,8 @@ pub struct AlsaCapture {
     resampler: StreamResampler,
     acc: Pcm,
     acc_len: usize,
+    /// 24 kHz samples of silence still owed to the timeline after an xrun.
+    owed: usize,
     /// When the last period was read: the length of an xrun is measured from it.
     last_read: Option<Instant>,
     /// Pace of silence frames while the device is missing.
@@ -204,6 +206,7 @@ impl AlsaCapture {
             reopen: Reopen::new(),
             acc: [0.0; FRAME],
             acc_len: 0,
+            owed: 0,
             last_read: None,
             next_silence: Instant::now(),
             error: DeviceError::default(),
@@ -211,44 +214,54 @@ impl AlsaCapture {
         })
     }
 
-    /// Converts `zeros` samples of silence, then the first `n` samples of `mono`; returns
-    /// true when a frame completed into `out` (the rest stays for the next one).
-    fn add(&mut self, out: &mut Pcm, zeros: usize, n: usize) -> Result<bool> {
+    /// Converts the first `n` samples of `mono`; returns true when a frame completed into
+    /// `out` (the rest stays for the next one). A period is at most 80 ms, so at most one
+    /// frame completes per call.
+    fn add(&mut self, out: &mut Pcm, n: usize) -> Result<bool> {
         let (acc, acc_len) = (&mut self.acc, &mut self.acc_len);
         let mut done = false;
         let mut emit = |x: &[f32]| {
             for &v in x {
-                if *acc_len == FRAME {
-                    // A second frame completed within one period: only happens after a long
-                    // gap was filled; the oldest frame is dropped.
-                    *acc_len = 0;
-                }
                 acc[*acc_len] = v;
                 *acc_len += 1;
-                if *acc_len == FRAME && !done {
+                if *acc_len == FRAME {
+                    debug_assert!(!done, "two frames in one period");
                     out.copy_from_slice(acc);
                     *acc_len = 0;
                     done = true;
                 }
             }
         };
-        if zeros > 0 {
-            let z = [0f32; 256];
-            let mut left = zeros;
-            while left > 0 {
-                let n = left.min(z.len());
-                self.resampler.push(&z[..n], &mut emit)?;
-                left -= n;
-            }
-        }
         self.resampler.push(&self.mono[..n], &mut emit)?;
         Ok(done)
+    }
+
+    /// Pays back time lost to an xrun as silence, in whole frames first: returns true when
+    /// `out` holds such a frame.
+    fn silence_owed(&mut self, out: &mut Pcm) -> bool {
+        let room = FRAME - self.acc_len;
+        if self.owed >= room {
+            self.acc[self.acc_len..].fill(0.0);
+            out.copy_from_slice(&self.acc);
+            self.acc_len = 0;
+            self.owed -= room;
+            return true;
+        }
+        if self.owed > 0 {
+            self.acc[self.acc_len..self.acc_len + self.owed].fill(0.0);
+            self.acc_len += self.owed;
+            self.owed = 0;
+        }
+        false
     }
 }
 
 impl CaptureDevice for AlsaCapture {
     fn next_frame(&mut self, out: &mut Pcm, m: &Metrics) -> Captured {
         loop {
+            if self.silence_owed(out) {
+                return Captured::Silence;
+            }
             let Some(dev) = self.dev.as_mut() else {
                 if self.reopen.due() {
                     match open(&self.spec, Direction::Capture) {
@@ -289,7 +302,7 @@ impl CaptureDevice for AlsaCapture {
                     let now = Instant::now();
                     self.last_read = Some(now);
                     self.next_silence = now;
-                    if self.add(out, 0, n).unwrap_or(false) {
+                    if self.add(out, n).unwrap_or(false) {
                         return Captured::Audio;
                     }
                 }
@@ -297,17 +310,15 @@ impl CaptureDevice for AlsaCapture {
                     self.error.0.store(e.errno().abs(), Relaxed);
                     match handle(dev, e, &m.capture_xruns, m) {
                         Fault::Recovered => {
-                            // The samples lost during the xrun become silence.
+                            // The time lost in the xrun is owed as silence (at most 2 s), so
+                            // that the frames keep their place on the timeline.
                             let lost = self
                                 .last_read
                                 .map_or(0.0, |t| t.elapsed().as_secs_f64())
                                 .min(2.0);
-                            let zeros = (lost * self.spec.rate as f64) as usize;
+                            self.owed += (lost * RATE as f64) as usize;
                             let _ = dev.pcm.start();
                             self.last_read = Some(Instant::now());
-                            if self.add(out, zeros, 0).unwrap_or(false) {
-                                return Captured::Silence;
-                            }
                         }
                         Fault::Lost => {
                             self.dev = None;
