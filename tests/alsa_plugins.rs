@@ -48,7 +48,7 @@ fn asoundrc(dir: &Path) {
     std::fs::create_dir_all(&conf).unwrap();
     let d = dir.display();
     let mut text = String::new();
-    for name in ["cap48", "cap24"] {
+    for name in ["cap48", "cap24", "cap16"] {
         text += &format!(
             "pcm.{name} {{ type file slave.pcm \"null\" file \"/dev/null\" infile \"{d}/{name}.raw\" format \"raw\" }}\n"
         );
@@ -88,6 +88,23 @@ fn alsa_devices_through_plugins() {
             // The tone's RMS (0.354) after resampling: 2 % covers the filter's ripple.
             let r = rms(&frame);
             assert!((r - 0.3536).abs() < 0.007, "frame {i}: rms {r}");
+        }
+    }
+    drop(cap);
+
+    // 16 kHz mono s16, resampled up.
+    let src = tone(16_000, 2.0);
+    let raw: Vec<u8> = src
+        .iter()
+        .flat_map(|&x| ((x * 32767.0) as i16).to_le_bytes())
+        .collect();
+    std::fs::write(dir.join("cap16.raw"), raw).unwrap();
+    let mut cap = AlsaCapture::open(spec("cap16", 16_000, 1, "s16"), &m).unwrap();
+    for i in 0..8 {
+        assert!(matches!(cap.next_frame(&mut frame, &m), Captured::Audio));
+        if i >= 2 {
+            let r = rms(&frame);
+            assert!((r - 0.3536).abs() < 0.007, "16 kHz frame {i}: rms {r}");
         }
     }
     drop(cap);

@@ -265,3 +265,117 @@ fn the_systemd_unit_verifies() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && err.trim().is_empty(), "{err}");
 }
+
+/// Messages a service manager would receive, through a datagram socket named by
+/// NOTIFY_SOCKET, as systemd does.
+struct Notifications {
+    socket: std::os::unix::net::UnixDatagram,
+    seen: Vec<String>,
+}
+
+impl Notifications {
+    fn bind(path: &Path) -> Notifications {
+        let socket = std::os::unix::net::UnixDatagram::bind(path).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        Notifications {
+            socket,
+            seen: vec![],
+        }
+    }
+
+    /// Reads messages until one has a line starting with `prefix`, or `timeout`.
+    fn wait_for(&mut self, prefix: &str, timeout: Duration) -> bool {
+        let t0 = Instant::now();
+        let mut buf = [0u8; 4096];
+        while t0.elapsed() < timeout {
+            if let Ok(n) = self.socket.recv(&mut buf) {
+                let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let hit = msg.lines().any(|l| l.starts_with(prefix));
+                self.seen.push(msg);
+                if hit {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+}
+
+#[test]
+fn systemd_sees_ready_watchdog_status_reload_and_stop() {
+    let _t = TIMED.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = scratch("notify");
+    std::fs::create_dir_all(&*dir).unwrap();
+    // alsa-lib's `null` PCMs: devices that are always there (unpaced, so the backlog policy
+    // drops most frames; what matters here is the daemon's life cycle).
+    let cfg = config(
+        &dir,
+        "[audio]\ncapture = \"null\"\nplayback = \"null\"\nrate = 48000\n",
+    );
+    let mut notes = Notifications::bind(&dir.join("notify.sock"));
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_flm-edge"))
+        .args(["serve", "--config", s(&cfg), "--model", s(model())])
+        .env("NOTIFY_SOCKET", dir.join("notify.sock"))
+        .env("WATCHDOG_USEC", "2000000")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id().to_string();
+    let signal = |sig: &str| {
+        let ok = std::process::Command::new("kill")
+            .args(["-s", sig, &pid])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -s {sig}");
+    };
+    assert!(
+        notes.wait_for("READY=1", Duration::from_secs(60)),
+        "{:?}",
+        notes.seen
+    );
+    assert!(
+        notes.wait_for("WATCHDOG=1", Duration::from_secs(5)),
+        "{:?}",
+        notes.seen
+    );
+    assert!(
+        notes.wait_for("STATUS=steps", Duration::from_secs(5)),
+        "{:?}",
+        notes.seen
+    );
+    signal("HUP");
+    assert!(
+        notes.wait_for("RELOADING=1", Duration::from_secs(10)),
+        "{:?}",
+        notes.seen
+    );
+    assert!(
+        notes.wait_for("READY=1", Duration::from_secs(30)),
+        "{:?}",
+        notes.seen
+    );
+    signal("TERM");
+    assert!(
+        notes.wait_for("STOPPING=1", Duration::from_secs(10)),
+        "{:?}",
+        notes.seen
+    );
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "no exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(status.success(), "{err}");
+    assert!(err.contains("configuration reloaded"), "{err}");
+}
