@@ -42,7 +42,6 @@ pub struct Backbone {
     token_batch: sys::llama_batch,
     n_embd: usize,
     n_vocab: usize,
-    n_ctx: u32,
 }
 
 // SAFETY: the llama.cpp model and context are used from one thread at a time (&mut self for
@@ -131,8 +130,6 @@ impl Backbone {
         let batch = unsafe { sys::llama_batch_init(1, n_embd as i32, 1) };
         // SAFETY: a plain token batch of one, for `decode_token` (benchmarks).
         let token_batch = unsafe { sys::llama_batch_init(1, 0, 1) };
-        // SAFETY: ctx is valid; a getter.
-        let n_ctx = unsafe { sys::llama_n_ctx(ctx) };
         Ok(Backbone {
             model,
             ctx,
@@ -140,7 +137,6 @@ impl Backbone {
             token_batch,
             n_embd,
             n_vocab,
-            n_ctx,
         })
     }
 
@@ -170,11 +166,6 @@ impl Backbone {
         }
         let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
         Some(String::from_utf8_lossy(&buf[..end]).into_owned())
-    }
-
-    /// Positions the KV cache holds.
-    pub fn n_ctx(&self) -> u32 {
-        self.n_ctx
     }
 
     /// Runs one step: `embd` (n_embd floats) at position `pos`, appended to the KV cache.

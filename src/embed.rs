@@ -99,10 +99,6 @@ impl Embedder {
         })
     }
 
-    pub fn text_vocab(&self) -> usize {
-        self.text.rows
-    }
-
     /// Writes the sum of the embeddings of `text`, `speak[c]` and `listen[c]` into `out`.
     pub fn sum(&mut self, text: i32, speak: &[i32], listen: &[i32], out: &mut [f32]) -> Result<()> {
         ensure!(out.len() == self.width, "embedding: output width");

@@ -16,7 +16,7 @@ use flm_kernels::sampling::{SampleRng, Sampler, SamplingParams};
 use crate::backbone::{Backbone, BackboneParams};
 use crate::embed::Embedder;
 use crate::model_dir::ModelDir;
-use crate::token_ring::{CODEBOOKS, InitialTokens, STREAMS, TokenRing};
+use crate::token_ring::{CODEBOOKS, InitialTokens, TokenRing};
 
 /// Sampling of both streams; defaults come from the model file.
 #[derive(Clone, Copy, Debug)]
@@ -27,7 +27,46 @@ pub struct Sampling {
     pub audio_penalty_codebooks: usize,
 }
 
+/// Changes to one stream's sampling; None keeps the model's value.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SamplingOverrides {
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<u32>,
+    pub repetition_penalty: Option<f32>,
+    pub repetition_window: Option<usize>,
+}
+
+impl SamplingOverrides {
+    fn apply(&self, p: &mut SamplingParams) {
+        p.temperature = self.temperature.unwrap_or(p.temperature);
+        p.top_p = self.top_p.unwrap_or(p.top_p);
+        p.top_k = self.top_k.unwrap_or(p.top_k);
+        p.repetition_penalty = self.repetition_penalty.unwrap_or(p.repetition_penalty);
+        p.repetition_window = self.repetition_window.unwrap_or(p.repetition_window);
+    }
+}
+
 impl Sampling {
+    /// The model's defaults with `text` and `audio` on top (argmax everywhere when
+    /// `greedy`), checked.
+    pub fn for_model(
+        model: &ModelDir,
+        text: &SamplingOverrides,
+        audio: &SamplingOverrides,
+        greedy: bool,
+    ) -> Result<Sampling> {
+        let label = model.path(AUDIO_FILE).display().to_string();
+        let mut s = Sampling::from_model(&model.audio, &label)?;
+        text.apply(&mut s.text);
+        audio.apply(&mut s.audio);
+        if greedy {
+            s = s.greedy();
+        }
+        s.check()?;
+        Ok(s)
+    }
+
     pub fn from_model(g: &Gguf, label: &str) -> Result<Sampling> {
         let f = |k: String| -> Result<f64> { g.get_f64(&k).with_context(|| label.to_string()) };
         let params = |stream: &str| -> Result<SamplingParams> {
@@ -280,10 +319,6 @@ impl Engine {
         self.policy
     }
 
-    pub fn sampling(&self) -> &Sampling {
-        &self.sampling
-    }
-
     /// Backbone position of the next step.
     pub fn position(&self) -> i32 {
         self.pos
@@ -292,10 +327,6 @@ impl Engine {
     /// Highest position in the backbone's KV cache.
     pub fn max_cached_position(&self) -> i32 {
         self.backbone.max_pos()
-    }
-
-    pub fn steps(&self) -> usize {
-        self.ring.step()
     }
 
     pub fn backbone(&mut self) -> &mut Backbone {
@@ -352,7 +383,6 @@ impl Engine {
         let t0 = Instant::now();
         self.ring.push_user(user);
         let col = self.ring.input();
-        debug_assert_eq!(col.len(), STREAMS);
         self.embedder.sum(
             col[0],
             &col[1..=CODEBOOKS],

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use flm_conversion::{ConvertOptions, Gguf, MimiDtype, Quant};
-use flm_edge::engine::{EngineOptions, Sampling};
+use flm_edge::engine::{EngineOptions, Sampling, SamplingOverrides};
 use flm_edge::run::{RunOptions, UserInput};
 use flm_edge::{bench, codes_npy, inspect, model_dir::ModelDir, wav};
 use flm_kernels::mimi::{FRAME, Mimi};
@@ -215,43 +215,21 @@ struct EngineArgs {
 impl EngineArgs {
     /// Engine options: the model's sampling defaults with these flags on top.
     fn options(&self, model: &ModelDir) -> Result<EngineOptions> {
-        let label = model
-            .path(flm_conversion::model_files::AUDIO_FILE)
-            .display()
-            .to_string();
-        let mut s = Sampling::from_model(&model.audio, &label)?;
-        let set = |p: &mut flm_kernels::sampling::SamplingParams,
-                   t: Option<f32>,
-                   top_p: Option<f32>,
-                   top_k: Option<u32>,
-                   pen: Option<f32>,
-                   win: Option<usize>| {
-            p.temperature = t.unwrap_or(p.temperature);
-            p.top_p = top_p.unwrap_or(p.top_p);
-            p.top_k = top_k.unwrap_or(p.top_k);
-            p.repetition_penalty = pen.unwrap_or(p.repetition_penalty);
-            p.repetition_window = win.unwrap_or(p.repetition_window);
+        let text = SamplingOverrides {
+            temperature: self.temp_text,
+            top_p: self.top_p_text,
+            top_k: self.top_k_text,
+            repetition_penalty: self.penalty_text,
+            repetition_window: self.penalty_window_text,
         };
-        set(
-            &mut s.text,
-            self.temp_text,
-            self.top_p_text,
-            self.top_k_text,
-            self.penalty_text,
-            self.penalty_window_text,
-        );
-        set(
-            &mut s.audio,
-            self.temp_audio,
-            self.top_p_audio,
-            self.top_k_audio,
-            self.penalty_audio,
-            self.penalty_window_audio,
-        );
-        if self.greedy {
-            s = s.greedy();
-        }
-        s.check()?;
+        let audio = SamplingOverrides {
+            temperature: self.temp_audio,
+            top_p: self.top_p_audio,
+            top_k: self.top_k_audio,
+            repetition_penalty: self.penalty_audio,
+            repetition_window: self.penalty_window_audio,
+        };
+        let s = Sampling::for_model(model, &text, &audio, self.greedy)?;
         Ok(EngineOptions {
             threads: threads(self.threads),
             sampling: s,

@@ -75,9 +75,8 @@ fn encode_and_decode_files_match_the_reference() {
         "{}",
         String::from_utf8_lossy(&run.stderr)
     );
-    let mut r = hound::WavReader::open(&wav).unwrap();
-    assert_eq!((r.spec().sample_rate, r.spec().channels), (24_000, 1));
-    let pcm: Vec<f32> = r.samples::<f32>().map(|x| x.unwrap()).collect();
+    let (spec, pcm) = read_wav(&wav);
+    assert_eq!((spec.sample_rate, spec.channels), (24_000, 1));
     let snr = snr_db(&golden_decoded(), &pcm);
     assert!(snr >= 40.0, "decode SNR {snr:.1} dB");
 }

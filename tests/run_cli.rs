@@ -60,19 +60,6 @@ fn tokens(lines: &[serde_json::Value]) -> Vec<Vec<i64>> {
         .collect()
 }
 
-fn wav(p: &Path) -> (hound::WavSpec, Vec<f32>) {
-    let mut r = hound::WavReader::open(p).unwrap();
-    let spec = r.spec();
-    let pcm = match spec.sample_format {
-        hound::SampleFormat::Float => r.samples::<f32>().map(Result::unwrap).collect(),
-        hound::SampleFormat::Int => r
-            .samples::<i32>()
-            .map(|x| x.unwrap() as f32 / (1u32 << (spec.bits_per_sample - 1)) as f32)
-            .collect(),
-    };
-    (spec, pcm)
-}
-
 #[test]
 fn greedy_run_from_codes_follows_the_reference() {
     let dir = scratch("greedy");
@@ -106,7 +93,7 @@ fn greedy_run_from_codes_follows_the_reference() {
             assert!(l["ms"][k].as_f64().is_some(), "step {t}: ms.{k}");
         }
     }
-    let (spec, pcm) = wav(&reply);
+    let (spec, pcm) = read_wav(&reply);
     assert_eq!((spec.sample_rate, spec.channels), (24_000, 1));
     assert_eq!(pcm.len(), lines.len() * 1920);
     // The first step completes no output frame: one frame of silence, then speech.
@@ -149,7 +136,7 @@ fn sampled_run_from_audio_is_seeded_and_as_long_as_the_input() {
             "--seed",
             seed,
         ]));
-        (wav(&reply).1, tokens(&transcript(&steps)))
+        (read_wav(&reply).1, tokens(&transcript(&steps)))
     };
     let (a_pcm, a) = go("1", "a");
     let (b_pcm, b) = go("1", "b");

@@ -49,16 +49,6 @@ impl Drill {
     }
 }
 
-/// The last error of a device (errno), for the status thread's log; 0 when none.
-#[derive(Default)]
-pub struct DeviceError(AtomicI32);
-
-impl DeviceError {
-    pub fn take(&self) -> i32 {
-        self.0.swap(0, Relaxed)
-    }
-}
-
 enum Samples {
     S16(Vec<i16>),
     S32(Vec<i32>),
@@ -131,23 +121,19 @@ enum Fault {
 fn handle(o: &Open, e: alsa::Error, xruns: &std::sync::atomic::AtomicU64, m: &Metrics) -> Fault {
     // alsa-lib's negative codes arrive negated or not depending on the call: compare sizes.
     let errno = e.errno().abs();
-    if errno == libc_epipe() {
+    if errno == EPIPE {
         Metrics::add(xruns);
     }
-    if (errno == libc_epipe() || errno == libc_estrpipe()) && o.pcm.try_recover(e, true).is_ok() {
+    if (errno == EPIPE || errno == ESTRPIPE) && o.pcm.try_recover(e, true).is_ok() {
         Metrics::add(&m.recoveries);
         return Fault::Recovered;
     }
     Fault::Lost
 }
 
-// errno values of Linux (alsa-lib returns negated errno codes; the crate gives them positive).
-fn libc_epipe() -> i32 {
-    32
-}
-fn libc_estrpipe() -> i32 {
-    86
-}
+// errno values of Linux: over/underrun, suspended.
+const EPIPE: i32 = 32;
+const ESTRPIPE: i32 = 86;
 
 /// Reopening a lost device by name, with back-off.
 struct Reopen {
@@ -188,7 +174,6 @@ pub struct AlsaCapture {
     last_read: Option<Instant>,
     /// Pace of silence frames while the device is missing.
     next_silence: Instant,
-    pub error: DeviceError,
     pub drill: std::sync::Arc<Drill>,
 }
 
@@ -209,7 +194,6 @@ impl AlsaCapture {
             owed: 0,
             last_read: None,
             next_silence: Instant::now(),
-            error: DeviceError::default(),
             drill: Default::default(),
         })
     }
@@ -307,7 +291,7 @@ impl CaptureDevice for AlsaCapture {
                     }
                 }
                 Err(e) => {
-                    self.error.0.store(e.errno().abs(), Relaxed);
+                    m.capture_errno.store(e.errno().abs(), Relaxed);
                     match handle(dev, e, &m.capture_xruns, m) {
                         Fault::Recovered => {
                             // The time lost in the xrun is owed as silence (at most 2 s), so
@@ -374,7 +358,6 @@ pub struct AlsaPlayback {
     frame: Pcm,
     next_slot: Instant,
     latency: u32,
-    pub error: DeviceError,
     pub drill: std::sync::Arc<Drill>,
 }
 
@@ -392,7 +375,6 @@ impl AlsaPlayback {
             frame: [0.0; FRAME],
             next_slot: Instant::now(),
             latency: 0,
-            error: DeviceError::default(),
             drill: Default::default(),
         })
     }
@@ -424,7 +406,7 @@ impl AlsaPlayback {
                     self.pending.drain(..n.min(period));
                 }
                 Err(e) => {
-                    self.error.0.store(e.errno().abs(), Relaxed);
+                    m.playback_errno.store(e.errno().abs(), Relaxed);
                     if let Fault::Lost = handle(dev, e, &m.playback_xruns, m) {
                         self.dev = None;
                         m.playback_present.store(false, Relaxed);

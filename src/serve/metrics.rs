@@ -2,7 +2,7 @@
 //! step threads (no locks), read by the status endpoint and the log.
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering::Relaxed};
 
 /// Upper bounds (ms) of the step-time histogram buckets; the last is +Inf.
 pub const BUCKETS_MS: [f64; 11] = [
@@ -65,6 +65,9 @@ pub struct Metrics {
     pub capture_silence_frames: AtomicU64,
     pub capture_present: AtomicBool,
     pub playback_present: AtomicBool,
+    /// errno of the last failed read or write of each device (0: none yet), for the log.
+    pub capture_errno: AtomicI32,
+    pub playback_errno: AtomicI32,
     /// Steps completed since the last watchdog ping.
     pub progress: AtomicU64,
     buckets: [AtomicU64; BUCKETS_MS.len()],
@@ -99,6 +102,8 @@ impl Default for Metrics {
             capture_silence_frames: z(),
             capture_present: AtomicBool::new(false),
             playback_present: AtomicBool::new(false),
+            capture_errno: AtomicI32::new(0),
+            playback_errno: AtomicI32::new(0),
             progress: z(),
             buckets: std::array::from_fn(|_| z()),
             step_sum_us: z(),

@@ -23,7 +23,7 @@ use sd_notify::NotifyState;
 
 use crate::config::Config;
 use crate::detok::Detokenizer;
-use crate::engine::{Engine, EngineOptions, Sampling};
+use crate::engine::{Engine, EngineOptions, Sampling, SamplingOverrides};
 use crate::model_dir::ModelDir;
 use alsa_io::{AlsaCapture, AlsaPlayback, DeviceSpec};
 use device::{CaptureDevice, PlaybackDevice};
@@ -45,22 +45,23 @@ pub struct ServeOptions {
 
 /// Engine options from the configuration and the model's own sampling defaults.
 pub fn engine_options(cfg: &Config, model: &ModelDir) -> Result<EngineOptions> {
-    let label = model.path(AUDIO_FILE).display().to_string();
-    let mut s = Sampling::from_model(&model.audio, &label)?;
     let o = &cfg.sampling;
-    let set = |v: &mut f32, o: Option<f32>| *v = o.unwrap_or(*v);
-    set(&mut s.text.temperature, o.text_temperature);
-    set(&mut s.text.top_p, o.text_top_p);
-    set(&mut s.text.repetition_penalty, o.text_repetition_penalty);
-    set(&mut s.audio.temperature, o.audio_temperature);
-    set(&mut s.audio.top_p, o.audio_top_p);
-    set(&mut s.audio.repetition_penalty, o.audio_repetition_penalty);
-    s.text.top_k = o.text_top_k.unwrap_or(s.text.top_k);
-    s.audio.top_k = o.audio_top_k.unwrap_or(s.audio.top_k);
-    if o.greedy {
-        s = s.greedy();
-    }
-    s.check().context("configuration [sampling]")?;
+    let text = SamplingOverrides {
+        temperature: o.text_temperature,
+        top_p: o.text_top_p,
+        top_k: o.text_top_k,
+        repetition_penalty: o.text_repetition_penalty,
+        repetition_window: None,
+    };
+    let audio = SamplingOverrides {
+        temperature: o.audio_temperature,
+        top_p: o.audio_top_p,
+        top_k: o.audio_top_k,
+        repetition_penalty: o.audio_repetition_penalty,
+        repetition_window: None,
+    };
+    let s =
+        Sampling::for_model(model, &text, &audio, o.greedy).context("configuration [sampling]")?;
     Ok(EngineOptions {
         threads: if cfg.threads == 0 {
             crate::default_threads()
@@ -98,7 +99,7 @@ pub fn load_model(cfg: &Config) -> Result<Model> {
     let mut engine = Engine::load(&dir, &opts)?;
     let mut codes = [0i32; 8];
     let mut pcm = [0f32; device::FRAME];
-    mimi.encode(&pcm.clone(), &mut codes)?;
+    mimi.encode(&pcm, &mut codes)?;
     engine.step(&codes)?;
     mimi.decode(&codes, &mut pcm)?;
     mimi.reset();
@@ -131,12 +132,15 @@ pub fn serve(opts: ServeOptions) -> Result<()> {
         Ok(cfg)
     };
     let mut cfg = load(&opts)?;
+    // `stop`: SIGTERM or SIGINT. `interrupt`: any of them or SIGHUP; it ends the pipeline,
+    // which then stops for good or starts again with the configuration read anew.
     let stop = Arc::new(AtomicBool::new(false));
-    let reload = Arc::new(AtomicBool::new(false));
+    let interrupt = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, stop.clone())?;
+        signal_hook::flag::register(sig, interrupt.clone())?;
     }
-    signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())?;
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, interrupt.clone())?;
     status::notify(&[NotifyState::Status("loading the model")]);
     let t0 = Instant::now();
     let mut model = load_model(&cfg)?;
@@ -173,19 +177,6 @@ pub fn serve(opts: ServeOptions) -> Result<()> {
             speaking = e.speaking;
         };
         let on_event: Option<&mut (dyn FnMut(&pipeline::Event) + Send)> = Some(&mut on_event);
-        // The same stop flag ends the pipeline for SIGTERM and for SIGHUP (then reloads).
-        let run_flag = Arc::new(AtomicBool::new(false));
-        let watcher = {
-            let (stop, reload, run_flag) = (stop.clone(), reload.clone(), run_flag.clone());
-            std::thread::spawn(move || {
-                while !run_flag.load(Relaxed) {
-                    if stop.load(Relaxed) || reload.load(Relaxed) {
-                        run_flag.store(true, Relaxed);
-                    }
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-            })
-        };
         if replay {
             let input = opts
                 .input_wav
@@ -204,10 +195,8 @@ pub fn serve(opts: ServeOptions) -> Result<()> {
             metrics.playback_present.store(true, Relaxed);
             status::notify(&[NotifyState::Ready]);
             pipeline::run(
-                &mut model, &mut cap, &mut play, schedule, &metrics, &run_flag, on_event,
+                &mut model, &mut cap, &mut play, schedule, &metrics, &interrupt, on_event,
             )?;
-            run_flag.store(true, Relaxed);
-            let _ = watcher.join();
             let mut reply = play.into_pcm();
             reply.truncate(len);
             crate::wav::write_mono_24k(output, &reply)?;
@@ -237,15 +226,13 @@ pub fn serve(opts: ServeOptions) -> Result<()> {
         };
         status::notify(&[NotifyState::Ready]);
         pipeline::run(
-            &mut model, &mut cap, &mut play, schedule, &metrics, &run_flag, on_event,
+            &mut model, &mut cap, &mut play, schedule, &metrics, &interrupt, on_event,
         )?;
-        run_flag.store(true, Relaxed);
-        let _ = watcher.join();
         if stop.load(Relaxed) {
             break;
         }
         // SIGHUP: a new configuration; the model is loaded again only if it changed.
-        reload.store(false, Relaxed);
+        interrupt.store(false, Relaxed);
         status::notify(&[NotifyState::Reloading]);
         match load(&opts) {
             Ok(new) => {

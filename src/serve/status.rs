@@ -155,14 +155,16 @@ pub fn supervise(metrics: Arc<Metrics>, stop: Arc<AtomicBool>, log_every: Durati
                     metrics.capture_present.load(Relaxed),
                     metrics.playback_present.load(Relaxed),
                 );
-                for (was, is, dir) in [
-                    (present.0, now_present.0, "capture"),
-                    (present.1, now_present.1, "playback"),
+                for (was, is, dir, errno) in [
+                    (present.0, now_present.0, "capture", &metrics.capture_errno),
+                    (present.1, now_present.1, "playback", &metrics.playback_errno),
                 ] {
-                    if was != is {
+                    if was != is && is {
+                        eprintln!("flm-edge: {dir} device is back");
+                    } else if was != is {
+                        let why = std::io::Error::from_raw_os_error(errno.load(Relaxed));
                         eprintln!(
-                            "flm-edge: {dir} device {}",
-                            if is { "is back" } else { "is gone; reopening by name with back-off" }
+                            "flm-edge: {dir} device is gone ({why}); reopening by name with back-off"
                         );
                     }
                 }

@@ -220,6 +220,20 @@ pub fn golden_decoded() -> Vec<f32> {
     npyz::NpyFile::new(&bytes[..]).unwrap().into_vec().unwrap()
 }
 
+/// A WAV file's format and samples as f32 in [-1, 1].
+pub fn read_wav(p: &Path) -> (hound::WavSpec, Vec<f32>) {
+    let mut r = hound::WavReader::open(p).unwrap();
+    let spec = r.spec();
+    let pcm = match spec.sample_format {
+        hound::SampleFormat::Float => r.samples::<f32>().map(Result::unwrap).collect(),
+        hound::SampleFormat::Int => r
+            .samples::<i32>()
+            .map(|x| x.unwrap() as f32 / (1u32 << (spec.bits_per_sample - 1)) as f32)
+            .collect(),
+    };
+    (spec, pcm)
+}
+
 /// Signal-to-noise ratio of `got` against `reference`, in dB.
 pub fn snr_db(reference: &[f32], got: &[f32]) -> f64 {
     assert_eq!(reference.len(), got.len());
