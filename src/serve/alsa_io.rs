@@ -64,6 +64,9 @@ struct Open {
 
 fn open(spec: &DeviceSpec, dir: Direction) -> Result<Open> {
     let label = &spec.name;
+    // A blocking open waits, without end and deaf to SIGTERM, for a device another program
+    // holds: a non-blocking probe first turns that into an error (EBUSY), retried later.
+    drop(PCM::new(label, dir, true).with_context(|| format!("ALSA device `{label}`"))?);
     let pcm = PCM::new(label, dir, false).with_context(|| format!("ALSA device `{label}`"))?;
     let period = (spec.rate as usize * spec.period_ms as usize / 1000).max(16);
     let (format, raw) = match spec.format.as_str() {
@@ -131,8 +134,9 @@ fn handle(o: &Open, e: alsa::Error, xruns: &std::sync::atomic::AtomicU64, m: &Me
     Fault::Lost
 }
 
-// errno values of Linux: over/underrun, suspended.
+// errno values of Linux: over/underrun, suspended, I/O error.
 const EPIPE: i32 = 32;
+const EIO: i32 = 5;
 const ESTRPIPE: i32 = 86;
 
 /// Reopening a lost device by name, with back-off.
@@ -280,6 +284,12 @@ impl CaptureDevice for AlsaCapture {
                 (None, Samples::F32(b)) => unsafe { dev.pcm.io_unchecked::<f32>() }.readi(b),
             };
             match res {
+                // A blocking read that returns nothing: the source has stopped (a pipe whose
+                // writer left). Spinning on it would never end; it is a lost device.
+                Ok(0) => {
+                    m.capture_errno.store(EIO, Relaxed);
+                    self.lose(m);
+                }
                 Ok(frames) => {
                     let n = frames.min(dev.period);
                     mix_down(&dev.raw, ch, &mut self.mono[..n]);
@@ -304,16 +314,21 @@ impl CaptureDevice for AlsaCapture {
                             let _ = dev.pcm.start();
                             self.last_read = Some(Instant::now());
                         }
-                        Fault::Lost => {
-                            self.dev = None;
-                            m.capture_present.store(false, Relaxed);
-                            self.reopen.failed();
-                            self.next_silence = Instant::now();
-                        }
+                        Fault::Lost => self.lose(m),
                     }
                 }
             }
         }
+    }
+}
+
+impl AlsaCapture {
+    /// Closes a device that is gone; it is reopened with back-off, silence stands in.
+    fn lose(&mut self, m: &Metrics) {
+        self.dev = None;
+        m.capture_present.store(false, Relaxed);
+        self.reopen.failed();
+        self.next_silence = Instant::now();
     }
 }
 
@@ -356,10 +371,14 @@ pub struct AlsaPlayback {
     /// Device-rate mono samples waiting to be written.
     pending: Vec<f32>,
     frame: Pcm,
-    next_slot: Instant,
-    latency: u32,
+    /// Whether the device holds its headroom: false after opening and after an underrun.
+    primed: bool,
     pub drill: std::sync::Arc<Drill>,
 }
+
+/// Periods of silence queued ahead of the first frame after the device (re)starts: frames
+/// are written when due, so this is what absorbs the playback thread's wake-up jitter.
+const HEADROOM_PERIODS: usize = 2;
 
 impl AlsaPlayback {
     pub fn open(spec: DeviceSpec, m: &Metrics) -> Result<AlsaPlayback> {
@@ -373,8 +392,7 @@ impl AlsaPlayback {
             reopen: Reopen::new(),
             pending: Vec::with_capacity(cap),
             frame: [0.0; FRAME],
-            next_slot: Instant::now(),
-            latency: 0,
+            primed: false,
             drill: Default::default(),
         })
     }
@@ -387,6 +405,15 @@ impl AlsaPlayback {
                 return;
             };
             let ch = self.spec.channels as usize;
+            if !self.primed {
+                // Within capacity only (no allocation); a device failing again and again
+                // gets no more than that.
+                let h = HEADROOM_PERIODS * dev.period;
+                if self.pending.len() + h <= self.pending.capacity() {
+                    self.pending.splice(0..0, std::iter::repeat_n(0.0, h));
+                }
+                self.primed = true;
+            }
             if self.pending.len() < dev.period {
                 return;
             }
@@ -407,11 +434,14 @@ impl AlsaPlayback {
                 }
                 Err(e) => {
                     m.playback_errno.store(e.errno().abs(), Relaxed);
-                    if let Fault::Lost = handle(dev, e, &m.playback_xruns, m) {
-                        self.dev = None;
-                        m.playback_present.store(false, Relaxed);
-                        self.reopen.failed();
-                        self.next_slot = Instant::now();
+                    match handle(dev, e, &m.playback_xruns, m) {
+                        // Restarted empty: the headroom goes in again before what is pending.
+                        Fault::Recovered => self.primed = false,
+                        Fault::Lost => {
+                            self.dev = None;
+                            m.playback_present.store(false, Relaxed);
+                            self.reopen.failed();
+                        }
                     }
                 }
             }
@@ -441,15 +471,6 @@ fn spread(mono: &[f32], ch: usize, raw: &mut Samples) {
 }
 
 impl PlaybackDevice for AlsaPlayback {
-    fn start(&mut self, frames: u32, m: &Metrics) {
-        self.latency = frames;
-        let silence = [0f32; FRAME];
-        for _ in 0..frames {
-            self.queue(&silence);
-            self.write_pending(m);
-        }
-    }
-
     fn play_frame(&mut self, fill: &mut dyn FnMut(&mut Pcm), m: &Metrics) -> bool {
         if self.dev.is_none() && self.reopen.due() {
             match open(&self.spec, Direction::Playback) {
@@ -458,19 +479,13 @@ impl PlaybackDevice for AlsaPlayback {
                     self.reopen.succeeded();
                     Metrics::add(&m.reopens);
                     m.playback_present.store(true, Relaxed);
-                    let latency = self.latency;
-                    self.start(latency, m);
+                    self.primed = false;
                 }
                 Err(_) => self.reopen.failed(),
             }
         }
         if self.dev.is_none() {
-            // Missing: frames are taken (and dropped) at the real-time pace.
-            let now = Instant::now();
-            if self.next_slot > now {
-                std::thread::sleep(self.next_slot - now);
-            }
-            self.next_slot = self.next_slot.max(now) + Duration::from_millis(80);
+            // Missing: the frame is taken when due (the pipeline paces) and dropped.
             fill(&mut self.frame);
             return true;
         }

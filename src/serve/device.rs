@@ -2,6 +2,8 @@
 //! frames of 24 kHz mono audio at its own pace, a playback device takes them at its own
 //! pace. ALSA devices and WAV files (for replay) implement them.
 
+use std::time::Instant;
+
 use super::metrics::Metrics;
 
 /// Samples per 80 ms frame at 24 kHz.
@@ -24,15 +26,21 @@ pub trait CaptureDevice: Send {
 }
 
 pub trait PlaybackDevice: Send {
-    /// Plays silence for the first `frames` frames: the time a step has before its output
-    /// is due.
-    fn start(&mut self, frames: u32, m: &Metrics);
-    /// Waits until the device needs its next frame, lets `fill` write it, and plays it.
+    /// Lets `fill` write the next frame and plays it. The pipeline calls a paced device when
+    /// that frame is due, so the device keeps only a small headroom queued ahead of it.
     /// Returns false when the device will take no more (a replay sink that is full).
     fn play_frame(&mut self, fill: &mut dyn FnMut(&mut Pcm), m: &Metrics) -> bool;
     /// Whether frames are taken at a real-time pace. An unpaced device (a replay as fast as
     /// possible) makes the pipeline wait for each output frame instead of playing silence.
     fn paced(&self) -> bool {
         true
+    }
+}
+
+/// Sleeps until `t` (no-op when it is past).
+pub fn sleep_until(t: Instant) {
+    let now = Instant::now();
+    if t > now {
+        std::thread::sleep(t - now);
     }
 }

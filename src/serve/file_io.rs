@@ -5,18 +5,10 @@
 
 use std::time::{Duration, Instant};
 
-use super::device::{CaptureDevice, Captured, FRAME, Pcm, PlaybackDevice};
+use super::device::{CaptureDevice, Captured, FRAME, Pcm, PlaybackDevice, sleep_until};
 use super::metrics::Metrics;
 
 pub const FRAME_TIME: Duration = Duration::from_millis(80);
-
-/// Sleeps until `t` (no-op when it is past).
-fn sleep_until(t: Instant) {
-    let now = Instant::now();
-    if t > now {
-        std::thread::sleep(t - now);
-    }
-}
 
 pub struct WavCapture {
     pcm: Vec<f32>,
@@ -61,12 +53,11 @@ pub struct WavPlayback {
     out: Vec<f32>,
     slot: usize,
     slots: usize,
-    origin: Option<Instant>,
-    latency: u32,
+    paced: bool,
 }
 
 impl WavPlayback {
-    /// A sink for `frames` frames; paced from `origin` when given.
+    /// A sink for `frames` frames; paced (slots taken when due) when `origin` is given.
     pub fn new(frames: usize, origin: Option<Instant>) -> WavPlayback {
         // Written (not calloc'ed) so that every page is resident from the start: memory use is
         // set when the replay starts, not grown while it runs.
@@ -76,8 +67,7 @@ impl WavPlayback {
             out,
             slot: 0,
             slots: frames,
-            origin,
-            latency: 0,
+            paced: origin.is_some(),
         }
     }
 
@@ -87,17 +77,9 @@ impl WavPlayback {
 }
 
 impl PlaybackDevice for WavPlayback {
-    fn start(&mut self, frames: u32, _m: &Metrics) {
-        // The pre-roll is time, not samples: slot n is due `frames` frames after input n.
-        self.latency = frames;
-    }
-
     fn play_frame(&mut self, fill: &mut dyn FnMut(&mut Pcm), _m: &Metrics) -> bool {
         if self.slot >= self.slots {
             return false;
-        }
-        if let Some(o) = self.origin {
-            sleep_until(o + FRAME_TIME * (self.slot as u32 + 1 + self.latency));
         }
         let dst: &mut Pcm = (&mut self.out[self.slot * FRAME..(self.slot + 1) * FRAME])
             .try_into()
@@ -108,6 +90,6 @@ impl PlaybackDevice for WavPlayback {
     }
 
     fn paced(&self) -> bool {
-        self.origin.is_some()
+        self.paced
     }
 }

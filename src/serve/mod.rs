@@ -229,6 +229,21 @@ pub fn serve(opts: ServeOptions) -> Result<()> {
             &mut model, &mut cap, &mut play, schedule, &metrics, &interrupt, on_event,
         )?;
         if stop.load(Relaxed) {
+            let s = metrics.summary();
+            let n = |c: &std::sync::atomic::AtomicU64| c.load(Relaxed);
+            eprintln!(
+                "flm-edge: stopped after {} steps; step median {:.1} ms, p99 {:.1} ms, max {:.1} ms; deadline misses {}; silent slots {}; dropped frames {}; xruns {}/{}; reopenings {}",
+                s.steps,
+                s.median,
+                s.p99,
+                s.max,
+                n(&metrics.deadline_misses),
+                n(&metrics.playback_silent),
+                n(&metrics.capture_dropped),
+                n(&metrics.capture_xruns),
+                n(&metrics.playback_xruns),
+                n(&metrics.reopens),
+            );
             break;
         }
         // SIGHUP: a new configuration; the model is loaded again only if it changed.
@@ -282,11 +297,8 @@ impl<D: CaptureDevice + ?Sized> CaptureDevice for Realtime<'_, D> {
 }
 
 impl<D: PlaybackDevice + ?Sized> PlaybackDevice for Realtime<'_, D> {
-    fn start(&mut self, frames: u32, m: &Metrics) {
-        self.apply("playback");
-        self.inner.start(frames, m)
-    }
     fn play_frame(&mut self, fill: &mut dyn FnMut(&mut device::Pcm), m: &Metrics) -> bool {
+        self.apply("playback");
         self.inner.play_frame(fill, m)
     }
     fn paced(&self) -> bool {

@@ -3,20 +3,25 @@
 //! frames. The audio threads never wait on the model.
 //!
 //! Timeline. Input frame n is stamped when its capture completes; the answer to it is due
-//! `latency_frames` frames later, in output slot n. A step that finishes after its due time
-//! counts as a deadline miss and its frame is dropped at playback, where slot n plays silence:
+//! `latency_frames` frames later, in output slot n. The playback thread takes slot n at that
+//! due time (the stamps reach it through a lock-free ring), so that what the deadline
+//! monitor counts and what the loudspeaker plays agree whatever the device buffers: a step
+//! that finishes after its due time counts as a deadline miss and slot n plays silence;
 //! nothing shifts. When the model falls further behind than `max_backlog_frames`, the oldest
 //! captured frames are dropped (counted) so that it catches up with the present; while it is
 //! behind by less, it works through the backlog at full speed.
 
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicBool, AtomicU64,
+    Ordering::{Acquire, Relaxed, Release},
+};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use flm_kernels::mimi::Mimi;
 use heapless::spsc::Queue;
 
-use super::device::{CaptureDevice, Captured, FRAME, Pcm, PlaybackDevice};
+use super::device::{CaptureDevice, Captured, FRAME, Pcm, PlaybackDevice, sleep_until};
 use super::metrics::{Metrics, Stage};
 use crate::detok::Detokenizer;
 use crate::engine::Engine;
@@ -26,6 +31,49 @@ const QUEUE: usize = 16;
 const FRAME_TIME: Duration = Duration::from_millis(80);
 /// Output RMS above which the model counts as speaking (about -50 dBFS).
 const SPEAKING_RMS: f32 = 0.003;
+
+/// Capture stamps kept for the playback thread: far more than the frames in flight.
+const STAMPS: usize = 64;
+
+/// When each of the latest input frames completed, written by the capture thread and read
+/// by the playback thread without locks.
+struct Stamps {
+    base: Instant,
+    /// Nanoseconds after `base`, by sequence number modulo STAMPS.
+    at: [AtomicU64; STAMPS],
+    /// Frames stamped so far.
+    captured: AtomicU64,
+}
+
+impl Stamps {
+    fn new() -> Stamps {
+        Stamps {
+            base: Instant::now(),
+            at: std::array::from_fn(|_| AtomicU64::new(0)),
+            captured: AtomicU64::new(0),
+        }
+    }
+
+    fn record(&self, seq: u64, at: Instant) {
+        let ns = at.saturating_duration_since(self.base).as_nanos() as u64;
+        self.at[seq as usize % STAMPS].store(ns, Relaxed);
+        self.captured.store(seq + 1, Release);
+    }
+
+    /// When output slot `seq` is due, once its input frame is stamped. A slot so far behind
+    /// that its stamp was overwritten is due now.
+    fn due(&self, seq: u64, latency: Duration) -> Option<Instant> {
+        let captured = self.captured.load(Acquire);
+        if captured <= seq {
+            return None;
+        }
+        if captured - seq > STAMPS as u64 / 2 {
+            return Some(Instant::now());
+        }
+        let ns = self.at[seq as usize % STAMPS].load(Relaxed);
+        Some(self.base + Duration::from_nanos(ns) + latency)
+    }
+}
 
 struct InFrame {
     seq: u64,
@@ -83,60 +131,40 @@ pub fn run(
     // An unpaced replay must lose nothing: the capture side waits for room instead.
     let lossless = !playback.paced();
     let due = FRAME_TIME * schedule.latency_frames;
+    let stamps = Stamps::new();
 
     std::thread::scope(|s| -> Result<()> {
         let step_thread = std::thread::current();
         let capture_done = &capture_done;
         let steps_done = &steps_done;
 
-        s.spawn(move || {
-            let mut frame = InFrame {
-                seq: 0,
-                at: Instant::now(),
-                silent: false,
-                pcm: [0.0; FRAME],
-            };
-            while !stop.load(Relaxed) {
-                let t0 = Instant::now();
-                let kind = capture.next_frame(&mut frame.pcm, metrics);
-                metrics.stage(Stage::CaptureWait, t0.elapsed().as_micros() as u64);
-                match kind {
-                    Captured::End => break,
-                    Captured::Audio => frame.silent = false,
-                    Captured::Silence => frame.silent = true,
-                }
-                frame.at = Instant::now();
-                let mut item = InFrame { ..frame };
-                loop {
-                    match in_tx.enqueue(item) {
-                        Ok(()) => break,
-                        Err(back) if lossless && !stop.load(Relaxed) => {
-                            item = back;
-                            std::thread::sleep(Duration::from_millis(1));
-                        }
-                        Err(_) => {
-                            Metrics::add(&metrics.capture_dropped);
-                            break;
-                        }
-                    }
-                }
-                step_thread.unpark();
-                frame.seq += 1;
-            }
-            capture_done.store(true, Relaxed);
-            step_thread.unpark();
-        });
-
-        s.spawn(move || {
-            playback.start(schedule.latency_frames, metrics);
+        let stamps = &stamps;
+        let player = s.spawn(move || {
             let mut next = 0u64;
             let paced = playback.paced();
-            loop {
+            'slots: loop {
                 if stop.load(Relaxed) {
                     break;
                 }
                 if !paced && steps_done.load(Relaxed) && out_rx.peek().is_none() {
                     break;
+                }
+                // A paced device takes slot `next` when its answer is due, not when the
+                // device has room: device buffers differ, deadlines do not.
+                if paced {
+                    loop {
+                        if stop.load(Relaxed) {
+                            break 'slots;
+                        }
+                        match stamps.due(next, due) {
+                            Some(t) => {
+                                sleep_until(t);
+                                break;
+                            }
+                            None if capture_done.load(Relaxed) => break 'slots,
+                            None => std::thread::park_timeout(FRAME_TIME),
+                        }
+                    }
                 }
                 let t0 = Instant::now();
                 let mut fill = |dst: &mut Pcm| {
@@ -167,6 +195,48 @@ pub fn run(
                     break;
                 }
             }
+        });
+        let player = player.thread().clone();
+
+        s.spawn(move || {
+            let mut frame = InFrame {
+                seq: 0,
+                at: Instant::now(),
+                silent: false,
+                pcm: [0.0; FRAME],
+            };
+            while !stop.load(Relaxed) {
+                let t0 = Instant::now();
+                let kind = capture.next_frame(&mut frame.pcm, metrics);
+                metrics.stage(Stage::CaptureWait, t0.elapsed().as_micros() as u64);
+                match kind {
+                    Captured::End => break,
+                    Captured::Audio => frame.silent = false,
+                    Captured::Silence => frame.silent = true,
+                }
+                frame.at = Instant::now();
+                stamps.record(frame.seq, frame.at);
+                player.unpark();
+                let mut item = InFrame { ..frame };
+                loop {
+                    match in_tx.enqueue(item) {
+                        Ok(()) => break,
+                        Err(back) if lossless && !stop.load(Relaxed) => {
+                            item = back;
+                            std::thread::sleep(Duration::from_millis(1));
+                        }
+                        Err(_) => {
+                            Metrics::add(&metrics.capture_dropped);
+                            break;
+                        }
+                    }
+                }
+                step_thread.unpark();
+                frame.seq += 1;
+            }
+            capture_done.store(true, Relaxed);
+            step_thread.unpark();
+            player.unpark();
         });
 
         if let Some(f) = on_event {

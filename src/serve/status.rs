@@ -122,7 +122,10 @@ pub fn supervise(metrics: Arc<Metrics>, stop: Arc<AtomicBool>, log_every: Durati
                 .map_or(Duration::from_secs(1), |w| (w / 2).min(Duration::from_secs(1)));
             let mut last_steps = 0;
             let mut last_log = Instant::now();
-            let mut present = (true, true);
+            // Devices open after the supervisor starts: a change is news only once a device
+            // has been seen.
+            let mut present = (false, false);
+            let mut seen = (false, false);
             let mut reported = [0u64; 4];
             while !stop.load(Relaxed) {
                 std::thread::sleep(tick);
@@ -155,12 +158,15 @@ pub fn supervise(metrics: Arc<Metrics>, stop: Arc<AtomicBool>, log_every: Durati
                     metrics.capture_present.load(Relaxed),
                     metrics.playback_present.load(Relaxed),
                 );
-                for (was, is, dir, errno) in [
-                    (present.0, now_present.0, "capture", &metrics.capture_errno),
-                    (present.1, now_present.1, "playback", &metrics.playback_errno),
+                for (was, is, seen, dir, errno) in [
+                    (present.0, now_present.0, &mut seen.0, "capture", &metrics.capture_errno),
+                    (present.1, now_present.1, &mut seen.1, "playback", &metrics.playback_errno),
                 ] {
                     if was != is && is {
-                        eprintln!("flm-edge: {dir} device is back");
+                        if *seen {
+                            eprintln!("flm-edge: {dir} device is back");
+                        }
+                        *seen = true;
                     } else if was != is {
                         let why = std::io::Error::from_raw_os_error(errno.load(Relaxed));
                         eprintln!(

@@ -6,10 +6,13 @@
 #
 # The user's voice is the golden speech clip looped to MINUTES. The clip is replayed through
 # the real-time scheduler (--input-wav --realtime): the same threads, queues and deadline
-# monitor as with ALSA devices. Resident memory is sampled every 30 s. On a machine whose
-# kernel has snd-aloop (modprobe snd-aloop), set ALSA=1 to drive the ALSA devices instead:
-# the clip is played into Loopback,0 with aplay while serve captures Loopback,1 and plays to
-# Loopback,0 subdevice 1.
+# monitor as with ALSA devices. Resident memory is sampled every 30 s. To drive the ALSA
+# devices instead:
+#   ALSA=pipes  alsa-lib `file` PCMs (48 kHz mono s16, slave `null`) over two named pipes
+#               whose far ends tests/bench/alsa_clock.py feeds and drains at 48 kHz by the
+#               clock, 20 ms at a time: the whole ALSA path at a real pace, no hardware.
+#   ALSA=aloop  snd-aloop (modprobe snd-aloop): the clip is played into Loopback,0 with
+#               aplay while serve captures Loopback,1 and plays to Loopback,0 subdevice 1.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 model="$1"; minutes="${2:-10}"; work="${3:-target/soak}"
@@ -28,7 +31,29 @@ metrics = "127.0.0.1:19466"
 events = ""
 log_interval_s = 60
 TOML
-if [ "${ALSA:-0}" = 1 ]; then
+if [ "${ALSA:-}" = pipes ]; then
+  rm -f "$work/capture.pipe" "$work/playback.pipe" "$work/reply.raw"
+  mkfifo "$work/capture.pipe" "$work/playback.pipe"
+  mkdir -p "$work/xdg/alsa"
+  cat > "$work/xdg/alsa/asoundrc" <<ALSA
+pcm.soak_capture { type file slave.pcm "null" file "/dev/null" infile "$PWD/$work/capture.pipe" format "raw" }
+pcm.soak_playback { type file slave.pcm "null" file "$PWD/$work/playback.pipe" format "raw" }
+ALSA
+  cat >> "$work/soak.toml" <<TOML
+[audio]
+capture = "soak_capture"
+playback = "soak_playback"
+rate = 48000
+TOML
+  python3 tests/bench/alsa_clock.py 48000 "$work/user.wav" "$work/capture.pipe" \
+    "$work/playback.pipe" "$work/reply.raw" &
+  clock=$!
+  XDG_CONFIG_HOME="$PWD/$work/xdg" target/release/flm-edge serve --config "$work/soak.toml" \
+    --model "$model" 2> "$work/serve.log" &
+  pid=$!
+  # The clip's length at the card's pace, then a clean stop (SIGTERM) while audio flows.
+  ( sleep "$(python3 -c "print($minutes * 60 + 3)")"; kill -TERM "$pid"; sleep 2; kill -TERM "$clock" ) &
+elif [ "${ALSA:-}" = aloop ]; then
   cat >> "$work/soak.toml" <<TOML
 [audio]
 capture = "plughw:CARD=Loopback,DEV=1,SUBDEV=0"
@@ -50,6 +75,6 @@ while kill -0 "$pid" 2>/dev/null; do
   curl -s 127.0.0.1:19466/metrics > "$work/metrics.txt" 2>/dev/null || true
   sleep 30
 done
-wait "$pid" || true
-tail -3 "$work/serve.log"
+wait "$pid" && rc=0 || rc=$?; echo "serve exited with status $rc"
+tail -4 "$work/serve.log"
 echo "resident memory (s, anonymous KiB, mapped-file KiB):"; cat "$work/rss.log"
