@@ -125,9 +125,17 @@ fn alsa_devices_through_plugins() {
     std::thread::sleep(Duration::from_millis(250));
     cap.drill.inject(EPIPE);
     let mut owed = 0;
-    while matches!(cap.next_frame(&mut frame, &m), Captured::Silence) {
+    let mut when = vec![];
+    while let Captured::Lost(at) = cap.next_frame(&mut frame, &m) {
         assert!(frame.iter().all(|&x| x == 0.0));
+        when.push(at);
         owed += 1;
+    }
+    // Each stands where its audio would have been: in the past, 80 ms apart.
+    assert!(when.iter().all(|&t| t <= Instant::now()));
+    for w in when.windows(2) {
+        let gap = (w[1] - w[0]).as_secs_f64();
+        assert!((gap - 0.080).abs() < 1e-6, "{gap} s between lost frames");
     }
     assert!(
         (3..=4).contains(&owed),

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use flm_edge::config::Config;
-use flm_edge::serve::device::FRAME;
+use flm_edge::serve::device::{CaptureDevice, Captured, FRAME, Pcm, PlaybackDevice};
 use flm_edge::serve::file_io::{WavCapture, WavPlayback};
 use flm_edge::serve::metrics::Metrics;
 use flm_edge::serve::pipeline::{self, Schedule};
@@ -162,6 +162,105 @@ fn a_stalled_step_leaves_silence_and_the_timeline_goes_on() {
         silent_slots.iter().all(|&n| n < frames - 5),
         "{silent_slots:?}"
     );
+}
+
+/// A capture whose frames 10..15 arrive 400 ms late, all at once, as silence paid back for
+/// audio an xrun lost (stamped where that audio would have been).
+struct XrunCapture {
+    inner: WavCapture,
+    origin: Instant,
+    n: u32,
+}
+
+impl CaptureDevice for XrunCapture {
+    fn next_frame(&mut self, out: &mut Pcm, m: &Metrics) -> Captured {
+        let n = self.n;
+        self.n += 1;
+        let kind = self.inner.next_frame(out, m);
+        if (10..15).contains(&n) {
+            if n == 10 {
+                std::thread::sleep(Duration::from_millis(400));
+            }
+            out.fill(0.0);
+            return Captured::Lost(self.origin + Duration::from_millis(80) * (n + 1));
+        }
+        kind
+    }
+}
+
+/// A loudspeaker that notes when each frame reaches it.
+struct Clocked {
+    played: Vec<Instant>,
+    skipped: usize,
+    slots: usize,
+}
+
+impl PlaybackDevice for Clocked {
+    fn play_frame(&mut self, fill: &mut dyn FnMut(&mut Pcm), _m: &Metrics) -> bool {
+        if self.played.len() + self.skipped >= self.slots {
+            return false;
+        }
+        let mut frame = [0.0; FRAME];
+        fill(&mut frame);
+        self.played.push(Instant::now());
+        true
+    }
+    fn skip_frame(&mut self) {
+        self.skipped += 1;
+    }
+}
+
+#[test]
+fn audio_lost_to_an_xrun_does_not_lengthen_the_latency() {
+    let _t = TIMED.lock().unwrap_or_else(|e| e.into_inner());
+    let cfg = Config {
+        model: Some(model().to_path_buf()),
+        threads: 2,
+        ..Config::default()
+    };
+    let mut model = flm_edge::serve::load_model(&cfg).unwrap();
+    let frames = 30;
+    let origin = Instant::now();
+    let mut capture = XrunCapture {
+        inner: WavCapture::new(speech()[..frames * FRAME].to_vec(), Some(origin)),
+        origin,
+        n: 0,
+    };
+    let mut playback = Clocked {
+        played: Vec::with_capacity(frames),
+        skipped: 0,
+        slots: frames,
+    };
+    let metrics = Metrics::new();
+    let stop = AtomicBool::new(false);
+    let schedule = Schedule {
+        latency_frames: 2,
+        max_backlog_frames: 16,
+        stall: None,
+    };
+    pipeline::run(
+        &mut model,
+        &mut capture,
+        &mut playback,
+        schedule,
+        &metrics,
+        &stop,
+        None,
+    )
+    .unwrap();
+    // The slots of the lost frames whose time had gone by when they arrived are passed
+    // over; the rest go out one frame time apart, as before the xrun: no burst, so the
+    // loudspeaker's queue (and the latency) is what it was.
+    assert!(
+        (2..=3).contains(&playback.skipped),
+        "{} slots skipped",
+        playback.skipped
+    );
+    assert_eq!(playback.played.len() + playback.skipped, frames);
+    for w in playback.played.windows(2) {
+        let gap = (w[1] - w[0]).as_secs_f64();
+        assert!(gap > 0.05, "two frames {:.1} ms apart", gap * 1e3);
+    }
 }
 
 #[test]

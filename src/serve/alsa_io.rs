@@ -174,6 +174,9 @@ pub struct AlsaCapture {
     acc_len: usize,
     /// 24 kHz samples of silence still owed to the timeline after an xrun.
     owed: usize,
+    /// Where the owed silence has reached on the timeline: when the audio it stands for
+    /// would have arrived.
+    owed_until: Instant,
     /// When the last period was read: the length of an xrun is measured from it.
     last_read: Option<Instant>,
     /// Pace of silence frames while the device is missing.
@@ -196,6 +199,7 @@ impl AlsaCapture {
             acc: [0.0; FRAME],
             acc_len: 0,
             owed: 0,
+            owed_until: Instant::now(),
             last_read: None,
             next_silence: Instant::now(),
             drill: Default::default(),
@@ -224,31 +228,32 @@ impl AlsaCapture {
         Ok(done)
     }
 
-    /// Pays back time lost to an xrun as silence, in whole frames first: returns true when
-    /// `out` holds such a frame.
-    fn silence_owed(&mut self, out: &mut Pcm) -> bool {
+    /// Pays back time lost to an xrun as silence, in whole frames first: returns when the
+    /// frame that `out` then holds would have been complete.
+    fn silence_owed(&mut self, out: &mut Pcm) -> Option<Instant> {
         let room = FRAME - self.acc_len;
         if self.owed >= room {
             self.acc[self.acc_len..].fill(0.0);
             out.copy_from_slice(&self.acc);
             self.acc_len = 0;
             self.owed -= room;
-            return true;
+            self.owed_until += Duration::from_secs_f64(room as f64 / RATE as f64);
+            return Some(self.owed_until);
         }
         if self.owed > 0 {
             self.acc[self.acc_len..self.acc_len + self.owed].fill(0.0);
             self.acc_len += self.owed;
             self.owed = 0;
         }
-        false
+        None
     }
 }
 
 impl CaptureDevice for AlsaCapture {
     fn next_frame(&mut self, out: &mut Pcm, m: &Metrics) -> Captured {
         loop {
-            if self.silence_owed(out) {
-                return Captured::Silence;
+            if let Some(at) = self.silence_owed(out) {
+                return Captured::Lost(at);
             }
             let Some(dev) = self.dev.as_mut() else {
                 if self.reopen.due() {
@@ -310,6 +315,9 @@ impl CaptureDevice for AlsaCapture {
                                 .last_read
                                 .map_or(0.0, |t| t.elapsed().as_secs_f64())
                                 .min(2.0);
+                            if self.owed == 0 {
+                                self.owed_until = Instant::now() - Duration::from_secs_f64(lost);
+                            }
                             self.owed += (lost * RATE as f64) as usize;
                             let _ = dev.pcm.start();
                             self.last_read = Some(Instant::now());

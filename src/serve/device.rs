@@ -13,9 +13,12 @@ pub type Pcm = [f32; FRAME];
 pub enum Captured {
     /// `out` holds the next frame of the user's audio.
     Audio,
-    /// `out` holds silence standing in for a frame the device could not deliver (xrun,
-    /// device missing): the timeline goes on.
+    /// `out` holds silence standing in for a frame the device could not deliver (device
+    /// missing): the timeline goes on.
     Silence,
+    /// `out` holds silence for audio an xrun lost, paid back after the fact: the frame would
+    /// have been complete at the given (past) time, and its answer is due from then.
+    Lost(Instant),
     /// The source has ended (a replayed file).
     End,
 }
@@ -30,6 +33,10 @@ pub trait PlaybackDevice: Send {
     /// that frame is due, so the device keeps only a small headroom queued ahead of it.
     /// Returns false when the device will take no more (a replay sink that is full).
     fn play_frame(&mut self, fill: &mut dyn FnMut(&mut Pcm), m: &Metrics) -> bool;
+    /// Passes over a slot whose time has gone by (more than a frame overdue): a loudspeaker
+    /// plays nothing for it, so that the queue ahead of it does not grow; a recording keeps
+    /// the slot, silent.
+    fn skip_frame(&mut self) {}
     /// Whether frames are taken at a real-time pace. An unpaced device (a replay as fast as
     /// possible) makes the pipeline wait for each output frame instead of playing silence.
     fn paced(&self) -> bool {

@@ -89,6 +89,10 @@ impl PlaybackDevice for WavPlayback {
         true
     }
 
+    fn skip_frame(&mut self) {
+        self.slot = (self.slot + 1).min(self.slots);
+    }
+
     fn paced(&self) -> bool {
         self.paced
     }

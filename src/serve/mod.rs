@@ -301,6 +301,9 @@ impl<D: PlaybackDevice + ?Sized> PlaybackDevice for Realtime<'_, D> {
         self.apply("playback");
         self.inner.play_frame(fill, m)
     }
+    fn skip_frame(&mut self) {
+        self.inner.skip_frame()
+    }
     fn paced(&self) -> bool {
         self.inner.paced()
     }

@@ -151,6 +151,7 @@ pub fn run(
                 }
                 // A paced device takes slot `next` when its answer is due, not when the
                 // device has room: device buffers differ, deadlines do not.
+                let mut overdue = false;
                 if paced {
                     loop {
                         if stop.load(Relaxed) {
@@ -158,6 +159,7 @@ pub fn run(
                         }
                         match stamps.due(next, due) {
                             Some(t) => {
+                                overdue = Instant::now() > t + FRAME_TIME;
                                 sleep_until(t);
                                 break;
                             }
@@ -165,6 +167,18 @@ pub fn run(
                             None => std::thread::park_timeout(FRAME_TIME),
                         }
                     }
+                }
+                if overdue {
+                    // Its time has gone by (audio an xrun lost, paid back late, or this
+                    // thread held up): nothing is played for it, so that the loudspeaker's
+                    // queue, and with it the latency, does not grow.
+                    while out_rx.peek().is_some_and(|f| f.seq <= next) {
+                        out_rx.dequeue();
+                    }
+                    Metrics::add(&metrics.playback_silent);
+                    playback.skip_frame();
+                    next += 1;
+                    continue;
                 }
                 let t0 = Instant::now();
                 let mut fill = |dst: &mut Pcm| {
@@ -209,12 +223,12 @@ pub fn run(
                 let t0 = Instant::now();
                 let kind = capture.next_frame(&mut frame.pcm, metrics);
                 metrics.stage(Stage::CaptureWait, t0.elapsed().as_micros() as u64);
-                match kind {
+                (frame.silent, frame.at) = match kind {
                     Captured::End => break,
-                    Captured::Audio => frame.silent = false,
-                    Captured::Silence => frame.silent = true,
-                }
-                frame.at = Instant::now();
+                    Captured::Audio => (false, Instant::now()),
+                    Captured::Silence => (true, Instant::now()),
+                    Captured::Lost(at) => (true, at),
+                };
                 stamps.record(frame.seq, frame.at);
                 player.unpark();
                 let mut item = InFrame { ..frame };
