@@ -16,9 +16,8 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use common::*;
-use flm_edge::config::Config;
 use flm_edge::serve::alsa_io::{AlsaCapture, AlsaPlayback, DeviceSpec};
-use flm_edge::serve::device::FRAME;
+use flm_edge::serve::device::{FRAME, sleep_until};
 use flm_edge::serve::metrics::Metrics;
 use flm_edge::serve::pipeline::{self, Schedule};
 
@@ -45,12 +44,6 @@ fn fifo(path: &Path) {
         .unwrap()
         .success();
     assert!(ok, "mkfifo {}", path.display());
-}
-
-fn sleep_until(t: Instant) {
-    if let Some(d) = t.checked_duration_since(Instant::now()) {
-        std::thread::sleep(d);
-    }
 }
 
 /// The microphone's clock: writes `pcm` (then silence) one period every 20 ms until `stop`.
@@ -138,12 +131,7 @@ fn paced_alsa_devices_play_every_answer_in_its_slot() {
     };
     let drainer = std::thread::spawn(move || drain(play));
 
-    let cfg = Config {
-        model: Some(converted(3, "f32").to_path_buf()),
-        threads: 2,
-        ..Config::default()
-    };
-    let mut model = flm_edge::serve::load_model(&cfg).unwrap();
+    let mut model = pipeline_model();
     let metrics = Metrics::new();
     let mut capture = AlsaCapture::open(spec("paced_capture"), &metrics).unwrap();
     let mut playback = AlsaPlayback::open(spec("paced_playback"), &metrics).unwrap();

@@ -101,17 +101,12 @@ fn replay_at_real_time_matches_the_offline_run() {
 #[test]
 fn a_stalled_step_leaves_silence_and_the_timeline_goes_on() {
     let _t = TIMED.lock().unwrap_or_else(|e| e.into_inner());
-    let cfg = Config {
-        model: Some(model().to_path_buf()),
-        threads: 2,
-        ..Config::default()
-    };
     let frames = 40;
     let pcm = speech()[..frames * FRAME].to_vec();
     let metrics = Metrics::new();
     let stop = AtomicBool::new(false);
     let run = |schedule: Schedule, paced: bool| {
-        let mut model = flm_edge::serve::load_model(&cfg).unwrap();
+        let mut model = pipeline_model();
         let origin = paced.then(Instant::now);
         let mut cap = WavCapture::new(pcm.clone(), origin);
         let mut play = WavPlayback::new(frames, origin);
@@ -213,12 +208,7 @@ impl PlaybackDevice for Clocked {
 #[test]
 fn audio_lost_to_an_xrun_does_not_lengthen_the_latency() {
     let _t = TIMED.lock().unwrap_or_else(|e| e.into_inner());
-    let cfg = Config {
-        model: Some(model().to_path_buf()),
-        threads: 2,
-        ..Config::default()
-    };
-    let mut model = flm_edge::serve::load_model(&cfg).unwrap();
+    let mut model = pipeline_model();
     let frames = 30;
     let origin = Instant::now();
     let mut capture = XrunCapture {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use alsa::pcm::{Access, Format, HwParams, PCM};
 use alsa::{Direction, ValueOr};
 use anyhow::{Context, Result, bail};
-use std::sync::atomic::{AtomicI32, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering::Relaxed};
 
 use super::device::{CaptureDevice, Captured, FRAME, Pcm, PlaybackDevice};
 use super::metrics::Metrics;
@@ -152,15 +152,38 @@ impl Reopen {
             next: Instant::now(),
         }
     }
-    fn due(&self) -> bool {
-        Instant::now() >= self.next
-    }
     fn failed(&mut self) {
         self.next = Instant::now() + self.wait;
         self.wait = (self.wait * 2).min(MAX_RETRY);
     }
-    fn succeeded(&mut self) {
-        self.wait = FIRST_RETRY;
+    /// Opens `spec` again once the back-off allows, counting and flagging a success.
+    fn attempt(
+        &mut self,
+        spec: &DeviceSpec,
+        dir: Direction,
+        present: &AtomicBool,
+        m: &Metrics,
+    ) -> Option<Open> {
+        if Instant::now() < self.next {
+            return None;
+        }
+        match open(spec, dir) {
+            Ok(d) => {
+                self.wait = FIRST_RETRY;
+                Metrics::add(&m.reopens);
+                present.store(true, Relaxed);
+                Some(d)
+            }
+            Err(_) => {
+                self.failed();
+                None
+            }
+        }
+    }
+    /// A device that is gone (its handle dropped by the caller): flagged, retried later.
+    fn lost(&mut self, present: &AtomicBool) {
+        present.store(false, Relaxed);
+        self.failed();
     }
 }
 
@@ -256,18 +279,14 @@ impl CaptureDevice for AlsaCapture {
                 return Captured::Lost(at);
             }
             let Some(dev) = self.dev.as_mut() else {
-                if self.reopen.due() {
-                    match open(&self.spec, Direction::Capture) {
-                        Ok(d) => {
-                            self.dev = Some(d);
-                            self.reopen.succeeded();
-                            Metrics::add(&m.reopens);
-                            m.capture_present.store(true, Relaxed);
-                            self.last_read = None;
-                            continue;
-                        }
-                        Err(_) => self.reopen.failed(),
-                    }
+                let present = &m.capture_present;
+                if let Some(d) = self
+                    .reopen
+                    .attempt(&self.spec, Direction::Capture, present, m)
+                {
+                    self.dev = Some(d);
+                    self.last_read = None;
+                    continue;
                 }
                 // Missing: silence at the real-time pace keeps the model's timeline going.
                 let now = Instant::now();
@@ -334,8 +353,7 @@ impl AlsaCapture {
     /// Closes a device that is gone; it is reopened with back-off, silence stands in.
     fn lose(&mut self, m: &Metrics) {
         self.dev = None;
-        m.capture_present.store(false, Relaxed);
-        self.reopen.failed();
+        self.reopen.lost(&m.capture_present);
         self.next_silence = Instant::now();
     }
 }
@@ -447,8 +465,7 @@ impl AlsaPlayback {
                         Fault::Recovered => self.primed = false,
                         Fault::Lost => {
                             self.dev = None;
-                            m.playback_present.store(false, Relaxed);
-                            self.reopen.failed();
+                            self.reopen.lost(&m.playback_present);
                         }
                     }
                 }
@@ -480,17 +497,13 @@ fn spread(mono: &[f32], ch: usize, raw: &mut Samples) {
 
 impl PlaybackDevice for AlsaPlayback {
     fn play_frame(&mut self, fill: &mut dyn FnMut(&mut Pcm), m: &Metrics) -> bool {
-        if self.dev.is_none() && self.reopen.due() {
-            match open(&self.spec, Direction::Playback) {
-                Ok(d) => {
-                    self.dev = Some(d);
-                    self.reopen.succeeded();
-                    Metrics::add(&m.reopens);
-                    m.playback_present.store(true, Relaxed);
-                    self.primed = false;
-                }
-                Err(_) => self.reopen.failed(),
-            }
+        if self.dev.is_none()
+            && let Some(d) =
+                self.reopen
+                    .attempt(&self.spec, Direction::Playback, &m.playback_present, m)
+        {
+            self.dev = Some(d);
+            self.primed = false;
         }
         if self.dev.is_none() {
             // Missing: the frame is taken when due (the pipeline paces) and dropped.

@@ -148,6 +148,25 @@ impl Metrics {
         self.progress.fetch_add(1, Relaxed);
     }
 
+    /// The totals of a run, for its last log line (allocates: at the end only).
+    pub fn totals(&self) -> String {
+        let s = self.summary();
+        let n = |c: &AtomicU64| c.load(Relaxed);
+        format!(
+            "{} steps; step median {:.1} ms, p99 {:.1} ms, max {:.1} ms; deadline misses {}; silent slots {}; dropped frames {}; xruns {}/{}; reopenings {}",
+            s.steps,
+            s.median,
+            s.p99,
+            s.max,
+            n(&self.deadline_misses),
+            n(&self.playback_silent),
+            n(&self.capture_dropped),
+            n(&self.capture_xruns),
+            n(&self.playback_xruns),
+            n(&self.reopens),
+        )
+    }
+
     /// Summary of the recent steps (allocates: for the status thread only).
     pub fn summary(&self) -> StepSummary {
         let steps = self.steps.load(Relaxed);

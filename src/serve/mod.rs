@@ -200,15 +200,7 @@ pub fn serve(opts: ServeOptions) -> Result<()> {
             let mut reply = play.into_pcm();
             reply.truncate(len);
             crate::wav::write_mono_24k(output, &reply)?;
-            let s = metrics.summary();
-            eprintln!(
-                "flm-edge: replayed {} steps; step median {:.1} ms, p99 {:.1} ms, max {:.1} ms; deadline misses {}",
-                s.steps,
-                s.median,
-                s.p99,
-                s.max,
-                metrics.deadline_misses.load(Relaxed)
-            );
+            eprintln!("flm-edge: replayed {}", metrics.totals());
             break;
         }
         let mut cap = AlsaCapture::open(spec(&cfg, &cfg.audio.capture), &metrics)?;
@@ -229,21 +221,7 @@ pub fn serve(opts: ServeOptions) -> Result<()> {
             &mut model, &mut cap, &mut play, schedule, &metrics, &interrupt, on_event,
         )?;
         if stop.load(Relaxed) {
-            let s = metrics.summary();
-            let n = |c: &std::sync::atomic::AtomicU64| c.load(Relaxed);
-            eprintln!(
-                "flm-edge: stopped after {} steps; step median {:.1} ms, p99 {:.1} ms, max {:.1} ms; deadline misses {}; silent slots {}; dropped frames {}; xruns {}/{}; reopenings {}",
-                s.steps,
-                s.median,
-                s.p99,
-                s.max,
-                n(&metrics.deadline_misses),
-                n(&metrics.playback_silent),
-                n(&metrics.capture_dropped),
-                n(&metrics.capture_xruns),
-                n(&metrics.playback_xruns),
-                n(&metrics.reopens),
-            );
+            eprintln!("flm-edge: stopped after {}", metrics.totals());
             break;
         }
         // SIGHUP: a new configuration; the model is loaded again only if it changed.

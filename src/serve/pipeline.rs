@@ -61,14 +61,14 @@ impl Stamps {
     }
 
     /// When output slot `seq` is due, once its input frame is stamped. A slot so far behind
-    /// that its stamp was overwritten is due now.
+    /// that its stamp was overwritten is long past (and so passed over, like any overdue one).
     fn due(&self, seq: u64, latency: Duration) -> Option<Instant> {
         let captured = self.captured.load(Acquire);
         if captured <= seq {
             return None;
         }
         if captured - seq > STAMPS as u64 / 2 {
-            return Some(Instant::now());
+            return Some(self.base);
         }
         let ns = self.at[seq as usize % STAMPS].load(Relaxed);
         Some(self.base + Duration::from_nanos(ns) + latency)

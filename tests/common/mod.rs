@@ -245,3 +245,14 @@ pub fn snr_db(reference: &[f32], got: &[f32]) -> f64 {
         .sum();
     10.0 * (sig / err.max(1e-30)).log10()
 }
+
+/// The seed-3 small model at f32 (the LM golden one) with the full-size Mimi, loaded for the
+/// real-time pipeline on 2 threads.
+pub fn pipeline_model() -> flm_edge::serve::pipeline::Model {
+    let cfg = flm_edge::config::Config {
+        model: Some(converted(3, "f32").to_path_buf()),
+        threads: 2,
+        ..Default::default()
+    };
+    flm_edge::serve::load_model(&cfg).unwrap()
+}
