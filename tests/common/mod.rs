@@ -1,5 +1,6 @@
-//! Fixtures shared by the integration tests: seeded checkpoints in the released formats,
-//! made once per test binary under cargo's temporary folder for integration tests.
+//! Fixtures shared by the integration tests: seeded checkpoints in the released formats and
+//! their conversions, made once per run under cargo's temporary folder for integration tests
+//! and shared by every test binary.
 
 #![allow(dead_code)]
 
@@ -61,42 +62,107 @@ pub struct Checkpoints {
     pub mimi: PathBuf,
 }
 
+/// Fingerprint of what a shared fixture was made by: the test kit's sources, and for converted
+/// models the `flm-edge` binary too, so that a fixture left by older code is never reused.
+fn fingerprint(with_binary: bool) -> String {
+    const KIT: &[&str] = &[
+        include_str!("../testkit/src/lib.rs"),
+        include_str!("../testkit/src/lm.rs"),
+        include_str!("../testkit/src/mimi.rs"),
+        include_str!("../testkit/src/rng.rs"),
+        include_str!("../testkit/src/safetensors_out.rs"),
+        include_str!("../testkit/src/tokenizer.rs"),
+    ];
+    // FNV-1a: stable across runs and binaries, unlike std's hasher.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for &b in bytes {
+            h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);
+        }
+    };
+    KIT.iter().for_each(|s| eat(s.as_bytes()));
+    if with_binary {
+        let meta = std::fs::metadata(env!("CARGO_BIN_EXE_flm-edge")).unwrap();
+        let mtime = meta.modified().unwrap();
+        let since = mtime.duration_since(std::time::UNIX_EPOCH).unwrap();
+        eat(&meta.len().to_le_bytes());
+        eat(&since.as_nanos().to_le_bytes());
+    }
+    format!("{h:016x}")
+}
+
+/// A fixture folder shared by every test binary of the run (checkpoints and converted models
+/// run to gigabytes; one copy per binary filled the disk). `make` writes into a private
+/// folder that is renamed into place when complete, so a binary running beside this one sees
+/// either nothing or the whole fixture; fixtures of other fingerprints are removed first.
+fn shared_fixture(name: &str, with_binary: bool, make: impl FnOnce(&Path)) -> PathBuf {
+    let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fixtures");
+    std::fs::create_dir_all(&root).unwrap();
+    let print = fingerprint(with_binary);
+    let kind = if with_binary { "model" } else { "checkpoints" };
+    let tag = format!("{kind}.{print}");
+    for e in std::fs::read_dir(&root).unwrap().flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if n.starts_with(&format!("{kind}.")) && !n.starts_with(&format!("{tag}.")) {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+    let dir = root.join(format!("{tag}.{name}"));
+    if dir.exists() {
+        return dir;
+    }
+    let partial = root.join(format!("partial.{}.{tag}.{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&partial);
+    std::fs::create_dir_all(&partial).unwrap();
+    make(&partial);
+    if std::fs::rename(&partial, &dir).is_err() {
+        // Another binary finished the same fixture first: theirs is as good as ours.
+        assert!(dir.exists(), "fixture {} not made", dir.display());
+        let _ = std::fs::remove_dir_all(&partial);
+    }
+    dir
+}
+
 /// The tiny FLM-Audio folder and the full-size Mimi checkpoint for `seed`.
 pub fn checkpoints(seed: u64) -> &'static Checkpoints {
     static CACHE: OnceLock<std::sync::Mutex<Vec<(u64, &'static Checkpoints)>>> = OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
-    let mut guard = cache.lock().unwrap();
+    let mut guard = cache.lock().unwrap_or_else(|e| e.into_inner());
     if let Some((_, c)) = guard.iter().find(|(s, _)| *s == seed) {
         return c;
     }
-    let dir = scratch(&format!("checkpoints-{seed}")).keep();
-    let lm = dir.join("lm");
-    let mimi = dir.join("mimi.safetensors");
-    write_lm(&lm, &LmSpec::tiny(), seed).unwrap();
-    write_mimi(&mimi, seed).unwrap();
-    let c: &'static Checkpoints = Box::leak(Box::new(Checkpoints { lm, mimi }));
+    let dir = shared_fixture(&format!("seed-{seed}"), false, |d| {
+        write_lm(&d.join("lm"), &LmSpec::tiny(), seed).unwrap();
+        write_mimi(&d.join("mimi.safetensors"), seed).unwrap();
+    });
+    let c: &'static Checkpoints = Box::leak(Box::new(Checkpoints {
+        lm: dir.join("lm"),
+        mimi: dir.join("mimi.safetensors"),
+    }));
     guard.push((seed, c));
     c
 }
 
-/// The checkpoints of `seed` converted with `--quant quant`, once per test binary (kept for
-/// the rest of the run).
+/// The checkpoints of `seed` converted with `--quant quant` (shared, kept for the run).
 pub fn converted(seed: u64, quant: &str) -> &'static Path {
     type Models = std::sync::Mutex<Vec<(u64, String, &'static Path)>>;
     static CACHE: OnceLock<Models> = OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
-    let mut guard = cache.lock().unwrap();
+    let mut guard = cache.lock().unwrap_or_else(|e| e.into_inner());
     if let Some((_, _, p)) = guard.iter().find(|(s, q, _)| *s == seed && q == quant) {
         return p;
     }
-    let out = scratch(&format!("model-{seed}-{quant}"));
-    let run = convert(checkpoints(seed), &out, &["--quant", quant]);
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    let p: &'static Path = Box::leak(out.keep().into_boxed_path());
+    let ck = checkpoints(seed);
+    let dir = shared_fixture(&format!("seed-{seed}-{quant}"), true, |d| {
+        let out = d.join("model");
+        let run = convert(ck, &out, &["--quant", quant]);
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+    });
+    let p: &'static Path = Box::leak(dir.join("model").into_boxed_path());
     guard.push((seed, quant.to_string(), p));
     p
 }
