@@ -31,6 +31,10 @@ const HEAD_DIM: usize = LATENT / HEADS;
 const MAX_NODES: usize = 4096;
 /// Most frames per call: every step of a call must fit in the ring KV cache.
 pub const MAX_FRAMES_PER_CALL: usize = CONTEXT / STEPS_PER_FRAME;
+/// Slots of the KV cache tensors: the ring of CONTEXT (250) rounded up to a multiple of 16, so
+/// that attention scores run on ggml's tiled matmul; the extra slots are never written and
+/// always masked out (zero weight on zero values).
+const SLOTS: usize = CONTEXT.div_ceil(16) * 16;
 
 /// A causal conv of the SEANet: weight name prefix, kernel, stride, in and out channels.
 #[derive(Clone, Copy)]
@@ -80,14 +84,14 @@ impl Ring {
     }
 
     /// Claims slots for `n` new positions and writes the graph inputs: slot indices, slot
-    /// pairs, positions, and the attention mask ([CONTEXT, n]: 0 where key slot j is visible
+    /// pairs, positions, and the attention mask ([SLOTS, n]: 0 where key slot j is visible
     /// to query i, else -inf).
     fn advance(&mut self, n: usize, inputs: &RingInputs) {
         if self.slots.len() < n {
             self.slots.resize(n, 0);
             self.pairs.resize(n / 2, 0);
             self.pos.resize(n, 0);
-            self.mask.resize(n * CONTEXT, 0.0);
+            self.mask.resize(n * SLOTS, f32::NEG_INFINITY);
         }
         for i in 0..n {
             let p = self.end + i as i64;
@@ -105,14 +109,14 @@ impl Ring {
             for (j, &k) in self.slot_pos.iter().enumerate() {
                 let d = q - k;
                 let visible = k >= 0 && d >= 0 && d < CONTEXT as i64;
-                self.mask[i * CONTEXT + j] = if visible { 0.0 } else { f32::NEG_INFINITY };
+                self.mask[i * SLOTS + j] = if visible { 0.0 } else { f32::NEG_INFINITY };
             }
         }
         self.end += n as i64;
         inputs.slots.write(&self.slots[..n]);
         inputs.pairs.write(&self.pairs[..n / 2]);
         inputs.pos.write(&self.pos[..n]);
-        inputs.mask.write(&self.mask[..n * CONTEXT]);
+        inputs.mask.write(&self.mask[..n * SLOTS]);
     }
 }
 
@@ -143,7 +147,7 @@ impl RingInputs {
             pairs: g.new_tensor(ggml::I32, &[n / 2]).set_input().name("pairs"),
             pos: g.new_tensor(ggml::I32, &[n]).set_input().name("pos"),
             mask: g
-                .new_tensor(ggml::F32, &[CONTEXT as i64, n])
+                .new_tensor(ggml::F32, &[SLOTS as i64, n])
                 .set_input()
                 .name("mask"),
         }
@@ -537,8 +541,8 @@ impl Mimi {
             for l in 0..LAYERS {
                 // Keys by slot ([512, CAP]); values transposed ([CAP, 512]) so that attention
                 // weights multiply them without a copy.
-                decl.push((format!("{side}.{l}.k"), vec![LATENT as i64, CONTEXT as i64]));
-                decl.push((format!("{side}.{l}.v"), vec![CONTEXT as i64, LATENT as i64]));
+                decl.push((format!("{side}.{l}.k"), vec![LATENT as i64, SLOTS as i64]));
+                decl.push((format!("{side}.{l}.v"), vec![SLOTS as i64, LATENT as i64]));
             }
         }
         let ctx = Ctx::new(decl.len(), 0);
@@ -1015,7 +1019,7 @@ impl Builder<'_> {
         } = *ring;
         let g = self.g;
         let n = x.ne()[1];
-        let (d, h, c) = (HEAD_DIM as i64, HEADS as i64, CONTEXT as i64);
+        let (d, h, c) = (HEAD_DIM as i64, HEADS as i64, SLOTS as i64);
         for l in 0..LAYERS {
             let w = |s: &str| self.w.get(&format!("{side}.{l}.{s}"));
             let y = g.add(
@@ -1066,7 +1070,8 @@ impl Builder<'_> {
                 g.view(kc, &[d, h, c], &[HEAD_DIM * 4, LATENT * 4], 0),
                 [0, 2, 1, 3],
             );
-            let qq = g.permute(q, [0, 2, 1, 3]);
+            // Contiguous queries let the scores take ggml's tiled matmul.
+            let qq = g.cont(g.permute(q, [0, 2, 1, 3]));
             let kq = g.soft_max_ext(
                 g.mul_mat(kk, qq),
                 Some(mask),
