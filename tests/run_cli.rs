@@ -201,3 +201,64 @@ fn bad_input_gets_one_line_and_no_output() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+/// Damage to the backbone's header that llama.cpp would abort the process for: one error line
+/// naming the file and the key instead.
+#[test]
+fn damaged_backbone_header_gets_one_line() {
+    let dir = scratch("damaged");
+    let m = dir.join("model");
+    std::fs::create_dir_all(&m).unwrap();
+    for f in ["audio.gguf", "mimi.gguf"] {
+        std::fs::hard_link(model().join(f), m.join(f)).unwrap();
+    }
+    let good = std::fs::read(model().join("backbone.gguf")).unwrap();
+    let find = |needle: &[u8]| {
+        good.windows(needle.len())
+            .position(|w| w == needle)
+            .unwrap_or_else(|| panic!("{:?} not in the header", String::from_utf8_lossy(needle)))
+    };
+    // A scalar's value follows its key and a 4-byte type.
+    let value_of = |key: &str| find(key.as_bytes()) + key.len() + 4;
+    let mut one_char = 1u64.to_le_bytes().to_vec();
+    one_char.push(b'7');
+    let cases: Vec<(usize, Vec<u8>, &[&str])> = vec![
+        (
+            value_of("qwen2.block_count"),
+            0u32.to_le_bytes().to_vec(),
+            &["qwen2.block_count is 0"],
+        ),
+        (
+            value_of("qwen2.attention.layer_norm_rms_epsilon"),
+            f32::NAN.to_le_bytes().to_vec(),
+            &["layer_norm_rms_epsilon is NaN"],
+        ),
+        (
+            value_of("qwen2.attention.head_count_kv"),
+            3u32.to_le_bytes().to_vec(),
+            &["do not divide"],
+        ),
+        // The token "7" made a second "6".
+        (find(&one_char) + 8, b"6".to_vec(), &["appears twice"]),
+    ];
+    let codes = Path::new(GOLDEN_MIMI).join("codes.npy");
+    let reply = dir.join("reply.wav");
+    for (at, bytes, needles) in cases {
+        let mut bad = good.clone();
+        bad[at..at + bytes.len()].copy_from_slice(&bytes);
+        std::fs::write(m.join("backbone.gguf"), &bad).unwrap();
+        let out = flm_edge(&[
+            "run",
+            "--model",
+            s(&m),
+            "--input-codes",
+            s(&codes),
+            "--output",
+            s(&reply),
+        ]);
+        let mut want = vec!["backbone.gguf"];
+        want.extend_from_slice(needles);
+        assert_one_line_error(&out, &want);
+        assert!(!reply.exists());
+    }
+}

@@ -422,6 +422,9 @@ fn write_array(w: &mut impl Write, a: &Array) -> io::Result<()> {
 // ---------------------------------------------------------------------------------------
 // Reader
 
+/// Most elements of one metadata array (a vocabulary has about 150 000).
+const MAX_ARRAY_LEN: u64 = 1 << 24;
+
 /// The parsed header of a GGUF file.
 #[derive(Debug)]
 pub struct Gguf {
@@ -468,7 +471,9 @@ impl Gguf {
             n_tensors <= file_len / 8 && n_kv <= file_len / 8,
             "corrupt header: {n_tensors} tensors, {n_kv} keys"
         );
-        let mut kv = Vec::with_capacity(n_kv as usize);
+        // Reserve no more than a sane header's worth up front: a corrupt count in a large file
+        // must end in an error when the entries run out, not in a huge allocation.
+        let mut kv = Vec::with_capacity(n_kv.min(1 << 12) as usize);
         for i in 0..n_kv {
             let key = r.string().with_context(|| format!("metadata key {i}"))?;
             let ty = r.u32()?;
@@ -484,7 +489,7 @@ impl Gguf {
                 .context("bad general.alignment")?,
             None => DEFAULT_ALIGNMENT,
         };
-        let mut tensors = Vec::with_capacity(n_tensors as usize);
+        let mut tensors = Vec::with_capacity(n_tensors.min(1 << 12) as usize);
         for i in 0..n_tensors {
             let name = r.string().with_context(|| format!("tensor {i} name"))?;
             let n_dims = r.u32()?;
@@ -525,11 +530,10 @@ impl Gguf {
                 t.ne[0],
                 t.ty.name()
             );
-            let bytes = elems / t.ty.block_size() * t.ty.block_bytes();
-            let end = t
-                .offset
-                .checked_add(bytes)
-                .context("tensor offset overflows")?;
+            let end = (elems / t.ty.block_size())
+                .checked_mul(t.ty.block_bytes())
+                .and_then(|bytes| t.offset.checked_add(bytes))
+                .with_context(|| format!("tensor `{}`: size overflows", t.name))?;
             ensure!(
                 end <= data_len,
                 "truncated: tensor `{}` needs bytes {}..{} of the data section, which holds {data_len}",
@@ -677,6 +681,11 @@ impl<R: Read + Seek> Reader<R> {
                     n <= self.remaining(),
                     "truncated header: array of {n} elements runs past the end of the file"
                 );
+                // Elements are held as values while read: bound what a corrupt count can cost.
+                ensure!(
+                    n <= MAX_ARRAY_LEN,
+                    "array of {n} elements (more than {MAX_ARRAY_LEN})"
+                );
                 let mut items = Vec::with_capacity(n.min(1 << 20) as usize);
                 for _ in 0..n {
                     items.push(self.value(ety, depth + 1)?);
@@ -802,6 +811,109 @@ mod tests {
                 .zip(&q)
                 .all(|(a, b)| (a - b).abs() <= 0.5 / 127.0 + 1e-3)
         );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A small valid file: strings, an array of strings, numbers, two tensors.
+    fn sample(path: &Path) -> Vec<u8> {
+        let mut b = GgufBuilder::new();
+        b.set("general.architecture", Value::Str("flm".into()));
+        b.set("a.u32", Value::U32(7));
+        b.set(
+            "a.tokens",
+            Value::Array(Array::Str(vec!["<|x|>".into(), "ab".into(), "".into()])),
+        );
+        b.set("a.f32s", Value::Array(Array::F32(vec![0.5, -1.0])));
+        b.add_tensor("x", &[4, 2], GgmlType::F32).unwrap();
+        b.add_tensor("q", &[32], GgmlType::Q8_0).unwrap();
+        b.write(File::create(path).unwrap(), |i, w| {
+            let n = if i == 0 { 32 } else { 34 };
+            w.write_all(&vec![1u8; n])?;
+            Ok(())
+        })
+        .unwrap();
+        std::fs::read(path).unwrap()
+    }
+
+    /// Every byte of the header changed, and every length cut: `open` answers Ok or an error
+    /// naming the file, never a panic.
+    #[test]
+    fn corrupt_headers_are_errors_not_panics() {
+        let dir = std::env::temp_dir().join(format!("flm-gguf-fuzz-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = sample(&dir.join("good.gguf"));
+        let header_len = Gguf::open(&dir.join("good.gguf")).unwrap().data_offset as usize;
+        let path = dir.join("bad.gguf");
+        let mut cases: Vec<Vec<u8>> = (0..good.len()).map(|n| good[..n].to_vec()).collect();
+        for i in 0..header_len {
+            for v in [
+                0x00,
+                0xff,
+                0x7f,
+                0x80,
+                good[i] ^ 0x01,
+                good[i].wrapping_add(8),
+            ] {
+                let mut b = good.clone();
+                b[i] = v;
+                cases.push(b);
+            }
+        }
+        for bytes in cases {
+            std::fs::write(&path, &bytes).unwrap();
+            let r = std::panic::catch_unwind(|| Gguf::open(&path));
+            let r = r.unwrap_or_else(|_| panic!("panic on {bytes:?}"));
+            if let Err(e) = r {
+                assert!(format!("{e:#}").contains("bad.gguf"), "{e:#}");
+            }
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A count or size near 2^64 in a file large enough to pass the size checks.
+    #[test]
+    fn absurd_counts_and_sizes_are_refused() {
+        let dir = std::env::temp_dir().join(format!("flm-gguf-big-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("big.gguf");
+        let pad = |mut b: Vec<u8>| {
+            b.resize(b.len() + (64 << 20), 0);
+            b
+        };
+        // A metadata array of 2^25 u8 elements, within a 64 MiB file.
+        let mut arr = b"GGUF".to_vec();
+        arr.extend(3u32.to_le_bytes());
+        arr.extend(0u64.to_le_bytes());
+        arr.extend(1u64.to_le_bytes());
+        arr.extend(1u64.to_le_bytes());
+        arr.extend(b"a");
+        arr.extend(9u32.to_le_bytes());
+        arr.extend(0u32.to_le_bytes());
+        arr.extend((1u64 << 25).to_le_bytes());
+        std::fs::write(&path, pad(arr)).unwrap();
+        let e = format!("{:#}", Gguf::open(&path).unwrap_err());
+        assert!(e.contains("array of 33554432 elements"), "{e}");
+        // A tensor whose byte size overflows u64.
+        let mut t = b"GGUF".to_vec();
+        t.extend(3u32.to_le_bytes());
+        t.extend(1u64.to_le_bytes());
+        t.extend(0u64.to_le_bytes());
+        t.extend(1u64.to_le_bytes());
+        t.extend(b"t");
+        t.extend(1u32.to_le_bytes());
+        t.extend((1u64 << 63).to_le_bytes());
+        t.extend(0u32.to_le_bytes()); // f32
+        t.extend(0u64.to_le_bytes());
+        std::fs::write(&path, pad(t)).unwrap();
+        let e = format!("{:#}", Gguf::open(&path).unwrap_err());
+        assert!(e.contains("size overflows"), "{e}");
+        // 2^23 keys claimed by a 64 MiB file of zeros: an error once the entries run out.
+        let mut k = b"GGUF".to_vec();
+        k.extend(3u32.to_le_bytes());
+        k.extend(0u64.to_le_bytes());
+        k.extend((1u64 << 23).to_le_bytes());
+        std::fs::write(&path, pad(k)).unwrap();
+        assert!(Gguf::open(&path).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
