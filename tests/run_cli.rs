@@ -202,51 +202,68 @@ fn bad_input_gets_one_line_and_no_output() {
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
-/// Damage to the backbone's header that llama.cpp would abort the process for: one error line
+/// Damage to a header that llama.cpp or ggml would abort the process for: one error line
 /// naming the file and the key instead.
 #[test]
-fn damaged_backbone_header_gets_one_line() {
+fn damaged_model_header_gets_one_line() {
     let dir = scratch("damaged");
     let m = dir.join("model");
     std::fs::create_dir_all(&m).unwrap();
-    for f in ["audio.gguf", "mimi.gguf"] {
-        std::fs::hard_link(model().join(f), m.join(f)).unwrap();
-    }
-    let good = std::fs::read(model().join("backbone.gguf")).unwrap();
-    let find = |needle: &[u8]| {
-        good.windows(needle.len())
+    std::fs::hard_link(model().join("mimi.gguf"), m.join("mimi.gguf")).unwrap();
+    let originals: Vec<(&str, Vec<u8>)> = ["backbone.gguf", "audio.gguf"]
+        .into_iter()
+        .map(|f| (f, std::fs::read(model().join(f)).unwrap()))
+        .collect();
+    let find = |file: usize, needle: &[u8]| {
+        originals[file]
+            .1
+            .windows(needle.len())
             .position(|w| w == needle)
             .unwrap_or_else(|| panic!("{:?} not in the header", String::from_utf8_lossy(needle)))
     };
     // A scalar's value follows its key and a 4-byte type.
-    let value_of = |key: &str| find(key.as_bytes()) + key.len() + 4;
+    let value_of = |file: usize, key: &str| find(file, key.as_bytes()) + key.len() + 4;
     let mut one_char = 1u64.to_le_bytes().to_vec();
     one_char.push(b'7');
-    let cases: Vec<(usize, Vec<u8>, &[&str])> = vec![
+    let nan = f32::NAN.to_le_bytes().to_vec();
+    let cases: Vec<(usize, usize, Vec<u8>, &[&str])> = vec![
         (
-            value_of("qwen2.block_count"),
+            0,
+            value_of(0, "qwen2.block_count"),
             0u32.to_le_bytes().to_vec(),
             &["qwen2.block_count is 0"],
         ),
         (
-            value_of("qwen2.attention.layer_norm_rms_epsilon"),
-            f32::NAN.to_le_bytes().to_vec(),
+            0,
+            value_of(0, "qwen2.attention.layer_norm_rms_epsilon"),
+            nan.clone(),
             &["layer_norm_rms_epsilon is NaN"],
         ),
         (
-            value_of("qwen2.attention.head_count_kv"),
+            0,
+            value_of(0, "qwen2.attention.head_count_kv"),
             3u32.to_le_bytes().to_vec(),
             &["do not divide"],
         ),
         // The token "7" made a second "6".
-        (find(&one_char) + 8, b"6".to_vec(), &["appears twice"]),
+        (0, find(0, &one_char) + 8, b"6".to_vec(), &["appears twice"]),
+        (
+            1,
+            value_of(1, "flm.depformer.layer_norm_rms_epsilon"),
+            nan,
+            &["layer_norm_rms_epsilon", "NaN"],
+        ),
     ];
     let codes = Path::new(GOLDEN_MIMI).join("codes.npy");
     let reply = dir.join("reply.wav");
-    for (at, bytes, needles) in cases {
-        let mut bad = good.clone();
-        bad[at..at + bytes.len()].copy_from_slice(&bytes);
-        std::fs::write(m.join("backbone.gguf"), &bad).unwrap();
+    for (file, at, bytes, needles) in cases {
+        for (i, (name, good)) in originals.iter().enumerate() {
+            let mut b = good.clone();
+            if i == file {
+                b[at..at + bytes.len()].copy_from_slice(&bytes);
+            }
+            std::fs::write(m.join(name), &b).unwrap();
+        }
         let out = flm_edge(&[
             "run",
             "--model",
@@ -256,7 +273,7 @@ fn damaged_backbone_header_gets_one_line() {
             "--output",
             s(&reply),
         ]);
-        let mut want = vec!["backbone.gguf"];
+        let mut want = vec![originals[file].0];
         want.extend_from_slice(needles);
         assert_one_line_error(&out, &want);
         assert!(!reply.exists());

@@ -57,6 +57,11 @@ impl DepformerShape {
             empty: u(AUDIO_EMPTY)? as i32,
         };
         ensure!(
+            s.norm_eps.is_finite() && s.norm_eps > 0.0,
+            "{label}: `{DEP_NORM_EPS}` = {} is not a positive number",
+            s.norm_eps
+        );
+        ensure!(
             s.embd.is_multiple_of(s.heads),
             "{label}: depth width {} is not a multiple of {} heads",
             s.embd,
