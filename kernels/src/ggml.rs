@@ -183,6 +183,7 @@ impl Ctx {
     unary! {
         cont => ggml_cont, transpose => ggml_transpose, elu => ggml_elu, gelu_erf => ggml_gelu_erf,
         silu => ggml_silu, argmax => ggml_argmax, neg => ggml_neg, sqr => ggml_sqr, sum_rows => ggml_sum_rows,
+        exp => ggml_exp, relu => ggml_relu,
     }
 
     binary! {
@@ -193,6 +194,17 @@ impl Ctx {
     pub fn scale(&self, a: T, s: f32) -> T {
         // SAFETY: as for unary ops.
         T::new(unsafe { sys::ggml_scale(self.raw(), a.raw(), s) })
+    }
+
+    /// a·s + b.
+    pub fn scale_bias(&self, a: T, s: f32, b: f32) -> T {
+        // SAFETY: as for unary ops.
+        T::new(unsafe { sys::ggml_scale_bias(self.raw(), a.raw(), s, b) })
+    }
+
+    pub fn clamp(&self, a: T, min: f32, max: f32) -> T {
+        // SAFETY: as for unary ops.
+        T::new(unsafe { sys::ggml_clamp(self.raw(), a.raw(), min, max) })
     }
 
     pub fn norm(&self, a: T, eps: f32) -> T {
