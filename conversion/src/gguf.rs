@@ -876,43 +876,36 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("flm-gguf-big-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("big.gguf");
-        let pad = |mut b: Vec<u8>| {
+        // A version-3 header claiming `tensors` and `keys`, then `fields` (each a u32, a u64 or
+        // raw bytes), padded with 64 MiB of zeros.
+        let file = |tensors: u64, keys: u64, fields: &[&[u8]]| {
+            let mut b = b"GGUF".to_vec();
+            b.extend(3u32.to_le_bytes());
+            b.extend(tensors.to_le_bytes());
+            b.extend(keys.to_le_bytes());
+            fields.iter().for_each(|f| b.extend(*f));
             b.resize(b.len() + (64 << 20), 0);
             b
         };
-        // A metadata array of 2^25 u8 elements, within a 64 MiB file.
-        let mut arr = b"GGUF".to_vec();
-        arr.extend(3u32.to_le_bytes());
-        arr.extend(0u64.to_le_bytes());
-        arr.extend(1u64.to_le_bytes());
-        arr.extend(1u64.to_le_bytes());
-        arr.extend(b"a");
-        arr.extend(9u32.to_le_bytes());
-        arr.extend(0u32.to_le_bytes());
-        arr.extend((1u64 << 25).to_le_bytes());
-        std::fs::write(&path, pad(arr)).unwrap();
+        let (u32s, u64s) = (|v: u32| v.to_le_bytes(), |v: u64| v.to_le_bytes());
+        // A metadata array of 2^25 u8 elements, within a 64 MiB file: key "a", type array,
+        // element type u8, length.
+        let arr = file(0, 1, &[&u64s(1), b"a", &u32s(9), &u32s(0), &u64s(1 << 25)]);
+        std::fs::write(&path, arr).unwrap();
         let e = format!("{:#}", Gguf::open(&path).unwrap_err());
         assert!(e.contains("array of 33554432 elements"), "{e}");
-        // A tensor whose byte size overflows u64.
-        let mut t = b"GGUF".to_vec();
-        t.extend(3u32.to_le_bytes());
-        t.extend(1u64.to_le_bytes());
-        t.extend(0u64.to_le_bytes());
-        t.extend(1u64.to_le_bytes());
-        t.extend(b"t");
-        t.extend(1u32.to_le_bytes());
-        t.extend((1u64 << 63).to_le_bytes());
-        t.extend(0u32.to_le_bytes()); // f32
-        t.extend(0u64.to_le_bytes());
-        std::fs::write(&path, pad(t)).unwrap();
+        // A tensor whose byte size overflows u64: name "t", one dimension of 2^63, f32, offset 0.
+        let t = file(
+            1,
+            0,
+            &[&u64s(1), b"t", &u32s(1), &u64s(1 << 63), &u32s(0), &u64s(0)],
+        );
+        std::fs::write(&path, t).unwrap();
         let e = format!("{:#}", Gguf::open(&path).unwrap_err());
         assert!(e.contains("size overflows"), "{e}");
         // 2^23 keys claimed by a 64 MiB file of zeros: an error once the entries run out.
-        let mut k = b"GGUF".to_vec();
-        k.extend(3u32.to_le_bytes());
-        k.extend(0u64.to_le_bytes());
-        k.extend((1u64 << 23).to_le_bytes());
-        std::fs::write(&path, pad(k)).unwrap();
+        let k = file(0, 1 << 23, &[]);
+        std::fs::write(&path, k).unwrap();
         assert!(Gguf::open(&path).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }
