@@ -181,9 +181,9 @@ impl Ctx {
     }
 
     unary! {
-        cont => ggml_cont, transpose => ggml_transpose, elu => ggml_elu, gelu_erf => ggml_gelu_erf,
+        cont => ggml_cont, transpose => ggml_transpose, gelu_erf => ggml_gelu_erf,
         silu => ggml_silu, argmax => ggml_argmax, neg => ggml_neg, sqr => ggml_sqr, sum_rows => ggml_sum_rows,
-        exp => ggml_exp, relu => ggml_relu,
+        exp => ggml_exp,
     }
 
     binary! {
