@@ -84,6 +84,7 @@ pub fn mimi(mimi: &mut Mimi, frames: usize, warmup: usize, threads: usize) -> Re
 /// Sums per-node timings by op and output shape and prints the most expensive.
 pub fn print_ops(nodes: Vec<(String, [i64; 4], f64)>) {
     let total: f64 = nodes.iter().map(|n| n.2).sum();
+    let n_nodes = nodes.len();
     let mut by: std::collections::HashMap<(String, [i64; 4]), (usize, f64)> = Default::default();
     for (op, ne, us) in nodes {
         let e = by.entry((op, ne)).or_default();
@@ -93,7 +94,7 @@ pub fn print_ops(nodes: Vec<(String, [i64; 4], f64)>) {
     let mut rows: Vec<_> = by.into_iter().collect();
     rows.sort_by(|a, b| b.1.1.total_cmp(&a.1.1));
     println!(
-        "ops of one graph, each node timed alone: {:.2} ms in all",
+        "ops: {n_nodes} graph nodes (views included), each timed alone: {:.2} ms in all",
         total / 1e3
     );
     for ((op, ne), (count, us)) in rows.into_iter().take(30) {
