@@ -12,6 +12,7 @@ use alsa::{Direction, ValueOr};
 use anyhow::{Context, Result, bail};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering::Relaxed};
 
+use super::clock_match::ClockMatch;
 use super::device::{CaptureDevice, Captured, FRAME, Pcm, PlaybackDevice};
 use super::metrics::Metrics;
 use super::resample::StreamResampler;
@@ -394,6 +395,8 @@ pub struct AlsaPlayback {
     dev: Option<Open>,
     reopen: Reopen,
     resampler: StreamResampler,
+    /// Keeps the device's fill steady when its clock is not the capture device's.
+    clock: ClockMatch,
     /// Device-rate mono samples waiting to be written.
     pending: Vec<f32>,
     frame: Pcm,
@@ -411,8 +414,10 @@ impl AlsaPlayback {
         let dev = open(&spec, Direction::Playback)?;
         m.playback_present.store(true, Relaxed);
         let cap = (spec.rate as usize * 80 / 1000) * 4 + 4096;
+        let resampler = StreamResampler::new(RATE, spec.rate, FRAME)?;
         Ok(AlsaPlayback {
-            resampler: StreamResampler::new(RATE, spec.rate, FRAME)?,
+            clock: ClockMatch::new(spec.rate as usize * 80 / 1000, resampler.chunk_out())?,
+            resampler,
             spec,
             dev: Some(dev),
             reopen: Reopen::new(),
@@ -439,6 +444,7 @@ impl AlsaPlayback {
                     self.pending.splice(0..0, std::iter::repeat_n(0.0, h));
                 }
                 self.primed = true;
+                self.clock.restart();
             }
             if self.pending.len() < dev.period {
                 return;
@@ -473,11 +479,29 @@ impl AlsaPlayback {
         }
     }
 
-    fn queue(&mut self, pcm: &Pcm) {
-        let pending = &mut self.pending;
-        let _ = self
-            .resampler
-            .push(pcm, &mut |x: &[f32]| pending.extend_from_slice(x));
+    fn queue(&mut self, pcm: &Pcm, m: &Metrics) {
+        let (pending, clock) = (&mut self.pending, &mut self.clock);
+        let mut slipped = 0;
+        let _ = self.resampler.push(pcm, &mut |x: &[f32]| {
+            slipped += clock.process(x, pending).unsigned_abs();
+        });
+        m.playback_slipped.fetch_add(slipped, Relaxed);
+        let ppb = ((self.clock.ratio() - 1.0) * 1e9).round() as i64;
+        m.playback_clock_ppb.store(ppb, Relaxed);
+    }
+
+    /// The device's fill when a frame is due: what it still has to play and what waits for
+    /// a whole period.
+    fn observe_fill(&mut self) {
+        if !self.primed {
+            return;
+        }
+        if let Some(dev) = &self.dev
+            && let Ok(delay) = dev.pcm.delay()
+        {
+            self.clock
+                .observe((delay.max(0) as usize + self.pending.len()) as f64);
+        }
     }
 }
 
@@ -512,7 +536,8 @@ impl PlaybackDevice for AlsaPlayback {
         }
         let mut frame = self.frame;
         fill(&mut frame);
-        self.queue(&frame);
+        self.observe_fill();
+        self.queue(&frame, m);
         self.write_pending(m);
         true
     }

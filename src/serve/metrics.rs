@@ -2,7 +2,7 @@
 //! step threads (no locks), read by the status endpoint and the log.
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicU64, Ordering::Relaxed};
 
 /// Upper bounds (ms) of the step-time histogram buckets; the last is +Inf.
 pub const BUCKETS_MS: [f64; 11] = [
@@ -63,6 +63,10 @@ pub struct Metrics {
     /// Frames of silence that stood in for capture while the device was missing or after an
     /// xrun (the timeline goes on).
     pub capture_silence_frames: AtomicU64,
+    /// Samples inserted or dropped to follow the playback device's clock.
+    pub playback_slipped: AtomicU64,
+    /// That correction now, in parts per billion (positive: more samples than the timeline).
+    pub playback_clock_ppb: AtomicI64,
     pub capture_present: AtomicBool,
     pub playback_present: AtomicBool,
     /// errno of the last failed read or write of each device (0: none yet), for the log.
@@ -100,6 +104,8 @@ impl Default for Metrics {
             recoveries: z(),
             reopens: z(),
             capture_silence_frames: z(),
+            playback_slipped: z(),
+            playback_clock_ppb: AtomicI64::new(0),
             capture_present: AtomicBool::new(false),
             playback_present: AtomicBool::new(false),
             capture_errno: AtomicI32::new(0),
@@ -250,6 +256,17 @@ impl Metrics {
             "recoveries_total",
             "Recoveries from xruns and suspends.",
             g(&self.recoveries),
+        );
+        counter(
+            &mut o,
+            "playback_slipped_samples_total",
+            "Samples inserted or dropped to follow the playback device's clock.",
+            g(&self.playback_slipped),
+        );
+        let _ = writeln!(
+            o,
+            "# HELP flm_edge_playback_clock_correction_ppm Rate correction towards the playback device's clock, now.\n# TYPE flm_edge_playback_clock_correction_ppm gauge\nflm_edge_playback_clock_correction_ppm {}",
+            self.playback_clock_ppb.load(Relaxed) as f64 / 1e3
         );
         counter(
             &mut o,

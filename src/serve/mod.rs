@@ -3,6 +3,7 @@
 //! replayed at real-time pace) until SIGTERM; SIGHUP reloads the configuration.
 
 pub mod alsa_io;
+pub mod clock_match;
 pub mod device;
 pub mod file_io;
 pub mod metrics;

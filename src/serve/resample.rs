@@ -9,6 +9,8 @@ pub struct StreamResampler {
     /// None when the rates are equal.
     fft: Option<Fft<f32>>,
     chunk: Vec<f32>,
+    /// Input samples per conversion.
+    chunk_len_in: usize,
     filled: usize,
     out: Vec<f32>,
 }
@@ -24,9 +26,19 @@ impl StreamResampler {
         Ok(StreamResampler {
             fft,
             chunk: vec![0.0; chunk_len],
+            chunk_len_in: chunk,
             filled: 0,
             out: vec![0.0; out_len],
         })
+    }
+
+    /// The most samples one call of `emit` carries.
+    pub fn chunk_out(&self) -> usize {
+        if self.fft.is_some() {
+            self.out.len()
+        } else {
+            self.chunk_len_in
+        }
     }
 
     /// Feeds `x`; every converted sample goes to `emit`, in order.
@@ -50,5 +62,38 @@ impl StreamResampler {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The FFT resampler hands out uneven runs (24 → 48 kHz: mostly 3836 samples a frame,
+    /// now and then 4384), so what matters is the total: exact, to within one run.
+    #[test]
+    fn the_total_out_follows_the_rates() {
+        for (from, to, chunk) in [(24_000u32, 48_000u32, 1920usize), (48_000, 24_000, 960)]
+            .into_iter()
+            .chain([16_000, 44_100, 22_050, 8_000].map(|r| (24_000, r, 1920)))
+        {
+            let mut r = StreamResampler::new(from, to, chunk).unwrap();
+            let (mut total, mut largest) = (0usize, 0usize);
+            let x = vec![0.1f32; chunk];
+            let calls = 1000;
+            for _ in 0..calls {
+                r.push(&x, &mut |y| {
+                    total += y.len();
+                    largest = largest.max(y.len());
+                })
+                .unwrap();
+            }
+            assert!(largest <= r.chunk_out(), "{from} → {to}");
+            let exact = calls * chunk * to as usize / from as usize;
+            assert!(
+                total <= exact && exact - total <= r.chunk_out(),
+                "{from} → {to}: {total} out, {exact} exact"
+            );
+        }
     }
 }

@@ -132,12 +132,13 @@ pub fn supervise(metrics: Arc<Metrics>, stop: Arc<AtomicBool>, log_every: Durati
                 let steps = metrics.steps.load(Relaxed);
                 let s = metrics.summary();
                 let status = format!(
-                    "steps {steps}; step median {:.1} ms, p99 {:.1} ms; misses {}; xruns {}/{}; devices {}",
+                    "steps {steps}; step median {:.1} ms, p99 {:.1} ms; misses {}; xruns {}/{}; playback clock {:+.0} ppm; devices {}",
                     s.median,
                     s.p99,
                     metrics.deadline_misses.load(Relaxed),
                     metrics.capture_xruns.load(Relaxed),
                     metrics.playback_xruns.load(Relaxed),
+                    metrics.playback_clock_ppb.load(Relaxed) as f64 / 1e3,
                     match (
                         metrics.capture_present.load(Relaxed),
                         metrics.playback_present.load(Relaxed)
