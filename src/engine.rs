@@ -11,6 +11,7 @@ use anyhow::{Context, Result, ensure};
 use flm_conversion::Gguf;
 use flm_conversion::model_files::{AUDIO_FILE, BACKBONE_FILE, audio_keys};
 use flm_kernels::depformer::Depformer;
+pub use flm_kernels::ggml::Device;
 use flm_kernels::sampling::{SampleRng, Sampler, SamplingParams};
 
 use crate::backbone::{Backbone, BackboneParams};
@@ -132,6 +133,8 @@ pub struct ContextPolicy {
 }
 
 pub struct EngineOptions {
+    /// Where the backbone and the depth transformer run.
+    pub device: Device,
     pub threads: usize,
     pub sampling: Sampling,
     pub seed: u64,
@@ -234,6 +237,7 @@ pub struct Engine {
 
 impl Engine {
     pub fn load(model: &ModelDir, opts: &EngineOptions) -> Result<Engine> {
+        opts.device.check()?;
         let audio_path = model.path(AUDIO_FILE);
         let backbone_path = model.path(BACKBONE_FILE);
         let label = audio_path.display().to_string();
@@ -265,12 +269,13 @@ impl Engine {
             &BackboneParams {
                 n_ctx: positions,
                 n_threads: opts.threads as i32,
-                n_gpu_layers: 0,
+                // Every layer on the GPU when there is one (llama.cpp caps it).
+                n_gpu_layers: if opts.device == Device::Gpu { 999 } else { 0 },
                 kv_f32,
                 flash_attn: false,
             },
         )?;
-        let depformer = Depformer::load(&audio_path, opts.threads)?;
+        let depformer = Depformer::load(&audio_path, opts.device, opts.threads)?;
         let shape = *depformer.shape();
         ensure!(
             shape.codebooks == CODEBOOKS && shape.hidden == backbone.n_embd(),

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use flm_conversion::{ConvertOptions, Gguf, MimiDtype, Quant};
-use flm_edge::engine::{EngineOptions, Sampling, SamplingOverrides};
+use flm_edge::engine::{Device, EngineOptions, Sampling, SamplingOverrides};
 use flm_edge::run::{RunOptions, UserInput};
 use flm_edge::{bench, codes_npy, inspect, model_dir::ModelDir, wav};
 use flm_kernels::mimi::{FRAME, Mimi};
@@ -123,6 +123,9 @@ enum MimiCmd {
         /// CPU threads (default: all cores).
         #[arg(long)]
         threads: Option<usize>,
+        /// cpu, or cuda (builds with the `cuda` feature).
+        #[arg(long, default_value = "cpu")]
+        backend: Device,
     },
     /// Codes [8, T] (.npy, int32 or int64) to a 24 kHz mono WAV, 1920 samples per frame.
     Decode {
@@ -134,12 +137,14 @@ enum MimiCmd {
         output: PathBuf,
         #[arg(long)]
         threads: Option<usize>,
+        #[arg(long, default_value = "cpu")]
+        backend: Device,
     },
 }
 
 #[derive(Subcommand)]
 enum BenchCmd {
-    /// Streaming Mimi encode and decode, ms per 80 ms frame (median, p99), on the CPU backend.
+    /// Streaming Mimi encode and decode, ms per 80 ms frame (median, p99).
     Mimi {
         #[arg(long, value_name = "MODEL_DIR|mimi.gguf")]
         model: PathBuf,
@@ -148,6 +153,9 @@ enum BenchCmd {
         frames: usize,
         #[arg(long)]
         threads: Option<usize>,
+        /// cpu, or cuda (builds with the `cuda` feature).
+        #[arg(long, default_value = "cpu")]
+        backend: Device,
         /// Also time each graph node alone and list the most expensive ops.
         #[arg(long)]
         ops: bool,
@@ -180,6 +188,10 @@ struct EngineArgs {
     /// CPU threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// cpu, or cuda (builds with the `cuda` feature): the backbone, the depth transformer
+    /// and Mimi.
+    #[arg(long, default_value = "cpu")]
+    backend: Device,
     /// Backbone context in steps (default: the model's, 8192 for the release); when full,
     /// the oldest steps after the first `--sink` are dropped.
     #[arg(long, value_name = "STEPS")]
@@ -231,6 +243,7 @@ impl EngineArgs {
         };
         let s = Sampling::for_model(model, &text, &audio, self.greedy)?;
         Ok(EngineOptions {
+            device: self.backend,
             threads: threads(self.threads),
             sampling: s,
             seed: self.seed,
@@ -310,10 +323,11 @@ fn run(cli: Cli) -> Result<()> {
                     input,
                     output,
                     threads: t,
+                    backend,
                 },
         } => {
             let pcm = wav::read_mono_24k(&input)?;
-            let mut mimi = Mimi::load(&mimi_path(&model)?, threads(t))?;
+            let mut mimi = Mimi::load(&mimi_path(&model)?, backend, threads(t))?;
             // A last partial frame is completed with silence.
             let frames = pcm.len().div_ceil(FRAME);
             let mut padded = pcm;
@@ -335,10 +349,11 @@ fn run(cli: Cli) -> Result<()> {
                     input,
                     output,
                     threads: t,
+                    backend,
                 },
         } => {
             let codes = codes_npy::read(&input)?;
-            let mut mimi = Mimi::load(&mimi_path(&model)?, threads(t))?;
+            let mut mimi = Mimi::load(&mimi_path(&model)?, backend, threads(t))?;
             let frames = codes.len() / 8;
             let mut pcm = vec![0f32; frames * FRAME];
             for f in 0..frames {
@@ -420,8 +435,14 @@ fn run(cli: Cli) -> Result<()> {
                 .get_str(flm_conversion::model_files::audio_keys::QUANT)
                 .unwrap_or("?");
             println!(
-                "LM step, CPU, {} threads, {quant} weights (mmap), {} steps (warm)",
-                r.threads, r.steps
+                "LM step, {}, {} threads, {quant} weights (mmap), {} steps (warm)",
+                if opts.device == Device::Gpu {
+                    "GPU"
+                } else {
+                    "CPU"
+                },
+                r.threads,
+                r.steps
             );
             let row = |name: &str, s: &bench::Stats| {
                 println!(
@@ -459,11 +480,12 @@ fn run(cli: Cli) -> Result<()> {
                     model,
                     frames,
                     threads: t,
+                    backend,
                     ops,
                 },
         } => {
             let n = threads(t);
-            let mut mimi = Mimi::load(&mimi_path(&model)?, n)?;
+            let mut mimi = Mimi::load(&mimi_path(&model)?, backend, n)?;
             if ops {
                 bench::print_ops(mimi.profile(20)?);
                 mimi.reset();
@@ -471,8 +493,10 @@ fn run(cli: Cli) -> Result<()> {
             let r = bench::mimi(&mut mimi, frames.max(1), 10, n)?;
             let total = r.encode.median + r.decode.median;
             println!(
-                "Mimi streaming, CPU backend, {} threads, {} frames of 80 ms (warm)",
-                r.threads, r.frames
+                "Mimi streaming, {} backend, {} threads, {} frames of 80 ms (warm)",
+                mimi.backend_name(),
+                r.threads,
+                r.frames
             );
             println!(
                 "  encode  median {:6.2} ms  p99 {:6.2} ms  max {:6.2} ms",

@@ -88,7 +88,11 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
                 .to_string()
         })?;
     let mut detok = Detokenizer::from_json(tokenizer)?;
-    let mut mimi = Mimi::load(&model.path(MIMI_FILE), opts.engine.threads)?;
+    let mut mimi = Mimi::load(
+        &model.path(MIMI_FILE),
+        opts.engine.device,
+        opts.engine.threads,
+    )?;
     let mut engine = Engine::load(&model, &opts.engine)?;
 
     let frames = out_len.div_ceil(FRAME);

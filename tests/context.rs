@@ -64,6 +64,7 @@ fn a_context_past_the_trained_one_is_refused() {
     let r = Engine::load(
         &dir,
         &EngineOptions {
+            device: Default::default(),
             threads: 1,
             sampling,
             seed: 5,

@@ -6,6 +6,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::*;
+use flm_kernels::ggml::Device;
 use flm_kernels::mimi::{FRAME, Mimi};
 
 /// Golden codes, frame-major, and their number of frames.
@@ -37,7 +38,7 @@ fn check(dtype: &str, min_equal: f64, min_snr: f64) {
     assert!(frames >= 100);
     let pcm = speech();
     let (_dir, path) = mimi_gguf(dtype);
-    let mut mimi = Mimi::load(&path, 1).unwrap();
+    let mut mimi = Mimi::load(&path, Device::Cpu, 1).unwrap();
     let mut codes = vec![0i32; frames * 8];
     for f in 0..frames {
         mimi.encode(

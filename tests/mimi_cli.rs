@@ -8,6 +8,7 @@ mod common;
 use std::path::Path;
 
 use common::*;
+use flm_kernels::ggml::Device;
 use flm_kernels::mimi::{FRAME, Mimi};
 
 fn model() -> &'static Path {
@@ -143,8 +144,8 @@ fn streamed_equals_chunked() {
     let m = model().join("mimi.gguf");
     let pcm = speech();
     let frames = 100;
-    let mut one = Mimi::load(&m, 1).unwrap();
-    let mut chunked = Mimi::load(&m, 1).unwrap();
+    let mut one = Mimi::load(&m, Device::Cpu, 1).unwrap();
+    let mut chunked = Mimi::load(&m, Device::Cpu, 1).unwrap();
     let (mut a, mut b) = (vec![0i32; frames * 8], vec![0i32; frames * 8]);
     for f in 0..frames {
         one.encode(&pcm[f * FRAME..(f + 1) * FRAME], &mut a[f * 8..(f + 1) * 8])

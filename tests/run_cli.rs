@@ -193,6 +193,29 @@ fn bad_input_gets_one_line_and_no_output() {
         s(&reply),
     ]);
     assert_one_line_error(&out, &["missing"]);
+    // A GPU backend this build lacks: one line saying so, before anything is written.
+    let good_codes = Path::new(GOLDEN_MIMI).join("codes.npy");
+    if !cfg!(feature = "cuda") {
+        let out = run(&[
+            "--input-codes",
+            s(&good_codes),
+            "--output",
+            s(&reply),
+            "--backend",
+            "cuda",
+        ]);
+        assert_one_line_error(&out, &["backend cuda", "--features cuda"]);
+    }
+    let out = run(&[
+        "--input-codes",
+        s(&codes),
+        "--output",
+        s(&reply),
+        "--backend",
+        "tpu",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not cpu or cuda"));
     assert!(!reply.exists() && !steps.exists());
     let leftovers: Vec<_> = std::fs::read_dir(&*dir)
         .unwrap()

@@ -267,6 +267,8 @@ fn metrics_are_prometheus_text() {
         "flm_edge_step_seconds_bucket{le=\"0.08\"} 1",
         "flm_edge_step_seconds_bucket{le=\"+Inf\"} 2",
         "flm_edge_step_seconds_count 2",
+        "flm_edge_playback_clock_correction_ppm 0",
+        "flm_edge_playback_slipped_samples_total 0",
     ] {
         assert!(
             text.lines().any(|l| l == line),
@@ -298,6 +300,20 @@ fn a_bad_configuration_gets_one_line_naming_the_key() {
     }
     let out = flm_edge(&["serve", "--board", "raspberry", "--model", s(&dir)]);
     assert_one_line_error(&out, &["raspberry", "jetson-orin-nano"]);
+    // The Jetson profiles ask for the GPU: a build without it says so in one line.
+    if !cfg!(feature = "cuda") {
+        let path = config(&dir, "");
+        let out = flm_edge(&[
+            "serve",
+            "--board",
+            "jetson-orin-nano",
+            "--config",
+            s(&path),
+            "--model",
+            s(model()),
+        ]);
+        assert_one_line_error(&out, &["backend cuda", "--features cuda"]);
+    }
 }
 
 #[test]

@@ -14,7 +14,7 @@ use flm_conversion::Gguf;
 use flm_conversion::model_files::{AUDIO_ARCH, audio_keys};
 use flm_conversion::plan::audio_names::*;
 
-use crate::ggml::{self, Backend, Buffer, Ctx, Graph, T};
+use crate::ggml::{self, Backend, Buffer, Ctx, Device, Graph, T};
 use crate::weights::{Weights, WeightsBuilder};
 
 const MAX_NODES: usize = 1024;
@@ -108,10 +108,11 @@ pub struct Depformer {
 }
 
 impl Depformer {
-    /// Loads the depth transformer of `audio.gguf` onto a CPU backend with `threads` threads.
-    pub fn load(path: &Path, threads: usize) -> Result<Depformer> {
+    /// Loads the depth transformer of `audio.gguf` onto `device` (with `threads` threads on
+    /// the CPU).
+    pub fn load(path: &Path, device: Device, threads: usize) -> Result<Depformer> {
         let label = path.display().to_string();
-        let backend = Backend::cpu(threads)?;
+        let backend = Backend::new(device, threads)?;
         let mut wb = WeightsBuilder::open(path)?;
         let arch = wb
             .gguf()
@@ -153,7 +154,7 @@ impl Depformer {
             }
         }
         wb.tensor(DEP_OUT_NORM, &[e])?;
-        let weights = wb.build(&backend, true)?;
+        let weights = wb.build(&backend, backend.is_cpu())?;
         let state = new_state(&s, &backend)?;
         let mut d = Depformer {
             shape: s,

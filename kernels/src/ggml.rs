@@ -459,7 +459,82 @@ pub struct Backend {
 // SAFETY: a backend is used by one thread at a time through its owner.
 unsafe impl Send for Backend {}
 
+/// Where the graphs run: the CPU, or the first GPU of the build's GPU backend (CUDA in
+/// builds with the `cuda` feature).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Device {
+    #[default]
+    Cpu,
+    Gpu,
+}
+
+impl std::str::FromStr for Device {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<Device> {
+        match s {
+            "cpu" => Ok(Device::Cpu),
+            "cuda" | "gpu" => Ok(Device::Gpu),
+            _ => bail!("backend `{s}`: not cpu or cuda"),
+        }
+    }
+}
+
+impl Device {
+    /// Fails, in one line, when this build or machine has no such device.
+    pub fn check(self) -> Result<()> {
+        if self == Device::Gpu {
+            gpu_device()?;
+        }
+        Ok(())
+    }
+}
+
+fn gpu_device() -> Result<sys::ggml_backend_dev_t> {
+    // SAFETY: registry lookup: a static device or null.
+    let dev = unsafe { sys::ggml_backend_dev_by_type(sys::GGML_BACKEND_DEVICE_TYPE_GPU) };
+    if dev.is_null() {
+        bail!(
+            "backend cuda: no GPU backend here (this build has the CPU backend only; build with --features cuda, on a machine with an NVIDIA GPU)"
+        );
+    }
+    Ok(dev)
+}
+
 impl Backend {
+    /// The backend of `device`; `threads` for the CPU.
+    pub fn new(device: Device, threads: usize) -> Result<Backend> {
+        match device {
+            Device::Cpu => Backend::cpu(threads),
+            Device::Gpu => Backend::gpu(),
+        }
+    }
+
+    /// The first GPU of the build's GPU backend.
+    pub fn gpu() -> Result<Backend> {
+        let dev = gpu_device()?;
+        // SAFETY: a registered device; default parameters; freed in Drop.
+        let raw = unsafe { sys::ggml_backend_dev_init(dev, std::ptr::null()) };
+        let Some(raw) = NonNull::new(raw) else {
+            bail!("backend cuda: the GPU failed to start")
+        };
+        Ok(Backend { raw })
+    }
+
+    /// Whether this is the CPU backend (whose extra buffer types re-lay weights out).
+    pub fn is_cpu(&self) -> bool {
+        // SAFETY: valid backend.
+        unsafe { sys::ggml_backend_is_cpu(self.raw()) }
+    }
+
+    /// ggml's name of the backend ("CPU", "CUDA0", …).
+    pub fn name(&self) -> String {
+        // SAFETY: valid backend; ggml returns a C string it owns.
+        unsafe { std::ffi::CStr::from_ptr(sys::ggml_backend_name(self.raw())) }
+            .to_string_lossy()
+            .into_owned()
+    }
+
     /// The CPU backend with `threads` threads.
     pub fn cpu(threads: usize) -> Result<Backend> {
         // SAFETY: plain constructor; freed in Drop.
@@ -479,7 +554,7 @@ impl Backend {
 
 impl Drop for Backend {
     fn drop(&mut self) {
-        // SAFETY: created in cpu(), freed once after every buffer and graph using it.
+        // SAFETY: created in cpu() or gpu(), freed once after every buffer and graph using it.
         unsafe { sys::ggml_backend_free(self.raw()) }
     }
 }

@@ -20,7 +20,7 @@ use anyhow::{Result, ensure};
 use flm_conversion::model_files::{MIMI_ARCH, mimi_keys};
 use flm_conversion::plan::mimi_arch::*;
 
-use crate::ggml::{self, Backend, Buffer, Ctx, Graph, T};
+use crate::ggml::{self, Backend, Buffer, Ctx, Device, Graph, T};
 use crate::weights::{Weights, WeightsBuilder};
 
 /// Samples per code frame (80 ms at 24 kHz).
@@ -349,9 +349,9 @@ fn conv_transpose_halves(bytes: &[u8], es: usize, c: ConvSpec) -> Vec<u8> {
 }
 
 impl Mimi {
-    /// Loads `mimi.gguf` onto a CPU backend with `threads` threads.
-    pub fn load(path: &Path, threads: usize) -> Result<Mimi> {
-        let backend = Backend::cpu(threads)?;
+    /// Loads `mimi.gguf` onto `device` (with `threads` threads on the CPU).
+    pub fn load(path: &Path, device: Device, threads: usize) -> Result<Mimi> {
+        let backend = Backend::new(device, threads)?;
         let mut wb = WeightsBuilder::open(path)?;
         let label = path.display().to_string();
         let g = wb.gguf();
@@ -564,6 +564,11 @@ impl Mimi {
         self.enc_ring = Ring::new();
         self.dec_ring = Ring::new();
         self.enc_first = true;
+    }
+
+    /// ggml's name of the backend the graphs run on.
+    pub fn backend_name(&self) -> String {
+        self.backend.name()
     }
 
     /// Bytes of weights on the backend.

@@ -74,6 +74,10 @@ pub fn engine_options(cfg: &Config, model: &ModelDir) -> Result<EngineOptions> {
         context: (cfg.context.positions > 0).then_some(cfg.context.positions),
         sink: cfg.context.sink,
         kv_f32: None,
+        device: cfg
+            .backend
+            .parse()
+            .map_err(|e| anyhow::anyhow!("key `backend`: {e}"))?,
     })
 }
 
@@ -83,12 +87,6 @@ pub fn load_model(cfg: &Config) -> Result<Model> {
     let Some(dir) = &cfg.model else {
         bail!("no model folder: set `model` in the configuration or pass --model");
     };
-    if cfg.backend != "cpu" {
-        bail!(
-            "key `backend`: `{}` needs a build with the cuda feature; this build has the CPU backend",
-            cfg.backend
-        );
-    }
     let dir = ModelDir::open(dir)?;
     let opts = engine_options(cfg, &dir)?;
     let tokenizer = dir
@@ -96,7 +94,7 @@ pub fn load_model(cfg: &Config) -> Result<Model> {
         .get_str(audio_keys::TOKENIZER_JSON)
         .with_context(|| dir.path(AUDIO_FILE).display().to_string())?;
     let detok = Detokenizer::from_json(tokenizer)?;
-    let mut mimi = Mimi::load(&dir.path(MIMI_FILE), opts.threads)?;
+    let mut mimi = Mimi::load(&dir.path(MIMI_FILE), opts.device, opts.threads)?;
     let mut engine = Engine::load(&dir, &opts)?;
     let mut codes = [0i32; 8];
     let mut pcm = [0f32; device::FRAME];

@@ -180,6 +180,7 @@ pub fn engine(
         sampling = sampling.greedy();
     }
     let opts = EngineOptions {
+        device: Default::default(),
         threads: 1,
         sampling,
         seed: 5,
