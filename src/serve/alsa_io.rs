@@ -499,8 +499,7 @@ impl AlsaPlayback {
         if let Some(dev) = &self.dev
             && let Ok(delay) = dev.pcm.delay()
         {
-            self.clock
-                .observe((delay.max(0) as usize + self.pending.len()) as f64);
+            self.clock.observe(delay, self.pending.len());
         }
     }
 }

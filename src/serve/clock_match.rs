@@ -69,10 +69,18 @@ impl ClockMatch {
         self.smoothed = 0.0;
     }
 
-    /// The device's fill (samples queued to it, written or not) when a frame is due.
-    pub fn observe(&mut self, fill: f64) {
+    /// The device's fill when a frame is due: `delay`, the samples the device still has to
+    /// play (ALSA's delay), and `waiting`, those not yet written to it.
+    pub fn observe(&mut self, delay: i64, waiting: usize) {
+        // A device that reports no delay (alsa-lib's `null` and `file` plugins) shows nothing
+        // of what it holds, and a running one that was given its headroom holds something:
+        // nothing to steer by. What waits alone would mislead, as it wraps at each period.
+        if delay <= 0 {
+            return;
+        }
+        let fill = (delay as u64).saturating_add(waiting as u64) as f64;
         // No device buffer holds a second of audio: a reading like that is a glitch.
-        if !(0.0..=12.5 * self.frame as f64).contains(&fill) {
+        if fill > 12.5 * self.frame as f64 {
             return;
         }
         if self.settling > 0 {
@@ -170,7 +178,7 @@ mod tests {
         let mut ratios = Vec::with_capacity(frames);
         for n in 0..frames {
             if control {
-                clock.observe((fill / period).ceil() * period);
+                clock.observe(((fill / period).ceil() * period) as i64, 0);
             }
             out.clear();
             clock.process(if n % 137 == 136 { &long } else { &short }, &mut out);
@@ -222,12 +230,29 @@ mod tests {
     }
 
     #[test]
+    fn a_device_that_reports_no_delay_is_left_alone() {
+        // What waits for a whole period rises and wraps; with no delay reported, that is all
+        // there would be to see, and it must not move the ratio.
+        let mut clock = ClockMatch::new(3840, 4384).unwrap();
+        let frame = vec![0.25f32; 3836];
+        let mut out = vec![];
+        let mut waiting = 0usize;
+        for _ in 0..20_000 {
+            clock.observe(0, waiting);
+            out.clear();
+            assert_eq!(clock.process(&frame, &mut out), 0);
+            waiting = (waiting + out.len()) % 960;
+        }
+        assert_eq!(clock.ratio(), 1.0);
+    }
+
+    #[test]
     fn at_ratio_one_frames_pass_unchanged() {
         let mut clock = ClockMatch::new(3840, 4384).unwrap();
         let frame: Vec<f32> = (0..3836).map(|i| (i as f32 * 0.01).sin()).collect();
         let mut out = vec![];
         for _ in 0..40 {
-            clock.observe(1920.0);
+            clock.observe(1920, 0);
             out.clear();
             assert_eq!(clock.process(&frame, &mut out), 0);
             assert_eq!(out, frame);
