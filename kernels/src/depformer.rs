@@ -211,6 +211,14 @@ impl Depformer {
         Ok(())
     }
 
+    /// The op type of every node of the graphs of all positions.
+    pub fn op_names(&self) -> Vec<String> {
+        self.positions
+            .iter()
+            .flat_map(|p| p.graph.op_names())
+            .collect()
+    }
+
     /// Per-node timings of the graph of position `p` (a developer tool).
     pub fn profile(&mut self, p: usize, reps: usize) -> Result<Vec<(String, [i64; 4], f64)>> {
         self.positions[p].graph.profile(&self.backend, reps)

@@ -401,7 +401,56 @@ impl Graph {
     }
 }
 
+/// The op types (as `ggml_op_desc` names them) of our graphs that the CUDA backend of the
+/// pinned ggml implements (`ggml_backend_cuda_device_supports_op` in ggml-cuda.cu), so that
+/// the graphs built for the CPU run on a Jetson GPU as they are. A graph that needs another op
+/// fails the tests that check against this list.
+pub const CUDA_OPS: &[&str] = &[
+    "NONE",
+    "VIEW",
+    "RESHAPE",
+    "PERMUTE",
+    "TRANSPOSE",
+    "CPY",
+    "CONT",
+    "GET_ROWS",
+    "SET_ROWS",
+    "MUL_MAT",
+    "ADD",
+    "SUB",
+    "MUL",
+    "SCALE",
+    "CLAMP",
+    "CONCAT",
+    "REPEAT",
+    "NORM",
+    "RMS_NORM",
+    "ROPE",
+    "SOFT_MAX",
+    "IM2COL",
+    "ARGMAX",
+    "EXP",
+    "GELU_ERF",
+    "SILU",
+];
+
 impl Graph {
+    /// The op type of every node, in order (`ggml_op_desc`: unary and GLU ops by their own
+    /// name).
+    pub fn op_names(&self) -> Vec<String> {
+        (0..self.n_nodes())
+            .map(|i| {
+                // SAFETY: i < n_nodes; ggml_op_desc returns a static string.
+                unsafe {
+                    let node = sys::ggml_graph_node(self.graph.as_ptr(), i);
+                    std::ffi::CStr::from_ptr(sys::ggml_op_desc(node))
+                        .to_string_lossy()
+                        .into_owned()
+                }
+            })
+            .collect()
+    }
+
     /// Times every node on its own (a developer tool: `bench mimi --ops`): op description,
     /// output shape, and microseconds averaged over `reps` runs.
     pub fn profile(

@@ -694,6 +694,15 @@ impl Mimi {
         Ok(out)
     }
 
+    /// The op type of every node of the one-frame encoder and decoder graphs.
+    pub fn op_names(&mut self) -> Result<Vec<String>> {
+        self.prepare_encoder(1)?;
+        self.prepare_decoder(1)?;
+        let mut out = self.encoders[&1].graph.op_names();
+        out.extend(self.decoders[&1].graph.op_names());
+        Ok(out)
+    }
+
     fn build_encoder(&self, frames: usize) -> Result<Step> {
         let mut graph = Graph::new(MAX_NODES);
         let n = frames * STEPS_PER_FRAME;
