@@ -3,14 +3,12 @@
 //!
 //!   cargo run --release -p flm-kernels --example node_overhead -- [THREADS] [NODES]
 
-use anyhow::{Context, Result};
+mod probe;
+
+use anyhow::Result;
 use flm_kernels::ggml::{self, Backend, Graph};
 
-fn arg(i: usize, default: usize) -> Result<usize> {
-    std::env::args().nth(i).map_or(Ok(default), |s| {
-        s.parse().with_context(|| format!("argument {i}: {s}"))
-    })
-}
+use probe::{arg, seconds_per_run};
 
 fn main() -> Result<()> {
     let threads = arg(1, std::thread::available_parallelism()?.get())?;
@@ -26,15 +24,7 @@ fn main() -> Result<()> {
     graph.expand(h);
     graph.allocate(&backend)?;
     x.write(&vec![1.0f32; width as usize]);
-    for _ in 0..50 {
-        graph.compute(&backend)?;
-    }
-    let reps = 500;
-    let t = std::time::Instant::now();
-    for _ in 0..reps {
-        graph.compute(&backend)?;
-    }
-    let us = t.elapsed().as_secs_f64() * 1e6 / reps as f64;
+    let us = seconds_per_run(&mut graph, &backend, 50, 500)? * 1e6;
     println!(
         "{threads} threads, {nodes} nodes: {us:.1} us per graph, {:.3} us per node",
         us / nodes as f64

@@ -5,14 +5,12 @@
 //!
 //!   cargo run --release -p flm-kernels --example weight_stream -- [THREADS] [LAYERS] [COLUMNS]
 
-use anyhow::{Context, Result};
+mod probe;
+
+use anyhow::Result;
 use flm_kernels::ggml::{self, Backend, Buffer, Ctx, Graph};
 
-fn arg(i: usize, default: usize) -> Result<usize> {
-    std::env::args().nth(i).map_or(Ok(default), |s| {
-        s.parse().with_context(|| format!("argument {i}: {s}"))
-    })
-}
+use probe::{arg, seconds_per_run};
 
 fn main() -> Result<()> {
     let threads = arg(1, std::thread::available_parallelism()?.get())?;
@@ -44,15 +42,7 @@ fn main() -> Result<()> {
     graph.expand(h);
     graph.allocate(&backend)?;
     x.write(&vec![1.0f32; (d * columns) as usize]);
-    for _ in 0..5 {
-        graph.compute(&backend)?;
-    }
-    let reps = 30;
-    let t = std::time::Instant::now();
-    for _ in 0..reps {
-        graph.compute(&backend)?;
-    }
-    let s = t.elapsed().as_secs_f64() / reps as f64;
+    let s = seconds_per_run(&mut graph, &backend, 5, 30)?;
     let bytes = (layers as i64 * 2 * d * ff * 4) as f64;
     println!(
         "{threads} threads, {columns} columns, {:.0} MB of f32 weights: {:.2} ms, {:.1} GB/s",

@@ -440,13 +440,8 @@ impl Graph {
     pub fn op_names(&self) -> Vec<String> {
         (0..self.n_nodes())
             .map(|i| {
-                // SAFETY: i < n_nodes; ggml_op_desc returns a static string.
-                unsafe {
-                    let node = sys::ggml_graph_node(self.graph.as_ptr(), i);
-                    std::ffi::CStr::from_ptr(sys::ggml_op_desc(node))
-                        .to_string_lossy()
-                        .into_owned()
-                }
+                // SAFETY: i < n_nodes.
+                op_desc(unsafe { sys::ggml_graph_node(self.graph.as_ptr(), i) })
             })
             .collect()
     }
@@ -477,18 +472,24 @@ impl Graph {
                 ensure!(status == sys::GGML_STATUS_SUCCESS, "profile compute failed");
             }
             let us = t0.elapsed().as_secs_f64() * 1e6 / reps.max(1) as f64;
-            // SAFETY: node is valid; ggml_op_desc returns a static string.
-            let desc = unsafe { std::ffi::CStr::from_ptr(sys::ggml_op_desc(node)) }
-                .to_string_lossy()
-                .into_owned();
             // SAFETY: valid node.
             let ne = unsafe { (*node).ne };
-            out.push((desc, ne, us));
+            out.push((op_desc(node), ne, us));
             // SAFETY: empties the scratch graph for the next node.
             unsafe { sys::ggml_graph_clear(one) };
         }
         Ok(out)
     }
+}
+
+/// ggml's name of a node's op (unary and GLU ops by their own name). `node` must be a node
+/// of a live graph.
+fn op_desc(node: *mut sys::ggml_tensor) -> String {
+    // SAFETY: a valid node (the callers take it from their graph); ggml_op_desc returns a
+    // static string.
+    unsafe { std::ffi::CStr::from_ptr(sys::ggml_op_desc(node)) }
+        .to_string_lossy()
+        .into_owned()
 }
 
 impl Drop for Graph {

@@ -6,7 +6,7 @@
 //! out late: a glitch every few minutes. A slow PI loop keeps the device's fill, measured
 //! when each frame is due, where it settled after the device started, and steers rubato's
 //! `Slip`, which now and then inserts or drops one sample under a short crossfade (inaudible;
-//! at ratio 1 it copies). With capture and playback on one card the ratio stays at 1.
+//! at ratio 1 it copies). With capture and playback on one card the ratio stays near 1.
 
 use anyhow::Result;
 use rubato::audioadapter_buffers::direct::InterleavedSlice;
@@ -38,7 +38,6 @@ pub struct ClockMatch {
     smoothed: f64,
     /// Sum of the smoothed error (samples × frames): the learned rate, kept across restarts.
     integral: f64,
-    ratio: f64,
 }
 
 impl ClockMatch {
@@ -57,7 +56,6 @@ impl ClockMatch {
             reference: 0.0,
             smoothed: 0.0,
             integral: 0.0,
-            ratio: 1.0,
         })
     }
 
@@ -98,14 +96,14 @@ impl ClockMatch {
         self.integral = (self.integral + self.smoothed).clamp(-limit, limit);
         // A filling device plays slower than the timeline: give it fewer samples.
         let correction = (PROPORTIONAL * self.smoothed + INTEGRAL * self.integral) / n;
-        self.ratio = 1.0 - correction.clamp(-MAX_CORRECTION, MAX_CORRECTION);
+        let ratio = 1.0 - correction.clamp(-MAX_CORRECTION, MAX_CORRECTION);
         // Out of range only when clamped, and then it runs at its limit.
-        let _ = self.slip.set_resample_ratio(self.ratio, false);
+        let _ = self.slip.set_resample_ratio(ratio, false);
     }
 
     /// Output samples per input sample now (1 when the clocks agree).
     pub fn ratio(&self) -> f64 {
-        self.ratio
+        self.slip.resample_ratio()
     }
 
     /// Appends `x` to `out`, slipping a sample when the ratio calls for it; returns the
@@ -116,19 +114,7 @@ impl ClockMatch {
             out.extend_from_slice(x);
             return 0;
         }
-        let produced = (|| {
-            // Sets the run's length: no allocation, within the size it was made for.
-            self.slip.set_chunk_size(x.len()).ok()?;
-            let input = InterleavedSlice::new(x, 1, x.len()).ok()?;
-            let frames = self.out.len();
-            let mut output = InterleavedSlice::new_mut(&mut self.out[..], 1, frames).ok()?;
-            let (_, produced) = self
-                .slip
-                .process_into_buffer(&input, &mut output, None)
-                .ok()?;
-            Some(produced)
-        })();
-        match produced {
+        match self.slip_run(x) {
             Some(n) => {
                 out.extend_from_slice(&self.out[..n]);
                 n as i64 - x.len() as i64
@@ -138,6 +124,20 @@ impl ClockMatch {
                 0
             }
         }
+    }
+
+    /// Slips one run into `self.out`; the samples it produced, or None if rubato refused it.
+    fn slip_run(&mut self, x: &[f32]) -> Option<usize> {
+        // Sets the run's length: no allocation, within the size it was made for.
+        self.slip.set_chunk_size(x.len()).ok()?;
+        let input = InterleavedSlice::new(x, 1, x.len()).ok()?;
+        let frames = self.out.len();
+        let mut output = InterleavedSlice::new_mut(&mut self.out[..], 1, frames).ok()?;
+        let (_, produced) = self
+            .slip
+            .process_into_buffer(&input, &mut output, None)
+            .ok()?;
+        Some(produced)
     }
 }
 
@@ -242,6 +242,20 @@ mod tests {
             out.clear();
             assert_eq!(clock.process(&frame, &mut out), 0);
             waiting = (waiting + out.len()) % 960;
+        }
+        assert_eq!(clock.ratio(), 1.0);
+    }
+
+    #[test]
+    fn absurd_readings_are_ignored() {
+        // A steady device, with a reading now and then that no buffer could hold.
+        let mut clock = ClockMatch::new(3840, 4384).unwrap();
+        for n in 0..2_000 {
+            match n % 7 {
+                3 => clock.observe(i64::MAX, usize::MAX),
+                5 => clock.observe(48_001, 0),
+                _ => clock.observe(1920, 0),
+            }
         }
         assert_eq!(clock.ratio(), 1.0);
     }

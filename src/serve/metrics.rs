@@ -1,7 +1,7 @@
 //! What the daemon reports: counters and step timings, written with atomics by the audio and
 //! step threads (no locks), read by the status endpoint and the log.
 
-use std::fmt::Write as _;
+use std::fmt::{Display, Write as _};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicU64, Ordering::Relaxed};
 
 /// Upper bounds (ms) of the step-time histogram buckets; the last is +Inf.
@@ -200,12 +200,15 @@ impl Metrics {
     /// Prometheus text exposition format.
     pub fn render(&self) -> String {
         let mut o = String::with_capacity(4096);
-        let counter = |o: &mut String, name: &str, help: &str, v: u64| {
+        // One metric with one value, of a Prometheus `kind` (counter or gauge).
+        let single = |o: &mut String, kind: &str, name: &str, help: &str, v: &dyn Display| {
             let _ = writeln!(
                 o,
-                "# HELP flm_edge_{name} {help}\n# TYPE flm_edge_{name} counter\nflm_edge_{name} {v}"
+                "# HELP flm_edge_{name} {help}\n# TYPE flm_edge_{name} {kind}\nflm_edge_{name} {v}"
             );
         };
+        let counter =
+            |o: &mut String, name: &str, help: &str, v: u64| single(o, "counter", name, help, &v);
         let g = |a: &AtomicU64| a.load(Relaxed);
         counter(
             &mut o,
@@ -263,10 +266,12 @@ impl Metrics {
             "Samples inserted or dropped to follow the playback device's clock.",
             g(&self.playback_slipped),
         );
-        let _ = writeln!(
-            o,
-            "# HELP flm_edge_playback_clock_correction_ppm Rate correction towards the playback device's clock, now.\n# TYPE flm_edge_playback_clock_correction_ppm gauge\nflm_edge_playback_clock_correction_ppm {}",
-            self.playback_clock_ppb.load(Relaxed) as f64 / 1e3
+        single(
+            &mut o,
+            "gauge",
+            "playback_clock_correction_ppm",
+            "Rate correction towards the playback device's clock, now.",
+            &(self.playback_clock_ppb.load(Relaxed) as f64 / 1e3),
         );
         counter(
             &mut o,
@@ -288,10 +293,12 @@ impl Metrics {
                 p.load(Relaxed) as u8
             );
         }
-        let _ = writeln!(
-            o,
-            "# HELP flm_edge_consecutive_deadline_misses Steps missed in a row, now.\n# TYPE flm_edge_consecutive_deadline_misses gauge\nflm_edge_consecutive_deadline_misses {}",
-            g(&self.consecutive_misses)
+        single(
+            &mut o,
+            "gauge",
+            "consecutive_deadline_misses",
+            "Steps missed in a row, now.",
+            &g(&self.consecutive_misses),
         );
         let _ = writeln!(
             o,
