@@ -70,7 +70,7 @@ fn llama_cpp_step(model: &Path) -> (Vec<f32>, Vec<f32>) {
 #[test]
 fn tiny_model_converts_at_every_quant_and_llama_cpp_runs_the_backbone() {
     let ck = checkpoints(1);
-    for quant in ["f32", "f16", "q8_0", "q4_0", "q4_k"] {
+    for quant in ["f32", "f16", "q8_0", "q5_k", "q4_k", "q4_0", "q3_k"] {
         let out = scratch(&format!("every-quant-{quant}"));
         let run = convert(ck, &out, &["--quant", quant]);
         assert!(
@@ -98,12 +98,62 @@ fn tiny_model_converts_at_every_quant_and_llama_cpp_runs_the_backbone() {
             "f32" => [GgmlType::F32, GgmlType::F32, GgmlType::F32],
             "f16" => [GgmlType::F16, GgmlType::F16, GgmlType::F16],
             "q8_0" => [GgmlType::Q8_0, GgmlType::F16, GgmlType::Q8_0],
+            "q5_k" => [GgmlType::Q5_K, GgmlType::Q8_0, GgmlType::Q6_K],
+            "q4_k" => [GgmlType::Q4_K, GgmlType::Q8_0, GgmlType::Q6_K],
             "q4_0" => [GgmlType::Q4_0, GgmlType::Q8_0, GgmlType::Q6_K],
-            _ => [GgmlType::Q4_K, GgmlType::Q8_0, GgmlType::Q6_K],
+            "q3_k" => [GgmlType::Q3_K, GgmlType::Q8_0, GgmlType::Q6_K],
+            q => panic!("no expectation for {q}"),
         };
         assert_eq!(ty(&m.backbone, "blk.0.attn_q.weight"), expect[0], "{quant}");
         assert_eq!(ty(&m.backbone, "token_embd.weight"), expect[1], "{quant}");
         assert_eq!(ty(&m.backbone, "output.weight"), expect[2], "{quant}");
+        // The K-quant mixes of llama.cpp for 2 layers: attn_v and ffn_down of layer 1 (the
+        // last eighth) get Q6_K under Q4_K_M / Q5_K_M; Q3_K_M gives the first two attn_v
+        // Q5_K and, as n/16 = 0, every ffn_down and attn_output Q4_K. The depth
+        // transformer's attention rows (128) fit no 256-value block and fall back as
+        // llama.cpp does; its MLP rows are padded to 512.
+        let k_mix = match quant {
+            "q5_k" => Some([
+                GgmlType::Q5_K,
+                GgmlType::Q6_K,
+                GgmlType::Q5_K,
+                GgmlType::Q6_K,
+                GgmlType::Q5_K,
+                GgmlType::Q5_1,
+                GgmlType::Q5_K,
+            ]),
+            "q4_k" => Some([
+                GgmlType::Q4_K,
+                GgmlType::Q6_K,
+                GgmlType::Q4_K,
+                GgmlType::Q6_K,
+                GgmlType::Q4_K,
+                GgmlType::Q5_0,
+                GgmlType::Q4_K,
+            ]),
+            "q3_k" => Some([
+                GgmlType::Q5_K,
+                GgmlType::Q5_K,
+                GgmlType::Q4_K,
+                GgmlType::Q4_K,
+                GgmlType::Q4_K,
+                GgmlType::Q4_0,
+                GgmlType::Q3_K,
+            ]),
+            _ => None,
+        };
+        if let Some(want) = k_mix {
+            let got = [
+                ty(&m.backbone, "blk.0.attn_v.weight"),
+                ty(&m.backbone, "blk.1.attn_v.weight"),
+                ty(&m.backbone, "blk.0.ffn_down.weight"),
+                ty(&m.backbone, "blk.1.ffn_down.weight"),
+                ty(&m.backbone, "blk.1.attn_output.weight"),
+                ty(&m.audio, "dep.blk.0.attn_qkv.weight"),
+                ty(&m.audio, "dep.blk.0.ffn_down"),
+            ];
+            assert_eq!(got, want, "{quant}");
+        }
         assert_eq!(ty(&m.backbone, "blk.0.attn_norm.weight"), GgmlType::F32);
         assert_eq!(ty(&m.mimi, "enc_tr.0.attn_qkv.weight"), GgmlType::F32);
         assert_eq!(ty(&m.mimi, "rvq.codebook"), GgmlType::F32);
@@ -203,18 +253,26 @@ fn quantized_weights_stay_within_their_type_error() {
     // errs by half a step; q4_0 (scale absmax/8, codes -8..7) by up to a whole step where the
     // value opposite the absmax sign clamps at 7; both plus the f16 rounding of the block scale
     // (2^-11 of the absmax). q4_k's worst element is of the same order: its sub-block scales
-    // and mins are themselves rounded to 6 bits.
+    // and mins are themselves rounded to 6 bits; q5_k has twice as many steps, so half that.
+    // q3_k (codes -4..3, a 6-bit scale per 16 values) errs like q4_0 by up to a whole step
+    // (absmax/4) where a value clamps at 3, plus the rounding of its sub-block scales (half of
+    // 1/32 of the largest scale, times a code of up to 4: about 1/64 of the absmax), allowed
+    // 1/32 as ggml's scale search does not always pick absmax/4. Measured here: q5_k 0.056,
+    // q4_k 0.113, q3_k 0.262 of the absmax.
     let f16_scale = 2f32.powi(-11);
     for (quant, tol) in [
         ("f16", 1e-3),
         ("q8_0", 0.5 / 127.0 + f16_scale),
         ("q4_0", 1.0 / 8.0 + f16_scale),
+        ("q5_k", 1.0 / 16.0 + f16_scale),
         ("q4_k", 1.0 / 8.0 + f16_scale),
+        ("q3_k", 1.0 / 4.0 + 1.0 / 32.0 + f16_scale),
     ] {
         let out = scratch(&format!("qerr-{quant}"));
         assert!(convert(ck, &out, &["--quant", quant]).status.success());
         let got = gguf_f32(&out.join(BACKBONE_FILE), "blk.0.ffn_up.weight");
         let err = max_abs_diff(&got, &src) / scale;
+        eprintln!("{quant}: largest error {err:.4} of the absmax");
         assert!(err < tol, "{quant}: relative error {err}");
     }
 }

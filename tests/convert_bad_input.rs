@@ -314,8 +314,13 @@ fn existing_output_folder_needs_force() {
 fn bad_flags() {
     let ck = checkpoints(1);
     let out = scratch("bad-flag");
-    let run = convert(ck, &out, &["--quant", "q3_k"]);
+    let run = convert(ck, &out, &["--quant", "q2_k"]);
     assert!(!run.status.success());
-    assert!(String::from_utf8_lossy(&run.stderr).contains("unknown quantization `q3_k`"));
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(stderr.contains("unknown quantization `q2_k`"), "{stderr}");
+    // The message names every choice.
+    for q in ["f32", "f16", "q8_0", "q5_k", "q4_k", "q4_0", "q3_k"] {
+        assert!(stderr.contains(q), "{stderr}");
+    }
     assert!(!out.exists());
 }

@@ -20,8 +20,11 @@ impl GgmlType {
     pub const BF16: GgmlType = GgmlType(sys::GGML_TYPE_BF16);
     pub const Q4_0: GgmlType = GgmlType(sys::GGML_TYPE_Q4_0);
     pub const Q5_0: GgmlType = GgmlType(sys::GGML_TYPE_Q5_0);
+    pub const Q5_1: GgmlType = GgmlType(sys::GGML_TYPE_Q5_1);
     pub const Q8_0: GgmlType = GgmlType(sys::GGML_TYPE_Q8_0);
+    pub const Q3_K: GgmlType = GgmlType(sys::GGML_TYPE_Q3_K);
     pub const Q4_K: GgmlType = GgmlType(sys::GGML_TYPE_Q4_K);
+    pub const Q5_K: GgmlType = GgmlType(sys::GGML_TYPE_Q5_K);
     pub const Q6_K: GgmlType = GgmlType(sys::GGML_TYPE_Q6_K);
 
     pub fn from_id(id: u32) -> Option<GgmlType> {

@@ -6,7 +6,7 @@
 //! per-position tables of one kind into one 3-D tensor.
 
 use crate::hf_config::FlmConfig;
-use crate::quant::{Role, more_bits_layer};
+use crate::quant::Role;
 
 /// How source values are changed on the way.
 #[derive(Clone, Debug, PartialEq)]
@@ -134,10 +134,14 @@ pub fn backbone(cfg: &FlmConfig, has_lm_head: bool) -> Vec<Item> {
     for l in 0..n {
         let p = format!("model.layers.{l}.");
         let t = |s: &str| format!("blk.{l}.{s}");
-        let more = if more_bits_layer(l, n) {
-            Role::WeightMoreBits
-        } else {
-            Role::Weight
+        // The roles llama.cpp's mixes give their own types (per layer for attn_v and ffn_down).
+        let attn_v = Role::AttnV {
+            layer: l,
+            n_layers: n,
+        };
+        let ffn_down = Role::FfnDown {
+            layer: l,
+            n_layers: n,
         };
         let bias = |name: String, src: String, width: usize, key: &'static str| {
             let item = Item::new(name, src, &[width], Role::Vector).dims(&[key]);
@@ -189,7 +193,7 @@ pub fn backbone(cfg: &FlmConfig, has_lm_head: bool) -> Vec<Item> {
                 t("attn_v.weight"),
                 format!("{p}self_attn.v_proj.weight"),
                 &[kv, h],
-                more,
+                attn_v,
             )
             .dims(&["num_key_value_heads × head_dim", "hidden_size"]),
             bias(
@@ -202,7 +206,7 @@ pub fn backbone(cfg: &FlmConfig, has_lm_head: bool) -> Vec<Item> {
                 t("attn_output.weight"),
                 format!("{p}self_attn.o_proj.weight"),
                 &[h, h],
-                Role::Weight,
+                Role::AttnOutput,
             )
             .dims(&["hidden_size", "hidden_size"]),
             Item::new(
@@ -230,7 +234,7 @@ pub fn backbone(cfg: &FlmConfig, has_lm_head: bool) -> Vec<Item> {
                 t("ffn_down.weight"),
                 format!("{p}mlp.down_proj.weight"),
                 &[h, ff],
-                more,
+                ffn_down,
             )
             .dims(&["hidden_size", "intermediate_size"]),
         ]);
