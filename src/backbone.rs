@@ -4,19 +4,24 @@
 //! The safe `llama-cpp-2` wrapper cannot feed embeddings (its batch is token-only), so this
 //! module wraps the raw C API. It is the only place in the runtime that calls llama.cpp.
 
-use std::ffi::{CStr, CString, c_char, c_void};
+use std::ffi::CString;
 use std::path::Path;
 use std::sync::Once;
 
 use anyhow::{Context, Result, bail, ensure};
+use flm_kernels::device::Device;
+use flm_kernels::log;
 use llama_cpp_sys_2 as sys;
+
+use crate::placement::Placement;
 
 pub struct BackboneParams {
     /// KV cache positions (steps).
     pub n_ctx: u32,
     pub n_threads: i32,
-    /// Layers placed on the GPU (CUDA builds); 0 keeps everything on the CPU.
-    pub n_gpu_layers: i32,
+    /// Where the layers, the output head and the KV cache go: the CPU, or every layer on
+    /// one GPU device.
+    pub device: Device,
     /// Keep the KV cache in f32 instead of f16 (twice the memory; f16 values alone move
     /// f32-weight outputs by about 1e-3).
     pub kv_f32: bool,
@@ -28,7 +33,7 @@ impl Default for BackboneParams {
         BackboneParams {
             n_ctx: 512,
             n_threads: crate::default_threads() as i32,
-            n_gpu_layers: 0,
+            device: Device::Cpu,
             kv_f32: false,
             flash_attn: false,
         }
@@ -42,6 +47,7 @@ pub struct Backbone {
     token_batch: sys::llama_batch,
     n_embd: usize,
     n_vocab: usize,
+    placement: Placement,
 }
 
 // SAFETY: the llama.cpp model and context are used from one thread at a time (&mut self for
@@ -50,21 +56,12 @@ unsafe impl Send for Backbone {}
 
 static INIT: Once = Once::new();
 
-/// llama.cpp logs every load step to stderr; keep only warnings and errors.
-unsafe extern "C" fn log_filter(level: sys::ggml_log_level, text: *const c_char, _: *mut c_void) {
-    if level >= sys::GGML_LOG_LEVEL_WARN && level != sys::GGML_LOG_LEVEL_CONT && !text.is_null() {
-        // SAFETY: llama.cpp passes a NUL-terminated message that lives for this call.
-        let msg = unsafe { CStr::from_ptr(text) }.to_string_lossy();
-        eprint!("llama.cpp: {msg}");
-    }
-}
-
 fn init_backend() {
     INIT.call_once(|| {
         // SAFETY: called once per process, before any model is loaded; the callback is a
-        // plain function that lives forever.
+        // plain function that lives forever (it also becomes ggml's).
         unsafe {
-            sys::llama_log_set(Some(log_filter), std::ptr::null_mut());
+            sys::llama_log_set(log::callback_for_llama(), std::ptr::null_mut());
             sys::llama_backend_init();
         }
     });
@@ -77,40 +74,35 @@ impl Backbone {
         ensure!(path.is_file(), "{label}: no such file");
         let cpath =
             CString::new(path.as_os_str().as_encoded_bytes()).context("path contains NUL")?;
-        // SAFETY: default params are plain data; the path is a valid C string for the call.
-        let model = unsafe {
-            let mut mp = sys::llama_model_default_params();
-            mp.n_gpu_layers = params.n_gpu_layers;
-            sys::llama_model_load_from_file(cpath.as_ptr(), mp)
-        };
+        let device = params.device.resolve()?;
+        // The devices llama.cpp may use, NULL-terminated: the one chosen, or none for the
+        // CPU (by default it would take every GPU it finds, and skip integrated ones when a
+        // discrete one is there).
+        let mut devices = [std::ptr::null_mut(); 2];
+        if !device.is_cpu() {
+            devices[0] = device.raw();
+        }
+        let ((model, ctx), messages) = log::capture(|| {
+            // SAFETY: default params are plain data; the path and the device list are valid
+            // for the call (llama.cpp copies the list).
+            let model = unsafe {
+                let mut mp = sys::llama_model_default_params();
+                mp.devices = devices.as_mut_ptr();
+                // Every layer and the output head on the device (llama.cpp caps the count).
+                mp.n_gpu_layers = if device.is_cpu() { 0 } else { 999 };
+                mp.split_mode = sys::LLAMA_SPLIT_MODE_NONE;
+                mp.main_gpu = 0;
+                sys::llama_model_load_from_file(cpath.as_ptr(), mp)
+            };
+            if model.is_null() {
+                return (model, std::ptr::null_mut());
+            }
+            (model, Self::new_context(model, params))
+        });
+        log::pass_on(&messages);
         if model.is_null() {
             bail!("{label}: llama.cpp could not load this backbone (see its message above)");
         }
-        // SAFETY: model is a valid, non-null model; context params are plain data.
-        let ctx = unsafe {
-            let mut cp = sys::llama_context_default_params();
-            cp.n_ctx = params.n_ctx;
-            cp.n_batch = 32;
-            cp.n_ubatch = 32;
-            cp.n_seq_max = 1;
-            cp.n_threads = params.n_threads;
-            cp.n_threads_batch = params.n_threads;
-            cp.embeddings = true;
-            cp.pooling_type = sys::LLAMA_POOLING_TYPE_NONE;
-            cp.no_perf = true;
-            // The CPU flash-attention kernel rounds queries through f16 (errors of 1e-3 on
-            // f32 weights); the plain path keeps f32 end to end.
-            cp.flash_attn_type = if params.flash_attn {
-                sys::LLAMA_FLASH_ATTN_TYPE_ENABLED
-            } else {
-                sys::LLAMA_FLASH_ATTN_TYPE_DISABLED
-            };
-            if params.kv_f32 {
-                cp.type_k = sys::GGML_TYPE_F32;
-                cp.type_v = sys::GGML_TYPE_F32;
-            }
-            sys::llama_init_from_model(model, cp)
-        };
         if ctx.is_null() {
             // SAFETY: model is valid and owned here.
             unsafe { sys::llama_model_free(model) };
@@ -137,7 +129,45 @@ impl Backbone {
             token_batch,
             n_embd,
             n_vocab,
+            placement: Placement::from_log(&messages),
         })
+    }
+
+    /// A context of `params` on `model` (null when llama.cpp refuses).
+    fn new_context(
+        model: *mut sys::llama_model,
+        params: &BackboneParams,
+    ) -> *mut sys::llama_context {
+        // SAFETY: model is a valid, non-null model; context params are plain data.
+        unsafe {
+            let mut cp = sys::llama_context_default_params();
+            cp.n_ctx = params.n_ctx;
+            cp.n_batch = 32;
+            cp.n_ubatch = 32;
+            cp.n_seq_max = 1;
+            cp.n_threads = params.n_threads;
+            cp.n_threads_batch = params.n_threads;
+            cp.embeddings = true;
+            cp.pooling_type = sys::LLAMA_POOLING_TYPE_NONE;
+            cp.no_perf = true;
+            // The CPU flash-attention kernel rounds queries through f16 (errors of 1e-3 on
+            // f32 weights); the plain path keeps f32 end to end.
+            cp.flash_attn_type = if params.flash_attn {
+                sys::LLAMA_FLASH_ATTN_TYPE_ENABLED
+            } else {
+                sys::LLAMA_FLASH_ATTN_TYPE_DISABLED
+            };
+            if params.kv_f32 {
+                cp.type_k = sys::GGML_TYPE_F32;
+                cp.type_v = sys::GGML_TYPE_F32;
+            }
+            sys::llama_init_from_model(model, cp)
+        }
+    }
+
+    /// Where llama.cpp put the weights and the KV cache, as its load said.
+    pub fn placement(&self) -> &Placement {
+        &self.placement
     }
 
     pub fn n_embd(&self) -> usize {

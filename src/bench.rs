@@ -3,6 +3,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
+use flm_kernels::ggml::Traffic;
 use flm_kernels::mimi::{FRAME, Mimi};
 
 use crate::engine::Engine;
@@ -51,6 +52,8 @@ pub struct MimiBench {
     pub encode: Stats,
     pub decode: Stats,
     pub weight_bytes: usize,
+    /// Graph computes and host-device copies of the timed frames (encode and decode).
+    pub traffic: Traffic,
 }
 
 /// Streams `frames` frames through the encoder and the decoder, one frame per call, after
@@ -61,7 +64,11 @@ pub fn mimi(mimi: &mut Mimi, frames: usize, warmup: usize, threads: usize) -> Re
     let mut out = vec![0f32; FRAME];
     let (mut enc, mut dec) = (Vec::with_capacity(frames), Vec::with_capacity(frames));
     mimi.reset();
+    let mut before = Traffic::now();
     for f in 0..frames + warmup {
+        if f == warmup {
+            before = Traffic::now();
+        }
         let t0 = Instant::now();
         mimi.encode(&pcm[f * FRAME..(f + 1) * FRAME], &mut codes)?;
         let t1 = Instant::now();
@@ -78,6 +85,7 @@ pub fn mimi(mimi: &mut Mimi, frames: usize, warmup: usize, threads: usize) -> Re
         encode: stats(&mut enc),
         decode: stats(&mut dec),
         weight_bytes: mimi.weight_bytes(),
+        traffic: Traffic::now().since(&before),
     })
 }
 
@@ -120,6 +128,10 @@ pub struct StepBench {
     pub llama_decode: Stats,
     pub weight_bytes_per_step: u64,
     pub peak_rss_bytes: u64,
+    /// Graph computes and host-device copies of our own graphs over the timed steps (the
+    /// backbone's are llama.cpp's: one decode per step, in `graph_splits` pieces).
+    pub traffic: Traffic,
+    pub graph_splits: Option<u32>,
 }
 
 fn stats_ms(samples: &mut [f64]) -> Stats {
@@ -184,7 +196,11 @@ pub fn step(
     let (mut embed, mut backbone, mut depth, mut sample, mut total) =
         (vec![], vec![], vec![], vec![], vec![]);
     engine.reset();
+    let mut before = Traffic::now();
     for s in 0..n + warmup {
+        if s == warmup {
+            before = Traffic::now();
+        }
         let user: [i32; 8] = std::array::from_fn(|_| (next() % 2048) as i32);
         let out = engine.step(&user)?;
         if s >= warmup {
@@ -196,6 +212,7 @@ pub fn step(
             total.push(t.total());
         }
     }
+    let traffic = Traffic::now().since(&before);
     // The head: the same decode with and without output rows, alternated.
     let reps = n.min(20);
     let width = engine.backbone().n_embd();
@@ -230,5 +247,22 @@ pub fn step(
         llama_decode: stats(&mut llama),
         weight_bytes_per_step: weight_bytes_per_step(model),
         peak_rss_bytes: peak_rss_bytes(),
+        traffic,
+        graph_splits: engine.backbone().placement().splits,
     })
+}
+
+/// One line: what `t`, counted over `n` steps or frames, costs per one of them.
+pub fn traffic_line(t: &Traffic, n: usize, what: &str) -> String {
+    let n = n.max(1) as f64;
+    let per = |x: u64| x as f64 / n;
+    format!(
+        "{:.1} graph computes, {:.1} uploads ({:.1} KiB), {:.1} downloads ({:.1} KiB), {:.1} host synchronisations on a device, per {what}",
+        per(t.graphs),
+        per(t.uploads),
+        per(t.upload_bytes) / 1024.0,
+        per(t.downloads),
+        per(t.download_bytes) / 1024.0,
+        per(t.synchronisations()),
+    )
 }

@@ -32,7 +32,8 @@ pub struct Config {
     pub model: Option<PathBuf>,
     /// Compute threads; 0 uses every core.
     pub threads: usize,
-    /// "cpu", or "cuda" on builds with the `cuda` feature.
+    /// "cpu"; "cuda" or "vulkan" (the best device of that backend, on builds with its
+    /// feature), "gpu" (any), or one device such as "cuda0".
     pub backend: String,
     pub audio: Audio,
     pub schedule: Schedule,
@@ -247,11 +248,9 @@ impl Config {
     /// Checks values that types alone do not constrain; errors name the key.
     pub fn check(&self) -> Result<()> {
         let a = &self.audio;
-        ensure!(
-            matches!(self.backend.as_str(), "cpu" | "cuda"),
-            "key `backend`: `{}` is not cpu or cuda",
-            self.backend
-        );
+        self.backend
+            .parse::<flm_kernels::device::Device>()
+            .map_err(|e| anyhow::anyhow!("key `backend`: {e}"))?;
         ensure!(
             (8_000..=192_000).contains(&a.rate),
             "key `audio.rate`: {} Hz is outside 8000..192000",

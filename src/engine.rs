@@ -269,12 +269,12 @@ impl Engine {
             &BackboneParams {
                 n_ctx: positions,
                 n_threads: opts.threads as i32,
-                // Every layer on the GPU when there is one (llama.cpp caps it).
-                n_gpu_layers: if opts.device == Device::Gpu { 999 } else { 0 },
+                device: opts.device,
                 kv_f32,
                 flash_attn: false,
             },
         )?;
+        report_placement(&backbone, &model.backbone, opts.device);
         let depformer = Depformer::load(&audio_path, opts.device, opts.threads)?;
         let shape = *depformer.shape();
         ensure!(
@@ -340,6 +340,11 @@ impl Engine {
 
     pub fn depformer(&mut self) -> &mut Depformer {
         &mut self.depformer
+    }
+
+    /// ggml's name of the device the step runs on ("CPU", "CUDA0", …).
+    pub fn device_name(&self) -> String {
+        self.depformer.backend_name()
     }
 
     /// Starts a new conversation.
@@ -456,6 +461,30 @@ impl Engine {
         self.backbone.discard(sink as i32, n as i32)?;
         self.pos -= n as i32;
         Ok(true)
+    }
+}
+
+/// Says on stderr where llama.cpp put the backbone, and warns when a GPU load left weights
+/// beyond the input embedding table (which flm-edge reads itself) in host memory: the CPU
+/// would read them at every step.
+fn report_placement(backbone: &Backbone, file: &Gguf, device: Device) {
+    let p = backbone.placement();
+    eprintln!("backbone on {device}: {}", p.summary());
+    if device.is_cpu() {
+        return;
+    }
+    let embd_mib = file
+        .tensor("token_embd.weight")
+        .map_or(0.0, |t| t.n_bytes() as f64 / (1024.0 * 1024.0));
+    if let Some(extra) = p.host_weights_beyond(embd_mib) {
+        let which = p
+            .moved
+            .as_ref()
+            .map(|(name, others, to)| format!(" ({name} and {others} others went to {to})"))
+            .unwrap_or_default();
+        eprintln!(
+            "warning: backbone: {extra:.0} MiB of weights beyond the input embedding stay in host memory{which}; the CPU reads them at every step"
+        );
     }
 }
 

@@ -35,7 +35,7 @@ enum Cmd {
         /// Output model folder.
         #[arg(long, value_name = "MODEL_DIR")]
         out: PathBuf,
-        /// Weight type of the language model: f32, f16, q8_0, q4_0 or q4_k.
+        /// Weight type of the language model: f32, f16, q8_0, q5_k, q4_k, q4_0 or q3_k.
         #[arg(long, default_value = "q4_k")]
         quant: Quant,
         /// Weight type of Mimi: f32 or f16.
@@ -90,6 +90,10 @@ enum Cmd {
         /// Model folder (overrides the configuration's `model`).
         #[arg(long, value_name = "MODEL_DIR")]
         model: Option<PathBuf>,
+        /// cpu, cuda, vulkan, gpu, or a device such as cuda0 (overrides the configuration's
+        /// `backend`).
+        #[arg(long)]
+        backend: Option<Device>,
         /// Replay this WAV as the user's voice instead of capturing.
         #[arg(long, value_name = "x.wav", requires = "output_wav")]
         input_wav: Option<PathBuf>,
@@ -100,8 +104,28 @@ enum Cmd {
         #[arg(long)]
         realtime: bool,
     },
-    /// ALSA cards and PCM names usable as `audio.capture` / `audio.playback`.
+    /// ALSA cards and PCM names usable as `audio.capture` / `audio.playback`, and the
+    /// compute devices of this build.
     Devices,
+    /// Does a device compute what the CPU computes? Writes a small seeded model, runs Mimi
+    /// and greedy steps on both, prints one line per check; exits non-zero when one fails.
+    Selftest {
+        /// The device under test: cpu, cuda, vulkan, gpu, or a device such as cuda0.
+        #[arg(long, default_value = "gpu")]
+        backend: Device,
+        /// The device it is compared with.
+        #[arg(long, default_value = "cpu")]
+        reference: Device,
+        /// Steps of the language model (80 ms frames of the test clip).
+        #[arg(long, default_value_t = 50)]
+        steps: usize,
+        /// CPU threads (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Seed of the test model's weights.
+        #[arg(long, default_value_t = 3)]
+        seed: u64,
+    },
     /// Benchmarks of the real-time stages.
     Bench {
         #[command(subcommand)]
@@ -123,7 +147,7 @@ enum MimiCmd {
         /// CPU threads (default: all cores).
         #[arg(long)]
         threads: Option<usize>,
-        /// cpu, or cuda (builds with the `cuda` feature).
+        /// cpu, cuda, vulkan, gpu, or a device such as cuda0 (GPU backends: builds with their feature).
         #[arg(long, default_value = "cpu")]
         backend: Device,
     },
@@ -153,7 +177,7 @@ enum BenchCmd {
         frames: usize,
         #[arg(long)]
         threads: Option<usize>,
-        /// cpu, or cuda (builds with the `cuda` feature).
+        /// cpu, cuda, vulkan, gpu, or a device such as cuda0 (GPU backends: builds with their feature).
         #[arg(long, default_value = "cpu")]
         backend: Device,
         /// Also time each graph node alone and list the most expensive ops.
@@ -188,8 +212,8 @@ struct EngineArgs {
     /// CPU threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
-    /// cpu, or cuda (builds with the `cuda` feature): the backbone, the depth transformer
-    /// and Mimi.
+    /// cpu, cuda or vulkan (builds with that feature; the best device of the backend), gpu
+    /// (any), or a device such as cuda0: the backbone, the depth transformer and Mimi.
     #[arg(long, default_value = "cpu")]
     backend: Device,
     /// Backbone context in steps (default: the model's, 8192 for the release); when full,
@@ -268,7 +292,31 @@ fn mimi_path(model: &std::path::Path) -> Result<PathBuf> {
     }
 }
 
+impl Cmd {
+    /// The device a command asked for with `--backend` (serve reads its configuration).
+    fn device(&self) -> Option<Device> {
+        match self {
+            Cmd::Run { engine, .. } => Some(engine.backend),
+            Cmd::Mimi {
+                cmd: MimiCmd::Encode { backend, .. } | MimiCmd::Decode { backend, .. },
+            } => Some(*backend),
+            Cmd::Bench {
+                cmd: BenchCmd::Mimi { backend, .. },
+            } => Some(*backend),
+            Cmd::Bench {
+                cmd: BenchCmd::Step { engine, .. },
+            } => Some(engine.backend),
+            Cmd::Selftest { backend, .. } => Some(*backend),
+            _ => None,
+        }
+    }
+}
+
 fn run(cli: Cli) -> Result<()> {
+    // A device that is not there is one line, before any file is read.
+    if let Some(device) = cli.cmd.device() {
+        device.check()?;
+    }
     match cli.cmd {
         Cmd::Convert {
             lm,
@@ -401,6 +449,7 @@ fn run(cli: Cli) -> Result<()> {
             config,
             board,
             model,
+            backend,
             input_wav,
             output_wav,
             realtime,
@@ -408,11 +457,50 @@ fn run(cli: Cli) -> Result<()> {
             board,
             config,
             model,
+            backend: backend.map(|b| b.to_string()),
             input_wav,
             output_wav,
             realtime,
         })?,
-        Cmd::Devices => print!("{}", flm_edge::serve::alsa_io::list_devices()?),
+        Cmd::Devices => {
+            print!("{}", flm_edge::serve::alsa_io::list_devices()?);
+            println!("\ncompute devices (--backend, `backend`):");
+            for d in flm_kernels::device::list() {
+                println!(
+                    "  {:<8} {:?}  {}  {:.1} GiB",
+                    d.name,
+                    d.kind,
+                    d.description,
+                    d.memory_total as f64 / (1u64 << 30) as f64
+                );
+            }
+        }
+        Cmd::Selftest {
+            backend,
+            reference,
+            steps,
+            threads: t,
+            seed,
+        } => {
+            let checks = flm_edge::selftest::selftest(&flm_edge::selftest::SelftestOptions {
+                device: backend,
+                reference,
+                steps,
+                threads: threads(t),
+                seed,
+            })?;
+            println!(
+                "selftest: {backend} against {reference}, {steps} steps, f32 weights, seed {seed}"
+            );
+            for c in &checks {
+                println!("{c}");
+            }
+            let failed = checks.iter().filter(|c| !c.pass).count();
+            if failed > 0 {
+                anyhow::bail!("selftest: {failed} of {} checks failed", checks.len());
+            }
+            println!("selftest: all {} checks passed", checks.len());
+        }
         Cmd::Bench {
             cmd:
                 BenchCmd::Step {
@@ -436,11 +524,7 @@ fn run(cli: Cli) -> Result<()> {
                 .unwrap_or("?");
             println!(
                 "LM step, {}, {} threads, {quant} weights (mmap), {} steps (warm)",
-                if opts.device == Device::Gpu {
-                    "GPU"
-                } else {
-                    "CPU"
-                },
+                engine.device_name(),
                 r.threads,
                 r.steps
             );
@@ -472,6 +556,14 @@ fn run(cli: Cli) -> Result<()> {
                 "  weights read per step {:.1} MiB; peak RSS {:.0} MiB",
                 r.weight_bytes_per_step as f64 / (1 << 20) as f64,
                 r.peak_rss_bytes as f64 / (1 << 20) as f64
+            );
+            println!(
+                "  depth transformer and sampling: {}",
+                bench::traffic_line(&r.traffic, r.steps, "step")
+            );
+            println!(
+                "  backbone: 1 llama_decode per step in {} graph split(s) (input embedding up, logits and hidden state down)",
+                r.graph_splits.map_or("?".to_string(), |n| n.to_string())
             );
         }
         Cmd::Bench {
@@ -514,6 +606,10 @@ fn run(cli: Cli) -> Result<()> {
             println!(
                 "  weights {:.1} MiB",
                 r.weight_bytes as f64 / (1 << 20) as f64
+            );
+            println!(
+                "  encode and decode: {}",
+                bench::traffic_line(&r.traffic, r.frames, "frame")
             );
         }
     }

@@ -150,6 +150,7 @@ fn paced_alsa_devices_play_every_answer_in_its_slot() {
                 latency_frames: 6,
                 max_backlog_frames: 16,
                 stall: None,
+                fail: None,
             },
             &metrics,
             &stop,

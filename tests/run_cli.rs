@@ -215,7 +215,7 @@ fn bad_input_gets_one_line_and_no_output() {
         "tpu",
     ]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not cpu or cuda"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not cpu, cuda, vulkan"));
     assert!(!reply.exists() && !steps.exists());
     let leftovers: Vec<_> = std::fs::read_dir(&*dir)
         .unwrap()

@@ -125,6 +125,7 @@ fn a_stalled_step_leaves_silence_and_the_timeline_goes_on() {
             latency_frames: 2,
             max_backlog_frames: 16,
             stall: Some((10, Duration::from_millis(400))),
+            fail: None,
         },
         true,
     );
@@ -157,6 +158,45 @@ fn a_stalled_step_leaves_silence_and_the_timeline_goes_on() {
         silent_slots.iter().all(|&n| n < frames - 5),
         "{silent_slots:?}"
     );
+}
+
+#[test]
+fn a_failing_step_stops_every_thread_and_returns_its_reason() {
+    let _t = TIMED.lock().unwrap_or_else(|e| e.into_inner());
+    // 60 s of paced capture: without the stop, the audio threads would run it to the end.
+    let frames = 750;
+    let speech = speech();
+    let pcm: Vec<f32> = (0..frames * FRAME)
+        .map(|i| speech[i % speech.len()])
+        .collect();
+    let metrics = Metrics::new();
+    let stop = AtomicBool::new(false);
+    let mut model = pipeline_model();
+    let origin = Instant::now();
+    let mut cap = WavCapture::new(pcm, Some(origin));
+    let mut play = WavPlayback::new(frames, Some(origin));
+    let schedule = Schedule {
+        latency_frames: 2,
+        max_backlog_frames: 16,
+        stall: None,
+        fail: Some(2),
+    };
+    let err = pipeline::run(
+        &mut model, &mut cap, &mut play, schedule, &metrics, &stop, None,
+    )
+    .unwrap_err();
+    let took = origin.elapsed();
+    assert_eq!(
+        format!("{err:#}"),
+        "frame 2: model step: injected failure (drill)"
+    );
+    // Two steps and the stop take well under a second on an idle machine; the bound leaves
+    // room for a busy one and is far below the capture's 60 s.
+    assert!(
+        took < Duration::from_secs(15),
+        "threads kept running for {took:?}"
+    );
+    assert_eq!(metrics.steps.load(Relaxed), 2);
 }
 
 /// A capture whose frames 10..15 arrive 400 ms late, all at once, as silence paid back for
@@ -227,6 +267,7 @@ fn audio_lost_to_an_xrun_does_not_lengthen_the_latency() {
         latency_frames: 2,
         max_backlog_frames: 16,
         stall: None,
+        fail: None,
     };
     pipeline::run(
         &mut model,

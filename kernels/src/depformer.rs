@@ -110,6 +110,11 @@ pub struct Depformer {
 impl Depformer {
     /// Loads the depth transformer of `audio.gguf` onto `device` (with `threads` threads on
     /// the CPU).
+    /// ggml's name of the device the graphs run on ("CPU", "CUDA0", …).
+    pub fn backend_name(&self) -> String {
+        self.backend.name()
+    }
+
     pub fn load(path: &Path, device: Device, threads: usize) -> Result<Depformer> {
         let label = path.display().to_string();
         let backend = Backend::new(device, threads)?;

@@ -6,6 +6,7 @@
 //! that calls ggml; the invariants it keeps are stated where it calls.
 
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Result, bail, ensure};
 use llama_cpp_sys_2 as sys;
@@ -19,6 +20,60 @@ pub const I32: Type = sys::GGML_TYPE_I32;
 pub const ROPE_NORMAL: i32 = 0;
 /// GGML_ROPE_TYPE_NEOX: rotate halves, as Qwen2 does.
 pub const ROPE_NEOX: i32 = 2;
+
+/// What our graphs cost in host-device traffic, counted process-wide since start: graph
+/// computes, uploads and downloads with their bytes. On a device backend each of them is a
+/// host synchronisation (ggml's compute waits for the graph; a tensor set or get waits for
+/// its copy), and each graph compute is a launch (or, with CUDA graphs, one replay); on the
+/// CPU backend copies are plain memcpy. Relaxed atomics: no locks on the step path.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Traffic {
+    pub graphs: u64,
+    pub uploads: u64,
+    pub upload_bytes: u64,
+    pub downloads: u64,
+    pub download_bytes: u64,
+}
+
+static GRAPHS: AtomicU64 = AtomicU64::new(0);
+static UPLOADS: AtomicU64 = AtomicU64::new(0);
+static UPLOAD_BYTES: AtomicU64 = AtomicU64::new(0);
+static DOWNLOADS: AtomicU64 = AtomicU64::new(0);
+static DOWNLOAD_BYTES: AtomicU64 = AtomicU64::new(0);
+
+impl Traffic {
+    /// The counts so far.
+    pub fn now() -> Traffic {
+        Traffic {
+            graphs: GRAPHS.load(Ordering::Relaxed),
+            uploads: UPLOADS.load(Ordering::Relaxed),
+            upload_bytes: UPLOAD_BYTES.load(Ordering::Relaxed),
+            downloads: DOWNLOADS.load(Ordering::Relaxed),
+            download_bytes: DOWNLOAD_BYTES.load(Ordering::Relaxed),
+        }
+    }
+
+    /// What happened between `earlier` and `self`.
+    pub fn since(&self, earlier: &Traffic) -> Traffic {
+        Traffic {
+            graphs: self.graphs - earlier.graphs,
+            uploads: self.uploads - earlier.uploads,
+            upload_bytes: self.upload_bytes - earlier.upload_bytes,
+            downloads: self.downloads - earlier.downloads,
+            download_bytes: self.download_bytes - earlier.download_bytes,
+        }
+    }
+
+    /// Host synchronisations these operations make on a device backend.
+    pub fn synchronisations(&self) -> u64 {
+        self.graphs + self.uploads + self.downloads
+    }
+}
+
+fn count_upload(bytes: usize) {
+    UPLOADS.fetch_add(1, Ordering::Relaxed);
+    UPLOAD_BYTES.fetch_add(bytes as u64, Ordering::Relaxed);
+}
 
 /// A tensor of a context: a handle, valid while the context that made it lives. Components
 /// keep their contexts and the handles into them in the same struct, so handles never
@@ -98,6 +153,7 @@ impl T {
             !self.get().data.is_null() || !self.get().buffer.is_null(),
             "tensor not allocated"
         );
+        count_upload(bytes);
         // SAFETY: the tensor is allocated in a backend buffer and `data` has exactly its size.
         unsafe { sys::ggml_backend_tensor_set(self.raw(), data.as_ptr().cast(), 0, bytes) };
     }
@@ -108,6 +164,7 @@ impl T {
             offset + data.len() <= self.n_bytes(),
             "tensor write out of range"
         );
+        count_upload(data.len());
         // SAFETY: in range of an allocated tensor.
         unsafe {
             sys::ggml_backend_tensor_set(self.raw(), data.as_ptr().cast(), offset, data.len())
@@ -118,6 +175,8 @@ impl T {
     pub fn read<E: Copy>(&self, out: &mut [E]) {
         let bytes = std::mem::size_of_val(out);
         assert_eq!(bytes, self.n_bytes(), "tensor read size");
+        DOWNLOADS.fetch_add(1, Ordering::Relaxed);
+        DOWNLOAD_BYTES.fetch_add(bytes as u64, Ordering::Relaxed);
         // SAFETY: the tensor is allocated and `out` has exactly its size.
         unsafe { sys::ggml_backend_tensor_get(self.raw(), out.as_mut_ptr().cast(), 0, bytes) };
     }
@@ -391,6 +450,7 @@ impl Graph {
     }
 
     pub fn compute(&mut self, backend: &Backend) -> Result<()> {
+        GRAPHS.fetch_add(1, Ordering::Relaxed);
         // SAFETY: the graph was allocated on this backend's buffer type.
         let status = unsafe { sys::ggml_backend_graph_compute(backend.raw(), self.graph.as_ptr()) };
         ensure!(
@@ -501,7 +561,7 @@ impl Drop for Graph {
     }
 }
 
-/// A backend (CPU, or a GPU in CUDA builds).
+/// A backend: the CPU, or a device of a GPU backend compiled in.
 pub struct Backend {
     raw: NonNull<sys::ggml_backend>,
 }
@@ -509,64 +569,20 @@ pub struct Backend {
 // SAFETY: a backend is used by one thread at a time through its owner.
 unsafe impl Send for Backend {}
 
-/// Where the graphs run: the CPU, or the first GPU of the build's GPU backend (CUDA in
-/// builds with the `cuda` feature).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum Device {
-    #[default]
-    Cpu,
-    Gpu,
-}
-
-impl std::str::FromStr for Device {
-    type Err = anyhow::Error;
-
-    fn from_str(s: &str) -> Result<Device> {
-        match s {
-            "cpu" => Ok(Device::Cpu),
-            "cuda" | "gpu" => Ok(Device::Gpu),
-            _ => bail!("backend `{s}`: not cpu or cuda"),
-        }
-    }
-}
-
-impl Device {
-    /// Fails, in one line, when this build or machine has no such device.
-    pub fn check(self) -> Result<()> {
-        if self == Device::Gpu {
-            gpu_device()?;
-        }
-        Ok(())
-    }
-}
-
-fn gpu_device() -> Result<sys::ggml_backend_dev_t> {
-    // SAFETY: registry lookup: a static device or null.
-    let dev = unsafe { sys::ggml_backend_dev_by_type(sys::GGML_BACKEND_DEVICE_TYPE_GPU) };
-    if dev.is_null() {
-        bail!(
-            "backend cuda: no GPU backend here (this build has the CPU backend only; build with --features cuda, on a machine with an NVIDIA GPU)"
-        );
-    }
-    Ok(dev)
-}
+pub use crate::device::Device;
 
 impl Backend {
-    /// The backend of `device`; `threads` for the CPU.
+    /// The backend of `device` (resolved through ggml's device registry); `threads` for
+    /// the CPU.
     pub fn new(device: Device, threads: usize) -> Result<Backend> {
-        match device {
-            Device::Cpu => Backend::cpu(threads),
-            Device::Gpu => Backend::gpu(),
+        let dev = device.resolve()?;
+        if dev.is_cpu() {
+            return Backend::cpu(threads);
         }
-    }
-
-    /// The first GPU of the build's GPU backend.
-    pub fn gpu() -> Result<Backend> {
-        let dev = gpu_device()?;
         // SAFETY: a registered device; default parameters; freed in Drop.
-        let raw = unsafe { sys::ggml_backend_dev_init(dev, std::ptr::null()) };
+        let raw = unsafe { sys::ggml_backend_dev_init(dev.raw(), std::ptr::null()) };
         let Some(raw) = NonNull::new(raw) else {
-            bail!("backend cuda: the GPU failed to start")
+            bail!("backend {device}: {} failed to start", dev.info().name)
         };
         Ok(Backend { raw })
     }
@@ -604,7 +620,7 @@ impl Backend {
 
 impl Drop for Backend {
     fn drop(&mut self) {
-        // SAFETY: created in cpu() or gpu(), freed once after every buffer and graph using it.
+        // SAFETY: created in cpu() or new(), freed once after every buffer and graph using it.
         unsafe { sys::ggml_backend_free(self.raw()) }
     }
 }

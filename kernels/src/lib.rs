@@ -1,7 +1,9 @@
 //! flm-edge compute on ggml: the Mimi codec, the depth transformer, sampling.
 
 pub mod depformer;
+pub mod device;
 pub mod ggml;
+pub mod log;
 pub mod mimi;
 pub mod sampling;
 pub mod weights;

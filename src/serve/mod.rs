@@ -36,6 +36,8 @@ pub struct ServeOptions {
     pub config: Option<PathBuf>,
     /// Overrides the config's model folder.
     pub model: Option<PathBuf>,
+    /// Overrides the config's backend.
+    pub backend: Option<String>,
     /// Replay: the user's voice from this WAV instead of the capture device.
     pub input_wav: Option<PathBuf>,
     /// Replay: the reply into this WAV (as long as the input) instead of the playback device.
@@ -128,9 +130,15 @@ pub fn serve(opts: ServeOptions) -> Result<()> {
         if let Some(m) = &opts.model {
             cfg.model = Some(m.clone());
         }
+        if let Some(b) = &opts.backend {
+            cfg.backend = b.clone();
+        }
+        cfg.check()?;
         Ok(cfg)
     };
     let mut cfg = load(&opts)?;
+    // A device that is not there is one line, before the model is read.
+    flm_kernels::device::Device::check(cfg.backend.parse()?)?;
     // `stop`: SIGTERM or SIGINT. `interrupt`: any of them or SIGHUP; it ends the pipeline,
     // which then stops for good or starts again with the configuration read anew.
     let stop = Arc::new(AtomicBool::new(false));
@@ -167,6 +175,7 @@ pub fn serve(opts: ServeOptions) -> Result<()> {
             latency_frames: cfg.schedule.latency_frames,
             max_backlog_frames: cfg.schedule.max_backlog_frames,
             stall: None,
+            fail: None,
         };
         let mut speaking = false;
         let mut on_event = |e: &pipeline::Event| {

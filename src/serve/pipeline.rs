@@ -17,7 +17,7 @@ use std::sync::atomic::{
 };
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use flm_kernels::mimi::Mimi;
 use heapless::spsc::Queue;
 
@@ -108,9 +108,12 @@ pub struct Schedule {
     pub max_backlog_frames: u32,
     /// Drill: step n sleeps this long before it runs (a stall past its deadline).
     pub stall: Option<(u64, Duration)>,
+    /// Drill: step n fails (as a GPU or llama.cpp error would).
+    pub fail: Option<u64>,
 }
 
-/// Runs until `stop` is set or the capture source ends (and its frames are played).
+/// Runs until `stop` is set or the capture source ends (and its frames are played). A step
+/// that fails stops every thread and returns its error, naming the stage and the frame.
 pub fn run(
     model: &mut Model,
     capture: &mut dyn CaptureDevice,
@@ -128,6 +131,9 @@ pub fn run(
     let (mut ev_tx, mut ev_rx) = events.split();
     let capture_done = AtomicBool::new(false);
     let steps_done = AtomicBool::new(false);
+    // Set when the step loop ends for good (an error): the audio threads stop too, instead
+    // of playing silence forever.
+    let halted = AtomicBool::new(false);
     // An unpaced replay must lose nothing: the capture side waits for room instead.
     let lossless = !playback.paced();
     let due = FRAME_TIME * schedule.latency_frames;
@@ -137,13 +143,14 @@ pub fn run(
         let step_thread = std::thread::current();
         let capture_done = &capture_done;
         let steps_done = &steps_done;
-
         let stamps = &stamps;
+        let halted = &halted;
+        let quit = move || stop.load(Relaxed) || halted.load(Relaxed);
         let player = s.spawn(move || {
             let mut next = 0u64;
             let paced = playback.paced();
             'slots: loop {
-                if stop.load(Relaxed) {
+                if quit() {
                     break;
                 }
                 if !paced && steps_done.load(Relaxed) && out_rx.peek().is_none() {
@@ -154,7 +161,7 @@ pub fn run(
                 let mut overdue = false;
                 if paced {
                     loop {
-                        if stop.load(Relaxed) {
+                        if quit() {
                             break 'slots;
                         }
                         match stamps.due(next, due) {
@@ -211,6 +218,7 @@ pub fn run(
             }
         });
         let player = player.thread().clone();
+        let player_wake = player.clone();
 
         s.spawn(move || {
             let mut frame = InFrame {
@@ -219,7 +227,7 @@ pub fn run(
                 silent: false,
                 pcm: [0.0; FRAME],
             };
-            while !stop.load(Relaxed) {
+            while !quit() {
                 let t0 = Instant::now();
                 let kind = capture.next_frame(&mut frame.pcm, metrics);
                 metrics.stage(Stage::CaptureWait, t0.elapsed().as_micros() as u64);
@@ -235,7 +243,7 @@ pub fn run(
                 loop {
                     match in_tx.enqueue(item) {
                         Ok(()) => break,
-                        Err(back) if lossless && !stop.load(Relaxed) => {
+                        Err(back) if lossless && !quit() => {
                             item = back;
                             std::thread::sleep(Duration::from_millis(1));
                         }
@@ -277,6 +285,10 @@ pub fn run(
             capture_done,
         );
         steps_done.store(true, Relaxed);
+        if result.is_err() {
+            halted.store(true, Relaxed);
+            player_wake.unpark();
+        }
         result
     })
 }
@@ -321,16 +333,29 @@ fn step_loop(
         {
             std::thread::sleep(d);
         }
+        let seq = frame.seq;
+        if schedule.fail == Some(seq) {
+            anyhow::bail!("frame {seq}: model step: injected failure (drill)");
+        }
         let t0 = Instant::now();
-        model.mimi.encode(&frame.pcm, &mut codes)?;
+        model
+            .mimi
+            .encode(&frame.pcm, &mut codes)
+            .with_context(|| format!("frame {seq}: Mimi encode"))?;
         let t1 = Instant::now();
-        let step = model.engine.step(&codes)?;
+        let step = model
+            .engine
+            .step(&codes)
+            .with_context(|| format!("frame {seq}: model step"))?;
         let t2 = Instant::now();
         match step.frame {
             Some(f) => {
                 let mut speak = [0i32; 8];
                 speak.copy_from_slice(&f[1..]);
-                model.mimi.decode(&speak, &mut out.pcm)?;
+                model
+                    .mimi
+                    .decode(&speak, &mut out.pcm)
+                    .with_context(|| format!("frame {seq}: Mimi decode"))?;
             }
             None => out.pcm.fill(0.0),
         }

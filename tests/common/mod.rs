@@ -310,6 +310,8 @@ pub fn snr_db(reference: &[f32], got: &[f32]) -> f64 {
         .zip(got)
         .map(|(&a, &b)| (a as f64 - b as f64).powi(2))
         .sum();
+    // A NaN in `got` must fail an SNR bound: f64::max would turn a NaN error into 1e-30.
+    assert!(err.is_finite(), "non-finite samples in the output");
     10.0 * (sig / err.max(1e-30)).log10()
 }
 

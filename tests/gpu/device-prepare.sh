@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Prepares the GPU check for a data-center machine with an NVIDIA GPU, CUDA 13 and no Rust
+# toolchain or network (an H200: sm_90): builds here what tests/gpu/device-check.sh runs
+# there, into one folder to carry along (well under 64 MiB):
+#
+#   tests/gpu/device-prepare.sh [DIR]     # default DIR: .gpu-check (git-ignored)
+#
+# - flm-edge with the CUDA backend for CUDA_ARCH (default 90), its CPU side built for
+#   x86-64-v3 rather than this machine's CPU (tests/gpu/cuda-build.sh), symbols stripped;
+# - flm-testkit, which writes the full-size random model there (no download);
+# - device-check.sh itself.
+# cuBLAS is linked as a shared library (libcublas.so.13, libcublasLt.so.13): the check finds
+# the GPU machine's own.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+dir="${1:-.gpu-check}"
+arch="${CUDA_ARCH:-90}"
+bin=$(CUDA_ARCH="$arch" CPU_TARGET=x86-64-v3 CLIPPY=0 tests/gpu/cuda-build.sh | tail -1)
+RUSTFLAGS="-C target-cpu=x86-64-v3" CARGO_TARGET_DIR="$PWD/target/x86-64-v3" \
+  cargo build --release -p flm-testkit --bin flm-testkit
+mkdir -p "$dir"
+strip -o "$dir/flm-edge" "$bin"
+strip -o "$dir/flm-testkit" target/x86-64-v3/release/flm-testkit
+cp tests/gpu/device-check.sh "$dir/"
+du -sh "$dir"/* | sed 's/^/device-prepare: /'
+total=$(du -sm "$dir" | cut -f1)
+[ "$total" -lt 64 ] || { echo "device-prepare: $dir is $total MiB, over the 64 MiB that can be carried" >&2; exit 1; }
+echo "device-prepare: $dir ready ($total MiB, flm-edge for sm_$arch)"
+echo "$dir"

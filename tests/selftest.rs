@@ -1,0 +1,136 @@
+//! The device path, checked where there is no GPU: `selftest` with the CPU on both sides,
+//! device choices a build or machine lacks (one line, before any file is read), and what
+//! `bench` reports of a step's graph computes, copies and synchronisations.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn selftest_on_the_cpu_passes_every_check() {
+    let out = flm_edge(&[
+        "selftest",
+        "--backend",
+        "cpu",
+        "--steps",
+        "12",
+        "--threads",
+        "2",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let checks: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("ok ") || l.starts_with("FAIL"))
+        .collect();
+    assert_eq!(checks.len(), 4, "{stdout}");
+    assert!(checks.iter().all(|l| l.starts_with("ok ")), "{stdout}");
+    // The same device on both sides computes the same numbers.
+    assert!(stdout.contains("100.00 % of 96"), "{stdout}");
+    assert!(stdout.contains("12 of 12 steps"), "{stdout}");
+    assert!(stdout.contains("0.00e0 over 12 steps"), "{stdout}");
+    assert!(
+        stdout.ends_with("selftest: all 4 checks passed\n"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn a_device_this_build_lacks_is_one_line_before_any_file_is_read() {
+    let missing = Path::new("/nonexistent/model");
+    let mut wanted = vec![];
+    if !cfg!(feature = "cuda") {
+        wanted.push(("cuda", "--features cuda"));
+        wanted.push(("cuda1", "--features cuda"));
+    }
+    if !cfg!(feature = "vulkan") {
+        wanted.push(("vulkan", "--features vulkan"));
+    }
+    if !cfg!(any(feature = "cuda", feature = "vulkan")) {
+        wanted.push(("gpu", "CPU backend only"));
+    }
+    for (backend, hint) in wanted {
+        let needles = [&format!("backend {backend}")[..], hint];
+        for args in [
+            vec!["selftest", "--backend", backend],
+            vec!["bench", "step", "--model", s(missing), "--backend", backend],
+            vec!["bench", "mimi", "--model", s(missing), "--backend", backend],
+            vec![
+                "mimi",
+                "decode",
+                "--model",
+                s(missing),
+                "--input",
+                "x.npy",
+                "--output",
+                "y.wav",
+                "--backend",
+                backend,
+            ],
+            vec!["serve", "--model", s(missing), "--backend", backend],
+        ] {
+            let out = flm_edge(&args);
+            assert_one_line_error(&out, &needles);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                !err.contains("nonexistent"),
+                "{args:?}: read a file first: {err}"
+            );
+        }
+    }
+    // A name that is no device at all.
+    let out = flm_edge(&["selftest", "--backend", "tpu0"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not cpu, cuda, vulkan, gpu"));
+}
+
+#[test]
+fn bench_reports_graphs_copies_and_synchronisations_per_step() {
+    let model = converted(3, "f32");
+    let out = flm_edge(&[
+        "bench",
+        "step",
+        "--model",
+        s(model),
+        "--steps",
+        "3",
+        "--threads",
+        "1",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // One graph per depth-transformer position; the hidden state and 8 tokens go up, 8
+    // logit rows of 2048 come down; each of those waits for the device.
+    let line = stdout
+        .lines()
+        .find(|l| l.contains("graph computes"))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(
+        line.contains("8.0 graph computes, 9.0 uploads")
+            && line.contains("8.0 downloads (64.1 KiB), 25.0 host synchronisations"),
+        "{line}"
+    );
+    assert!(
+        stdout.contains("1 llama_decode per step in 1 graph split"),
+        "{stdout}"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("backbone on cpu: weights: CPU_Mapped"),
+        "{stderr}"
+    );
+}
