@@ -295,19 +295,27 @@ impl Backbone {
         Ok(())
     }
 
-    /// Text logits of the last step.
-    pub fn logits(&self) -> &[f32] {
-        // SAFETY: after a successful step, llama.cpp holds n_vocab logits for output row 0,
-        // valid until the next decode (which needs &mut self).
-        unsafe { std::slice::from_raw_parts(sys::llama_get_logits_ith(self.ctx, 0), self.n_vocab) }
+    /// Text logits of the last step; an error when it had no output row (a step without
+    /// its head, or none yet).
+    pub fn logits(&self) -> Result<&[f32]> {
+        // SAFETY: ctx is valid; llama.cpp returns null (and logs) when row 0 has no output.
+        let p = unsafe { sys::llama_get_logits_ith(self.ctx, 0) };
+        ensure!(!p.is_null(), "backbone: the last step produced no logits");
+        // SAFETY: non-null: n_vocab logits of output row 0, valid until the next decode
+        // (which needs &mut self).
+        Ok(unsafe { std::slice::from_raw_parts(p, self.n_vocab) })
     }
 
-    /// Hidden state of the last step, after the final RMSNorm.
-    pub fn hidden(&self) -> &[f32] {
+    /// Hidden state of the last step, after the final RMSNorm; an error as for `logits`.
+    pub fn hidden(&self) -> Result<&[f32]> {
         // SAFETY: as for logits; embeddings are on, so row 0 holds n_embd floats.
-        unsafe {
-            std::slice::from_raw_parts(sys::llama_get_embeddings_ith(self.ctx, 0), self.n_embd)
-        }
+        let p = unsafe { sys::llama_get_embeddings_ith(self.ctx, 0) };
+        ensure!(
+            !p.is_null(),
+            "backbone: the last step produced no hidden state"
+        );
+        // SAFETY: non-null: n_embd floats of output row 0, valid until the next decode.
+        Ok(unsafe { std::slice::from_raw_parts(p, self.n_embd) })
     }
 
     /// Forgets every cached position.

@@ -23,7 +23,21 @@ fn read_inner(path: &Path) -> Result<Vec<i32>> {
         shape.len() == 2 && shape[0] == N_CODEBOOKS as u64,
         "codes have shape {shape:?}, expected [8, T]"
     );
-    let t = shape[1] as usize;
+    // Each value takes at least 4 bytes: a shape the file cannot hold is refused before
+    // anything is sized from it.
+    let t = usize::try_from(shape[1])
+        .ok()
+        .filter(|t| {
+            t.checked_mul(N_CODEBOOKS * 4)
+                .is_some_and(|n| n <= bytes.len())
+        })
+        .with_context(|| {
+            format!(
+                "shape [8, {}] needs more data than the file's {} bytes",
+                shape[1],
+                bytes.len()
+            )
+        })?;
     ensure!(t > 0, "no frames (shape [8, 0])");
     let values: Vec<i64> = match npy.dtype() {
         npyz::DType::Plain(ts) if ts.type_char() == npyz::TypeChar::Int && ts.size_field() == 4 => {

@@ -284,14 +284,15 @@ impl Config {
         ensure!(!a.capture.is_empty(), "key `audio.capture` is empty");
         ensure!(!a.playback.is_empty(), "key `audio.playback` is empty");
         let s = &self.schedule;
+        use crate::serve::pipeline::{MAX_BACKLOG_FRAMES, MAX_LATENCY_FRAMES};
         ensure!(
-            (1..=25).contains(&s.latency_frames),
-            "key `schedule.latency_frames`: {} is outside 1..25",
+            (1..=MAX_LATENCY_FRAMES).contains(&s.latency_frames),
+            "key `schedule.latency_frames`: {} is outside 1..{MAX_LATENCY_FRAMES} (the frames the output queue holds)",
             s.latency_frames
         );
         ensure!(
-            (1..=64).contains(&s.max_backlog_frames),
-            "key `schedule.max_backlog_frames`: {} is outside 1..64",
+            (1..=MAX_BACKLOG_FRAMES).contains(&s.max_backlog_frames),
+            "key `schedule.max_backlog_frames`: {} is outside 1..{MAX_BACKLOG_FRAMES} (the frames the input queue holds)",
             s.max_backlog_frames
         );
         if !self.status.metrics.is_empty() {

@@ -258,8 +258,8 @@ impl Engine {
             _ => anyhow::bail!("{label}: `{}` is missing or not i32", audio_keys::DELAYS),
         };
         let init = InitialTokens {
-            text_wait: u(audio_keys::TEXT_WAIT)? as i32,
-            audio_pad: u(audio_keys::AUDIO_PAD)? as i32,
+            text_wait: i32::try_from(u(audio_keys::TEXT_WAIT)?).unwrap_or(i32::MAX),
+            audio_pad: i32::try_from(u(audio_keys::AUDIO_PAD)?).unwrap_or(i32::MAX),
         };
         let ring = TokenRing::new(&delays, init).with_context(|| label.clone())?;
         let f32_weights = model.backbone.get_u64("general.file_type").ok() == Some(0);
@@ -291,6 +291,23 @@ impl Engine {
             shape.vocab,
             CODEBOOKS,
         )?;
+        // The initial tokens index the embedding tables at every step: a damaged file must
+        // not reach them.
+        ensure!(
+            (0..shape.vocab as i64).contains(&(init.audio_pad as i64))
+                && init.audio_pad <= shape.empty as i32,
+            "{label}: `{}` is {}, outside the audio vocabulary 0..={}",
+            audio_keys::AUDIO_PAD,
+            init.audio_pad,
+            shape.empty
+        );
+        ensure!(
+            (0..backbone.n_vocab() as i64).contains(&(init.text_wait as i64)),
+            "{label}: `{}` is {}, outside the text vocabulary 0..{}",
+            audio_keys::TEXT_WAIT,
+            init.text_wait,
+            backbone.n_vocab()
+        );
         let n_codes = init.audio_pad.min(shape.empty) as usize;
         let s = opts.sampling;
         Ok(Engine {
@@ -407,7 +424,7 @@ impl Engine {
         let t2 = Instant::now();
         times.backbone = ms(t2 - t1);
 
-        self.text_logits.copy_from_slice(self.backbone.logits());
+        self.text_logits.copy_from_slice(self.backbone.logits()?);
         let text =
             self.text_sampler
                 .sample(&mut self.text_logits, &self.text_window.ids, &mut self.rng);
@@ -415,7 +432,7 @@ impl Engine {
         self.text_window.push(text_in);
         times.sample = ms(t2.elapsed());
 
-        self.depformer.begin(self.backbone.hidden())?;
+        self.depformer.begin(self.backbone.hidden()?)?;
         let mut audio = [0i32; CODEBOOKS];
         let mut fed = [0i32; CODEBOOKS];
         let mut prev = self.depformer.shape().empty;

@@ -177,7 +177,7 @@ fn greedy_steps(
         chosen[0] = out.text;
         chosen[1..].copy_from_slice(&out.audio);
         tokens.push(chosen);
-        logits.push(engine.backbone().logits().to_vec());
+        logits.push(engine.backbone().logits()?.to_vec());
     }
     Ok((tokens, logits))
 }

@@ -148,7 +148,7 @@ fn paced_alsa_devices_play_every_answer_in_its_slot() {
             &mut playback,
             Schedule {
                 latency_frames: 6,
-                max_backlog_frames: 16,
+                max_backlog_frames: 15,
                 stall: None,
                 fail: None,
             },

@@ -64,7 +64,7 @@ fn llama_cpp_step(model: &Path) -> (Vec<f32>, Vec<f32>) {
         .collect();
     bb.step(&embd, 0).unwrap();
     bb.step(&embd, 1).unwrap();
-    (bb.logits().to_vec(), bb.hidden().to_vec())
+    (bb.logits().unwrap().to_vec(), bb.hidden().unwrap().to_vec())
 }
 
 #[test]

@@ -97,11 +97,17 @@ fn the_generator_still_makes_the_golden_weights() {
 
 #[test]
 fn f32_weights_match_the_reference() {
-    // Codes: f32 arithmetic in another summation order flips only near-ties.
-    check("f32", 0.99, 40.0);
+    // Achieved: 100 % of the 1112 codes, 120 dB. f32 arithmetic in another summation order
+    // (another CPU's kernels, a GPU) flips a code only at a near-tie between two codebook
+    // entries, so up to 5 may flip; f32 rounding alone keeps the decode above 100 dB, while
+    // any real error (a wrong tap, a shifted frame) falls far below.
+    check("f32", 0.995, 100.0);
 }
 
 #[test]
 fn f16_weights_stay_close_to_the_reference() {
-    check("f16", 0.95, 25.0);
+    // Achieved: 99.19 % (9 of 1112 codes flip where f16 weights move a near-tie), 60 dB
+    // (f16 keeps 11 bits: about 66 dB per weight, less after 200 layers of sums). The bounds
+    // leave another CPU's summation order room for a few more flips and 5 dB.
+    check("f16", 0.985, 55.0);
 }

@@ -278,6 +278,16 @@ fn bad_codes_get_one_error_line_and_no_output() {
     write_npy(&dir.join("float.npy"), &[8, 3], &[1.0f32; 24]);
     write_npy(&dir.join("int64.npy"), &[8, 3], &[3i64; 24]);
     std::fs::write(dir.join("garbage.npy"), b"\x93NUMPY garbage").unwrap();
+    // A header claiming 2^62 frames over a few bytes of data.
+    let header = "{'descr': '<i4', 'fortran_order': False, 'shape': (8, 4611686018427387904), }";
+    let mut absurd = b"\x93NUMPY\x01\x00".to_vec();
+    let padded = (10 + header.len() + 1).next_multiple_of(64) - 10;
+    absurd.extend_from_slice(&(padded as u16).to_le_bytes());
+    absurd.extend_from_slice(header.as_bytes());
+    absurd.resize(10 + padded - 1, b' ');
+    absurd.push(b'\n');
+    absurd.extend_from_slice(&[0u8; 96]);
+    std::fs::write(dir.join("absurd.npy"), absurd).unwrap();
     let good = std::fs::read(format!("{GOLDEN_MIMI}/codes.npy")).unwrap();
     std::fs::write(dir.join("truncated.npy"), &good[..good.len() - 100]).unwrap();
     for (name, needle) in [
@@ -288,6 +298,7 @@ fn bad_codes_get_one_error_line_and_no_output() {
         ("float.npy", "expected int32 or int64"),
         ("garbage.npy", "not a .npy file"),
         ("truncated.npy", "truncated"),
+        ("absurd.npy", "needs more data than the file"),
     ] {
         let out = dir.join(format!("{name}.wav"));
         let run = mimi("decode", &dir.join(name), &out);

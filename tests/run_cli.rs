@@ -276,6 +276,19 @@ fn damaged_model_header_gets_one_line() {
             nan,
             &["layer_norm_rms_epsilon", "NaN"],
         ),
+        // The initial tokens index the embedding tables.
+        (
+            1,
+            value_of(1, "flm.token.audio_pad"),
+            5000u32.to_le_bytes().to_vec(),
+            &["flm.token.audio_pad", "is 5000"],
+        ),
+        (
+            1,
+            value_of(1, "flm.token.text_wait"),
+            (1u32 << 31).to_le_bytes().to_vec(),
+            &["flm.token.text_wait"],
+        ),
     ];
     let codes = Path::new(GOLDEN_MIMI).join("codes.npy");
     let reply = dir.join("reply.wav");

@@ -50,7 +50,7 @@ fn config(dir: &Path, extra: &str) -> PathBuf {
     std::fs::write(
         &path,
         format!(
-            "threads = 2\n[schedule]\nlatency_frames = 6\nmax_backlog_frames = 16\n[status]\nmetrics = \"\"\nevents = \"\"\n{extra}"
+            "threads = 2\n[schedule]\nlatency_frames = 6\nmax_backlog_frames = 15\n[status]\nmetrics = \"\"\nevents = \"\"\n{extra}"
         ),
     )
     .unwrap();
@@ -123,7 +123,7 @@ fn a_stalled_step_leaves_silence_and_the_timeline_goes_on() {
     let stalled = run(
         Schedule {
             latency_frames: 2,
-            max_backlog_frames: 16,
+            max_backlog_frames: 15,
             stall: Some((10, Duration::from_millis(400))),
             fail: None,
         },
@@ -177,7 +177,7 @@ fn a_failing_step_stops_every_thread_and_returns_its_reason() {
     let mut play = WavPlayback::new(frames, Some(origin));
     let schedule = Schedule {
         latency_frames: 2,
-        max_backlog_frames: 16,
+        max_backlog_frames: 15,
         stall: None,
         fail: Some(2),
     };
@@ -265,7 +265,7 @@ fn audio_lost_to_an_xrun_does_not_lengthen_the_latency() {
     let stop = AtomicBool::new(false);
     let schedule = Schedule {
         latency_frames: 2,
-        max_backlog_frames: 16,
+        max_backlog_frames: 15,
         stall: None,
         fail: None,
     };
@@ -329,6 +329,16 @@ fn a_bad_configuration_gets_one_line_naming_the_key() {
         ("[audio]\nrate = 3\n", "audio.rate"),
         ("[audio]\nformat = \"s24\"\n", "audio.format"),
         ("[schedule]\nlatency = 2\n", "latency"),
+        // Beyond what the output queue holds, answers would be dropped silently.
+        (
+            "[schedule]\nlatency_frames = 13\n",
+            "schedule.latency_frames",
+        ),
+        (
+            "[schedule]\nmax_backlog_frames = 16\n",
+            "schedule.max_backlog_frames",
+        ),
+        ("backend = \"tpu\"\n", "key `backend`"),
         ("[status]\nmetrics = \"0.0.0.0:9464\"\n", "status.metrics"),
         ("threads = -1\n", "threads"),
         ("[audio\n", "config.toml"),

@@ -28,6 +28,11 @@ use crate::engine::Engine;
 
 /// Queue slots (one is kept free by the queue): about 1.2 s of audio each way.
 const QUEUE: usize = 16;
+/// The longest latency whose answers the output queue can hold while they wait for their
+/// slot (the answers of `latency_frames` frames, the one playing, and room for a late one).
+pub const MAX_LATENCY_FRAMES: u32 = QUEUE as u32 - 4;
+/// The most captured frames that can wait for the model: what the input queue holds.
+pub const MAX_BACKLOG_FRAMES: u32 = QUEUE as u32 - 1;
 const FRAME_TIME: Duration = Duration::from_millis(80);
 /// Output RMS above which the model counts as speaking (about -50 dBFS).
 const SPEAKING_RMS: f32 = 0.003;
