@@ -161,6 +161,42 @@ fn a_stalled_step_leaves_silence_and_the_timeline_goes_on() {
 }
 
 #[test]
+fn the_event_socket_replaces_only_its_own_stale_socket_and_bounds_its_clients() {
+    use flm_edge::serve::status::{EventStream, MAX_EVENT_CLIENTS};
+    use std::os::unix::net::{UnixListener, UnixStream};
+    let dir = scratch("events");
+    std::fs::create_dir_all(&*dir).unwrap();
+    // A file that is not a socket is never removed.
+    let file = dir.join("notes.txt");
+    std::fs::write(&file, "keep me").unwrap();
+    let e = EventStream::listen(&file).err().unwrap().to_string();
+    assert!(
+        e.contains("status.events") && e.contains("not a socket"),
+        "{e}"
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
+    // A socket another process serves is not taken over.
+    let live = dir.join("live.sock");
+    let _other = UnixListener::bind(&live).unwrap();
+    let e = EventStream::listen(&live).err().unwrap().to_string();
+    assert!(e.contains("another process"), "{e}");
+    // A stale socket (nobody listening) is replaced.
+    let stale = dir.join("stale.sock");
+    drop(UnixListener::bind(&stale).unwrap());
+    let events = EventStream::listen(&stale).unwrap();
+    let conns: Vec<UnixStream> = (0..3 * MAX_EVENT_CLIENTS)
+        .map(|_| UnixStream::connect(&stale).unwrap())
+        .collect();
+    let t0 = Instant::now();
+    while events.clients() < MAX_EVENT_CLIENTS && t0.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(events.clients(), MAX_EVENT_CLIENTS);
+    drop(conns);
+}
+
+#[test]
 fn a_failing_step_stops_every_thread_and_returns_its_reason() {
     let _t = TIMED.lock().unwrap_or_else(|e| e.into_inner());
     // 60 s of paced capture: without the stop, the audio threads would run it to the end.

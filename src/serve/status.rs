@@ -63,12 +63,28 @@ pub struct EventStream {
     clients: Arc<Mutex<Vec<UnixStream>>>,
 }
 
+/// The most event clients served at once (a kiosk screen or two, a logger); more are
+/// closed as they connect.
+pub const MAX_EVENT_CLIENTS: usize = 8;
+
 impl EventStream {
-    /// Listens on the Unix socket `path` (replacing a stale one).
+    /// Listens on the Unix socket `path`. A socket left there by an earlier run is replaced;
+    /// anything else at that path (a file, a folder, a socket another process serves) is
+    /// an error naming it, and is left alone.
     pub fn listen(path: &Path) -> Result<EventStream> {
-        let _ = std::fs::remove_file(path);
-        let listener = UnixListener::bind(path)
-            .with_context(|| format!("{}: cannot listen", path.display()))?;
+        use std::os::unix::fs::FileTypeExt;
+        let label = || format!("key `status.events`: {}", path.display());
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            if !meta.file_type().is_socket() {
+                anyhow::bail!("{}: exists and is not a socket", label());
+            }
+            if UnixStream::connect(path).is_ok() {
+                anyhow::bail!("{}: another process is serving it", label());
+            }
+            std::fs::remove_file(path).with_context(|| format!("{}: stale socket", label()))?;
+        }
+        let listener =
+            UnixListener::bind(path).with_context(|| format!("{}: cannot listen", label()))?;
         let clients: Arc<Mutex<Vec<UnixStream>>> = Arc::default();
         let c = clients.clone();
         std::thread::Builder::new()
@@ -76,12 +92,20 @@ impl EventStream {
             .spawn(move || {
                 for s in listener.incoming().flatten() {
                     let _ = s.set_write_timeout(Some(Duration::from_millis(50)));
-                    if let Ok(mut v) = c.lock() {
+                    if let Ok(mut v) = c.lock()
+                        && v.len() < MAX_EVENT_CLIENTS
+                    {
                         v.push(s);
                     }
+                    // else: dropped here, which closes it.
                 }
             })?;
         Ok(EventStream { clients })
+    }
+
+    /// Clients connected now.
+    pub fn clients(&self) -> usize {
+        self.clients.lock().map_or(0, |v| v.len())
     }
 
     /// Sends one JSON line to every client; a client that cannot keep up is dropped.
