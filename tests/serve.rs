@@ -496,6 +496,93 @@ impl Notifications {
 }
 
 #[test]
+fn reload_applies_what_changed_and_a_model_that_fails_leaves_the_old_one_serving() {
+    let _t = TIMED.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = scratch("reload");
+    std::fs::create_dir_all(&*dir).unwrap();
+    let devices = "[audio]\ncapture = \"null\"\nplayback = \"null\"\nrate = 48000\n";
+    let with = |top: &str, more: &str| {
+        let path = dir.join("config.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "{top}threads = 2\n[schedule]\nlatency_frames = 6\nmax_backlog_frames = 15\n{devices}{more}"
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let model_line = format!("model = \"{}\"\n", s(model()));
+    let cfg = with(&model_line, "[status]\nmetrics = \"\"\nevents = \"\"\n");
+    let mut notes = Notifications::bind(&dir.join("notify.sock"));
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_flm-edge"))
+        .args(["serve", "--config", s(&cfg)])
+        .env("NOTIFY_SOCKET", dir.join("notify.sock"))
+        .env("WATCHDOG_USEC", "2000000")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    unsafe extern "C" {
+        fn kill(pid: i32, sig: i32) -> i32;
+    }
+    let signal = |sig: i32| {
+        // SAFETY: sends a signal to our own child process, which is still running.
+        assert_eq!(unsafe { kill(pid, sig) }, 0, "kill {sig}");
+    };
+    const SIGHUP: i32 = 1;
+    const SIGTERM: i32 = 15;
+    notes.expect("READY=1", Duration::from_secs(60));
+    // 1. A model folder that does not load: the old model keeps serving.
+    with(
+        "model = \"/nonexistent/model\"\n",
+        "[status]\nmetrics = \"\"\nevents = \"\"\n",
+    );
+    signal(SIGHUP);
+    notes.expect("RELOADING=1", Duration::from_secs(10));
+    notes.expect("EXTEND_TIMEOUT_USEC=", Duration::from_secs(10));
+    notes.expect("READY=1", Duration::from_secs(30));
+    notes.seen.clear();
+    notes.expect("WATCHDOG=1", Duration::from_secs(5));
+    // 2. Sampling changed (the model is loaded again) and a status key (a restart's).
+    with(
+        &model_line,
+        "[sampling]\ngreedy = true\n[status]\nmetrics = \"\"\nevents = \"\"\nlog_interval_s = 7\n",
+    );
+    signal(SIGHUP);
+    notes.expect("RELOADING=1", Duration::from_secs(10));
+    notes.expect("EXTEND_TIMEOUT_USEC=", Duration::from_secs(10));
+    notes.expect("READY=1", Duration::from_secs(30));
+    notes.seen.clear();
+    notes.expect("WATCHDOG=1", Duration::from_secs(5));
+    signal(SIGTERM);
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "no exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(status.success(), "{err}");
+    assert!(
+        err.contains("configuration not reloaded: the model did not load")
+            && err.contains("/nonexistent/model")
+            && err.contains("the previous one keeps serving"),
+        "{err}"
+    );
+    assert!(
+        err.contains("configuration reloaded; status.log_interval_s take effect at the next start"),
+        "{err}"
+    );
+}
+
+#[test]
 fn systemd_sees_ready_watchdog_status_reload_and_stop() {
     let _t = TIMED.lock().unwrap_or_else(|e| e.into_inner());
     let dir = scratch("notify");

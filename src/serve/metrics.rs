@@ -47,6 +47,8 @@ pub const STAGES: [(Stage, &str); 8] = [
 
 pub struct Metrics {
     pub steps: AtomicU64,
+    /// A model is being loaded again (SIGHUP): the watchdog is fed meanwhile.
+    pub loading: AtomicBool,
     pub deadline_misses: AtomicU64,
     /// Consecutive steps that missed their deadline, now.
     pub consecutive_misses: AtomicU64,
@@ -95,6 +97,7 @@ impl Default for Metrics {
         let z = || AtomicU64::new(0);
         Metrics {
             steps: z(),
+            loading: AtomicBool::new(false),
             deadline_misses: z(),
             consecutive_misses: z(),
             capture_dropped: z(),

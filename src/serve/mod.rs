@@ -124,19 +124,21 @@ fn spec(cfg: &Config, name: &str) -> DeviceSpec {
     }
 }
 
+/// The configuration: board profile, file, then the command line's overrides, checked.
+fn load_config(opts: &ServeOptions) -> Result<Config> {
+    let mut cfg = Config::load(opts.board.as_deref(), opts.config.as_deref())?;
+    if let Some(m) = &opts.model {
+        cfg.model = Some(m.clone());
+    }
+    if let Some(b) = &opts.backend {
+        cfg.backend = b.clone();
+    }
+    cfg.check()?;
+    Ok(cfg)
+}
+
 pub fn serve(opts: ServeOptions) -> Result<()> {
-    let load = |opts: &ServeOptions| -> Result<Config> {
-        let mut cfg = Config::load(opts.board.as_deref(), opts.config.as_deref())?;
-        if let Some(m) = &opts.model {
-            cfg.model = Some(m.clone());
-        }
-        if let Some(b) = &opts.backend {
-            cfg.backend = b.clone();
-        }
-        cfg.check()?;
-        Ok(cfg)
-    };
-    let mut cfg = load(&opts)?;
+    let mut cfg = load_config(&opts)?;
     // A device that is not there is one line, before the model is read.
     flm_kernels::device::Device::check(cfg.backend.parse()?)?;
     // `stop`: SIGTERM or SIGINT. `interrupt`: any of them or SIGHUP; it ends the pipeline,
@@ -232,26 +234,88 @@ pub fn serve(opts: ServeOptions) -> Result<()> {
             eprintln!("flm-edge: stopped after {}", metrics.totals());
             break;
         }
-        // SIGHUP: a new configuration; the model is loaded again only if it changed.
+        // SIGHUP: a new configuration.
         interrupt.store(false, Relaxed);
         status::notify(&[NotifyState::Reloading]);
-        match load(&opts) {
-            Ok(new) => {
-                if new.model != cfg.model || new.threads != cfg.threads {
-                    model = load_model(&new)?;
-                } else {
-                    model.engine.reset();
-                    model.mimi.reset();
-                    model.detok.reset();
-                }
-                eprintln!("flm-edge: configuration reloaded");
-                cfg = new;
-            }
-            Err(e) => eprintln!("flm-edge: configuration not reloaded: {e:#}"),
-        }
+        reload(&opts, &mut cfg, &mut model, &metrics);
     }
     status::notify(&[NotifyState::Stopping]);
     Ok(())
+}
+
+/// Keys read once at start, by the status threads: a change waits for a restart.
+fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut keys = vec![];
+    if old.status.metrics != new.status.metrics {
+        keys.push("status.metrics");
+    }
+    if old.status.events != new.status.events {
+        keys.push("status.events");
+    }
+    if old.status.log_interval_s != new.status.log_interval_s {
+        keys.push("status.log_interval_s");
+    }
+    keys
+}
+
+/// Whether `new` asks for another engine: the model, where and how it runs, its sampling
+/// and its context.
+fn engine_changed(old: &Config, new: &Config) -> bool {
+    old.model != new.model
+        || old.threads != new.threads
+        || old.backend != new.backend
+        || old.sampling != new.sampling
+        || old.context != new.context
+}
+
+/// Applies a configuration read again on SIGHUP: the audio devices and the schedule at the
+/// pipeline's restart, the model (loaded again when any of its keys changed, the watchdog fed
+/// meanwhile), and names the keys that wait for a restart. A configuration that does not
+/// parse, or a model that does not load, leaves the previous one serving.
+fn reload(opts: &ServeOptions, cfg: &mut Config, model: &mut Model, metrics: &Metrics) {
+    let new = match load_config(opts) {
+        Ok(new) => new,
+        Err(e) => {
+            eprintln!(
+                "flm-edge: configuration not reloaded: {e:#}; the previous one keeps serving"
+            );
+            return;
+        }
+    };
+    if engine_changed(cfg, &new) {
+        // A model load can outlast the watchdog: it is fed while the load runs (up to a
+        // bound), and systemd is told that the reload may take longer than its timeout.
+        metrics.loading.store(true, Relaxed);
+        status::notify(&[NotifyState::ExtendTimeoutUsec(600_000_000)]);
+        let loaded = load_model(&new);
+        metrics.loading.store(false, Relaxed);
+        match loaded {
+            Ok(m) => *model = m,
+            Err(e) => {
+                eprintln!(
+                    "flm-edge: configuration not reloaded: the model did not load ({e:#}); the previous one keeps serving"
+                );
+                model.engine.reset();
+                model.mimi.reset();
+                model.detok.reset();
+                return;
+            }
+        }
+    } else {
+        model.engine.reset();
+        model.mimi.reset();
+        model.detok.reset();
+    }
+    let later = needs_restart(cfg, &new);
+    if later.is_empty() {
+        eprintln!("flm-edge: configuration reloaded");
+    } else {
+        eprintln!(
+            "flm-edge: configuration reloaded; {} take effect at the next start",
+            later.join(", ")
+        );
+    }
+    *cfg = new;
 }
 
 /// Raises the audio thread that first uses a device to real-time priority, once.

@@ -146,6 +146,10 @@ pub fn supervise(metrics: Arc<Metrics>, stop: Arc<AtomicBool>, log_every: Durati
                 .map_or(Duration::from_secs(1), |w| (w / 2).min(Duration::from_secs(1)));
             let mut last_steps = 0;
             let mut last_log = Instant::now();
+            // A model load that takes longer than this is taken as hung: the watchdog then
+            // goes unfed, and systemd restarts the service.
+            const LONGEST_LOAD: Duration = Duration::from_secs(600);
+            let mut loading_since: Option<Instant> = None;
             // Devices open after the supervisor starts: a change is news only once a device
             // has been seen.
             let mut present = (false, false);
@@ -174,7 +178,13 @@ pub fn supervise(metrics: Arc<Metrics>, stop: Arc<AtomicBool>, log_every: Durati
                     }
                 );
                 let mut states = vec![NotifyState::Status(&status)];
-                if steps != last_steps {
+                loading_since = match (metrics.loading.load(Relaxed), loading_since) {
+                    (true, None) => Some(Instant::now()),
+                    (true, since) => since,
+                    (false, _) => None,
+                };
+                let loading = loading_since.is_some_and(|t| t.elapsed() < LONGEST_LOAD);
+                if steps != last_steps || loading {
                     states.push(NotifyState::Watchdog);
                 }
                 notify(&states);
