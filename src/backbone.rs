@@ -99,15 +99,22 @@ impl Backbone {
             }
             (model, Self::new_context(model, params))
         });
-        log::pass_on(&messages);
+        // On failure llama.cpp's own last error is the reason, in the one line.
+        let why = log::last_error(&messages)
+            .map(|m| format!(": {m}"))
+            .unwrap_or_default();
         if model.is_null() {
-            bail!("{label}: llama.cpp could not load this backbone (see its message above)");
+            bail!("{label}: llama.cpp could not load this backbone{why}");
         }
         if ctx.is_null() {
             // SAFETY: model is valid and owned here.
             unsafe { sys::llama_model_free(model) };
-            bail!("{label}: llama.cpp could not create a context");
+            bail!(
+                "{label}: llama.cpp could not create a context on {}{why}",
+                device.info().name
+            );
         }
+        log::pass_on(&messages);
         // SAFETY: model is valid; these are getters.
         let (n_embd, n_vocab) = unsafe {
             (

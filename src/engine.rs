@@ -295,7 +295,7 @@ impl Engine {
         // not reach them.
         ensure!(
             (0..shape.vocab as i64).contains(&(init.audio_pad as i64))
-                && init.audio_pad <= shape.empty as i32,
+                && init.audio_pad <= shape.empty,
             "{label}: `{}` is {}, outside the audio vocabulary 0..={}",
             audio_keys::AUDIO_PAD,
             init.audio_pad,
@@ -487,13 +487,18 @@ impl Engine {
 fn report_placement(backbone: &Backbone, file: &Gguf, device: Device) {
     let p = backbone.placement();
     eprintln!("backbone on {device}: {}", p.summary());
-    if device.is_cpu() {
+    let Some(name) = device
+        .resolve()
+        .ok()
+        .filter(|d| !d.is_cpu())
+        .map(|d| d.info().name.clone())
+    else {
         return;
-    }
+    };
     let embd_mib = file
         .tensor("token_embd.weight")
         .map_or(0.0, |t| t.n_bytes() as f64 / (1024.0 * 1024.0));
-    if let Some(extra) = p.host_weights_beyond(embd_mib) {
+    if let Some(extra) = p.host_weights_beyond(&name, embd_mib) {
         let which = p
             .moved
             .as_ref()

@@ -80,27 +80,30 @@ impl Placement {
         p
     }
 
-    /// MiB of weights in host memory (buffers whose name starts with "CPU").
-    pub fn host_weights_mib(&self) -> f64 {
+    /// MiB of weights in buffers of `device` (ggml's device name, "CUDA0"): buffer names
+    /// start with their device's name.
+    pub fn device_weights_mib(&self, device: &str) -> f64 {
         self.weights
             .iter()
-            .filter(|(n, _)| n.starts_with("CPU"))
+            .filter(|(n, _)| n.starts_with(device))
             .map(|(_, m)| m)
             .sum()
     }
 
-    pub fn device_weights_mib(&self) -> f64 {
+    /// MiB of weights anywhere else: host memory, whatever the buffer type ("CPU_Mapped",
+    /// "CPU_REPACK", "AMX", a GPU backend's pinned "CUDA_Host").
+    pub fn host_weights_mib(&self, device: &str) -> f64 {
         self.weights
             .iter()
-            .filter(|(n, _)| !n.starts_with("CPU"))
+            .filter(|(n, _)| !n.starts_with(device))
             .map(|(_, m)| m)
             .sum()
     }
 
     /// On a GPU: the weights beyond the input embedding table (`embd_mib`) that stay in host
     /// memory, in MiB, when there are any (a fraction of a MiB is alignment).
-    pub fn host_weights_beyond(&self, embd_mib: f64) -> Option<f64> {
-        let extra = self.host_weights_mib() - embd_mib;
+    pub fn host_weights_beyond(&self, device: &str, embd_mib: f64) -> Option<f64> {
+        let extra = self.host_weights_mib(device) - embd_mib;
         (extra > 1.0).then_some(extra)
     }
 
@@ -113,7 +116,7 @@ impl Placement {
                 .join(", ")
         };
         let mut s = String::new();
-        if let Some((n, of)) = self.offloaded {
+        if let Some((n, of)) = self.offloaded.filter(|&(n, _)| n > 0) {
             s += &format!("{n}/{of} layers on the device; ");
         }
         s += &format!("weights: {}", list(&self.weights));
@@ -167,7 +170,8 @@ mod tests {
         assert_eq!(p.kv, vec![("CUDA0".into(), 448.0)]);
         assert_eq!(p.splits, Some(1));
         assert_eq!(p.moved, None);
-        assert_eq!(p.host_weights_beyond(532.4), None);
+        assert_eq!(p.host_weights_beyond("CUDA0", 532.4), None);
+        assert_eq!(p.device_weights_mib("CUDA0"), 3901.25);
         assert_eq!(
             p.summary(),
             "29/29 layers on the device; weights: CPU_Mapped 532 MiB, CUDA0 3901 MiB; KV cache: CUDA0 448 MiB; a step runs in 1 graph split"
@@ -193,9 +197,9 @@ mod tests {
         let p = Placement::from_log(&log);
         assert_eq!(p.splits, Some(3));
         assert_eq!(p.moved, Some(("output.weight".into(), 0, "CPU".into())));
-        let extra = p.host_weights_beyond(161.0).unwrap();
+        let extra = p.host_weights_beyond("Vulkan0", 161.0).unwrap();
         assert!((extra - 158.44).abs() < 1e-9, "{extra}");
-        assert_eq!(p.device_weights_mib(), 20.25);
+        assert_eq!(p.device_weights_mib("Vulkan0"), 20.25);
     }
 
     #[test]
@@ -210,7 +214,25 @@ mod tests {
         ];
         let p = Placement::from_log(&log);
         assert_eq!(p.offloaded, None);
-        assert_eq!(p.device_weights_mib(), 0.0);
         assert_eq!(p.splits, Some(1));
+        // A GPU build run on the CPU: no layer count.
+        let mut gpu_build = log.to_vec();
+        gpu_build.push(msg("load_tensors: offloaded 0/3 layers to GPU"));
+        assert!(!Placement::from_log(&gpu_build).summary().contains("layers"));
+    }
+
+    /// A weight that fell back to one of the CPU's extra buffer types (AMX on this Xeon) is
+    /// in host memory too.
+    #[test]
+    fn any_buffer_not_of_the_device_is_host_memory() {
+        let log = [
+            msg("load_tensors: offloaded 3/3 layers to GPU"),
+            msg("load_tensors:   CPU_Mapped model buffer size =    74.00 MiB"),
+            msg("load_tensors:          AMX model buffer size =    44.00 MiB"),
+            msg("load_tensors:      Vulkan0 model buffer size =     2.00 MiB"),
+        ];
+        let p = Placement::from_log(&log);
+        assert_eq!(p.host_weights_mib("Vulkan0"), 118.0);
+        assert_eq!(p.host_weights_beyond("Vulkan0", 74.0), Some(44.0));
     }
 }

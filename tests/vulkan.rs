@@ -36,7 +36,7 @@ const MIMI_FRAMES: usize = 30;
 /// Greedy steps compared with the reference's tokens, hidden state and logits.
 const STEPS: usize = 30;
 /// Teacher-forced steps of the q8_0 model (on both devices).
-const FORCED_STEPS: usize = 60;
+const FORCED_STEPS: usize = 139;
 
 /// The Vulkan device, or a panic that says how to get one.
 fn vulkan() -> Device {
@@ -99,12 +99,18 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-// Measured on lavapipe (Mesa 22.3, 2-core x86-64), f32 weights: the first 30 frames give
-// codes 100 % equal to the reference's and the decode of its codes is 120 dB from its audio,
-// as on the CPU (tests/mimi.rs: 100 %, 120 dB). The bounds are those of the CPU test: f32
-// arithmetic in another summation order (a GPU's reductions) flips only near-ties between two
-// codebook entries, and 40 dB is far below what any correct kernel gives and far above what
-// a broken one does.
+// The bounds are near those of the CPU test with f16 weights (tests/mimi.rs: 98.5 %, 55 dB;
+// achieved 99.19 %, 60 dB), not f32 (99.5 %, 100 dB; achieved 100 %, 120 dB): on a device
+// with f16 arithmetic, ggml-vulkan's matrix-matrix shaders (mul_mm.comp, which Mimi's SEANet
+// convolutions use) hold both operands as f16 in shared memory even for f32 weights
+// (vulkan-shaders-gen.cpp: FLOAT_TYPE is float16_t when fp16), so the codec computes about
+// as precisely as with f16 weights. Measured on lavapipe (Mesa 22.3) over the first 30
+// frames: 238 of 240 codes equal the reference's (one near-tie in frame 3 flips codebook 6,
+// and so the residual that codebook 7 quantizes) and the decode of the reference's codes is
+// 61.8 dB from the reference's audio; with GGML_VK_DISABLE_F16=1, 100 % and 89 dB. Over so
+// few frames one near-tie costs up to 1 % of the codes: the bound (97 %, 7 of 240) allows a
+// few; the SNR bound (50 dB, as `selftest` between devices) sits 12 dB under what is measured
+// and far above what a wrong tap or a shifted frame gives.
 #[test]
 fn mimi_encode_and_decode_match_the_reference() {
     let device = vulkan();
@@ -128,12 +134,15 @@ fn mimi_encode_and_decode_match_the_reference() {
         .unwrap();
     }
     let equal = codes.iter().zip(&want).filter(|(a, b)| a == b).count() as f64 / n as f64;
-    let first_diff = codes.iter().zip(&want).position(|(a, b)| a != b);
+    let differ: Vec<(usize, usize)> = (0..n)
+        .filter(|&i| codes[i] != want[i])
+        .map(|i| (i / 8, i % 8))
+        .collect();
     eprintln!(
-        "vulkan: {:.2} % of {n} codes equal the reference (first difference at {first_diff:?})",
+        "vulkan: {:.2} % of {n} codes equal the reference (differ at (frame, codebook) {differ:?})",
         100.0 * equal
     );
-    assert!(equal >= 0.99, "only {:.2} % of codes equal", 100.0 * equal);
+    assert!(equal >= 0.97, "only {:.2} % of codes equal", 100.0 * equal);
 
     let mut out = vec![0f32; MIMI_FRAMES * FRAME];
     for f in 0..MIMI_FRAMES {
@@ -145,13 +154,16 @@ fn mimi_encode_and_decode_match_the_reference() {
     }
     let snr = snr_db(&reference[..out.len()], &out);
     eprintln!("vulkan: decode of the reference codes, SNR {snr:.1} dB");
-    assert!(snr >= 40.0, "decode SNR {snr:.1} dB");
+    assert!(snr >= 50.0, "decode SNR {snr:.1} dB");
 }
 
 // The CPU test's tolerance (tests/lm.rs) is 1e-4 on hidden state and logits (values of order
 // 1-4), below the smallest decision margin of the reference run (2e-4), so every greedy token
-// must match too. Measured on lavapipe over 30 steps: hidden state within 2e-6 and text
-// logits within 4e-6 of the reference, the CPU's order of size: another summation order only.
+// must match too. Measured on lavapipe over 30 steps: hidden state within 2.1e-6 and text
+// logits within 1.9e-6 of the reference, the CPU's order of size (a one-token step multiplies
+// matrices by vectors, which ggml-vulkan does in f32). On lavapipe the text head stays on the
+// CPU: llama.cpp tries it on the device with a 512-row product, 152064 × 512 f32 = 297 MiB,
+// above lavapipe's 128 MiB storage-buffer range.
 const F32_TOL: f32 = 1e-4;
 
 #[test]
@@ -173,9 +185,9 @@ fn f32_greedy_tokens_hidden_state_and_logits_match_the_reference() {
     for t in 0..STEPS {
         let u: &[i32; 8] = user[t * 8..(t + 1) * 8].try_into().unwrap();
         let out = engine.step(u).unwrap();
-        let h = &engine.backbone().hidden()[..16];
+        let h = &engine.backbone().hidden().unwrap()[..16];
         err_h = err_h.max(max_err(h, &hidden[t * 16..(t + 1) * 16]));
-        let logits = engine.backbone().logits();
+        let logits = engine.backbone().logits().unwrap();
         let ours: Vec<f32> = top_ids[t * 8..(t + 1) * 8]
             .iter()
             .map(|&i| logits[i as usize])
@@ -197,41 +209,56 @@ fn f32_greedy_tokens_hidden_state_and_logits_match_the_reference() {
 }
 
 /// Teacher forcing over the first `steps`: the share of the reference's decisions that the
-/// engine makes too when fed the reference's tokens.
-fn agreement(model: &Path, device: Device, steps: usize) -> f64 {
+/// engine makes too when fed the reference's tokens, and the largest reference margin among
+/// the decisions it makes differently.
+fn agreement(model: &Path, device: Device, steps: usize) -> (f64, f32) {
     let mut engine = greedy_engine(model, device);
     let user = golden_codes();
     let want = golden_tokens();
-    let mut same = 0;
+    let margins: Vec<f32> = npy(GOLDEN_LM, "margins.npy");
+    let (mut same, mut worst) = (0, 0f32);
     for (t, w) in want.iter().enumerate().take(steps) {
         let u: &[i32; 8] = user[t * 8..(t + 1) * 8].try_into().unwrap();
         let out = engine.step_forced(u, w).unwrap();
         let mut ours = [out.text; 9];
         ours[1..].copy_from_slice(&out.audio);
-        same += ours.iter().zip(w).filter(|(a, b)| a == b).count();
+        for k in 0..9 {
+            if ours[k] == w[k] {
+                same += 1;
+            } else {
+                worst = worst.max(margins[t * 9 + k]);
+            }
+        }
     }
-    same as f64 / (steps * 9) as f64
+    (same as f64 / (steps * 9) as f64, worst)
 }
 
 // q8_0: quantized weights move logits by a few hundredths and this random model has many
-// near-ties, so the CPU agrees with the reference on 95.4 % of its decisions (tests/lm.rs,
-// all 139 steps). ggml-vulkan quantizes the activations to q8_1 where the CPU uses q8_0 and
-// sums in another order: that flips a few other near-ties, so the bound is on the distance
-// to the CPU's agreement over the same steps, not on equality. Measured on lavapipe over 60
-// steps: see the eprintln in the CI log.
+// near-ties (27 % of the reference's decisions have a margin under 0.08), so the CPU agrees
+// with the reference on about 95 % of its decisions over the 139 steps and never flips one of
+// margin 0.1 or more (tests/lm.rs). The device computes q8_0 products its own way (here,
+// built with Debian 12's glslc, which cannot compile ggml-vulkan's integer-dot shaders, it
+// dequantizes the weights and multiplies f32 activations, where the CPU quantizes the
+// activations to q8_0 too), so it flips other near-ties: the bounds are the CPU's on clear
+// decisions, and an agreement at most 3 points under the CPU's over the same steps. Measured
+// on lavapipe: 97.0 %, largest margin flipped 0.043 (the CPU in the same run: 95.1 %, 0.078).
 #[test]
 fn q8_0_teacher_forced_agreement_is_close_to_the_cpu() {
     let device = vulkan();
     let model = converted(3, "q8_0");
-    let cpu = agreement(model, Device::Cpu, FORCED_STEPS);
-    let vk = agreement(model, device, FORCED_STEPS);
+    let (cpu, cpu_worst) = agreement(model, Device::Cpu, FORCED_STEPS);
+    let (vk, worst) = agreement(model, device, FORCED_STEPS);
     eprintln!(
-        "q8_0 over {FORCED_STEPS} steps: top-1 agreement with the reference {:.1} % on vulkan, {:.1} % on the cpu",
+        "q8_0 over {FORCED_STEPS} steps: top-1 agreement with the reference {:.1} % on vulkan \
+         (largest margin flipped {worst:.3}), {:.1} % on the cpu ({cpu_worst:.3})",
         100.0 * vk,
         100.0 * cpu
     );
-    assert!(vk >= 0.93, "vulkan agreement {vk}");
-    assert!((vk - cpu).abs() <= 0.03, "vulkan {vk} against cpu {cpu}");
+    assert!(
+        vk >= cpu - 0.03,
+        "vulkan agreement {vk} against the cpu's {cpu}"
+    );
+    assert!(worst < 0.1, "vulkan changed a decision of margin {worst}");
 }
 
 #[test]
@@ -289,4 +316,36 @@ fn a_vulkan_device_that_is_not_there_is_one_line() {
             "{args:?}: read a file first: {err}"
         );
     }
+}
+
+// Where llama.cpp put the backbone: every layer and the KV cache on the device (the text
+// head may stay in host memory where the device's buffers are too small for it, as on
+// lavapipe; flm-edge then warns, and that line is printed here for the log).
+#[test]
+fn the_backbone_layers_and_kv_cache_are_on_the_device() {
+    vulkan();
+    let model = converted(3, "f32");
+    let out = flm_edge(&[
+        "bench",
+        "step",
+        "--model",
+        s(model),
+        "--backend",
+        "vulkan",
+        "--steps",
+        "1",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    eprint!("{stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("backbone on vulkan: "))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(
+        line.contains("3/3 layers on the device") && line.contains("KV cache: Vulkan0"),
+        "{line}"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("LM step, Vulkan0"), "{stdout}");
 }

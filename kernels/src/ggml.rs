@@ -233,6 +233,20 @@ impl Ctx {
         self.raw.as_ptr()
     }
 
+    /// Bytes of data of every tensor of the context (before alignment).
+    pub fn data_bytes(&self) -> usize {
+        let mut total = 0;
+        // SAFETY: walks this context's own tensor list; each is a valid tensor.
+        unsafe {
+            let mut t = sys::ggml_get_first_tensor(self.raw());
+            while !t.is_null() {
+                total += sys::ggml_nbytes(t);
+                t = sys::ggml_get_next_tensor(self.raw(), t);
+            }
+        }
+        total
+    }
+
     pub fn new_tensor(&self, ty: Type, ne: &[i64]) -> T {
         assert!((1..=4).contains(&ne.len()));
         // SAFETY: ne has 1..=4 entries; no_alloc context, so no data is allocated here.
@@ -704,12 +718,33 @@ pub struct Buffer {
 unsafe impl Send for Buffer {}
 
 impl Buffer {
-    /// Allocates all tensors of `ctx` on `backend` and zeroes them.
+    /// Allocates all tensors of `ctx` on `backend` and zeroes them. A device without room
+    /// is one line saying how much was asked for and how much the device has.
     pub fn alloc(ctx: &Ctx, backend: &Backend) -> Result<Buffer> {
         // SAFETY: ctx is a no_alloc context whose tensors get their data in this buffer.
-        let raw = unsafe { sys::ggml_backend_alloc_ctx_tensors(ctx.raw(), backend.raw()) };
+        let (raw, messages) = crate::log::capture(|| unsafe {
+            sys::ggml_backend_alloc_ctx_tensors(ctx.raw(), backend.raw())
+        });
         let Some(raw) = NonNull::new(raw) else {
-            bail!("cannot allocate a ggml backend buffer")
+            let mib = |b: usize| b as f64 / (1u64 << 20) as f64;
+            let (mut free, mut total) = (0usize, 0usize);
+            // SAFETY: the backend's device (a static registry object) and two out-params.
+            unsafe {
+                let dev = sys::ggml_backend_get_device(backend.raw());
+                if !dev.is_null() {
+                    sys::ggml_backend_dev_memory(dev, &mut free, &mut total);
+                }
+            }
+            let why = crate::log::last_error(&messages)
+                .map(|m| format!(": {m}"))
+                .unwrap_or_default();
+            bail!(
+                "{}: cannot allocate {:.0} MiB ({:.0} MiB free of {:.0}){why}",
+                backend.name(),
+                mib(ctx.data_bytes()),
+                mib(free),
+                mib(total)
+            )
         };
         let b = Buffer { raw };
         b.advise_huge_pages();

@@ -6,10 +6,17 @@
 //! every message (debug and info too) is kept for the caller instead, so that device
 //! selection can fold ggml's reason into its own one-line error and a model load can read
 //! where llama.cpp placed the tensors.
+//!
+//! Outside a capture a message may come from the step thread (llama.cpp warns from inside a
+//! decode): it goes into a fixed lock-free queue without allocating, and a thread of its own
+//! writes it out, so the step never waits on stderr. A full queue drops (and counts) the
+//! message rather than wait.
 
 use std::ffi::{CStr, c_char, c_void};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, Once};
+use std::time::Duration;
 
 use llama_cpp_sys_2 as sys;
 
@@ -31,6 +38,16 @@ pub struct Message {
 
 /// The most messages one capture keeps (a model load logs some hundreds at debug level).
 const CAPTURE_MAX: usize = 4096;
+
+/// A message on its way to stderr, cut to a fixed size.
+type Line = heapless::String<256>;
+/// Messages waiting for the writer thread. heapless marks its MPMC queue deprecated because a
+/// producer pre-empted mid-operation can make others fail to enqueue for a while; here a
+/// failed enqueue only drops (and counts) a log line, which is what a full queue does anyway.
+#[expect(deprecated)]
+static PENDING: heapless::mpmc::Queue<Line, 64> = heapless::mpmc::Queue::new();
+/// Messages dropped because the queue was full.
+static DROPPED: AtomicU64 = AtomicU64::new(0);
 
 static INSTALL: Once = Once::new();
 static CAPTURING: AtomicBool = AtomicBool::new(false);
@@ -78,7 +95,33 @@ unsafe extern "C" fn callback(level: sys::ggml_log_level, text: *const c_char, _
     // Warnings and errors only; a continuation follows its message's fate, which is not
     // known here, so it is dropped (the libraries continue only progress dots).
     if matches!(level, Some(Level::Warn | Level::Error)) {
-        eprint!("ggml: {text}");
+        let mut line = Line::new();
+        for c in text.trim_end().chars() {
+            if line.push(c).is_err() {
+                break;
+            }
+        }
+        if PENDING.enqueue(line).is_err() {
+            DROPPED.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Writes what waits in the queue to stderr.
+pub fn flush() {
+    let mut out = String::new();
+    while let Some(line) = PENDING.dequeue() {
+        let _ = writeln!(out, "ggml: {line}");
+    }
+    let dropped = DROPPED.swap(0, Ordering::Relaxed);
+    if dropped > 0 {
+        let _ = writeln!(
+            out,
+            "ggml: {dropped} more messages dropped (the log queue was full)"
+        );
+    }
+    if !out.is_empty() {
+        eprint!("{out}");
     }
 }
 
@@ -89,6 +132,14 @@ pub fn install() {
         // SAFETY: the callback is a plain function that lives forever and touches only
         // this module's statics.
         unsafe { sys::ggml_log_set(Some(callback), std::ptr::null_mut()) };
+        let _ = std::thread::Builder::new()
+            .name("flm-ggml-log".into())
+            .spawn(|| {
+                loop {
+                    std::thread::sleep(Duration::from_millis(50));
+                    flush();
+                }
+            });
     });
 }
 
@@ -109,10 +160,12 @@ pub fn capture<R>(f: impl FnOnce() -> R) -> (R, Vec<Message>) {
     (r, kept)
 }
 
-/// Prints captured warnings and errors as they would have been printed.
+/// Prints captured warnings and errors as they would have been printed (from a load, not
+/// the step path).
 pub fn pass_on(messages: &[Message]) {
+    flush();
     for m in messages.iter().filter(|m| m.level >= Level::Warn) {
-        eprint!("ggml: {}", m.text);
+        eprintln!("ggml: {}", m.text.trim_end());
     }
 }
 
@@ -123,4 +176,37 @@ pub fn last_error(messages: &[Message]) -> Option<String> {
         .rev()
         .find(|m| m.level == Level::Error)
         .map(|m| m.text.split_whitespace().collect::<Vec<_>>().join(" "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_queue_drops_and_counts_instead_of_waiting() {
+        // The callback as the libraries call it, 100 times, faster than anything drains.
+        for i in 0..100 {
+            let text = std::ffi::CString::new(format!("warning {i}\n")).unwrap();
+            // SAFETY: a NUL-terminated message, as the libraries pass.
+            unsafe {
+                callback(
+                    sys::GGML_LOG_LEVEL_WARN,
+                    text.as_ptr(),
+                    std::ptr::null_mut(),
+                )
+            };
+        }
+        let mut kept = 0;
+        while PENDING.dequeue().is_some() {
+            kept += 1;
+        }
+        let dropped = DROPPED.swap(0, Ordering::Relaxed);
+        // The writer thread (when another test started it) may take up to one queueful in
+        // between: whatever it did not take was kept or counted, never waited for.
+        assert!(kept <= 64, "{kept} kept");
+        assert!(
+            (36..=100).contains(&(kept + dropped)),
+            "{kept} kept, {dropped} dropped"
+        );
+    }
 }

@@ -35,6 +35,11 @@ pub const MAX_FRAMES_PER_CALL: usize = CONTEXT / STEPS_PER_FRAME;
 /// that attention scores run on ggml's tiled matmul; the extra slots are never written and
 /// always masked out (zero weight on zero values).
 const SLOTS: usize = CONTEXT.div_ceil(16) * 16;
+/// RoPE positions are re-based by this many steps (164 s of audio) whenever the newest
+/// passes twice that: the positions the graphs see stay below about 8 500, where f32 keeps
+/// the rotation angles to 1e-3 rad, however long the stream runs (a day's steps would leave
+/// them with no precision at all, and 2^24 steps would not even be exact in f32).
+const REBASE: i64 = 1 << 12;
 
 /// A causal conv of the SEANet: weight name prefix, kernel, stride, in and out channels.
 #[derive(Clone, Copy)]
@@ -64,6 +69,9 @@ struct Ring {
     slot_pos: Vec<i64>,
     /// Positions written so far.
     end: i64,
+    /// Subtracted from every position the graphs see (RoPE); a multiple of REBASE. The keys
+    /// in the cache were rotated for positions relative to it.
+    base: i64,
     // Per-call input values, sized for the largest call seen.
     slots: Vec<i32>,
     pairs: Vec<i32>,
@@ -76,11 +84,28 @@ impl Ring {
         Ring {
             slot_pos: vec![-1; CONTEXT],
             end: 0,
+            base: 0,
             slots: vec![],
             pairs: vec![],
             pos: vec![],
             mask: vec![],
         }
+    }
+
+    /// A ring whose first position is `end` (a stream that has run that long), its base
+    /// as low as the re-basing would have left it.
+    fn starting_at(end: i64) -> Ring {
+        Ring {
+            end,
+            base: (end / REBASE - 1).max(0) * REBASE,
+            ..Ring::new()
+        }
+    }
+
+    /// Whether the next `n` positions would take the graphs' positions past 2·REBASE: then
+    /// the cached keys are rotated back by REBASE (`Mimi::shift`) and the base moves up.
+    fn needs_rebase(&self, n: usize) -> bool {
+        self.end + n as i64 - self.base > 2 * REBASE
     }
 
     /// Claims slots for `n` new positions and writes the graph inputs: slot indices, slot
@@ -98,7 +123,7 @@ impl Ring {
             let slot = (p as usize) % CONTEXT;
             self.slot_pos[slot] = p;
             self.slots[i] = slot as i32;
-            self.pos[i] = p as i32;
+            self.pos[i] = (p - self.base) as i32;
         }
         for i in 0..n / 2 {
             // `end` and n are even and CONTEXT is even: pairs never straddle the wrap.
@@ -163,6 +188,8 @@ pub struct Mimi {
     enc_ring: Ring,
     dec_ring: Ring,
     enc_first: bool,
+    /// Per transformer (encoder, decoder): rotates every cached key back by REBASE steps.
+    shifts: [Graph; 2],
 }
 
 fn enc_convs() -> Vec<(String, ConvSpec)> {
@@ -506,6 +533,10 @@ impl Mimi {
         );
         let weights = wb.build(&backend, false)?;
         let state = Self::new_state(&backend)?;
+        let shifts = [
+            Self::build_shift(&state, &backend, "enc_tr")?,
+            Self::build_shift(&state, &backend, "dec_tr")?,
+        ];
         Ok(Mimi {
             backend,
             weights,
@@ -515,7 +546,56 @@ impl Mimi {
             enc_ring: Ring::new(),
             dec_ring: Ring::new(),
             enc_first: true,
+            shifts,
         })
+    }
+
+    /// The graph that rotates one transformer's cached keys by -REBASE positions (RoPE
+    /// rotations compose: a key rotated for position p, rotated by -REBASE, is the key for
+    /// p - REBASE), as llama.cpp shifts its KV cache.
+    fn build_shift(state: &State, backend: &Backend, side: &str) -> Result<Graph> {
+        let mut graph = Graph::new(8 * LAYERS + 8);
+        let g = &graph.ctx;
+        let pos = g
+            .new_tensor(ggml::I32, &[SLOTS as i64])
+            .set_input()
+            .name("shift");
+        let mut writes = vec![];
+        for l in 0..LAYERS {
+            let k = state.get(&format!("{side}.{l}.k"));
+            let k3 = g.reshape(k, &[HEAD_DIM as i64, HEADS as i64, SLOTS as i64]);
+            let r = g.rope(k3, pos, HEAD_DIM as i32, ggml::ROPE_NORMAL, ROPE_MAX_PERIOD);
+            writes.push(g.cpy(r, k3));
+        }
+        for w in writes {
+            graph.expand(w);
+        }
+        graph.allocate(backend)?;
+        pos.write(&[-(REBASE as i32); SLOTS]);
+        Ok(graph)
+    }
+
+    /// Moves a transformer's positions down by REBASE when its ring needs it.
+    fn rebase(&mut self, encoder: bool, n: usize) -> Result<()> {
+        let (ring, shift) = if encoder {
+            (&mut self.enc_ring, &mut self.shifts[0])
+        } else {
+            (&mut self.dec_ring, &mut self.shifts[1])
+        };
+        while ring.needs_rebase(n) {
+            shift.compute(&self.backend)?;
+            ring.base += REBASE;
+        }
+        Ok(())
+    }
+
+    /// Continues as a stream that has already run `frames` frames (a test hook for streams
+    /// that run for days): both rings start there, empty.
+    pub fn start_at(&mut self, frames: u64) {
+        self.reset();
+        let steps = (frames as i64).saturating_mul(STEPS_PER_FRAME as i64);
+        self.enc_ring = Ring::starting_at(steps);
+        self.dec_ring = Ring::starting_at(steps);
     }
 
     fn new_state(backend: &Backend) -> Result<State> {
@@ -592,6 +672,7 @@ impl Mimi {
         );
         self.prepare_encoder(frames)?;
         let n = frames * STEPS_PER_FRAME;
+        self.rebase(true, n)?;
         let step = self.encoders.get_mut(&frames).unwrap();
         self.enc_ring.advance(n, &step.ring);
         step.input.write(pcm);
@@ -632,6 +713,7 @@ impl Mimi {
         }
         self.prepare_decoder(frames)?;
         let n = frames * STEPS_PER_FRAME;
+        self.rebase(false, n)?;
         let step = self.decoders.get_mut(&frames).unwrap();
         self.dec_ring.advance(n, &step.ring);
         // Codebook-major on the graph side: one contiguous row of frames per codebook.

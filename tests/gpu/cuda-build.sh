@@ -8,7 +8,8 @@
 # - run with the stub driver (no GPU), every command that takes `--backend` answers
 #   `--backend cuda` with one line and a non-zero exit;
 # - our own cfg(feature = "cuda") code is clippy-clean (CLIPPY=0 skips this).
-# Its last line is the path of the binary it built.
+# Its last line is the path of the binary it built. A pass for sm_87 is recorded in
+# tests/gpu/cuda-build.verified (the digest of the inputs, tests/gpu/cuda-inputs.sh).
 #
 #   tests/gpu/cuda-build.sh            # Orin (sm_87)
 #   CUDA_ARCH=90 CPU_TARGET=x86-64-v3 tests/gpu/cuda-build.sh   # an H200-class GPU
@@ -43,7 +44,7 @@ echo "cuda-build: ldd: every library resolves but libcuda.so.1 (the driver)"
 LD_LIBRARY_PATH="$CUDA_TOOLKIT/lib" ldd "$bin" | grep -E 'cuda|cublas' | sed 's/^/  /'
 
 # Device code for the architecture.
-elfs=$("$CUDA_TOOLKIT/bin/cuobjdump" --list-elf "$bin" 2>/dev/null || true)
+elfs=$("$CUDA_TOOLKIT/bin/cuobjdump" --list-elf "$bin")
 n=$(grep -c "sm_$arch" <<<"$elfs" || true)
 [ "$n" -gt 0 ] || fail "no sm_$arch device code in $bin"
 echo "cuda-build: $n device-code images for sm_$arch, e.g.:"
@@ -92,4 +93,8 @@ if [ "${CLIPPY:-1}" != 0 ]; then
   echo "cuda-build: clippy clean with --features cuda"
 fi
 echo "cuda-build: total $(($(date +%s) - t0)) s"
+if [ "$arch" = 87 ] && [ -z "${CPU_TARGET:-}" ]; then
+  # The record CI compares with (tests/gpu/cuda-inputs.sh): these inputs passed.
+  echo "$(tests/gpu/cuda-inputs.sh) sm_87 passed" >tests/gpu/cuda-build.verified
+fi
 echo "$bin"

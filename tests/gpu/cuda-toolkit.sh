@@ -4,7 +4,8 @@
 #
 #   eval "$(tests/gpu/cuda-toolkit.sh)"
 #
-# The wheels hold a complete compiler (nvcc, cicc, cudafe++, fatbinary, nvlink, ptxas, CCCL)
+# The wheels hold a complete compiler (nvcc, cicc, cudafe++, fatbinary, nvlink, ptxas, CCCL;
+# cuobjdump comes from a later 13.x, the oldest on PyPI)
 # but not everything a link against them needs; what is missing is made here:
 # - unversioned `.so` links and a `lib64` link;
 # - `libcuda.so.1`, the driver, which comes with the GPU's driver and never with a toolkit: a
@@ -20,17 +21,17 @@ root="$(cd "$(dirname "$0")/../.." && pwd)/target/cuda13"
 wheels=(
   nvidia-cuda-nvcc==13.0.88 nvidia-nvvm==13.0.88 nvidia-cuda-crt==13.0.88
   nvidia-cuda-runtime==13.0.96 nvidia-cublas==13.0.2.14 nvidia-cuda-cccl==13.0.85
-  nvidia-cuda-culibos==13.0.85
+  nvidia-cuda-culibos==13.0.85 nvidia-cuda-cuobjdump==13.2.51
 )
 tk="$root/py/nvidia/cu13"
 stamp="$root/.ready-$(echo "${wheels[*]}" | sha256sum | cut -c1-16)"
 if [ ! -e "$stamp" ]; then
   command -v python3 >/dev/null || { echo "error: python3 with pip is needed to fetch the CUDA wheels" >&2; exit 1; }
-  rm -rf "$root"
   mkdir -p "$root"
   echo "cuda-toolkit: installing ${#wheels[@]} NVIDIA wheels (about 525 MB) into $root" >&2
-  python3 -m pip install -q --disable-pip-version-check --no-deps --no-compile \
+  python3 -m pip install -q --disable-pip-version-check --no-deps --no-compile --upgrade \
     --target "$root/py" "${wheels[@]}" >&2
+  rm -f "$root"/.ready-*
   [ -x "$tk/bin/nvcc" ] || { echo "error: the CUDA wheels hold no nvcc at $tk/bin" >&2; exit 1; }
   # Unversioned names for the linker and CMake, and the lib64 CMake also searches.
   for so in "$tk"/lib/lib{cudart,cublas,cublasLt}.so.*; do

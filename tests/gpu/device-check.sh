@@ -22,8 +22,15 @@ backend="${BACKEND:-cuda}"
 size="${SIZE:-full}"
 steps="${STEPS:-50}"
 frames="${FRAMES:-200}"
-bin="$dir/flm-edge"
 kit="$dir/flm-testkit"
+bin="$dir/flm-edge"
+if [ -e "$dir/flm-edge.gz" ]; then
+  # device-prepare.sh carries it compressed.
+  unpacked=$(mktemp -d)
+  gzip -dc "$dir/flm-edge.gz" >"$unpacked/flm-edge"
+  chmod +x "$unpacked/flm-edge"
+  bin="$unpacked/flm-edge"
+fi
 # cuBLAS 13, wherever this machine keeps it: the toolkit, or a Python environment's wheels.
 for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib \
   $(python3 -c 'import nvidia, os; print(" ".join(os.path.join(p, "cu13", "lib") for p in nvidia.__path__))' 2>/dev/null || true); do

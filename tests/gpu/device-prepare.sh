@@ -6,7 +6,8 @@
 #   tests/gpu/device-prepare.sh [DIR]     # default DIR: .gpu-check (git-ignored)
 #
 # - flm-edge with the CUDA backend for CUDA_ARCH (default 90), its CPU side built for
-#   x86-64-v3 rather than this machine's CPU (tests/gpu/cuda-build.sh), symbols stripped;
+#   x86-64-v3 rather than this machine's CPU (tests/gpu/cuda-build.sh), stripped and
+#   compressed (flm-edge.gz);
 # - flm-testkit, which writes the full-size random model there (no download);
 # - device-check.sh itself.
 # cuBLAS is linked as a shared library (libcublas.so.13, libcublasLt.so.13): the check finds
@@ -19,7 +20,10 @@ bin=$(CUDA_ARCH="$arch" CPU_TARGET=x86-64-v3 CLIPPY=0 tests/gpu/cuda-build.sh | 
 RUSTFLAGS="-C target-cpu=x86-64-v3" CARGO_TARGET_DIR="$PWD/target/x86-64-v3" \
   cargo build --release -p flm-testkit --bin flm-testkit
 mkdir -p "$dir"
+rm -f "$dir"/flm-edge "$dir"/flm-edge.gz "$dir"/flm-testkit
+# Stripped, the CUDA binary is some 55 MB; compressed it leaves room under the 64 MiB.
 strip -o "$dir/flm-edge" "$bin"
+gzip -9 "$dir/flm-edge"
 strip -o "$dir/flm-testkit" target/x86-64-v3/release/flm-testkit
 cp tests/gpu/device-check.sh "$dir/"
 du -sh "$dir"/* | sed 's/^/device-prepare: /'
