@@ -63,6 +63,9 @@ fn read_mono(path: &Path) -> Result<(Vec<f32>, u32)> {
     Ok((mono, spec.sample_rate))
 }
 
+/// The largest sample magnitude accepted from a float WAV.
+const MAX_SAMPLE: f32 = 1000.0;
+
 fn collect<S, I: Iterator<Item = hound::Result<S>>>(
     it: I,
     f: impl Fn(S) -> f32,
@@ -82,6 +85,11 @@ fn collect<S, I: Iterator<Item = hound::Result<S>>>(
     }
     if let Some(x) = out.iter().find(|x| !x.is_finite()) {
         bail!("sample value {x} is not finite");
+    }
+    // Float PCM is nominally within ±1; values far beyond are not audio, and would overflow
+    // the resampler's FFT.
+    if let Some(x) = out.iter().find(|x| x.abs() > MAX_SAMPLE) {
+        bail!("sample value {x} is outside ±{MAX_SAMPLE} (float PCM is nominally within ±1)");
     }
     Ok(out)
 }

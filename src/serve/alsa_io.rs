@@ -383,8 +383,15 @@ fn mix_down(raw: &Samples, ch: usize, mono: &mut [f32]) {
             }
         }
         Samples::F32(b) => {
+            // A float device may hand out anything: NaN and out-of-range values are not
+            // passed on.
             for (i, m) in mono.iter_mut().enumerate().take(n) {
-                *m = b[i * ch..(i + 1) * ch].iter().sum::<f32>() * scale;
+                let v = b[i * ch..(i + 1) * ch].iter().sum::<f32>() * scale;
+                *m = if v.is_finite() {
+                    v.clamp(-1.0, 1.0)
+                } else {
+                    0.0
+                };
             }
         }
     }

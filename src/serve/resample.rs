@@ -49,7 +49,18 @@ impl StreamResampler {
         };
         while !x.is_empty() {
             let n = (self.chunk.len() - self.filled).min(x.len());
-            self.chunk[self.filled..self.filled + n].copy_from_slice(&x[..n]);
+            // A device or a decoder gone wrong (NaN, Inf, huge values) would overflow the
+            // FFT, which then panics: what goes in is audio, clipped to full scale.
+            for (d, &v) in self.chunk[self.filled..self.filled + n]
+                .iter_mut()
+                .zip(&x[..n])
+            {
+                *d = if v.is_finite() {
+                    v.clamp(-1.0, 1.0)
+                } else {
+                    0.0
+                };
+            }
             self.filled += n;
             x = &x[n..];
             if self.filled == self.chunk.len() {
@@ -71,6 +82,20 @@ mod tests {
 
     /// The FFT resampler hands out uneven runs (24 → 48 kHz: mostly 3836 samples a frame,
     /// now and then 4384), so what matters is the total: exact, to within one run.
+    #[test]
+    fn samples_that_are_not_audio_do_not_reach_the_fft() {
+        let mut r = StreamResampler::new(48_000, 24_000, 960).unwrap();
+        let mut bad = vec![0.1f32; 4 * 960];
+        bad[5] = f32::NAN;
+        bad[900] = f32::INFINITY;
+        bad[1500] = 3e38;
+        bad[2000] = -3e38;
+        let mut out = vec![];
+        r.push(&bad, &mut |x| out.extend_from_slice(x)).unwrap();
+        assert!(!out.is_empty());
+        assert!(out.iter().all(|x| x.is_finite() && x.abs() < 2.0));
+    }
+
     #[test]
     fn the_total_out_follows_the_rates() {
         for (from, to, chunk) in [(24_000u32, 48_000u32, 1920usize), (48_000, 24_000, 960)]
