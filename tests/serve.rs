@@ -285,6 +285,88 @@ fn healthz_answers_within_a_second_under_slow_huge_and_many_clients() {
 const MAX_HTTP: usize = flm_edge::serve::status::MAX_HTTP_CONNECTIONS;
 
 #[test]
+fn a_running_daemon_serves_metrics_healthz_and_events() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let _t = TIMED.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = scratch("status-live");
+    std::fs::create_dir_all(&*dir).unwrap();
+    let input = clip(&dir, 100);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let events = dir.join("events.sock");
+    let cfg = dir.join("live.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "threads = 2\n[schedule]\nlatency_frames = 6\n[status]\nmetrics = \"127.0.0.1:{port}\"\nevents = \"{}\"\n",
+            s(&events)
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_flm-edge"))
+        .args(["serve", "--config", s(&cfg), "--model", s(model())])
+        .args([
+            "--input-wav",
+            s(&input),
+            "--output-wav",
+            s(&dir.join("out.wav")),
+        ])
+        .arg("--realtime")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let get = |path: &str| -> Option<String> {
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        c.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        write!(c, "GET {path} HTTP/1.0\r\n\r\n").ok()?;
+        let mut reply = String::new();
+        c.read_to_string(&mut reply).ok()?;
+        Some(reply)
+    };
+    // The endpoints come up once the model is loaded; steps then complete every 80 ms.
+    let t0 = Instant::now();
+    let mut healthy = None;
+    while t0.elapsed() < Duration::from_secs(60) && healthy.is_none() {
+        if let Some(r) = get("/healthz").filter(|r| r.starts_with("HTTP/1.0 200")) {
+            healthy = Some(r);
+        } else {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    assert!(healthy.is_some(), "/healthz never said ok");
+    let metrics = get("/metrics").unwrap();
+    let steps: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("flm_edge_steps_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert!(steps > 0, "{metrics}");
+    // An event client gets JSON lines with the step and the state.
+    let sock = std::os::unix::net::UnixStream::connect(&events).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut line = String::new();
+    BufReader::new(sock).read_line(&mut line).unwrap();
+    let e: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|_| panic!("{line}"));
+    assert!(e["step"].is_u64() && e["text"].is_string(), "{line}");
+    assert!(
+        matches!(e["state"].as_str(), Some("listening" | "speaking")),
+        "{line}"
+    );
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(status.success(), "{err}");
+}
+
+#[test]
 fn a_failing_step_stops_every_thread_and_returns_its_reason() {
     let _t = TIMED.lock().unwrap_or_else(|e| e.into_inner());
     // 60 s of paced capture: without the stop, the audio threads would run it to the end.
