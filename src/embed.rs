@@ -85,9 +85,19 @@ impl Embedder {
                 t.rows
             );
         }
+        let (backbone_map, audio_map) = (Mapped::open(backbone.0)?, Mapped::open(audio.0)?);
+        // Every row a step may read, in memory from the start and kept there.
+        for (m, t) in [
+            (&backbone_map, &text),
+            (&audio_map, &speak),
+            (&audio_map, &listen),
+        ] {
+            let end = (t.offset + t.rows * t.row_bytes).min(m.map.len());
+            crate::resident::keep_resident(&m.map[t.offset.min(end)..end], "embedding tables");
+        }
         Ok(Embedder {
-            backbone: Mapped::open(backbone.0)?,
-            audio: Mapped::open(audio.0)?,
+            backbone: backbone_map,
+            audio: audio_map,
             text,
             speak,
             listen,
