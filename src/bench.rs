@@ -132,6 +132,10 @@ pub struct StepBench {
     /// backbone's are llama.cpp's: one decode per step, in `graph_splits` pieces).
     pub traffic: Traffic,
     pub graph_splits: Option<u32>,
+    /// The backbone's time in the steps that shifted the context (dropped the oldest half
+    /// of the KV cache: llama.cpp re-rotates every key left in the next decode), if any did.
+    pub shift_backbone: Option<Stats>,
+    pub shifts: usize,
 }
 
 fn stats_ms(samples: &mut [f64]) -> Stats {
@@ -195,6 +199,7 @@ pub fn step(
     let n = steps.max(1);
     let (mut embed, mut backbone, mut depth, mut sample, mut total) =
         (vec![], vec![], vec![], vec![], vec![]);
+    let mut shifted = vec![];
     engine.reset();
     let mut before = Traffic::now();
     for s in 0..n + warmup {
@@ -203,6 +208,9 @@ pub fn step(
         }
         let user: [i32; 8] = std::array::from_fn(|_| (next() % 2048) as i32);
         let out = engine.step(&user)?;
+        if out.context_shifted {
+            shifted.push(out.times.backbone);
+        }
         if s >= warmup {
             let t = out.times;
             embed.push(t.embed);
@@ -249,6 +257,8 @@ pub fn step(
         peak_rss_bytes: peak_rss_bytes(),
         traffic,
         graph_splits: engine.backbone().placement().splits,
+        shifts: shifted.len(),
+        shift_backbone: (!shifted.is_empty()).then(|| stats_ms(&mut shifted)),
     })
 }
 

@@ -540,6 +540,12 @@ fn run(cli: Cli) -> Result<()> {
                 "    of which text head (final norm + lm_head) ≈ {:.2} ms",
                 r.text_head
             );
+            if let Some(sh) = &r.shift_backbone {
+                println!(
+                    "    {} steps shifted the context (the oldest half of the KV cache dropped, every key left re-rotated): backbone median {:.2} ms, max {:.2} ms",
+                    r.shifts, sh.median, sh.max
+                );
+            }
             row("depth", &r.depth);
             row("sampling", &r.sample);
             row("total", &r.total);

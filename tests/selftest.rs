@@ -128,6 +128,32 @@ fn bench_reports_graphs_copies_and_synchronisations_per_step() {
         stdout.contains("1 llama_decode per step in 1 graph split"),
         "{stdout}"
     );
+    // Steps that shift the context are timed apart (here: a context of 48 steps, a sink of
+    // 16, so a shift every 16 steps).
+    let out = flm_edge(&[
+        "bench",
+        "step",
+        "--model",
+        s(model),
+        "--steps",
+        "100",
+        "--threads",
+        "1",
+        "--context",
+        "48",
+    ]);
+    let shifts = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = shifts
+        .lines()
+        .find(|l| l.contains("steps shifted the context"))
+        .unwrap_or_else(|| panic!("{shifts}"));
+    let n: usize = line.split_whitespace().next().unwrap().parse().unwrap();
+    assert!((2..=6).contains(&n), "{line}");
     // All of it in host memory. A build with a GPU backend whose device is visible (a
     // Vulkan build on lavapipe) also says "0/3 layers on the device; " first.
     let stderr = String::from_utf8_lossy(&out.stderr);
