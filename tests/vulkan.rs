@@ -349,3 +349,19 @@ fn the_backbone_layers_and_kv_cache_are_on_the_device() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("LM step, Vulkan0"), "{stdout}");
 }
+
+/// A model the device has no room for: one line with the device, the size asked for and
+/// what it has (lavapipe's heap is 2 GiB), not an abort.
+#[test]
+fn a_buffer_the_device_cannot_hold_is_one_line() {
+    use flm_kernels::ggml::{Backend, Buffer, Ctx, F32};
+    let ctx = Ctx::new(1, 0);
+    ctx.new_tensor(F32, &[1 << 40, 4]);
+    let gpu = Backend::new(vulkan(), 1).unwrap();
+    let e = Buffer::alloc(&ctx, &gpu).err().unwrap().to_string();
+    assert!(!e.contains('\n'), "{e}");
+    assert!(
+        e.starts_with("Vulkan0: cannot allocate 16777216 MiB ("),
+        "{e}"
+    );
+}

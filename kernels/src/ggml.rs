@@ -816,3 +816,23 @@ impl Drop for Buffer {
         unsafe { sys::ggml_backend_buffer_free(self.raw.as_ptr()) }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A model the device has no room for: one line with the device, the size asked for and
+    /// what the device has, not an abort.
+    #[test]
+    fn a_buffer_the_device_cannot_hold_is_one_line() {
+        let ctx = Ctx::new(2, 0);
+        // 16 TiB of f32.
+        ctx.new_tensor(F32, &[1 << 40, 4]);
+        ctx.new_tensor(F32, &[16]);
+        let cpu = Backend::cpu(1).unwrap();
+        let e = Buffer::alloc(&ctx, &cpu).err().unwrap().to_string();
+        assert!(!e.contains('\n'), "{e}");
+        assert!(e.starts_with("CPU: cannot allocate 16777216 MiB ("), "{e}");
+        assert!(e.contains("MiB free of"), "{e}");
+    }
+}
