@@ -16,7 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 dir="${1:-.gpu-check}"
 arch="${CUDA_ARCH:-90}"
-bin=$(CUDA_ARCH="$arch" CPU_TARGET=x86-64-v3 CLIPPY=0 tests/gpu/cuda-build.sh | tail -1)
+bin=$(CUDA_ARCH="$arch" CPU_TARGET=x86-64-v3 CLIPPY=0 tests/gpu/cuda-build.sh | tee /dev/stderr | tail -1)
 RUSTFLAGS="-C target-cpu=x86-64-v3" CARGO_TARGET_DIR="$PWD/target/x86-64-v3" \
   cargo build --release -p flm-testkit --bin flm-testkit
 mkdir -p "$dir"
