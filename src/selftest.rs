@@ -110,7 +110,9 @@ fn clip(frames: usize) -> Vec<f32> {
         .collect()
 }
 
-fn snr_db(reference: &[f32], got: &[f32]) -> f64 {
+/// Signal-to-noise ratio of `got` against `reference`, in dB; minus infinity when `got`
+/// holds a NaN or an infinity.
+pub fn snr_db(reference: &[f32], got: &[f32]) -> f64 {
     let sig: f64 = reference.iter().map(|&x| (x as f64).powi(2)).sum();
     let err: f64 = reference
         .iter()

@@ -665,6 +665,31 @@ impl Notifications {
     }
 }
 
+const SIGHUP: i32 = 1;
+const SIGTERM: i32 = 15;
+
+/// `flm-edge ARGS` as systemd would run it: notifications to a socket in `dir`, a 2 s
+/// watchdog, stderr kept.
+fn daemon(dir: &Path, args: &[&str]) -> (std::process::Child, Notifications) {
+    let notes = Notifications::bind(&dir.join("notify.sock"));
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_flm-edge"))
+        .args(args)
+        .env("NOTIFY_SOCKET", dir.join("notify.sock"))
+        .env("WATCHDOG_USEC", "2000000")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    (child, notes)
+}
+
+fn signal(child: &std::process::Child, sig: i32) {
+    unsafe extern "C" {
+        fn kill(pid: i32, sig: i32) -> i32;
+    }
+    // SAFETY: sends a signal to our own child process, which is still running.
+    assert_eq!(unsafe { kill(child.id() as i32, sig) }, 0, "kill {sig}");
+}
+
 #[test]
 fn reload_applies_what_changed_and_a_model_that_fails_leaves_the_old_one_serving() {
     let _t = TIMED.lock().unwrap_or_else(|e| e.into_inner());
@@ -684,24 +709,8 @@ fn reload_applies_what_changed_and_a_model_that_fails_leaves_the_old_one_serving
     };
     let model_line = format!("model = \"{}\"\n", s(model()));
     let cfg = with(&model_line, "[status]\nmetrics = \"\"\nevents = \"\"\n");
-    let mut notes = Notifications::bind(&dir.join("notify.sock"));
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_flm-edge"))
-        .args(["serve", "--config", s(&cfg)])
-        .env("NOTIFY_SOCKET", dir.join("notify.sock"))
-        .env("WATCHDOG_USEC", "2000000")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id() as i32;
-    unsafe extern "C" {
-        fn kill(pid: i32, sig: i32) -> i32;
-    }
-    let signal = |sig: i32| {
-        // SAFETY: sends a signal to our own child process, which is still running.
-        assert_eq!(unsafe { kill(pid, sig) }, 0, "kill {sig}");
-    };
-    const SIGHUP: i32 = 1;
-    const SIGTERM: i32 = 15;
+    let (mut child, mut notes) = daemon(&dir, &["serve", "--config", s(&cfg)]);
+    let signal = |sig| signal(&child, sig);
     notes.expect("READY=1", Duration::from_secs(60));
     // 1. A model folder that does not load: the old model keeps serving.
     with(
@@ -763,24 +772,9 @@ fn systemd_sees_ready_watchdog_status_reload_and_stop() {
         &dir,
         "[audio]\ncapture = \"null\"\nplayback = \"null\"\nrate = 48000\n",
     );
-    let mut notes = Notifications::bind(&dir.join("notify.sock"));
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_flm-edge"))
-        .args(["serve", "--config", s(&cfg), "--model", s(model())])
-        .env("NOTIFY_SOCKET", dir.join("notify.sock"))
-        .env("WATCHDOG_USEC", "2000000")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id() as i32;
-    unsafe extern "C" {
-        fn kill(pid: i32, sig: i32) -> i32;
-    }
-    let signal = |sig: i32| {
-        // SAFETY: sends a signal to our own child process, which is still running.
-        assert_eq!(unsafe { kill(pid, sig) }, 0, "kill {sig}");
-    };
-    const SIGHUP: i32 = 1;
-    const SIGTERM: i32 = 15;
+    let (mut child, mut notes) =
+        daemon(&dir, &["serve", "--config", s(&cfg), "--model", s(model())]);
+    let signal = |sig| signal(&child, sig);
     notes.expect("READY=1", Duration::from_secs(60));
     notes.expect("WATCHDOG=1", Duration::from_secs(5));
     notes.expect("STATUS=steps", Duration::from_secs(5));

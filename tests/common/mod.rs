@@ -301,18 +301,10 @@ pub fn read_wav(p: &Path) -> (hound::WavSpec, Vec<f32>) {
     (spec, pcm)
 }
 
-/// Signal-to-noise ratio of `got` against `reference`, in dB.
+/// Signal-to-noise ratio of `got` against `reference`, in dB (minus infinity for a NaN).
 pub fn snr_db(reference: &[f32], got: &[f32]) -> f64 {
     assert_eq!(reference.len(), got.len());
-    let sig: f64 = reference.iter().map(|&x| (x as f64).powi(2)).sum();
-    let err: f64 = reference
-        .iter()
-        .zip(got)
-        .map(|(&a, &b)| (a as f64 - b as f64).powi(2))
-        .sum();
-    // A NaN in `got` must fail an SNR bound: f64::max would turn a NaN error into 1e-30.
-    assert!(err.is_finite(), "non-finite samples in the output");
-    10.0 * (sig / err.max(1e-30)).log10()
+    flm_edge::selftest::snr_db(reference, got)
 }
 
 /// The seed-3 small model at f32 (the LM golden one) with the full-size Mimi, loaded for the
