@@ -94,25 +94,20 @@ fn a_device_this_build_lacks_is_one_line_before_any_file_is_read() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("not cpu, cuda, vulkan, gpu"));
 }
 
+/// `bench step` on one thread with `extra` arguments; its stdout and stderr, after success.
+fn bench_step(model: &Path, extra: &[&str]) -> (String, String) {
+    let mut args = vec!["bench", "step", "--model", s(model), "--threads", "1"];
+    args.extend_from_slice(extra);
+    let out = flm_edge(&args);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{err}");
+    (String::from_utf8_lossy(&out.stdout).into_owned(), err)
+}
+
 #[test]
 fn bench_reports_graphs_copies_and_synchronisations_per_step() {
     let model = converted(3, "f32");
-    let out = flm_edge(&[
-        "bench",
-        "step",
-        "--model",
-        s(model),
-        "--steps",
-        "3",
-        "--threads",
-        "1",
-    ]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (stdout, _) = bench_step(model, &["--steps", "3"]);
     // One graph per depth-transformer position; the hidden state and 8 tokens go up, 8
     // logit rows of 2048 come down; each of those waits for the device.
     let line = stdout
@@ -130,24 +125,7 @@ fn bench_reports_graphs_copies_and_synchronisations_per_step() {
     );
     // Steps that shift the context are timed apart (here: a context of 48 steps, a sink of
     // 16, so a shift every 16 steps).
-    let out = flm_edge(&[
-        "bench",
-        "step",
-        "--model",
-        s(model),
-        "--steps",
-        "100",
-        "--threads",
-        "1",
-        "--context",
-        "48",
-    ]);
-    let shifts = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (shifts, stderr) = bench_step(model, &["--steps", "100", "--context", "48"]);
     let line = shifts
         .lines()
         .find(|l| l.contains("steps shifted the context"))
@@ -156,7 +134,6 @@ fn bench_reports_graphs_copies_and_synchronisations_per_step() {
     assert!((2..=6).contains(&n), "{line}");
     // All of it in host memory. A build with a GPU backend whose device is visible (a
     // Vulkan build on lavapipe) also says "0/3 layers on the device; " first.
-    let stderr = String::from_utf8_lossy(&out.stderr);
     let line = stderr
         .lines()
         .find(|l| l.starts_with("backbone on cpu: "))

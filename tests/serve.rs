@@ -682,6 +682,24 @@ fn daemon(dir: &Path, args: &[&str]) -> (std::process::Child, Notifications) {
     (child, notes)
 }
 
+/// Waits (10 s at most) for a daemon told to stop; its exit status and stderr.
+fn exit_of(child: &mut std::process::Child) -> (std::process::ExitStatus, String) {
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "no exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    (status, err)
+}
+
 fn signal(child: &std::process::Child, sig: i32) {
     unsafe extern "C" {
         fn kill(pid: i32, sig: i32) -> i32;
@@ -735,19 +753,7 @@ fn reload_applies_what_changed_and_a_model_that_fails_leaves_the_old_one_serving
     notes.seen.clear();
     notes.expect("WATCHDOG=1", Duration::from_secs(5));
     signal(SIGTERM);
-    let t0 = Instant::now();
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "no exit after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut err = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    let (status, err) = exit_of(&mut child);
     assert!(status.success(), "{err}");
     assert!(
         err.contains("configuration not reloaded: the model did not load")
@@ -783,19 +789,7 @@ fn systemd_sees_ready_watchdog_status_reload_and_stop() {
     notes.expect("READY=1", Duration::from_secs(30));
     signal(SIGTERM);
     notes.expect("STOPPING=1", Duration::from_secs(10));
-    let t0 = Instant::now();
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "no exit after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut err = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    let (status, err) = exit_of(&mut child);
     assert!(status.success(), "{err}");
     assert!(err.contains("configuration reloaded"), "{err}");
 }
