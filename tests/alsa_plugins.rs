@@ -20,6 +20,7 @@ use flm_edge::serve::metrics::Metrics;
 
 const EPIPE: i32 = 32;
 const ENODEV: i32 = 19;
+const EAGAIN: i32 = 11;
 
 fn spec(name: &str, rate: u32, channels: u32, format: &str) -> DeviceSpec {
     DeviceSpec {
@@ -145,6 +146,17 @@ fn alsa_devices_through_plugins() {
     assert_eq!(m.recoveries.load(Relaxed), 1);
     assert!(matches!(cap.next_frame(&mut frame, &m), Captured::Audio));
 
+    // The device is opened non-blocking (a blocking open or read can wait forever, deaf to
+    // SIGTERM): "no data yet" (EAGAIN) is waited for through the device, not a lost device.
+    let before = (m.capture_xruns.load(Relaxed), m.reopens.load(Relaxed));
+    cap.drill.inject(EAGAIN);
+    assert!(matches!(cap.next_frame(&mut frame, &m), Captured::Audio));
+    assert!(m.capture_present.load(Relaxed));
+    assert_eq!(
+        (m.capture_xruns.load(Relaxed), m.reopens.load(Relaxed)),
+        before
+    );
+
     // The device vanishes (and its file with it): silence at the real-time pace, reopening
     // fails with back-off until the file is back.
     let away = dir.join("cap24.away");
@@ -192,19 +204,24 @@ fn alsa_devices_through_plugins() {
         }
     }
     assert_eq!(m.playback_xruns.load(Relaxed), 1);
+    // No room yet (EAGAIN) is waited for, like a blocking write would: nothing is lost.
+    play.drill.inject(EAGAIN);
+    let mut fill = |dst: &mut [f32; FRAME]| dst.copy_from_slice(&src[..FRAME]);
+    assert!(play.play_frame(&mut fill, &m));
+    assert!(m.playback_present.load(Relaxed));
     drop(play);
     let bytes = std::fs::read(dir.join("play44.raw")).unwrap();
     let out: Vec<f32> = bytes
         .chunks_exact(4)
         .map(|b| i32::from_le_bytes(b.try_into().unwrap()) as f32 / 2147483648.0)
         .collect();
-    // 10 frames of 80 ms at 44.1 kHz (3528 samples), each start of the device (the first
+    // 11 frames of 80 ms at 44.1 kHz (3528 samples), each start of the device (the first
     // write, and the restart after the injected underrun) preceded by its headroom of two
     // 20 ms periods of silence; nothing lost.
     let (frame, headroom) = (3528, 2 * 882);
-    assert_eq!(out.len(), 10 * frame + 2 * headroom);
+    assert_eq!(out.len(), 11 * frame + 2 * headroom);
     assert!(rms(&out[..headroom]) == 0.0);
-    // Frames 0-5, then the headroom again, then frames 6-9.
+    // Frames 0-5, then the headroom again, then frames 6-9 and frame 0 again.
     let restart = headroom + 6 * frame;
     assert!(rms(&out[restart..restart + headroom]) == 0.0);
     for part in [&out[headroom + 2000..restart], &out[restart + headroom..]] {
@@ -217,4 +234,9 @@ fn alsa_devices_through_plugins() {
         .err()
         .expect("must fail");
     assert!(format!("{err:#}").contains("nosuchpcm"), "{err:#}");
+    // So is a name alsa-lib cannot even be given (it panicked inside the alsa crate).
+    let err = AlsaCapture::open(spec("bad\0name", 48_000, 1, "s16"), &m)
+        .err()
+        .expect("must fail");
+    assert!(format!("{err:#}").contains("NUL"), "{err:#}");
 }

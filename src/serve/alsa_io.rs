@@ -65,10 +65,13 @@ struct Open {
 
 fn open(spec: &DeviceSpec, dir: Direction) -> Result<Open> {
     let label = &spec.name;
-    // A blocking open waits, without end and deaf to SIGTERM, for a device another program
-    // holds: a non-blocking probe first turns that into an error (EBUSY), retried later.
-    drop(PCM::new(label, dir, true).with_context(|| format!("ALSA device `{label}`"))?);
-    let pcm = PCM::new(label, dir, false).with_context(|| format!("ALSA device `{label}`"))?;
+    let name = std::ffi::CString::new(label.as_str())
+        .map_err(|_| anyhow::anyhow!("ALSA device `{label}`: the name holds a NUL byte"))?;
+    // Opened and kept non-blocking: a blocking open waits, without end and deaf to SIGTERM,
+    // for a device another program holds (here that is EBUSY, retried later), and a blocking
+    // read or write waits without end on a device that stalls (here `transfer` waits at most
+    // STALL, then the device counts as lost).
+    let pcm = PCM::open(&name, dir, true).with_context(|| format!("ALSA device `{label}`"))?;
     let period = (spec.rate as usize * spec.period_ms as usize / 1000).max(16);
     let (format, raw) = match spec.format.as_str() {
         "s16" => (Format::s16(), Samples::S16(vec![])),
@@ -114,6 +117,25 @@ fn open(spec: &DeviceSpec, dir: Direction) -> Result<Open> {
     Ok(Open { pcm, raw, period })
 }
 
+/// The longest a device may take to deliver or accept a period before it counts as lost
+/// (closed, reopened with back-off): many periods, far beyond any scheduling hiccup.
+const STALL_MS: u32 = 2000;
+
+/// One read or write on a non-blocking PCM, waiting (at most STALL_MS) while the device has
+/// no room or no data yet; a stalled device is an error like a vanished one (ETIMEDOUT).
+fn transfer(pcm: &PCM, mut io: impl FnMut() -> alsa::Result<usize>) -> alsa::Result<usize> {
+    loop {
+        match io() {
+            Err(e) if e.errno().abs() == EAGAIN => match pcm.wait(Some(STALL_MS)) {
+                Ok(true) => {}
+                Ok(false) => return Err(alsa::Error::new("snd_pcm_wait", -ETIMEDOUT)),
+                Err(e) => return Err(e),
+            },
+            other => return other,
+        }
+    }
+}
+
 /// What an error means for the stream.
 enum Fault {
     /// Over/underrun or suspend: recovered in place.
@@ -135,10 +157,12 @@ fn handle(o: &Open, e: alsa::Error, xruns: &std::sync::atomic::AtomicU64, m: &Me
     Fault::Lost
 }
 
-// errno values of Linux: over/underrun, suspended, I/O error.
+// errno values of Linux: over/underrun, suspended, I/O error, no data or room yet, stalled.
 const EPIPE: i32 = 32;
 const EIO: i32 = 5;
 const ESTRPIPE: i32 = 86;
+const EAGAIN: i32 = 11;
+const ETIMEDOUT: i32 = 110;
 
 /// Reopening a lost device by name, with back-off.
 struct Reopen {
@@ -299,15 +323,16 @@ impl CaptureDevice for AlsaCapture {
                 return Captured::Silence;
             };
             let ch = self.spec.channels as usize;
-            let res = match (self.drill.take(), &mut dev.raw) {
+            let (drill, pcm, raw) = (&self.drill, &dev.pcm, &mut dev.raw);
+            let res = transfer(pcm, || match (drill.take(), &mut *raw) {
                 (Some(e), _) => Err(e),
                 // SAFETY: the PCM was opened with exactly this sample format (open()).
-                (None, Samples::S16(b)) => unsafe { dev.pcm.io_unchecked::<i16>() }.readi(b),
+                (None, Samples::S16(b)) => unsafe { pcm.io_unchecked::<i16>() }.readi(b),
                 // SAFETY: as above.
-                (None, Samples::S32(b)) => unsafe { dev.pcm.io_unchecked::<i32>() }.readi(b),
+                (None, Samples::S32(b)) => unsafe { pcm.io_unchecked::<i32>() }.readi(b),
                 // SAFETY: as above.
-                (None, Samples::F32(b)) => unsafe { dev.pcm.io_unchecked::<f32>() }.readi(b),
-            };
+                (None, Samples::F32(b)) => unsafe { pcm.io_unchecked::<f32>() }.readi(b),
+            });
             match res {
                 // A blocking read that returns nothing: the source has stopped (a pipe whose
                 // writer left). Spinning on it would never end; it is a lost device.
@@ -458,15 +483,16 @@ impl AlsaPlayback {
             }
             let period = dev.period;
             spread(&self.pending[..period], ch, &mut dev.raw);
-            let res = match (self.drill.take(), &dev.raw) {
+            let (drill, pcm, raw) = (&self.drill, &dev.pcm, &dev.raw);
+            let res = transfer(pcm, || match (drill.take(), raw) {
                 (Some(e), _) => Err(e),
                 // SAFETY: the PCM was opened with exactly this sample format (open()).
-                (None, Samples::S16(b)) => unsafe { dev.pcm.io_unchecked::<i16>() }.writei(b),
+                (None, Samples::S16(b)) => unsafe { pcm.io_unchecked::<i16>() }.writei(b),
                 // SAFETY: as above.
-                (None, Samples::S32(b)) => unsafe { dev.pcm.io_unchecked::<i32>() }.writei(b),
+                (None, Samples::S32(b)) => unsafe { pcm.io_unchecked::<i32>() }.writei(b),
                 // SAFETY: as above.
-                (None, Samples::F32(b)) => unsafe { dev.pcm.io_unchecked::<f32>() }.writei(b),
-            };
+                (None, Samples::F32(b)) => unsafe { pcm.io_unchecked::<f32>() }.writei(b),
+            });
             match res {
                 Ok(n) => {
                     self.pending.drain(..n.min(period));
