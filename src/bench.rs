@@ -89,6 +89,33 @@ pub fn mimi(mimi: &mut Mimi, frames: usize, warmup: usize, threads: usize) -> Re
     })
 }
 
+/// Ogg-Opus as remote clients' audio goes through the server: each 80 ms frame encoded to a
+/// page, and that page decoded; median, p99, max per frame.
+pub fn opus(frames: usize) -> Result<(Stats, Stats)> {
+    use crate::remote::ogg_opus::{OggOpusReader, OggOpusWriter};
+    let pcm = test_signal((frames + 10) * FRAME);
+    let mut writer = OggOpusWriter::new()?;
+    let mut reader = OggOpusReader::new()?;
+    for h in writer.headers()? {
+        reader.push(&h, &mut |_: &[f32]| {})?;
+    }
+    let (mut enc, mut dec) = (Vec::with_capacity(frames), Vec::with_capacity(frames));
+    let mut got = 0;
+    for f in 0..frames + 10 {
+        let t0 = Instant::now();
+        let page = writer.frame(&pcm[f * FRAME..(f + 1) * FRAME])?;
+        let t1 = Instant::now();
+        reader.push(&page, &mut |x: &[f32]| got += x.len())?;
+        let t2 = Instant::now();
+        if f >= 10 {
+            enc.push(t1 - t0);
+            dec.push(t2 - t1);
+        }
+    }
+    anyhow::ensure!(got == (frames + 10) * FRAME, "Opus returned {got} samples");
+    Ok((stats(&mut enc), stats(&mut dec)))
+}
+
 /// Sums per-node timings by op and output shape and prints the most expensive.
 pub fn print_ops(nodes: Vec<(String, [i64; 4], f64)>) {
     let total: f64 = nodes.iter().map(|n| n.2).sum();
@@ -188,6 +215,7 @@ pub fn step(
     steps: usize,
     warmup: usize,
     threads: usize,
+    shift_every: Option<usize>,
 ) -> Result<StepBench> {
     let mut seed = 0x9e3779b97f4a7c15u64;
     let mut next = move || {
@@ -207,6 +235,12 @@ pub fn step(
             before = Traffic::now();
         }
         let user: [i32; 8] = std::array::from_fn(|_| (next() % 2048) as i32);
+        if let Some(k) = shift_every
+            && s >= warmup
+            && (s - warmup + 1).is_multiple_of(k.max(1))
+        {
+            engine.shift_context_now()?;
+        }
         let out = engine.step(&user)?;
         if out.context_shifted {
             shifted.push(out.times.backbone);

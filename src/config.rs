@@ -32,6 +32,9 @@ pub struct Config {
     pub model: Option<PathBuf>,
     /// Compute threads; 0 uses every core.
     pub threads: usize,
+    /// Nice value (-20..19) of the thread that runs the model and of the compute threads it
+    /// starts; below 0 the model keeps its cores when other programs compute. 0 leaves it.
+    pub compute_nice: i32,
     /// "cpu"; "cuda" or "vulkan" (the best device of that backend, on builds with its
     /// feature), "gpu" (any), or one device such as "cuda0".
     pub backend: String,
@@ -40,11 +43,19 @@ pub struct Config {
     pub context: ContextPolicy,
     pub sampling: Sampling,
     pub status: Status,
+    pub server: Server,
+    /// Whether any layer has an `[audio]` table (then ALSA is the default audio source).
+    #[serde(skip)]
+    pub audio_configured: bool,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Audio {
+    /// Where the user's voice comes from: "alsa" (the devices below; a network conversation
+    /// takes the model while it lasts), "network" (only conversations over `[server]`), or
+    /// "" (ALSA when an `[audio]` table is configured, else the network).
+    pub source: String,
     /// ALSA capture PCM: `hw:CARD=Name,DEV=0`, `plughw:CARD=Name`, or a named PCM.
     pub capture: String,
     /// ALSA playback PCM.
@@ -108,17 +119,57 @@ pub struct Status {
     pub log_interval_s: u32,
 }
 
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Server {
+    /// Address of the remote-client server (FLM-Audio's websocket protocol, settings, status
+    /// routes); "" turns it off. A non-loopback address exposes the model to the network.
+    pub listen: String,
+    /// PEM certificate chain and private key: https and wss (browsers on other machines give
+    /// a page the microphone only over https). Both or neither.
+    pub tls_cert: String,
+    pub tls_key: String,
+    /// HTTP connections served at once.
+    pub max_connections: u32,
+    /// A conversation whose client sends nothing for this long is closed.
+    pub idle_timeout_s: u32,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Server {
+            listen: String::new(),
+            tls_cert: String::new(),
+            tls_key: String::new(),
+            max_connections: 32,
+            idle_timeout_s: 30,
+        }
+    }
+}
+
+/// Where the user's voice comes from, once the configuration is read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// ALSA devices; a network conversation takes the model while it lasts.
+    Alsa,
+    /// Network conversations only: no sound device is opened.
+    Network,
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
             model: None,
             threads: 0,
+            compute_nice: 0,
             backend: "cpu".into(),
             audio: Audio::default(),
             schedule: Schedule::default(),
             context: ContextPolicy::default(),
             sampling: Sampling::default(),
             status: Status::default(),
+            server: Server::default(),
+            audio_configured: false,
         }
     }
 }
@@ -126,6 +177,7 @@ impl Default for Config {
 impl Default for Audio {
     fn default() -> Self {
         Audio {
+            source: String::new(),
             capture: "default".into(),
             playback: "default".into(),
             rate: 48_000,
@@ -240,7 +292,8 @@ impl Config {
             merge(&mut merged, table(&text, &label)?);
         }
         let label = file.map_or("configuration".to_string(), |p| p.display().to_string());
-        let cfg = parse(&toml::to_string(&merged)?, &label)?;
+        let mut cfg = parse(&toml::to_string(&merged)?, &label)?;
+        cfg.audio_configured = merged.contains_key("audio");
         cfg.check().with_context(|| label.clone())?;
         Ok(cfg)
     }
@@ -281,6 +334,11 @@ impl Config {
             "key `audio.rt_priority`: {} is over 99",
             a.rt_priority
         );
+        ensure!(
+            (-20..=19).contains(&self.compute_nice),
+            "key `compute_nice`: {} is outside -20..19",
+            self.compute_nice
+        );
         ensure!(!a.capture.is_empty(), "key `audio.capture` is empty");
         ensure!(!a.playback.is_empty(), "key `audio.playback` is empty");
         let s = &self.schedule;
@@ -295,6 +353,35 @@ impl Config {
             "key `schedule.max_backlog_frames`: {} is outside 1..{MAX_BACKLOG_FRAMES} (the frames the input queue holds)",
             s.max_backlog_frames
         );
+        ensure!(
+            matches!(a.source.as_str(), "" | "alsa" | "network"),
+            "key `audio.source`: `{}` is not alsa or network",
+            a.source
+        );
+        let v = &self.server;
+        if !v.listen.is_empty() {
+            v.listen.parse::<std::net::SocketAddr>().map_err(|_| {
+                anyhow::anyhow!("key `server.listen`: `{}` is not an address:port", v.listen)
+            })?;
+        }
+        ensure!(
+            a.source != "network" || !v.listen.is_empty(),
+            "key `audio.source`: network needs `server.listen` (an address to serve)"
+        );
+        ensure!(
+            v.tls_cert.is_empty() == v.tls_key.is_empty(),
+            "keys `server.tls_cert` and `server.tls_key`: give both or neither"
+        );
+        ensure!(
+            (1..=1024).contains(&v.max_connections),
+            "key `server.max_connections`: {} is outside 1..1024",
+            v.max_connections
+        );
+        ensure!(
+            (1..=3600).contains(&v.idle_timeout_s),
+            "key `server.idle_timeout_s`: {} is outside 1..3600",
+            v.idle_timeout_s
+        );
         if !self.status.metrics.is_empty() {
             let addr: std::net::SocketAddr = self.status.metrics.parse().map_err(|_| {
                 anyhow::anyhow!(
@@ -308,5 +395,15 @@ impl Config {
             );
         }
         Ok(())
+    }
+
+    /// The audio source this configuration asks for.
+    pub fn source(&self) -> Source {
+        match self.audio.source.as_str() {
+            "network" => Source::Network,
+            "alsa" => Source::Alsa,
+            _ if !self.audio_configured && !self.server.listen.is_empty() => Source::Network,
+            _ => Source::Alsa,
+        }
     }
 }

@@ -228,6 +228,8 @@ pub struct Engine {
     /// Backbone position of the next step.
     pos: i32,
     policy: ContextPolicy,
+    /// A shift asked for by `shift_context_now`, reported by the next step.
+    shift_pending: bool,
     /// Codes the speaking heads may emit: 0..this (pad and empty are masked).
     n_codes: usize,
     embd: Vec<f32>,
@@ -324,6 +326,7 @@ impl Engine {
                 positions,
                 sink: opts.sink,
             },
+            shift_pending: false,
             n_codes,
             embd: vec![0.0; backbone.n_embd()],
             text_logits: vec![0.0; backbone.n_vocab()],
@@ -362,6 +365,29 @@ impl Engine {
     /// ggml's name of the device the step runs on ("CPU", "CUDA0", …).
     pub fn device_name(&self) -> String {
         self.depformer.backend_name()
+    }
+
+    /// The text token of waiting: the model has nothing to say or think.
+    pub fn text_wait(&self) -> i32 {
+        self.init.text_wait
+    }
+
+    /// The sampling in use.
+    pub fn sampling(&self) -> Sampling {
+        self.sampling
+    }
+
+    /// Samples with `s` from the next conversation on (call between conversations: the
+    /// repetition windows are sized anew, and the conversation starts over).
+    pub fn set_sampling(&mut self, s: Sampling) -> Result<()> {
+        s.check()?;
+        self.text_window = Window::new(s.text.repetition_window);
+        self.audio_windows = (0..CODEBOOKS)
+            .map(|_| Window::new(s.audio.repetition_window))
+            .collect();
+        self.sampling = s;
+        self.reset();
+        Ok(())
     }
 
     /// Starts a new conversation.
@@ -405,7 +431,7 @@ impl Engine {
             );
         }
         let mut times = StageTimes::default();
-        let context_shifted = self.make_room()?;
+        let context_shifted = self.make_room()? | std::mem::take(&mut self.shift_pending);
 
         let t0 = Instant::now();
         self.ring.push_user(user);
@@ -466,6 +492,23 @@ impl Engine {
             times,
             context_shifted,
         })
+    }
+
+    /// Shifts the context now, as when it is full, by half of what it holds past the sink:
+    /// the next step re-rotates every cached key. llama.cpp rotates the whole cache, used or
+    /// not, so such a step costs what a shift of a full context costs; `bench step` measures
+    /// that without first stepping through the whole context.
+    /// False (and nothing done) while no step past the sink would be dropped.
+    pub fn shift_context_now(&mut self) -> Result<bool> {
+        let sink = self.policy.sink as i32;
+        let n = (self.pos - sink) / 2;
+        if n <= 0 {
+            return Ok(false);
+        }
+        self.backbone.discard(sink, n)?;
+        self.pos -= n;
+        self.shift_pending = true;
+        Ok(true)
     }
 
     /// Applies the context policy before a step that would not fit.

@@ -11,6 +11,7 @@ pub mod files;
 pub mod inspect;
 pub mod model_dir;
 pub mod placement;
+pub mod remote;
 pub mod resident;
 pub mod run;
 pub mod selftest;

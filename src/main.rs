@@ -94,6 +94,10 @@ enum Cmd {
         /// `backend`).
         #[arg(long)]
         backend: Option<Device>,
+        /// Serve remote clients (FLM-Audio's websocket protocol) at this address (overrides
+        /// `server.listen`); with no `[audio]` configured, the network is the only source.
+        #[arg(long, value_name = "ADDR:PORT")]
+        listen: Option<String>,
         /// Replay this WAV as the user's voice instead of capturing.
         #[arg(long, value_name = "x.wav", requires = "output_wav")]
         input_wav: Option<PathBuf>,
@@ -195,6 +199,11 @@ enum BenchCmd {
         /// Also time each node of the depth transformer's last position alone.
         #[arg(long)]
         ops: bool,
+        /// Shift the context every N timed steps, as when it is full (llama.cpp re-rotates
+        /// the whole cache, so this costs what a full context's shift costs): the cost of a
+        /// shift at any `--context` without stepping through it first.
+        #[arg(long, value_name = "N")]
+        shift_every: Option<usize>,
         #[command(flatten)]
         engine: EngineArgs,
     },
@@ -450,6 +459,7 @@ fn run(cli: Cli) -> Result<()> {
             board,
             model,
             backend,
+            listen,
             input_wav,
             output_wav,
             realtime,
@@ -458,6 +468,7 @@ fn run(cli: Cli) -> Result<()> {
             config,
             model,
             backend: backend.map(|b| b.to_string()),
+            listen,
             input_wav,
             output_wav,
             realtime,
@@ -507,6 +518,7 @@ fn run(cli: Cli) -> Result<()> {
                     model,
                     steps,
                     ops,
+                    shift_every,
                     engine: args,
                 },
         } => {
@@ -514,7 +526,7 @@ fn run(cli: Cli) -> Result<()> {
             let opts = args.options(&dir)?;
             let threads = opts.threads;
             let mut engine = flm_edge::engine::Engine::load(&dir, &opts)?;
-            let r = bench::step(&mut engine, &dir, steps, 5, threads)?;
+            let r = bench::step(&mut engine, &dir, steps, 5, threads, shift_every)?;
             if ops {
                 bench::print_ops(engine.depformer().profile(7, 20)?);
             }
@@ -616,6 +628,11 @@ fn run(cli: Cli) -> Result<()> {
             println!(
                 "  encode and decode: {}",
                 bench::traffic_line(&r.traffic, r.frames, "frame")
+            );
+            let (enc, dec) = bench::opus(frames.max(1))?;
+            println!(
+                "Ogg-Opus of remote clients (24 kHz mono, 80 ms pages, one thread): encode median {:.3} ms (p99 {:.3}), decode median {:.3} ms (p99 {:.3}) per frame",
+                enc.median, enc.p99, dec.median, dec.p99
             );
         }
     }

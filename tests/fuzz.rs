@@ -190,6 +190,30 @@ fn toml_config() {
     });
 }
 
+#[test]
+fn ogg_opus_stream() {
+    fuzz("ogg", 6, |p| {
+        let bytes = std::fs::read(p).unwrap();
+        // Whole, and split as a network would split it.
+        let mut r = flm_edge::remote::ogg_opus::OggOpusReader::new().unwrap();
+        let _ = r.push(&bytes, &mut |_: &[f32]| {});
+        let mut r = flm_edge::remote::ogg_opus::OggOpusReader::new().unwrap();
+        for c in bytes.chunks(61) {
+            if r.push(c, &mut |_: &[f32]| {}).is_err() {
+                break;
+            }
+        }
+    });
+}
+
+#[test]
+fn settings_json() {
+    fuzz("settings", 7, |p| {
+        let bytes = std::fs::read(p).unwrap();
+        let _ = flm_edge::remote::settings::Settings::default().with(&bytes);
+    });
+}
+
 /// Writes the seed files of every target with our own writers (run once; the files are in
 /// the repository): `cargo test --release --test fuzz -- --ignored`.
 #[test]
@@ -280,6 +304,42 @@ fn write_seed_corpora() {
     std::fs::write(
         dir("toml").join("short.toml"),
         "backend = \"cpu\"\nthreads = 2\n[audio]\nrate = 16000\n[schedule]\nlatency_frames = 3\n",
+    )
+    .unwrap();
+    // Ogg-Opus: the headers and three 80 ms pages of our writer (as sphn's), and 20 ms
+    // packets two per page without headers (as Kyutai's web client).
+    use flm_edge::remote::ogg_opus::{OggOpusWriter, PACKET_SAMPLES};
+    let tone: Vec<f32> = (0..3 * PACKET_SAMPLES)
+        .map(|i| 0.3 * (i as f32 * 0.05).sin())
+        .collect();
+    let mut w = OggOpusWriter::new().unwrap();
+    let mut sphn_like = w.headers().unwrap().concat();
+    for f in tone.chunks(PACKET_SAMPLES) {
+        sphn_like.extend_from_slice(&w.frame(f).unwrap());
+    }
+    std::fs::write(dir("ogg").join("sphn-like.ogg"), sphn_like).unwrap();
+    let mut enc =
+        opus::Encoder::new(24_000, opus::Channels::Mono, opus::Application::Voip).unwrap();
+    let mut pw = ogg::writing::PacketWriter::new(Vec::new());
+    for (i, c) in tone.chunks(480).enumerate() {
+        let end = if i % 2 == 1 {
+            ogg::writing::PacketWriteEndInfo::EndPage
+        } else {
+            ogg::writing::PacketWriteEndInfo::NormalPacket
+        };
+        pw.write_packet(
+            enc.encode_vec_float(c, 4000).unwrap(),
+            5,
+            end,
+            i as u64 * 960,
+        )
+        .unwrap();
+    }
+    std::fs::write(dir("ogg").join("web-client.ogg"), pw.into_inner()).unwrap();
+    // Settings: what the official Gradio client posts.
+    std::fs::write(
+        dir("settings").join("gradio.json"),
+        r#"{"temp_text": 0.01, "top_p_text": 1.0, "top_k_text": 0, "repetition_penalty_text": 1.1, "repetition_penalty_window_text": 50, "temp_audio": 0.1, "top_p_audio": 0.9, "top_k_audio": 0, "repetition_penalty_audio": 1.2, "repetition_penalty_window_audio": 50, "use_sampling": true}"#,
     )
     .unwrap();
 }

@@ -197,94 +197,6 @@ fn the_event_socket_replaces_only_its_own_stale_socket_and_bounds_its_clients() 
 }
 
 #[test]
-fn healthz_answers_within_a_second_under_slow_huge_and_many_clients() {
-    use flm_edge::serve::status::serve_metrics;
-    use std::io::{Read, Write};
-    use std::net::TcpStream;
-    use std::sync::Arc;
-    let metrics = Arc::new(Metrics::new());
-    let addr = serve_metrics("127.0.0.1:0", metrics.clone()).unwrap();
-    // Steps keep completing, as in a running daemon.
-    let ticking = Arc::new(AtomicBool::new(true));
-    let ticker = {
-        let (m, t) = (metrics.clone(), ticking.clone());
-        std::thread::spawn(move || {
-            while t.load(Relaxed) {
-                m.step(40_000, false);
-                std::thread::sleep(Duration::from_millis(80));
-            }
-        })
-    };
-    std::thread::sleep(Duration::from_millis(200));
-    let get = |path: &str| -> (Duration, String) {
-        let t0 = Instant::now();
-        let mut c = TcpStream::connect(addr).unwrap();
-        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        write!(c, "GET {path} HTTP/1.0\r\n\r\n").unwrap();
-        let mut reply = String::new();
-        let _ = c.read_to_string(&mut reply);
-        (t0.elapsed(), reply)
-    };
-    let (_, reply) = get("/healthz");
-    assert!(reply.starts_with("HTTP/1.0 200"), "{reply}");
-    // 30 clients holding half a request line, one sending an 8 MiB line, and bursts of
-    // 100 connections that are opened and dropped.
-    let slow: Vec<TcpStream> = (0..30)
-        .map(|_| {
-            let mut c = TcpStream::connect(addr).unwrap();
-            c.write_all(b"GET /metr").unwrap();
-            c
-        })
-        .collect();
-    let huge = std::thread::spawn(move || {
-        let mut c = TcpStream::connect(addr).unwrap();
-        let chunk = vec![b'a'; 64 * 1024];
-        let mut sent = 0;
-        while sent < 8 << 20 {
-            match c.write(&chunk) {
-                Ok(n) => sent += n,
-                Err(_) => break,
-            }
-        }
-        sent
-    });
-    for _ in 0..100 {
-        drop(TcpStream::connect(addr));
-    }
-    for _ in 0..5 {
-        let (took, reply) = get("/healthz");
-        assert!(reply.starts_with("HTTP/1.0 200"), "{reply}");
-        assert!(took < Duration::from_secs(1), "/healthz took {took:?}");
-    }
-    let (took, reply) = get("/metrics");
-    assert!(reply.contains("flm_edge_steps_total"), "{reply}");
-    assert!(took < Duration::from_secs(1), "/metrics took {took:?}");
-    // The huge client is cut off at the head limit rather than read to the end.
-    assert!(huge.join().unwrap() < 8 << 20, "8 MiB were read");
-    // More connections than the endpoint serves at once: the rest are told so at once.
-    let many: Vec<TcpStream> = (0..MAX_HTTP)
-        .map(|_| TcpStream::connect(addr).unwrap())
-        .collect();
-    std::thread::sleep(Duration::from_millis(100));
-    let (took, reply) = get("/healthz");
-    assert!(
-        reply.starts_with("HTTP/1.0 503") || reply.starts_with("HTTP/1.0 200"),
-        "{reply}"
-    );
-    assert!(took < Duration::from_secs(1), "/healthz took {took:?}");
-    drop((slow, many));
-    // Once they are gone, it answers normally again.
-    std::thread::sleep(Duration::from_millis(1200));
-    let (took, reply) = get("/healthz");
-    assert!(reply.starts_with("HTTP/1.0 200"), "{reply}");
-    assert!(took < Duration::from_secs(1), "/healthz took {took:?}");
-    ticking.store(false, Relaxed);
-    ticker.join().unwrap();
-}
-
-const MAX_HTTP: usize = flm_edge::serve::status::MAX_HTTP_CONNECTIONS;
-
-#[test]
 fn a_running_daemon_serves_metrics_healthz_and_events() {
     use std::io::{BufRead, BufReader, Read, Write};
     let _t = TIMED.lock().unwrap_or_else(|e| e.into_inner());
@@ -783,7 +695,7 @@ fn systemd_sees_ready_watchdog_status_reload_and_stop() {
     let signal = |sig| signal(&child, sig);
     notes.expect("READY=1", Duration::from_secs(60));
     notes.expect("WATCHDOG=1", Duration::from_secs(5));
-    notes.expect("STATUS=steps", Duration::from_secs(5));
+    notes.expect("STATUS=local audio; steps", Duration::from_secs(5));
     signal(SIGHUP);
     notes.expect("RELOADING=1", Duration::from_secs(10));
     notes.expect("READY=1", Duration::from_secs(30));

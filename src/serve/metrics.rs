@@ -49,6 +49,11 @@ pub struct Metrics {
     pub steps: AtomicU64,
     /// A model is being loaded again (SIGHUP): the watchdog is fed meanwhile.
     pub loading: AtomicBool,
+    /// No audio source is running and none is owed (waiting for a network conversation, or
+    /// for a network client's audio): the service is healthy without steps.
+    pub idle: AtomicBool,
+    /// Conversations over the network.
+    pub remote: Remote,
     pub deadline_misses: AtomicU64,
     /// Consecutive steps that missed their deadline, now.
     pub consecutive_misses: AtomicU64,
@@ -83,6 +88,56 @@ pub struct Metrics {
     recent_us: [AtomicU64; RECENT],
 }
 
+/// Network conversations: totals, and the counts of the current (or last) one.
+#[derive(Default)]
+pub struct Remote {
+    pub conversations: AtomicU64,
+    /// Clients turned away because a conversation held the model.
+    pub refused: AtomicU64,
+    pub active: AtomicBool,
+    /// Frames of the current or last conversation: received (decoded), sent, dropped on the
+    /// way in (the jitter buffer was full), and packets that did not decode.
+    pub frames_in: AtomicU64,
+    pub frames_out: AtomicU64,
+    pub dropped: AtomicU64,
+    pub decode_errors: AtomicU64,
+    /// Deadline misses before the current conversation began (its late frames are the
+    /// misses since), and its late frames once it has ended.
+    pub misses_before: AtomicU64,
+    pub late_at_end: AtomicU64,
+}
+
+impl Remote {
+    /// Counts a conversation's beginning: its own counts start from zero.
+    pub fn begin(&self, deadline_misses: u64) {
+        for c in [
+            &self.frames_in,
+            &self.frames_out,
+            &self.dropped,
+            &self.decode_errors,
+        ] {
+            c.store(0, Relaxed);
+        }
+        self.misses_before.store(deadline_misses, Relaxed);
+        self.conversations.fetch_add(1, Relaxed);
+        self.active.store(true, Relaxed);
+    }
+
+    pub fn end(&self, deadline_misses: u64) {
+        self.late_at_end.store(self.late(deadline_misses), Relaxed);
+        self.active.store(false, Relaxed);
+    }
+
+    /// Answers of the current (or last) conversation that missed their deadline.
+    pub fn late(&self, deadline_misses: u64) -> u64 {
+        if self.active.load(Relaxed) {
+            deadline_misses.saturating_sub(self.misses_before.load(Relaxed))
+        } else {
+            self.late_at_end.load(Relaxed)
+        }
+    }
+}
+
 /// Median, p99 and maximum of the recent steps, in ms.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct StepSummary {
@@ -98,6 +153,8 @@ impl Default for Metrics {
         Metrics {
             steps: z(),
             loading: AtomicBool::new(false),
+            idle: AtomicBool::new(false),
+            remote: Remote::default(),
             deadline_misses: z(),
             consecutive_misses: z(),
             capture_dropped: z(),
@@ -323,6 +380,50 @@ impl Metrics {
             g(&self.step_sum_us) as f64 / 1e6
         );
         let _ = writeln!(o, "flm_edge_step_seconds_count {}", g(&self.steps));
+        let r = &self.remote;
+        counter(
+            &mut o,
+            "conversations_total",
+            "Network conversations begun.",
+            g(&r.conversations),
+        );
+        counter(
+            &mut o,
+            "conversations_refused_total",
+            "Network clients turned away because a conversation held the model.",
+            g(&r.refused),
+        );
+        single(
+            &mut o,
+            "gauge",
+            "conversation_active",
+            "Whether a network conversation holds the model.",
+            &(r.active.load(Relaxed) as u8),
+        );
+        let late = r.late(g(&self.deadline_misses));
+        for (name, help, v) in [
+            ("frames_in", "80 ms frames received", g(&r.frames_in)),
+            ("frames_out", "80 ms frames sent", g(&r.frames_out)),
+            ("late_frames", "answers that missed their deadline", late),
+            (
+                "dropped_frames",
+                "frames dropped on the way in (jitter buffer full)",
+                g(&r.dropped),
+            ),
+            (
+                "decode_errors",
+                "audio packets that did not decode",
+                g(&r.decode_errors),
+            ),
+        ] {
+            single(
+                &mut o,
+                "gauge",
+                &format!("conversation_{name}"),
+                &format!("The current or last network conversation: {help}."),
+                &v,
+            );
+        }
         let s = self.summary();
         let _ = writeln!(
             o,

@@ -7,6 +7,7 @@ pub mod clock_match;
 pub mod device;
 pub mod file_io;
 pub mod metrics;
+pub mod network_io;
 pub mod pipeline;
 pub mod realtime;
 pub mod resample;
@@ -22,10 +23,12 @@ use flm_conversion::model_files::{AUDIO_FILE, MIMI_FILE, audio_keys};
 use flm_kernels::mimi::Mimi;
 use sd_notify::NotifyState;
 
-use crate::config::Config;
+use crate::config::{Config, Source};
 use crate::detok::Detokenizer;
 use crate::engine::{Engine, EngineOptions, Sampling, SamplingOverrides};
 use crate::model_dir::ModelDir;
+use crate::remote::Hub;
+use crate::remote::link::{PipelineEnd, Text};
 use alsa_io::{AlsaCapture, AlsaPlayback, DeviceSpec};
 use device::{CaptureDevice, PlaybackDevice};
 use metrics::Metrics;
@@ -38,6 +41,8 @@ pub struct ServeOptions {
     pub model: Option<PathBuf>,
     /// Overrides the config's backend.
     pub backend: Option<String>,
+    /// Overrides the config's `server.listen`.
+    pub listen: Option<String>,
     /// Replay: the user's voice from this WAV instead of the capture device.
     pub input_wav: Option<PathBuf>,
     /// Replay: the reply into this WAV (as long as the input) instead of the playback device.
@@ -67,7 +72,7 @@ pub fn engine_options(cfg: &Config, model: &ModelDir) -> Result<EngineOptions> {
         Sampling::for_model(model, &text, &audio, o.greedy).context("configuration [sampling]")?;
     Ok(EngineOptions {
         threads: if cfg.threads == 0 {
-            crate::default_threads()
+            serve_threads()
         } else {
             cfg.threads
         },
@@ -81,6 +86,14 @@ pub fn engine_options(cfg: &Config, model: &ModelDir) -> Result<EngineOptions> {
             .parse()
             .map_err(|e| anyhow::anyhow!("key `backend`: {e}"))?,
     })
+}
+
+/// `threads = 0`: every core but one. Threads that compute together wait for each other at
+/// every op; when another program takes the core of one of them, all wait. Measured with one
+/// busy program on two cores (README, "Sharing the CPU"): two threads missed every deadline,
+/// one missed none.
+pub fn serve_threads() -> usize {
+    crate::default_threads().saturating_sub(1).max(1)
 }
 
 /// Loads the model and runs one warm-up step (graphs built, buffers sized), then starts
@@ -133,24 +146,91 @@ fn load_config(opts: &ServeOptions) -> Result<Config> {
     if let Some(b) = &opts.backend {
         cfg.backend = b.clone();
     }
+    if let Some(l) = &opts.listen {
+        cfg.server.listen = l.clone();
+    }
     cfg.check()?;
     Ok(cfg)
+}
+
+/// The signals' flags. `stop`: SIGTERM or SIGINT. `reload`: SIGHUP. `interrupt`: any of them,
+/// or a network conversation waiting: it ends the running pipeline, and the serve loop then
+/// stops, reloads or takes the conversation.
+struct Signals {
+    stop: Arc<AtomicBool>,
+    reload: Arc<AtomicBool>,
+    interrupt: Arc<AtomicBool>,
+}
+
+impl Signals {
+    fn register() -> Result<Signals> {
+        let s = Signals {
+            stop: Arc::new(AtomicBool::new(false)),
+            reload: Arc::new(AtomicBool::new(false)),
+            interrupt: Arc::new(AtomicBool::new(false)),
+        };
+        for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+            signal_hook::flag::register(sig, s.stop.clone())?;
+            signal_hook::flag::register(sig, s.interrupt.clone())?;
+        }
+        signal_hook::flag::register(signal_hook::consts::SIGHUP, s.reload.clone())?;
+        signal_hook::flag::register(signal_hook::consts::SIGHUP, s.interrupt.clone())?;
+        Ok(s)
+    }
+}
+
+/// The HTTP stack: the status routes on `[status] metrics`, everything on `[server] listen`
+/// (one address serving both when they are the same).
+fn start_http(cfg: &Config, hub: Arc<Hub>) -> Result<()> {
+    use crate::remote::http::{self, Listen, Scope};
+    let v = &cfg.server;
+    let mut listen = vec![];
+    if !v.listen.is_empty() {
+        let tls = (!v.tls_cert.is_empty())
+            .then(|| (PathBuf::from(&v.tls_cert), PathBuf::from(&v.tls_key)));
+        listen.push(Listen {
+            addr: v.listen.clone(),
+            scope: Scope::All,
+            key: "server.listen",
+            tls,
+        });
+    }
+    if !cfg.status.metrics.is_empty() && cfg.status.metrics != v.listen {
+        listen.push(Listen {
+            addr: cfg.status.metrics.clone(),
+            scope: Scope::Status,
+            key: "status.metrics",
+            tls: None,
+        });
+    }
+    if listen.is_empty() {
+        return Ok(());
+    }
+    let bound = http::start(
+        http::Options {
+            listen,
+            max_connections: v.max_connections as usize,
+            idle: Duration::from_secs(v.idle_timeout_s as u64),
+        },
+        hub,
+    )?;
+    if !v.listen.is_empty() {
+        let scheme = if v.tls_cert.is_empty() { "ws" } else { "wss" };
+        eprintln!(
+            "flm-edge: remote clients at {scheme}://{}/api/chat",
+            bound[0]
+        );
+    }
+    Ok(())
 }
 
 pub fn serve(opts: ServeOptions) -> Result<()> {
     let mut cfg = load_config(&opts)?;
     // A device that is not there is one line, before the model is read.
     flm_kernels::device::Device::check(cfg.backend.parse()?)?;
-    // `stop`: SIGTERM or SIGINT. `interrupt`: any of them or SIGHUP; it ends the pipeline,
-    // which then stops for good or starts again with the configuration read anew.
-    let stop = Arc::new(AtomicBool::new(false));
-    let interrupt = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(sig, stop.clone())?;
-        signal_hook::flag::register(sig, interrupt.clone())?;
-    }
-    signal_hook::flag::register(signal_hook::consts::SIGHUP, interrupt.clone())?;
+    let signals = Signals::register()?;
     status::notify(&[NotifyState::Status("loading the model")]);
+    apply_compute_nice(cfg.compute_nice);
     let t0 = Instant::now();
     let mut model = load_model(&cfg)?;
     eprintln!(
@@ -159,26 +239,49 @@ pub fn serve(opts: ServeOptions) -> Result<()> {
         t0.elapsed().as_secs_f64()
     );
     let metrics = Arc::new(Metrics::new());
-    if !cfg.status.metrics.is_empty() {
-        status::serve_metrics(&cfg.status.metrics, metrics.clone())?;
-    }
+    let hub = Arc::new(Hub::new(
+        metrics.clone(),
+        signals.interrupt.clone(),
+        std::thread::current(),
+    ));
+    start_http(&cfg, hub.clone())?;
     let events = match cfg.status.events.as_str() {
         "" => None,
         p => Some(status::EventStream::listen(Path::new(p))?),
     };
     status::supervise(
         metrics.clone(),
-        stop.clone(),
+        signals.stop.clone(),
         Duration::from_secs(cfg.status.log_interval_s.max(1) as u64),
     );
     let replay = opts.input_wav.is_some() || opts.output_wav.is_some();
+    let mut base = model.engine.sampling();
     loop {
-        let schedule = Schedule {
-            latency_frames: cfg.schedule.latency_frames,
-            max_backlog_frames: cfg.schedule.max_backlog_frames,
-            stall: None,
-            fail: None,
-        };
+        // Cleared first: whatever happens from here on ends the next pipeline at once.
+        signals.interrupt.store(false, Relaxed);
+        if signals.stop.load(Relaxed) {
+            eprintln!("flm-edge: stopped after {}", metrics.totals());
+            break;
+        }
+        if let Some(conversation) = hub.take_offer() {
+            converse(
+                &cfg,
+                &mut model,
+                base,
+                conversation,
+                &hub,
+                &signals,
+                events.as_ref(),
+            )?;
+            continue;
+        }
+        if signals.reload.swap(false, Relaxed) {
+            status::notify(&[NotifyState::Reloading]);
+            reload(&opts, &mut cfg, &mut model, &metrics);
+            base = model.engine.sampling();
+            continue;
+        }
+        let schedule = schedule(&cfg);
         let mut speaking = false;
         let mut on_event = |e: &pipeline::Event| {
             if let Some(ev) = &events {
@@ -188,59 +291,175 @@ pub fn serve(opts: ServeOptions) -> Result<()> {
         };
         let on_event: Option<&mut (dyn FnMut(&pipeline::Event) + Send)> = Some(&mut on_event);
         if replay {
-            let input = opts
-                .input_wav
-                .as_ref()
-                .context("--output-wav needs --input-wav")?;
-            let output = opts
-                .output_wav
-                .as_ref()
-                .context("--input-wav needs --output-wav")?;
-            let pcm = crate::wav::read_mono_24k(input)?;
-            let len = pcm.len();
-            let origin = opts.realtime.then(Instant::now);
-            let mut cap = file_io::WavCapture::new(pcm, origin);
-            let mut play = file_io::WavPlayback::new(cap.frames(), origin);
-            metrics.capture_present.store(true, Relaxed);
-            metrics.playback_present.store(true, Relaxed);
-            status::notify(&[NotifyState::Ready]);
-            pipeline::run(
-                &mut model, &mut cap, &mut play, schedule, &metrics, &interrupt, on_event,
-            )?;
-            let mut reply = play.into_pcm();
-            reply.truncate(len);
-            crate::wav::write_mono_24k(output, &reply)?;
-            eprintln!("flm-edge: replayed {}", metrics.totals());
+            replay_wav(&opts, &mut model, schedule, &metrics, &signals, on_event)?;
             break;
         }
-        let mut cap = AlsaCapture::open(spec(&cfg, &cfg.audio.capture), &metrics)?;
-        let mut play = AlsaPlayback::open(spec(&cfg, &cfg.audio.playback), &metrics)?;
-        let prio = cfg.audio.rt_priority;
-        let mut cap = Realtime {
-            inner: &mut cap,
-            prio,
-            applied: false,
-        };
-        let mut play = Realtime {
-            inner: &mut play,
-            prio,
-            applied: false,
-        };
-        status::notify(&[NotifyState::Ready]);
-        pipeline::run(
-            &mut model, &mut cap, &mut play, schedule, &metrics, &interrupt, on_event,
-        )?;
-        if stop.load(Relaxed) {
-            eprintln!("flm-edge: stopped after {}", metrics.totals());
-            break;
+        match cfg.source() {
+            Source::Network => {
+                // Nothing to do until a client comes: healthy, the watchdog fed.
+                status::notify(&[NotifyState::Ready]);
+                metrics.idle.store(true, Relaxed);
+                while !signals.interrupt.load(Relaxed) {
+                    std::thread::park_timeout(Duration::from_millis(100));
+                }
+                metrics.idle.store(false, Relaxed);
+            }
+            Source::Alsa => {
+                // Steps are owed from here on.
+                metrics.idle.store(false, Relaxed);
+                model.engine.set_sampling(hub.settings().apply(base))?;
+                let mut cap = AlsaCapture::open(spec(&cfg, &cfg.audio.capture), &metrics)?;
+                let mut play = AlsaPlayback::open(spec(&cfg, &cfg.audio.playback), &metrics)?;
+                let prio = cfg.audio.rt_priority;
+                let mut cap = Realtime::new(&mut cap, prio);
+                let mut play = Realtime::new(&mut play, prio);
+                status::notify(&[NotifyState::Ready]);
+                pipeline::run(
+                    &mut model,
+                    &mut cap,
+                    &mut play,
+                    schedule,
+                    &metrics,
+                    &signals.interrupt,
+                    on_event,
+                )?;
+            }
         }
-        // SIGHUP: a new configuration.
-        interrupt.store(false, Relaxed);
-        status::notify(&[NotifyState::Reloading]);
-        reload(&opts, &mut cfg, &mut model, &metrics);
     }
     status::notify(&[NotifyState::Stopping]);
     Ok(())
+}
+
+fn schedule(cfg: &Config) -> Schedule {
+    Schedule {
+        latency_frames: cfg.schedule.latency_frames,
+        max_backlog_frames: cfg.schedule.max_backlog_frames,
+        stall: None,
+        fail: None,
+    }
+}
+
+/// `--input-wav` / `--output-wav`: the file stands for the microphone, the reply is written
+/// time-aligned with it.
+fn replay_wav(
+    opts: &ServeOptions,
+    model: &mut Model,
+    schedule: Schedule,
+    metrics: &Metrics,
+    signals: &Signals,
+    on_event: Option<&mut (dyn FnMut(&pipeline::Event) + Send)>,
+) -> Result<()> {
+    let input = opts
+        .input_wav
+        .as_ref()
+        .context("--output-wav needs --input-wav")?;
+    let output = opts
+        .output_wav
+        .as_ref()
+        .context("--input-wav needs --output-wav")?;
+    let pcm = crate::wav::read_mono_24k(input)?;
+    let len = pcm.len();
+    let origin = opts.realtime.then(Instant::now);
+    let mut cap = file_io::WavCapture::new(pcm, origin);
+    let mut play = file_io::WavPlayback::new(cap.frames(), origin);
+    metrics.capture_present.store(true, Relaxed);
+    metrics.playback_present.store(true, Relaxed);
+    status::notify(&[NotifyState::Ready]);
+    pipeline::run(
+        model,
+        &mut cap,
+        &mut play,
+        schedule,
+        metrics,
+        &signals.interrupt,
+        on_event,
+    )?;
+    let mut reply = play.into_pcm();
+    reply.truncate(len);
+    crate::wav::write_mono_24k(output, &reply)?;
+    eprintln!("flm-edge: replayed {}", metrics.totals());
+    Ok(())
+}
+
+/// One network conversation: a fresh model state with the settings of `/api/settings`, the
+/// pipeline between the client's audio and its socket, then the model is free again.
+fn converse(
+    cfg: &Config,
+    model: &mut Model,
+    base: Sampling,
+    conversation: PipelineEnd,
+    hub: &Hub,
+    signals: &Signals,
+    events: Option<&status::EventStream>,
+) -> Result<()> {
+    let metrics = &hub.metrics;
+    let PipelineEnd {
+        audio_in,
+        audio_out,
+        mut text,
+        state,
+        peer,
+    } = conversation;
+    let sampling = hub.settings().apply(base);
+    let begun = model.engine.set_sampling(sampling);
+    model.mimi.reset();
+    model.detok.reset();
+    if let Err(e) = begun {
+        state.finished.store(true, Relaxed);
+        hub.release();
+        eprintln!("flm-edge: conversation with {peer} refused: {e:#}");
+        return Ok(());
+    }
+    metrics.remote.begin(metrics.deadline_misses.load(Relaxed));
+    eprintln!("flm-edge: conversation with {peer} begins");
+    if let Some(ev) = events {
+        ev.send_line(&serde_json::json!({ "conversation": "begin", "peer": peer }));
+    }
+    status::notify(&[NotifyState::Ready]);
+    let (mut cap, mut play) = network_io::devices(
+        audio_in,
+        audio_out,
+        state.clone(),
+        signals.interrupt.clone(),
+    );
+    state.started.store(true, Relaxed);
+    let mut speaking = false;
+    let mut on_event = |e: &pipeline::Event| {
+        if !e.piece.is_empty() {
+            let _ = text.push(Text::Piece(e.piece.clone()));
+        }
+        if e.text_end {
+            let _ = text.push(Text::End);
+        }
+        if let Some(ev) = events {
+            ev.send(e, e.speaking != speaking);
+        }
+        speaking = e.speaking;
+    };
+    let result = pipeline::run(
+        model,
+        &mut cap,
+        &mut play,
+        schedule(cfg),
+        metrics,
+        &signals.interrupt,
+        Some(&mut on_event),
+    );
+    state.finished.store(true, Relaxed);
+    metrics.remote.end(metrics.deadline_misses.load(Relaxed));
+    let r = &metrics.remote;
+    eprintln!(
+        "flm-edge: conversation with {peer} ends: {} frames in, {} out, {} late, {} dropped",
+        r.frames_in.load(Relaxed),
+        r.frames_out.load(Relaxed),
+        r.late(metrics.deadline_misses.load(Relaxed)),
+        r.dropped.load(Relaxed),
+    );
+    if let Some(ev) = events {
+        ev.send_line(&serde_json::json!({ "conversation": "end", "peer": peer }));
+    }
+    hub.release();
+    result
 }
 
 /// Keys read once at start, by the status threads: a change waits for a restart.
@@ -254,6 +473,10 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     }
     if old.status.log_interval_s != new.status.log_interval_s {
         keys.push("status.log_interval_s");
+    }
+    // The compute threads, started at the first load, keep the value they were started with.
+    if old.compute_nice != new.compute_nice {
+        keys.push("compute_nice");
     }
     keys
 }
@@ -318,6 +541,20 @@ fn reload(opts: &ServeOptions, cfg: &mut Config, model: &mut Model, metrics: &Me
     *cfg = new;
 }
 
+/// Gives this thread, which loads and steps the model, `compute_nice` before the model starts
+/// its compute threads, so that they inherit it.
+fn apply_compute_nice(nice: i32) {
+    if nice == 0 {
+        return;
+    }
+    if let Err(why) = realtime::set_nice(nice) {
+        eprintln!(
+            "flm-edge: warning: the model's threads stay at nice {} (compute_nice {nice} refused: {why}); grant CAP_SYS_NICE or LimitNICE",
+            realtime::nice()
+        );
+    }
+}
+
 /// Raises the audio thread that first uses a device to real-time priority, once.
 struct Realtime<'a, D: ?Sized> {
     inner: &'a mut D,
@@ -325,7 +562,15 @@ struct Realtime<'a, D: ?Sized> {
     applied: bool,
 }
 
-impl<D: ?Sized> Realtime<'_, D> {
+impl<'a, D: ?Sized> Realtime<'a, D> {
+    fn new(inner: &'a mut D, prio: u32) -> Self {
+        Realtime {
+            inner,
+            prio,
+            applied: false,
+        }
+    }
+
     fn apply(&mut self, dir: &str) {
         if !self.applied {
             self.applied = true;

@@ -98,6 +98,8 @@ pub struct Event {
     pub step: u64,
     /// Text that became whole at this step ("" for none).
     pub piece: heapless::String<64>,
+    /// The model returned to waiting after text: a text segment ended at this step.
+    pub text_end: bool,
     pub speaking: bool,
 }
 
@@ -316,6 +318,9 @@ fn step_loop(
     };
     let mut codes = [0i32; 8];
     let us = |d: Duration| d.as_micros() as u64;
+    let wait = model.engine.text_wait();
+    // Text tokens since the model last waited.
+    let mut in_text = false;
     while !stop.load(Relaxed) {
         // Too far behind: drop the oldest frames to catch up with the present (not in an
         // unpaced replay, which has no present).
@@ -383,9 +388,12 @@ fn step_loop(
             Metrics::add(&metrics.playback_silent);
         }
         let piece = model.detok.push(step.text);
+        let text_end = in_text && step.text == wait;
+        in_text = step.text != wait;
         let mut e = Event {
             step: frame.seq,
             piece: heapless::String::new(),
+            text_end,
             speaking: rms(&out.pcm) > SPEAKING_RMS,
         };
         // A piece longer than the event holds is cut at a character boundary.

@@ -13,6 +13,10 @@
 #               clock, 20 ms at a time: the whole ALSA path at a real pace, no hardware.
 #   ALSA=aloop  snd-aloop (modprobe snd-aloop): the clip is played into Loopback,0 with
 #               aplay while serve captures Loopback,1 and plays to Loopback,0 subdevice 1.
+# Other settings, from the environment:
+#   LOAD=N      N busy processes (each a CPU-bound loop) beside serve for the whole soak: a
+#               robot's other software taking cores from the model.
+#   THREADS=N, NICE=N, LATENCY=N   the keys threads, compute_nice, schedule.latency_frames.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 model="$1"; minutes="${2:-10}"; work="${3:-target/soak}"
@@ -26,11 +30,21 @@ y = (x * (n // len(x) + 1))[:n]
 o = wave.open(out, "wb"); o.setnchannels(1); o.setsampwidth(2); o.setframerate(24000); o.writeframes(y); o.close()
 PY
 cat > "$work/soak.toml" <<TOML
+threads = ${THREADS:-0}
+compute_nice = ${NICE:-0}
+[schedule]
+latency_frames = ${LATENCY:-2}
 [status]
 metrics = "127.0.0.1:19466"
 events = ""
 log_interval_s = 60
 TOML
+busy=()
+for _ in $(seq 1 "${LOAD:-0}"); do
+  python3 -c "while True: pass" &
+  busy+=($!)
+done
+trap '[ ${#busy[@]} -eq 0 ] || kill "${busy[@]}" 2>/dev/null || true' EXIT
 if [ "${ALSA:-}" = pipes ]; then
   rm -f "$work/capture.pipe" "$work/playback.pipe" "$work/reply.raw"
   mkfifo "$work/capture.pipe" "$work/playback.pipe"

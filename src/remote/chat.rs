@@ -1,0 +1,214 @@
+//! `GET /api/chat`: one conversation over a websocket, in FLM-Audio's protocol. Every
+//! message is binary, a kind byte then its payload: the server sends 0x00 once the model is
+//! ready for this conversation, then 0x01 Ogg-Opus audio and 0x02 text; the client sends 0x01
+//! audio. Other kinds are ignored, as the protocol says.
+//!
+//! Limits: messages of at most 256 KiB; a client that sends nothing for the idle time, or
+//! does not take what is sent within 2 s, is closed. Audio that does not decode closes the
+//! connection with the reason; the service goes on.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{Extension, State};
+use axum::response::Response;
+use futures_util::{SinkExt, StreamExt};
+
+use super::http::{AppState, Peer};
+use super::link::{self, SocketEnd, Text};
+use super::ogg_opus::{OggOpusReader, OggOpusWriter, PACKET_SAMPLES};
+use crate::serve::metrics::Metrics;
+
+/// The largest message (and frame) taken from a client.
+pub const MAX_MESSAGE: usize = 256 * 1024;
+/// How long the model may take to be handed over (the running step ends, the state resets).
+const START_TIME: Duration = Duration::from_secs(10);
+/// How long a send may wait for a client that does not read.
+const SEND_TIME: Duration = Duration::from_secs(2);
+/// How often what the pipeline produced is sent.
+const TICK: Duration = Duration::from_millis(10);
+
+/// Close codes (RFC 6455): going away, unsupported data, try again later, internal error.
+const GOING_AWAY: u16 = 1001;
+const BAD_DATA: u16 = 1007;
+const TRY_LATER: u16 = 1013;
+const INTERNAL: u16 = 1011;
+
+pub(crate) async fn chat(
+    ws: WebSocketUpgrade,
+    State(app): State<AppState>,
+    Extension(Peer(peer)): Extension<Peer>,
+) -> Response {
+    ws.max_message_size(MAX_MESSAGE)
+        .max_frame_size(MAX_MESSAGE)
+        .on_upgrade(move |socket| async move {
+            let hub = app.hub().clone();
+            // The last conversation's client has gone: its answers still due play out first.
+            let t0 = tokio::time::Instant::now();
+            while hub.ending() && t0.elapsed() < START_TIME {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            match hub.begin(peer.to_string()) {
+                Some(end) => converse(socket, end, &hub.metrics, app.idle_timeout()).await,
+                None => {
+                    refuse(socket).await;
+                }
+            }
+        })
+}
+
+/// Another conversation holds the model: an error message (kind 0x05 of Kyutai's protocol)
+/// and a close frame, both with the reason, at once.
+async fn refuse(mut socket: WebSocket) {
+    let why = "busy: another conversation is in progress; try again later";
+    let mut msg = vec![0x05];
+    msg.extend_from_slice(why.as_bytes());
+    let _ = tokio::time::timeout(SEND_TIME, async {
+        let _ = socket.send(Message::Binary(msg.into())).await;
+        let _ = socket.send(close(TRY_LATER, why)).await;
+    })
+    .await;
+}
+
+fn close(code: u16, reason: &str) -> Message {
+    // A close frame's reason holds at most 123 bytes.
+    let mut r = reason.to_string();
+    while r.len() > 123 {
+        r.pop();
+    }
+    Message::Close(Some(CloseFrame {
+        code,
+        reason: Utf8Bytes::from(r),
+    }))
+}
+
+/// Why a conversation ended, when the server ends it.
+struct Ending(u16, String);
+
+async fn converse(socket: WebSocket, mut end: SocketEnd, m: &Metrics, idle: Duration) {
+    let (mut tx, mut rx) = socket.split();
+    let ending = run(&mut tx, &mut rx, &mut end, m, idle).await;
+    end.state.client_gone.store(true, Relaxed);
+    end.state.wake_capture();
+    if let Err(Ending(code, why)) = ending {
+        let _ = tokio::time::timeout(SEND_TIME, tx.send(close(code, &why))).await;
+    }
+    let _ = tokio::time::timeout(SEND_TIME, tx.close()).await;
+}
+
+type Tx = futures_util::stream::SplitSink<WebSocket, Message>;
+type Rx = futures_util::stream::SplitStream<WebSocket>;
+
+async fn send(tx: &mut Tx, kind: u8, payload: &[u8]) -> Result<(), Ending> {
+    let mut msg = Vec::with_capacity(1 + payload.len());
+    msg.push(kind);
+    msg.extend_from_slice(payload);
+    match tokio::time::timeout(SEND_TIME, tx.send(Message::Binary(msg.into()))).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(Ending(GOING_AWAY, "the connection broke".into())),
+        Err(_) => Err(Ending(GOING_AWAY, "the client does not read".into())),
+    }
+}
+
+async fn run(
+    tx: &mut Tx,
+    rx: &mut Rx,
+    end: &mut SocketEnd,
+    m: &Metrics,
+    idle: Duration,
+) -> Result<(), Ending> {
+    // The model is handed over when the running step ends and the state is reset.
+    let t0 = tokio::time::Instant::now();
+    while !end.state.started.load(Relaxed) {
+        if t0.elapsed() > START_TIME || end.state.finished.load(Relaxed) {
+            return Err(Ending(INTERNAL, "the model was not handed over".into()));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let internal = |e: anyhow::Error| Ending(INTERNAL, e.to_string());
+    let mut reader = OggOpusReader::new().map_err(internal)?;
+    let mut writer = OggOpusWriter::new().map_err(internal)?;
+    send(tx, 0x00, &[]).await?;
+    for page in writer.headers().map_err(internal)? {
+        send(tx, 0x01, &page).await?;
+    }
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut frame = [0f32; PACKET_SAMPLES];
+    let mut heard = tokio::time::Instant::now();
+    let mut carry = 0usize;
+    loop {
+        tokio::select! {
+            msg = rx.next() => {
+                heard = tokio::time::Instant::now();
+                match msg {
+                    None | Some(Ok(Message::Close(_))) => return Ok(()),
+                    Some(Err(e)) => {
+                        return Err(Ending(BAD_DATA, format!("bad websocket message: {e}")));
+                    }
+                    Some(Ok(Message::Binary(b))) => {
+                        receive(&b, &mut reader, end, m, &mut carry)?;
+                    }
+                    // Text, ping and pong carry no audio (pings are answered by the stack).
+                    Some(Ok(_)) => {}
+                }
+            }
+            _ = tick.tick() => {
+                if heard.elapsed() > idle {
+                    return Err(Ending(GOING_AWAY, format!("nothing received for {} s", idle.as_secs())));
+                }
+                while link::pop_samples(&mut end.audio_out, &mut frame) {
+                    let page = writer.frame(&frame).map_err(internal)?;
+                    send(tx, 0x01, &page).await?;
+                    Metrics::add(&m.remote.frames_out);
+                }
+                while let Ok(t) = end.text.pop() {
+                    match t {
+                        Text::Piece(p) => send(tx, 0x02, p.as_bytes()).await?,
+                        Text::End => send(tx, 0x02, b"\n").await?,
+                    }
+                }
+                if end.state.finished.load(Relaxed) {
+                    return Err(Ending(GOING_AWAY, "the conversation has ended".into()));
+                }
+            }
+        }
+    }
+}
+
+/// One message from the client: audio goes to the pipeline, other kinds are ignored.
+fn receive(
+    msg: &[u8],
+    reader: &mut OggOpusReader,
+    end: &mut SocketEnd,
+    m: &Metrics,
+    carry: &mut usize,
+) -> Result<(), Ending> {
+    let Some((&kind, payload)) = msg.split_first() else {
+        return Ok(());
+    };
+    if kind != 0x01 {
+        return Ok(());
+    }
+    let mut dropped = 0;
+    let mut got = 0;
+    let res = reader.push(payload, &mut |pcm: &[f32]| {
+        dropped += link::push_samples(&mut end.audio_in, pcm);
+        got += pcm.len();
+    });
+    // Whole frames received and dropped, counted as the samples add up.
+    *carry += got;
+    m.remote
+        .frames_in
+        .fetch_add((*carry / PACKET_SAMPLES) as u64, Relaxed);
+    *carry %= PACKET_SAMPLES;
+    m.remote
+        .dropped
+        .fetch_add(dropped.div_ceil(PACKET_SAMPLES) as u64, Relaxed);
+    end.state.wake_capture();
+    res.map_err(|e| {
+        Metrics::add(&m.remote.decode_errors);
+        Ending(BAD_DATA, format!("bad audio: {e}"))
+    })
+}

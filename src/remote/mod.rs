@@ -1,0 +1,112 @@
+//! Remote clients: FLM-Audio's websocket protocol (`/api/chat`, `/api/settings`), spoken by
+//! its official clients, Kyutai's web client and the Full-Duplex-Bench harnesses, and the
+//! status routes (`/metrics`, `/healthz`), on one HTTP stack that runs on a thread of its own,
+//! away from the audio and step threads.
+//!
+//! The hub hands a network conversation to the serve loop: one at a time; a second client is
+//! turned away at once with a reason.
+
+pub mod chat;
+pub mod http;
+pub mod link;
+pub mod ogg_opus;
+pub mod settings;
+
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::thread::Thread;
+
+use crate::serve::metrics::Metrics;
+use link::{LinkState, PipelineEnd, SocketEnd};
+use settings::Settings;
+
+/// What the server and the serve loop share.
+pub struct Hub {
+    pub metrics: Arc<Metrics>,
+    /// A network conversation holds (or is about to hold) the model.
+    busy: AtomicBool,
+    /// A conversation waiting for the serve loop to take it.
+    offered: Mutex<Option<PipelineEnd>>,
+    /// The link of the conversation that holds the model.
+    current: Mutex<Option<Arc<LinkState>>>,
+    /// Ends whatever pipeline runs, so that the serve loop takes the offer.
+    interrupt: Arc<AtomicBool>,
+    serve_thread: Thread,
+    /// Sampling set through `/api/settings`, for the next conversation.
+    settings: Mutex<Settings>,
+}
+
+impl Hub {
+    /// A hub whose offers interrupt the pipeline through `interrupt` and wake `serve_thread`.
+    pub fn new(metrics: Arc<Metrics>, interrupt: Arc<AtomicBool>, serve_thread: Thread) -> Hub {
+        Hub {
+            metrics,
+            busy: AtomicBool::new(false),
+            offered: Mutex::new(None),
+            current: Mutex::new(None),
+            interrupt,
+            serve_thread,
+            settings: Mutex::new(Settings::default()),
+        }
+    }
+
+    /// Takes the model for a conversation with `peer`: the socket's end of its link, or None
+    /// while another conversation holds it (counted).
+    pub fn begin(&self, peer: String) -> Option<SocketEnd> {
+        if self.busy.swap(true, Relaxed) {
+            Metrics::add(&self.metrics.remote.refused);
+            return None;
+        }
+        let (socket, pipeline) = link::link(peer);
+        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(socket.state.clone());
+        *self.offered.lock().unwrap_or_else(|e| e.into_inner()) = Some(pipeline);
+        self.interrupt.store(true, Relaxed);
+        self.serve_thread.unpark();
+        Some(socket)
+    }
+
+    /// The conversation waiting to be served, if any (for the serve loop).
+    pub fn take_offer(&self) -> Option<PipelineEnd> {
+        self.offered
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
+
+    /// The serve loop has finished the conversation: the next client may have the model.
+    pub fn release(&self) {
+        self.busy.store(false, Relaxed);
+    }
+
+    pub fn busy(&self) -> bool {
+        self.busy.load(Relaxed)
+    }
+
+    /// The conversation that holds the model is ending: its client has gone, and the
+    /// pipeline plays out the answers still due (a client that reconnects at once waits for
+    /// that rather than being turned away).
+    pub fn ending(&self) -> bool {
+        self.busy()
+            && self
+                .current
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+                .is_some_and(|s| s.client_gone.load(Relaxed))
+    }
+
+    pub fn settings(&self) -> Settings {
+        *self.settings.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Applies a settings body (a JSON object) for the next conversation. Refused while a
+    /// conversation runs (Err(None)), or for a bad body (Err(Some(why))).
+    pub fn set_settings(&self, body: &[u8]) -> Result<(), Option<String>> {
+        if self.busy() {
+            return Err(None);
+        }
+        let mut s = self.settings.lock().unwrap_or_else(|e| e.into_inner());
+        *s = s.with(body).map_err(|e| Some(e.to_string()))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,206 @@
+//! `POST /api/settings`: the official server's sampling keys (attributes of its `LMGen`),
+//! applied from the next conversation on. Unlike the official server, which sets whatever it
+//! is sent and prints the errors, a body with an unknown key, a wrong type or a value out of
+//! range is refused whole, with the key named.
+
+use anyhow::{Result, bail};
+use serde_json::{Map, Value};
+
+use crate::engine::Sampling;
+
+/// What clients have set so far; each key keeps the model's (or the configuration's) value
+/// until set.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Settings {
+    pub use_sampling: Option<bool>,
+    pub temp_text: Option<f32>,
+    pub temp_audio: Option<f32>,
+    pub top_k_text: Option<u32>,
+    pub top_k_audio: Option<u32>,
+    pub top_p_text: Option<f32>,
+    pub top_p_audio: Option<f32>,
+    pub repetition_penalty_text: Option<f32>,
+    pub repetition_penalty_audio: Option<f32>,
+    pub repetition_penalty_window_text: Option<usize>,
+    pub repetition_penalty_window_audio: Option<usize>,
+}
+
+/// The longest repetition window (the engine's bound).
+const MAX_WINDOW: u64 = 4096;
+/// The largest top-k taken (larger is the whole vocabulary anyway).
+const MAX_TOP_K: u64 = 1 << 20;
+/// The largest temperature and penalty taken: far past any useful value.
+const MAX_TEMPERATURE: f64 = 100.0;
+const MAX_PENALTY: f64 = 100.0;
+
+fn number(key: &str, v: &Value, range: std::ops::RangeInclusive<f64>) -> Result<f32> {
+    match v.as_f64() {
+        Some(x) if range.contains(&x) => Ok(x as f32),
+        Some(x) => bail!("`{key}`: {x} is outside {}..{}", range.start(), range.end()),
+        None => bail!("`{key}`: not a number"),
+    }
+}
+
+fn integer(key: &str, v: &Value, max: u64) -> Result<u64> {
+    // JSON numbers from Python or JavaScript may carry an integer as 1.0.
+    let x = v.as_u64().or_else(|| {
+        v.as_f64()
+            .filter(|f| f.fract() == 0.0 && *f >= 0.0)
+            .map(|f| f as u64)
+    });
+    match x {
+        Some(x) if x <= max => Ok(x),
+        Some(x) => bail!("`{key}`: {x} is over {max}"),
+        None => bail!("`{key}`: not a whole number ≥ 0"),
+    }
+}
+
+impl Settings {
+    /// `self` with the keys of the JSON object `body` set; the error names the first bad key.
+    pub fn with(&self, body: &[u8]) -> Result<Settings> {
+        let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(body) else {
+            bail!("Invalid JSON");
+        };
+        self.with_keys(&map)
+    }
+
+    fn with_keys(&self, map: &Map<String, Value>) -> Result<Settings> {
+        let mut s = *self;
+        for (key, v) in map {
+            let k = key.as_str();
+            match k {
+                "use_sampling" => match v.as_bool() {
+                    Some(b) => s.use_sampling = Some(b),
+                    None => bail!("`use_sampling`: not true or false"),
+                },
+                "temp_text" => s.temp_text = Some(number(k, v, 0.0..=MAX_TEMPERATURE)?),
+                "temp_audio" => s.temp_audio = Some(number(k, v, 0.0..=MAX_TEMPERATURE)?),
+                "top_p_text" => s.top_p_text = Some(number(k, v, 0.0..=1.0)?),
+                "top_p_audio" => s.top_p_audio = Some(number(k, v, 0.0..=1.0)?),
+                "top_k_text" => s.top_k_text = Some(integer(k, v, MAX_TOP_K)? as u32),
+                "top_k_audio" => s.top_k_audio = Some(integer(k, v, MAX_TOP_K)? as u32),
+                "repetition_penalty_text" => {
+                    s.repetition_penalty_text = Some(number(k, v, 1.0..=MAX_PENALTY)?)
+                }
+                "repetition_penalty_audio" => {
+                    s.repetition_penalty_audio = Some(number(k, v, 1.0..=MAX_PENALTY)?)
+                }
+                "repetition_penalty_window_text" => {
+                    s.repetition_penalty_window_text = Some(integer(k, v, MAX_WINDOW)? as usize)
+                }
+                "repetition_penalty_window_audio" => {
+                    s.repetition_penalty_window_audio = Some(integer(k, v, MAX_WINDOW)? as usize)
+                }
+                other => {
+                    let mut shown: String = other.chars().take(64).collect();
+                    if shown.len() < other.len() {
+                        shown.push('…');
+                    }
+                    bail!("unknown key `{shown}`")
+                }
+            }
+        }
+        Ok(s)
+    }
+
+    /// `base` with these settings applied. `use_sampling: false` is argmax for both streams
+    /// (the penalties still apply), as in the official `LMGen`.
+    pub fn apply(&self, base: Sampling) -> Sampling {
+        let mut s = base;
+        let set = |dst: &mut f32, v: Option<f32>| *dst = v.unwrap_or(*dst);
+        set(&mut s.text.temperature, self.temp_text);
+        set(&mut s.audio.temperature, self.temp_audio);
+        set(&mut s.text.top_p, self.top_p_text);
+        set(&mut s.audio.top_p, self.top_p_audio);
+        set(&mut s.text.repetition_penalty, self.repetition_penalty_text);
+        set(
+            &mut s.audio.repetition_penalty,
+            self.repetition_penalty_audio,
+        );
+        s.text.top_k = self.top_k_text.unwrap_or(s.text.top_k);
+        s.audio.top_k = self.top_k_audio.unwrap_or(s.audio.top_k);
+        s.text.repetition_window = self
+            .repetition_penalty_window_text
+            .unwrap_or(s.text.repetition_window);
+        s.audio.repetition_window = self
+            .repetition_penalty_window_audio
+            .unwrap_or(s.audio.repetition_window);
+        if self.use_sampling == Some(false) {
+            s = s.greedy();
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flm_kernels::sampling::SamplingParams;
+
+    fn base() -> Sampling {
+        let p = |t| SamplingParams {
+            temperature: t,
+            top_p: 0.9,
+            top_k: 1,
+            repetition_penalty: 1.2,
+            repetition_window: 50,
+        };
+        Sampling {
+            text: p(0.01),
+            audio: p(0.5),
+            audio_penalty_codebooks: 4,
+        }
+    }
+
+    #[test]
+    fn the_official_keys_apply_and_accumulate() {
+        // What the official Gradio client posts on page load.
+        let gradio = br#"{"temp_text": 0.01, "top_p_text": 1.0, "top_k_text": 0,
+            "repetition_penalty_text": 1.1, "repetition_penalty_window_text": 50,
+            "temp_audio": 0.1, "top_p_audio": 0.9, "top_k_audio": 0,
+            "repetition_penalty_audio": 1.2, "repetition_penalty_window_audio": 50}"#;
+        let s = Settings::default().with(gradio).unwrap();
+        let a = s.apply(base());
+        assert_eq!(a.text.top_p, 1.0);
+        assert_eq!(a.text.repetition_penalty, 1.1);
+        assert_eq!(a.audio.temperature, 0.1);
+        assert_eq!(a.audio.top_k, 0);
+        a.check().unwrap();
+        // A later post changes only its keys; use_sampling false is argmax.
+        let s = s
+            .with(br#"{"use_sampling": false, "top_k_audio": 5.0}"#)
+            .unwrap();
+        let a = s.apply(base());
+        assert_eq!((a.text.temperature, a.audio.temperature), (0.0, 0.0));
+        assert_eq!((a.audio.top_k, a.text.repetition_penalty), (5, 1.1));
+        assert_eq!(Settings::default().apply(base()).text, base().text);
+    }
+
+    #[test]
+    fn bad_bodies_are_refused_naming_the_key() {
+        let s = Settings::default();
+        for (body, says) in [
+            (&b"{not json"[..], "Invalid JSON"),
+            (b"[1, 2]", "Invalid JSON"),
+            (b"{\"temp_txt\": 1}", "unknown key `temp_txt`"),
+            (b"{\"temp_text\": -1}", "`temp_text`: -1 is outside"),
+            (b"{\"temp_text\": \"hot\"}", "`temp_text`: not a number"),
+            (b"{\"top_p_audio\": 1.5}", "`top_p_audio`"),
+            (b"{\"top_k_text\": 2.5}", "`top_k_text`: not a whole number"),
+            (
+                b"{\"repetition_penalty_text\": 0.5}",
+                "`repetition_penalty_text`",
+            ),
+            (
+                b"{\"repetition_penalty_window_audio\": 100000}",
+                "is over 4096",
+            ),
+            (b"{\"use_sampling\": 1}", "`use_sampling`"),
+        ] {
+            let e = s.with(body).unwrap_err().to_string();
+            assert!(e.contains(says), "{}: {e}", String::from_utf8_lossy(body));
+        }
+        // A refused body changes nothing, even where its other keys were good.
+        assert!(s.with(br#"{"temp_text": 0.5, "bad": 1}"#).is_err());
+    }
+}

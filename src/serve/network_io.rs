@@ -1,0 +1,77 @@
+//! A network conversation as the pipeline's two devices: capture takes 80 ms frames from the
+//! audio the client sends (its timeline follows the arriving audio, as ALSA capture follows
+//! the card's clock), playback hands each answer, when due, to the socket. Neither waits on
+//! the network: the rings between them and the socket are wait-free.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::time::Duration;
+
+use super::device::{CaptureDevice, Captured, Pcm, PlaybackDevice};
+use super::metrics::Metrics;
+use crate::remote::link::{self, LinkState};
+
+/// How often a capture that waits for audio looks again (it is also woken as audio arrives).
+const POLL: Duration = Duration::from_millis(5);
+
+pub struct NetworkCapture {
+    audio: rtrb::Consumer<f32>,
+    state: Arc<LinkState>,
+    /// SIGTERM or SIGHUP: the conversation ends.
+    stop: Arc<AtomicBool>,
+}
+
+pub struct NetworkPlayback {
+    audio: rtrb::Producer<f32>,
+    state: Arc<LinkState>,
+}
+
+/// The two devices of a conversation's pipeline end (its text ring stays with the caller).
+pub fn devices(
+    audio_in: rtrb::Consumer<f32>,
+    audio_out: rtrb::Producer<f32>,
+    state: Arc<LinkState>,
+    stop: Arc<AtomicBool>,
+) -> (NetworkCapture, NetworkPlayback) {
+    (
+        NetworkCapture {
+            audio: audio_in,
+            state: state.clone(),
+            stop,
+        },
+        NetworkPlayback {
+            audio: audio_out,
+            state,
+        },
+    )
+}
+
+impl CaptureDevice for NetworkCapture {
+    fn next_frame(&mut self, out: &mut Pcm, m: &Metrics) -> Captured {
+        let _ = self.state.capture.set(std::thread::current());
+        loop {
+            if link::pop_samples(&mut self.audio, out) {
+                m.idle.store(false, Relaxed);
+                return Captured::Audio;
+            }
+            // A part frame left when the client goes is not a frame. (Idle stays as it was:
+            // nothing new is owed while the answers still due play out.)
+            if self.state.client_gone.load(Relaxed) || self.stop.load(Relaxed) {
+                return Captured::End;
+            }
+            // Waiting for the client's audio: nothing is owed meanwhile.
+            m.idle.store(true, Relaxed);
+            std::thread::park_timeout(POLL);
+        }
+    }
+}
+
+impl PlaybackDevice for NetworkPlayback {
+    fn play_frame(&mut self, fill: &mut dyn FnMut(&mut Pcm), _m: &Metrics) -> bool {
+        let mut frame = [0f32; super::device::FRAME];
+        fill(&mut frame);
+        // A client that does not take its audio loses it (the socket side closes it soon).
+        let _ = link::push_samples(&mut self.audio, &frame);
+        !self.state.client_gone.load(Relaxed)
+    }
+}

@@ -1,0 +1,713 @@
+//! `flm-edge serve --listen`: FLM-Audio's websocket protocol over a real socket, with the small
+//! model: whole conversations (Ogg-Opus both ways, text), what real clients send (packets of
+//! 20 ms, several per page, headers with audio, empty messages), malformed input, the busy
+//! refusal, `/api/settings`, TLS, the idle timeout, and `/healthz` under slow, huge and many
+//! clients. The official client's own libraries (sphn 0.1.4, websockets) drive one more
+//! conversation from Python (`tests/remote/official_client.py`).
+//!
+//! The daemons run one at a time (a lock) so that their steps keep to real time.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use common::*;
+use flm_edge::remote::ogg_opus::{OggOpusReader, OggOpusWriter, PACKET_SAMPLES};
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A `serve` daemon with the network as its only audio source; SIGTERM when dropped.
+struct Daemon {
+    child: Child,
+    addr: SocketAddr,
+    dir: Scratch,
+}
+
+impl Daemon {
+    fn start(name: &str, server: &str) -> Daemon {
+        let dir = scratch(name);
+        std::fs::create_dir_all(&*dir).unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let cfg = dir.join("config.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "threads = 2\n[schedule]\nlatency_frames = 6\nmax_backlog_frames = 15\n[status]\nmetrics = \"\"\nevents = \"{}\"\n[server]\nlisten = \"{addr}\"\n{server}",
+                s(&dir.join("events.sock"))
+            ),
+        )
+        .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_flm-edge"))
+            .args(["serve", "--config", s(&cfg), "--model", s(model())])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut d = Daemon { child, addr, dir };
+        let t0 = Instant::now();
+        while std::net::TcpStream::connect(addr).is_err() {
+            if let Ok(Some(st)) = d.child.try_wait() {
+                panic!("serve exited ({st}): {}", d.stderr());
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "serve did not listen"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        d
+    }
+
+    fn url(&self) -> String {
+        format!("ws://{}/api/chat", self.addr)
+    }
+
+    /// Stops it (SIGTERM) and returns its stderr; it must exit 0 within 10 s.
+    fn stop(mut self) -> String {
+        signal(&self.child, SIGTERM);
+        let t0 = Instant::now();
+        let st = loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                break st;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "no exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let err = self.stderr();
+        assert!(st.success(), "serve exited {st}: {err}");
+        err
+    }
+
+    fn stderr(&mut self) -> String {
+        let mut err = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            std::io::Read::read_to_string(&mut e, &mut err).unwrap();
+        }
+        err
+    }
+
+    fn http(&self, request: &str) -> String {
+        http(self.addr, request)
+    }
+
+    fn metric(&self, name: &str) -> u64 {
+        let m = self.http("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+        m.lines()
+            .find_map(|l| l.strip_prefix(&format!("flm_edge_{name} ")))
+            .unwrap_or_else(|| panic!("no {name} in {m}"))
+            .parse()
+            .unwrap()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+const SIGTERM: i32 = 15;
+
+fn signal(child: &Child, sig: i32) {
+    unsafe extern "C" {
+        fn kill(pid: i32, sig: i32) -> i32;
+    }
+    // SAFETY: sends a signal to our own child process, which is still running.
+    assert_eq!(unsafe { kill(child.id() as i32, sig) }, 0, "kill {sig}");
+}
+
+/// One HTTP/1.1 request (the connection closed after it), its whole answer (5 s at most).
+fn http(addr: SocketAddr, request: &str) -> String {
+    use std::io::{Read, Write};
+    let request = request.replacen("\r\n", "\r\nConnection: close\r\n", 1);
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.write_all(request.as_bytes()).unwrap();
+    let mut reply = String::new();
+    let _ = c.read_to_string(&mut reply);
+    reply
+}
+
+fn post_settings(addr: SocketAddr, body: &str) -> String {
+    http(
+        addr,
+        &format!(
+            "POST /api/settings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+}
+
+/// The seed-3 small model at f32, as the serve tests use it.
+fn model() -> &'static Path {
+    converted(3, "f32")
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+async fn connect(url: &str) -> Ws {
+    tokio_tungstenite::connect_async(url).await.unwrap().0
+}
+
+/// The next binary message (5 s at most); None when the server closed.
+async fn next(ws: &mut Ws) -> Option<Vec<u8>> {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+            Err(_) => panic!("nothing from the server for 5 s"),
+            Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Message::Close(_)))) => return None,
+            Ok(Some(Ok(Message::Binary(b)))) => return Some(b.to_vec()),
+            Ok(Some(Ok(_))) => {}
+        }
+    }
+}
+
+/// The close frame's code and reason (the messages before it are passed over).
+async fn closed_with(ws: &mut Ws) -> (u16, String) {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+            Err(_) => panic!("the server did not close within 5 s"),
+            Ok(Some(Ok(Message::Close(Some(f))))) => {
+                return (f.code.into(), f.reason.to_string());
+            }
+            Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Message::Close(None)))) => {
+                return (0, String::new());
+            }
+            Ok(Some(Ok(_))) => {}
+        }
+    }
+}
+
+async fn send(ws: &mut Ws, kind: u8, payload: &[u8]) {
+    let mut m = vec![kind];
+    m.extend_from_slice(payload);
+    ws.send(Message::Binary(m.into())).await.unwrap();
+}
+
+/// What came back from a conversation.
+#[derive(Default)]
+struct Reply {
+    pcm: Vec<f32>,
+    text: Vec<String>,
+}
+
+/// Receives until `frames` frames of audio came back (or 10 s went by without any).
+async fn receive(ws: &mut Ws, frames: usize, reply: &mut Reply, reader: &mut OggOpusReader) {
+    while reply.pcm.len() < frames * PACKET_SAMPLES {
+        let Some(m) = next(ws).await else { break };
+        match m.first() {
+            Some(1) => reader
+                .push(&m[1..], &mut |x: &[f32]| reply.pcm.extend_from_slice(x))
+                .unwrap(),
+            Some(2) => reply.text.push(String::from_utf8(m[1..].to_vec()).unwrap()),
+            _ => {}
+        }
+    }
+}
+
+/// `frames` frames of the speech clip, as the pages the FLM command-line client sends (one
+/// 80 ms packet per page, headers as messages of their own), sent at real-time pace while
+/// the answers are received.
+async fn converse(ws: &mut Ws, clip: &[f32]) -> (Reply, Vec<u8>) {
+    assert_eq!(next(ws).await.unwrap(), [0u8], "the handshake comes first");
+    let mut w = OggOpusWriter::new().unwrap();
+    let mut sent = vec![];
+    for h in w.headers().unwrap() {
+        send(ws, 1, &h).await;
+        sent.extend_from_slice(&h);
+    }
+    let mut reply = Reply::default();
+    let mut reader = OggOpusReader::new().unwrap();
+    let frames = clip.len() / PACKET_SAMPLES;
+    let mut tick = tokio::time::interval(Duration::from_millis(80));
+    for f in clip.chunks_exact(PACKET_SAMPLES) {
+        tick.tick().await;
+        let page = w.frame(f).unwrap();
+        send(ws, 1, &page).await;
+        sent.extend_from_slice(&page);
+        // Take what has come back meanwhile, without waiting.
+        while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::ZERO, ws.next()).await {
+            if let Message::Binary(b) = m {
+                match b.first() {
+                    Some(1) => reader
+                        .push(&b[1..], &mut |x: &[f32]| reply.pcm.extend_from_slice(x))
+                        .unwrap(),
+                    Some(2) => reply.text.push(String::from_utf8(b[1..].to_vec()).unwrap()),
+                    _ => {}
+                }
+            }
+        }
+    }
+    receive(ws, frames, &mut reply, &mut reader).await;
+    (reply, sent)
+}
+
+/// The frames of the speech clip the tests send.
+const FRAMES: usize = 40;
+
+fn clip() -> Vec<f32> {
+    speech()[..FRAMES * PACKET_SAMPLES].to_vec()
+}
+
+/// `flm-edge run` on `pcm` (24 kHz, f32 WAV): its text, and the text token of every step.
+fn offline_text(dir: &Path, pcm: &[f32]) -> (String, Vec<i64>) {
+    let wav = dir.join("decoded-input.wav");
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 24_000,
+        bits_per_sample: 32,
+        sample_format: hound::SampleFormat::Float,
+    };
+    let mut w = hound::WavWriter::create(&wav, spec).unwrap();
+    for &x in pcm {
+        w.write_sample(x).unwrap();
+    }
+    w.finalize().unwrap();
+    let transcript = dir.join("steps.jsonl");
+    let out = flm_edge(&[
+        "run",
+        "--model",
+        s(model()),
+        "--threads",
+        "2",
+        "--input",
+        s(&wav),
+        "--output",
+        s(&dir.join("ran.wav")),
+        "--transcript",
+        s(&transcript),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let tokens = std::fs::read_to_string(&transcript)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["text"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    (text.strip_suffix('\n').unwrap_or(&text).to_string(), tokens)
+}
+
+fn text_wait() -> i64 {
+    let dir = flm_edge::model_dir::ModelDir::open(model()).unwrap();
+    dir.audio
+        .get_u64(flm_conversion::model_files::audio_keys::TEXT_WAIT)
+        .unwrap() as i64
+}
+
+#[test]
+fn a_whole_conversation_over_a_websocket_answers_as_the_offline_run() {
+    let _t = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let d = Daemon::start("remote-conversation", "");
+    // Idle, waiting for a client: healthy.
+    assert!(
+        d.http("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .contains(" 200 ")
+    );
+    let events = std::os::unix::net::UnixStream::connect(d.dir.join("events.sock")).unwrap();
+    events
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let clip = clip();
+    let (reply, sent) = runtime().block_on(async {
+        let mut ws = connect(&d.url()).await;
+        let r = converse(&mut ws, &clip).await;
+        ws.close(None).await.unwrap();
+        r
+    });
+    // The reply lasts as long as the input: one answer frame per frame received.
+    assert_eq!(reply.pcm.len(), FRAMES * PACKET_SAMPLES);
+    assert!(reply.pcm.iter().any(|&x| x != 0.0), "the reply is silent");
+    // The text equals the offline run's on the same (Opus-decoded) input, same seed.
+    let mut heard = vec![];
+    let mut r = OggOpusReader::new().unwrap();
+    r.push(&sent, &mut |x: &[f32]| heard.extend_from_slice(x))
+        .unwrap();
+    assert_eq!(heard.len(), clip.len());
+    let (text, tokens) = offline_text(&d.dir, &heard);
+    let pieces: Vec<&str> = reply
+        .text
+        .iter()
+        .map(String::as_str)
+        .filter(|t| *t != "\n")
+        .collect();
+    assert_eq!(pieces.concat(), text);
+    // "\n" where the model returned to waiting after text.
+    let wait = text_wait();
+    let ends = tokens
+        .windows(2)
+        .filter(|w| w[0] != wait && w[1] == wait)
+        .count();
+    let newlines = reply.text.iter().filter(|t| *t == "\n").count();
+    assert_eq!(newlines, ends, "{:?}", reply.text);
+    assert_eq!(d.metric("conversation_frames_in"), FRAMES as u64);
+    assert_eq!(d.metric("conversation_frames_out"), FRAMES as u64);
+    assert_eq!(d.metric("conversation_decode_errors"), 0);
+    assert_eq!(d.metric("conversations_total"), 1);
+    // The event stream has the conversation's begin and end around its steps.
+    let lines: Vec<serde_json::Value> = std::io::BufRead::lines(std::io::BufReader::new(events))
+        .map_while(Result::ok)
+        .map(|l| serde_json::from_str(&l).unwrap())
+        .take_while(|v: &serde_json::Value| v["conversation"] != "end")
+        .collect();
+    assert_eq!(lines[0]["conversation"], "begin");
+    assert!(lines[0]["peer"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert!(lines.len() > 1, "{lines:?}");
+    let err = d.stop();
+    assert!(err.contains("conversation with 127.0.0.1"), "{err}");
+    assert!(err.contains(&format!("{FRAMES} frames in")), "{err}");
+}
+
+#[test]
+fn what_real_clients_send_is_taken_and_malformed_audio_closes_only_that_connection() {
+    use ogg::writing::{PacketWriteEndInfo, PacketWriter};
+    let _t = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let d = Daemon::start("remote-clients", "");
+    let clip = clip();
+    runtime().block_on(async {
+        // Kyutai's web client: 20 ms packets, two per page, the header pages and the first
+        // audio in one message; a 48 kHz granule; and empty messages, as fastrtc forwards.
+        let mut ws = connect(&d.url()).await;
+        assert_eq!(next(&mut ws).await.unwrap(), [0u8]);
+        let mut enc =
+            opus::Encoder::new(24_000, opus::Channels::Mono, opus::Application::Voip).unwrap();
+        let mut pw = PacketWriter::new(Vec::new());
+        let mut w = OggOpusWriter::new().unwrap();
+        let [head, tags] = w.headers().unwrap();
+        let mut first = [head, tags].concat();
+        for (i, c) in clip.chunks_exact(480).enumerate() {
+            let p = enc.encode_vec_float(c, 4000).unwrap();
+            let end = if i % 2 == 1 {
+                PacketWriteEndInfo::EndPage
+            } else {
+                PacketWriteEndInfo::NormalPacket
+            };
+            pw.write_packet(p, 9, end, (i as u64 + 1) * 960).unwrap();
+            if i % 2 == 1 {
+                let pages = std::mem::take(pw.inner_mut());
+                if i == 1 {
+                    first.extend_from_slice(&pages);
+                    send(&mut ws, 1, &first).await;
+                } else {
+                    send(&mut ws, 1, &pages).await;
+                }
+                if i % 8 == 7 {
+                    send(&mut ws, 1, &[]).await;
+                    tokio::time::sleep(Duration::from_millis(80)).await;
+                }
+            }
+        }
+        let mut reply = Reply::default();
+        receive(
+            &mut ws,
+            FRAMES,
+            &mut reply,
+            &mut OggOpusReader::new().unwrap(),
+        )
+        .await;
+        assert_eq!(reply.pcm.len(), FRAMES * PACKET_SAMPLES);
+        ws.close(None).await.unwrap();
+        // Audio that is not Ogg: that connection is closed with the reason.
+        let mut ws = connect(&d.url()).await;
+        assert_eq!(next(&mut ws).await.unwrap(), [0u8]);
+        send(&mut ws, 1, b"RIFF$\0\0\0WAVEfmt ").await;
+        let (code, why) = closed_with(&mut ws).await;
+        assert_eq!(code, 1007, "{why}");
+        assert!(why.contains("not an Ogg stream"), "{why}");
+        // The daemon goes on serving.
+        let mut ws = connect(&d.url()).await;
+        assert_eq!(next(&mut ws).await.unwrap(), [0u8]);
+        ws.close(None).await.unwrap();
+    });
+    assert_eq!(d.metric("conversations_total"), 3);
+    assert_eq!(d.metric("conversation_decode_errors"), 0);
+    d.stop();
+}
+
+#[test]
+fn a_second_client_is_refused_at_once_and_settings_wait_for_the_next_conversation() {
+    let _t = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let d = Daemon::start("remote-busy", "");
+    let addr = d.addr;
+    // Settings as the official server answers them.
+    let ok = post_settings(addr, r#"{"temp_text": 0.5, "use_sampling": true}"#);
+    assert!(
+        ok.contains(" 200 ") && ok.ends_with(r#"{"status":"success"}"#),
+        "{ok}"
+    );
+    let bad = post_settings(addr, "{oops");
+    assert!(
+        bad.contains(" 400 ") && bad.ends_with(r#"{"error":"Invalid JSON"}"#),
+        "{bad}"
+    );
+    let unknown = post_settings(addr, r#"{"temperature": 1}"#);
+    assert!(
+        unknown.contains(" 400 ") && unknown.contains("unknown key"),
+        "{unknown}"
+    );
+    let range = post_settings(addr, r#"{"top_p_text": 2}"#);
+    assert!(
+        range.contains(" 400 ") && range.contains("top_p_text"),
+        "{range}"
+    );
+    runtime().block_on(async {
+        let mut first = connect(&d.url()).await;
+        assert_eq!(next(&mut first).await.unwrap(), [0u8]);
+        let t0 = Instant::now();
+        let mut second = connect(&d.url()).await;
+        let m = next(&mut second).await.unwrap();
+        assert_eq!(m[0], 0x05);
+        assert!(String::from_utf8_lossy(&m[1..]).contains("busy"));
+        let (code, why) = closed_with(&mut second).await;
+        assert_eq!(code, 1013, "{why}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(1),
+            "refused after {:?}",
+            t0.elapsed()
+        );
+        let busy = post_settings(addr, r#"{"temp_text": 0.7}"#);
+        assert!(
+            busy.contains(" 503 ")
+                && busy.ends_with(r#"{"error":"Server is busy, please try again later."}"#),
+            "{busy}"
+        );
+        first.close(None).await.unwrap();
+    });
+    assert_eq!(d.metric("conversations_refused_total"), 1);
+    // Once the conversation has ended, settings are taken again.
+    let t0 = Instant::now();
+    loop {
+        let r = post_settings(addr, r#"{"temp_text": 0.7}"#);
+        if r.contains(" 200 ") {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(5), "{r}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    d.stop();
+}
+
+#[test]
+fn a_silent_client_is_closed_after_the_idle_time() {
+    let _t = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let d = Daemon::start("remote-idle", "idle_timeout_s = 1\n");
+    runtime().block_on(async {
+        let mut ws = connect(&d.url()).await;
+        assert_eq!(next(&mut ws).await.unwrap(), [0u8]);
+        let t0 = Instant::now();
+        let (code, why) = closed_with(&mut ws).await;
+        assert_eq!(code, 1001, "{why}");
+        assert!(why.contains("nothing received"), "{why}");
+        assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    });
+    d.stop();
+}
+
+#[test]
+fn tls_serves_wss() {
+    let _t = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let dir = scratch("remote-tls-keys");
+    std::fs::create_dir_all(&*dir).unwrap();
+    let (cert_pem, key_pem) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_pem, cert.cert.pem()).unwrap();
+    std::fs::write(&key_pem, cert.signing_key.serialize_pem()).unwrap();
+    let d = Daemon::start(
+        "remote-tls",
+        &format!(
+            "tls_cert = \"{}\"\ntls_key = \"{}\"\n",
+            s(&cert_pem),
+            s(&key_pem)
+        ),
+    );
+    runtime().block_on(async {
+        use tokio_rustls::rustls;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert.cert.der().clone()).unwrap();
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let tcp = tokio::net::TcpStream::connect(d.addr).await.unwrap();
+        let url = format!("wss://localhost:{}/api/chat", d.addr.port());
+        let (mut ws, _) = tokio_tungstenite::client_async_tls_with_config(
+            url,
+            tcp,
+            None,
+            Some(tokio_tungstenite::Connector::Rustls(std::sync::Arc::new(
+                config,
+            ))),
+        )
+        .await
+        .unwrap();
+        assert_eq!(next(&mut ws).await.unwrap(), [0u8]);
+        ws.close(None).await.unwrap();
+    });
+    // Plain HTTP to the TLS port is no conversation.
+    let plain = d.http("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(!plain.contains(" 200 "), "{plain}");
+    d.stop();
+}
+
+#[test]
+fn healthz_answers_within_a_second_under_slow_huge_and_many_clients() {
+    use std::io::Write;
+    use std::net::TcpStream;
+    let _t = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let d = Daemon::start("remote-abuse", "max_connections = 32\n");
+    let addr = d.addr;
+    let get = |path: &str| -> (Duration, String) {
+        let t0 = Instant::now();
+        let r = http(addr, &format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n"));
+        (t0.elapsed(), r)
+    };
+    // 30 clients holding half a request line, one sending an 8 MiB line, bursts of 100
+    // connections opened and dropped, and a conversation going on.
+    let slow: Vec<TcpStream> = (0..30)
+        .map(|_| {
+            let mut c = TcpStream::connect(addr).unwrap();
+            c.write_all(b"GET /metr").unwrap();
+            c
+        })
+        .collect();
+    let huge = std::thread::spawn(move || {
+        let mut c = TcpStream::connect(addr).unwrap();
+        let chunk = vec![b'a'; 64 * 1024];
+        let mut sent = 0;
+        while sent < 8 << 20 {
+            match c.write(&chunk) {
+                Ok(n) => sent += n,
+                Err(_) => break,
+            }
+        }
+        sent
+    });
+    for _ in 0..100 {
+        drop(TcpStream::connect(addr));
+    }
+    let rt = runtime();
+    let mut ws = rt.block_on(connect(&d.url()));
+    for _ in 0..5 {
+        let (took, reply) = get("/healthz");
+        assert!(
+            reply.contains(" 200 ") || reply.contains(" 503 "),
+            "{reply}"
+        );
+        assert!(took < Duration::from_secs(1), "/healthz took {took:?}");
+    }
+    let (took, reply) = get("/metrics");
+    assert!(took < Duration::from_secs(1), "/metrics took {took:?}");
+    assert!(
+        reply.contains("flm_edge_steps_total") || reply.contains(" 503 "),
+        "{reply}"
+    );
+    // The huge client is cut off at the head limit rather than read to the end.
+    assert!(huge.join().unwrap() < 8 << 20, "8 MiB were read");
+    drop(slow);
+    // Once the slow clients are gone (their 1 s is over), everything answers again.
+    std::thread::sleep(Duration::from_millis(1200));
+    let (took, reply) = get("/healthz");
+    assert!(reply.contains(" 200 "), "{reply}");
+    assert!(took < Duration::from_secs(1), "/healthz took {took:?}");
+    // A huge websocket message closes that conversation, not the service.
+    rt.block_on(async {
+        assert_eq!(next(&mut ws).await.unwrap(), [0u8]);
+        let _ = ws.send(Message::Binary(vec![1u8; 1 << 20].into())).await;
+        let (code, _) = closed_with(&mut ws).await;
+        assert_ne!(code, 1000);
+    });
+    let (_, reply) = get("/healthz");
+    assert!(reply.contains(" 200 "), "{reply}");
+    // Routes other than these are not served.
+    assert!(get("/etc/passwd").1.contains(" 404 "));
+    d.stop();
+}
+
+/// The Python client of `tests/remote/official_client.py`, in the environment that
+/// `.ci/install-deps` makes (sphn 0.1.4, websockets, numpy).
+fn python() -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/pyclient/bin/python");
+    assert!(
+        p.exists(),
+        "{} is missing: run .ci/install-deps (it makes the official client's Python environment)",
+        p.display()
+    );
+    p
+}
+
+#[test]
+fn the_official_clients_libraries_hold_a_conversation_in_real_time() {
+    let _t = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let py = python();
+    let d = Daemon::start("remote-python", "");
+    let wav = Path::new(GOLDEN_MIMI).join("speech.wav");
+    let out = Command::new(py)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/remote/official_client.py"))
+        .args([
+            "--url",
+            &d.url(),
+            "--input",
+            s(&wav),
+            "--frames",
+            &FRAMES.to_string(),
+        ])
+        .args(["--settings", &format!("http://{}/api/settings", d.addr)])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The client checks what it got and prints one JSON line.
+    let v: serde_json::Value = serde_json::from_str(said.lines().last().unwrap()).unwrap();
+    assert_eq!(v["handshake"], true);
+    assert_eq!(v["settings"], "success");
+    // OpusHead, OpusTags, then one page per frame sent.
+    assert_eq!(v["pages"], (FRAMES + 2) as u64);
+    // sphn's reader drops the pre-skip of OpusHead (3840 at 48 kHz: one 80 ms frame).
+    let samples = v["reply_samples"].as_u64().unwrap();
+    assert_eq!(samples, ((FRAMES - 1) * PACKET_SAMPLES) as u64, "{v}");
+    assert!(v["reply_rms"].as_f64().unwrap() > 1e-4, "{v}");
+    d.stop();
+}
