@@ -44,6 +44,7 @@ pub struct Config {
     pub sampling: Sampling,
     pub status: Status,
     pub server: Server,
+    pub conversation: Conversation,
     /// Whether any layer has an `[audio]` table (then ALSA is the default audio source).
     #[serde(skip)]
     pub audio_configured: bool,
@@ -147,6 +148,25 @@ impl Default for Server {
     }
 }
 
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Conversation {
+    /// Seconds in which neither side spoke after which a new conversation starts (the next
+    /// visitor does not inherit the last one's); 0 never.
+    pub idle_reset_s: u32,
+    /// The user's level (RMS, dB full scale) below which the user counts as quiet.
+    pub quiet_dbfs: f32,
+}
+
+impl Default for Conversation {
+    fn default() -> Self {
+        Conversation {
+            idle_reset_s: 60,
+            quiet_dbfs: -45.0,
+        }
+    }
+}
+
 /// Where the user's voice comes from, once the configuration is read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Source {
@@ -169,6 +189,7 @@ impl Default for Config {
             sampling: Sampling::default(),
             status: Status::default(),
             server: Server::default(),
+            conversation: Conversation::default(),
             audio_configured: false,
         }
     }
@@ -381,6 +402,17 @@ impl Config {
             (1..=3600).contains(&v.idle_timeout_s),
             "key `server.idle_timeout_s`: {} is outside 1..3600",
             v.idle_timeout_s
+        );
+        let c = &self.conversation;
+        ensure!(
+            c.idle_reset_s <= 86_400,
+            "key `conversation.idle_reset_s`: {} is over a day (0 turns it off)",
+            c.idle_reset_s
+        );
+        ensure!(
+            (-100.0..=0.0).contains(&c.quiet_dbfs),
+            "key `conversation.quiet_dbfs`: {} is outside -100..0",
+            c.quiet_dbfs
         );
         if !self.status.metrics.is_empty() {
             let addr: std::net::SocketAddr = self.status.metrics.parse().map_err(|_| {

@@ -169,7 +169,10 @@ fn the_event_socket_replaces_only_its_own_stale_socket_and_bounds_its_clients() 
     // A file that is not a socket is never removed.
     let file = dir.join("notes.txt");
     std::fs::write(&file, "keep me").unwrap();
-    let e = EventStream::listen(&file).err().unwrap().to_string();
+    let e = EventStream::listen(&file, Default::default())
+        .err()
+        .unwrap()
+        .to_string();
     assert!(
         e.contains("status.events") && e.contains("not a socket"),
         "{e}"
@@ -178,12 +181,15 @@ fn the_event_socket_replaces_only_its_own_stale_socket_and_bounds_its_clients() 
     // A socket another process serves is not taken over.
     let live = dir.join("live.sock");
     let _other = UnixListener::bind(&live).unwrap();
-    let e = EventStream::listen(&live).err().unwrap().to_string();
+    let e = EventStream::listen(&live, Default::default())
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("another process"), "{e}");
     // A stale socket (nobody listening) is replaced.
     let stale = dir.join("stale.sock");
     drop(UnixListener::bind(&stale).unwrap());
-    let events = EventStream::listen(&stale).unwrap();
+    let events = EventStream::listen(&stale, Default::default()).unwrap();
     let conns: Vec<UnixStream> = (0..3 * MAX_EVENT_CLIENTS)
         .map(|_| UnixStream::connect(&stale).unwrap())
         .collect();
@@ -194,6 +200,137 @@ fn the_event_socket_replaces_only_its_own_stale_socket_and_bounds_its_clients() 
     std::thread::sleep(Duration::from_millis(100));
     assert_eq!(events.clients(), MAX_EVENT_CLIENTS);
     drop(conns);
+}
+
+#[test]
+fn the_event_socket_takes_commands_and_answers_bad_ones_with_errors() {
+    use flm_edge::serve::conversation::Control;
+    use flm_edge::serve::status::EventStream;
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::net::UnixStream;
+    use std::sync::Arc;
+    let dir = scratch("control");
+    std::fs::create_dir_all(&*dir).unwrap();
+    let path = dir.join("events.sock");
+    let control = Arc::new(Control::default());
+    let _events = EventStream::listen(&path, control.clone()).unwrap();
+    // The service's user and group only.
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o660);
+    let mut c = UnixStream::connect(&path).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut answers = BufReader::new(c.try_clone().unwrap());
+    let mut ask = |line: &str| -> serde_json::Value {
+        c.write_all(format!("{line}\n").as_bytes()).unwrap();
+        let mut a = String::new();
+        answers.read_line(&mut a).unwrap();
+        serde_json::from_str(&a).unwrap()
+    };
+    let a = ask(r#"{"command": "mute"}"#);
+    assert_eq!(
+        (a["ok"].as_str(), a["state"].as_str()),
+        (Some("mute"), Some("muted"))
+    );
+    assert!(control.muted());
+    let a = ask(r#"{"command": "status"}"#);
+    assert_eq!(a["state"], "muted");
+    let a = ask(r#"{"command": "unmute"}"#);
+    assert_eq!(a["state"], "listening");
+    assert!(!control.muted());
+    assert_eq!(ask(r#"{"command": "reset"}"#)["ok"], "reset");
+    for (bad, says) in [
+        ("reset", "not JSON"),
+        (r#"{"cmd": "reset"}"#, "no \"command\""),
+        (r#"{"command": "reboot"}"#, "unknown command `reboot`"),
+        ("", "empty line"),
+    ] {
+        let e = ask(bad)["error"].as_str().unwrap_or_default().to_string();
+        assert!(e.contains(says), "{bad}: {e}");
+    }
+    // A line past the limit: an error, then the client is closed; the socket serves on.
+    let e = ask(&"x".repeat(5000))["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("at most 1024 bytes"), "{e}");
+    let mut rest = String::new();
+    assert_eq!(answers.read_line(&mut rest).unwrap_or(0), 0, "{rest}");
+    let mut c = UnixStream::connect(&path).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    c.write_all(b"{\"command\": \"status\"}\n").unwrap();
+    let mut a = String::new();
+    BufReader::new(c).read_line(&mut a).unwrap();
+    assert!(a.contains("\"ok\":\"status\""), "{a}");
+}
+
+#[test]
+fn a_reset_starts_a_new_conversation_and_mute_makes_the_model_hear_silence() {
+    use flm_edge::serve::conversation::NewConversation;
+    let _t = TIMED.lock().unwrap_or_else(|e| e.into_inner());
+    let frames = 30;
+    let pcm = speech()[..frames * FRAME].to_vec();
+    let metrics = Metrics::new();
+    let stop = AtomicBool::new(false);
+    // Unpaced replays: slot n is the answer to frame n.
+    let replay = |pcm: Vec<f32>, at: Option<(u64, bool)>| {
+        let mut model = pipeline_model();
+        let control = model.control.clone();
+        let n = pcm.len() / FRAME;
+        let mut cap = WavCapture::new(pcm, None);
+        let mut play = WavPlayback::new(n, None);
+        let mut news = vec![];
+        let mut muted = vec![];
+        let mut on_event = |e: &pipeline::Event| {
+            if let Some(why) = e.new_conversation {
+                news.push((e.step, why));
+            }
+            muted.push(e.muted);
+            // Asked for from the event thread, as the control socket would: it takes effect
+            // at a later step, whichever.
+            if let Some((step, mute)) = at
+                && e.step == step
+            {
+                if mute {
+                    control.set_muted(true);
+                } else {
+                    control.request_reset();
+                }
+            }
+        };
+        pipeline::run(
+            &mut model,
+            &mut cap,
+            &mut play,
+            Schedule::default(),
+            &metrics,
+            &stop,
+            Some(&mut on_event),
+        )
+        .unwrap();
+        (play.into_pcm(), news, muted)
+    };
+    let (whole, news, _) = replay(pcm.clone(), Some((8, false)));
+    assert_eq!(news[0], (0, NewConversation::Start));
+    assert_eq!(news.len(), 2, "{news:?}");
+    let (r, why) = news[1];
+    assert_eq!(why, NewConversation::Command);
+    assert!((9..frames as u64).contains(&r), "reset at {r}");
+    // From the reset on, the answers are those of a fresh conversation on the same audio.
+    let r = r as usize;
+    let (fresh, _, _) = replay(pcm[r * FRAME..].to_vec(), None);
+    assert_eq!(&whole[r * FRAME..], &fresh[..]);
+    assert_ne!(
+        &whole[r * FRAME..(r + 1) * FRAME],
+        &replay(pcm.clone(), None).0[r * FRAME..(r + 1) * FRAME]
+    );
+    // Muted from some step on: the model hears silence there, and says so.
+    let (muted_run, _, muted) = replay(pcm.clone(), Some((8, true)));
+    let m = muted.iter().position(|&x| x).unwrap();
+    assert!(m > 8 && muted[m..].iter().all(|&x| x), "{muted:?}");
+    let mut silent = pcm.clone();
+    silent[m * FRAME..].fill(0.0);
+    assert_eq!(muted_run, replay(silent, None).0);
 }
 
 #[test]

@@ -4,6 +4,7 @@
 
 pub mod alsa_io;
 pub mod clock_match;
+pub mod conversation;
 pub mod device;
 pub mod file_io;
 pub mod metrics;
@@ -118,10 +119,12 @@ pub fn load_model(cfg: &Config) -> Result<Model> {
     mimi.decode(&codes, &mut pcm)?;
     mimi.reset();
     engine.reset();
+    let c = &cfg.conversation;
     Ok(Model {
         engine,
         mimi,
         detok,
+        control: Arc::new(conversation::Control::new(c.idle_reset_s, c.quiet_dbfs)),
     })
 }
 
@@ -247,7 +250,10 @@ pub fn serve(opts: ServeOptions) -> Result<()> {
     start_http(&cfg, hub.clone())?;
     let events = match cfg.status.events.as_str() {
         "" => None,
-        p => Some(status::EventStream::listen(Path::new(p))?),
+        p => Some(status::EventStream::listen(
+            Path::new(p),
+            model.control.clone(),
+        )?),
     };
     status::supervise(
         metrics.clone(),
@@ -282,12 +288,12 @@ pub fn serve(opts: ServeOptions) -> Result<()> {
             continue;
         }
         let schedule = schedule(&cfg);
-        let mut speaking = false;
+        let mut state = "listening";
         let mut on_event = |e: &pipeline::Event| {
             if let Some(ev) = &events {
-                ev.send(e, e.speaking != speaking);
+                ev.send(e, e.state() != state);
             }
-            speaking = e.speaking;
+            state = e.state();
         };
         let on_event: Option<&mut (dyn FnMut(&pipeline::Event) + Send)> = Some(&mut on_event);
         if replay {
@@ -423,7 +429,7 @@ fn converse(
         signals.interrupt.clone(),
     );
     state.started.store(true, Relaxed);
-    let mut speaking = false;
+    let mut shown = "listening";
     let mut on_event = |e: &pipeline::Event| {
         if !e.piece.is_empty() {
             let _ = text.push(Text::Piece(e.piece.clone()));
@@ -432,9 +438,9 @@ fn converse(
             let _ = text.push(Text::End);
         }
         if let Some(ev) = events {
-            ev.send(e, e.speaking != speaking);
+            ev.send(e, e.state() != shown);
         }
-        speaking = e.speaking;
+        shown = e.state();
     };
     let result = pipeline::run(
         model,
@@ -513,7 +519,12 @@ fn reload(opts: &ServeOptions, cfg: &mut Config, model: &mut Model, metrics: &Me
         let loaded = load_model(&new);
         metrics.loading.store(false, Relaxed);
         match loaded {
-            Ok(m) => *model = m,
+            Ok(m) => {
+                // The control socket keeps the same control (and a mute stays on).
+                let control = model.control.clone();
+                *model = m;
+                model.control = control;
+            }
             Err(e) => {
                 eprintln!(
                     "flm-edge: configuration not reloaded: the model did not load ({e:#}); the previous one keeps serving"
@@ -529,6 +540,9 @@ fn reload(opts: &ServeOptions, cfg: &mut Config, model: &mut Model, metrics: &Me
         model.mimi.reset();
         model.detok.reset();
     }
+    model
+        .control
+        .configure(new.conversation.idle_reset_s, new.conversation.quiet_dbfs);
     let later = needs_restart(cfg, &new);
     if later.is_empty() {
         eprintln!("flm-edge: configuration reloaded");

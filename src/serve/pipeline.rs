@@ -21,6 +21,7 @@ use anyhow::{Context, Result};
 use flm_kernels::mimi::Mimi;
 use heapless::spsc::Queue;
 
+use super::conversation::{Control, Lifecycle, NewConversation};
 use super::device::{CaptureDevice, Captured, FRAME, Pcm, PlaybackDevice, sleep_until};
 use super::metrics::{Metrics, Stage};
 use crate::detok::Detokenizer;
@@ -101,12 +102,40 @@ pub struct Event {
     /// The model returned to waiting after text: a text segment ended at this step.
     pub text_end: bool,
     pub speaking: bool,
+    /// The microphone is muted (the model hears silence).
+    pub muted: bool,
+    /// A new conversation started with this step, and why.
+    pub new_conversation: Option<NewConversation>,
+}
+
+impl Event {
+    /// The state for screens and LEDs.
+    pub fn state(&self) -> &'static str {
+        if self.muted {
+            "muted"
+        } else if self.speaking {
+            "speaking"
+        } else {
+            "listening"
+        }
+    }
 }
 
 pub struct Model {
     pub engine: Engine,
     pub mimi: Mimi,
     pub detok: Detokenizer,
+    /// Resets and mute, from the control socket.
+    pub control: std::sync::Arc<Control>,
+}
+
+impl Model {
+    /// A new conversation: the model forgets everything said.
+    pub fn start_over(&mut self) {
+        self.engine.reset();
+        self.mimi.reset();
+        self.detok.reset();
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -321,6 +350,8 @@ fn step_loop(
     let wait = model.engine.text_wait();
     // Text tokens since the model last waited.
     let mut in_text = false;
+    let control = model.control.clone();
+    let mut life = Lifecycle::default();
     while !stop.load(Relaxed) {
         // Too far behind: drop the oldest frames to catch up with the present (not in an
         // unpaced replay, which has no present).
@@ -328,7 +359,7 @@ fn step_loop(
             input.dequeue();
             Metrics::add(&metrics.capture_dropped);
         }
-        let Some(frame) = input.dequeue() else {
+        let Some(mut frame) = input.dequeue() else {
             if capture_done.load(Relaxed) {
                 break;
             }
@@ -346,6 +377,16 @@ fn step_loop(
         let seq = frame.seq;
         if schedule.fail == Some(seq) {
             anyhow::bail!("frame {seq}: model step: injected failure (drill)");
+        }
+        let new_conversation = life.before_step(&control, &frame.pcm);
+        if new_conversation.is_some_and(|w| w != NewConversation::Start) {
+            model.start_over();
+            in_text = false;
+        }
+        let user_rms = rms(&frame.pcm);
+        let muted = control.muted();
+        if muted {
+            frame.pcm.fill(0.0);
         }
         let t0 = Instant::now();
         model
@@ -390,11 +431,15 @@ fn step_loop(
         let piece = model.detok.push(step.text);
         let text_end = in_text && step.text == wait;
         in_text = step.text != wait;
+        let speaking = rms(&out.pcm) > SPEAKING_RMS;
+        life.after_step(&control, user_rms, speaking || step.text != wait, speaking);
         let mut e = Event {
             step: frame.seq,
             piece: heapless::String::new(),
             text_end,
-            speaking: rms(&out.pcm) > SPEAKING_RMS,
+            speaking,
+            muted,
+            new_conversation,
         };
         // A piece longer than the event holds is cut at a character boundary.
         for ch in piece.chars() {

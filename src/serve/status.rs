@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use sd_notify::NotifyState;
 
+use super::conversation::Control;
 use super::metrics::Metrics;
 use super::pipeline::Event;
 
@@ -23,13 +24,16 @@ pub struct EventStream {
 /// The most event clients served at once (a kiosk screen or two, a logger); more are
 /// closed as they connect.
 pub const MAX_EVENT_CLIENTS: usize = 8;
+/// The longest command line; a longer one is answered with an error and the client closed.
+pub const MAX_COMMAND: usize = 1024;
 
 impl EventStream {
-    /// Listens on the Unix socket `path`. A socket left there by an earlier run is replaced;
-    /// anything else at that path (a file, a folder, a socket another process serves) is
-    /// an error naming it, and is left alone.
-    pub fn listen(path: &Path) -> Result<EventStream> {
-        use std::os::unix::fs::FileTypeExt;
+    /// Listens on the Unix socket `path` (mode 0660: the service's user and group). A socket
+    /// left there by an earlier run is replaced; anything else at that path (a file, a
+    /// folder, a socket another process serves) is an error naming it, and is left alone.
+    /// Clients read the events and may send commands (`control`), one JSON line each.
+    pub fn listen(path: &Path, control: Arc<Control>) -> Result<EventStream> {
+        use std::os::unix::fs::{FileTypeExt, PermissionsExt};
         let label = || format!("key `status.events`: {}", path.display());
         if let Ok(meta) = std::fs::symlink_metadata(path) {
             if !meta.file_type().is_socket() {
@@ -42,6 +46,8 @@ impl EventStream {
         }
         let listener =
             UnixListener::bind(path).with_context(|| format!("{}: cannot listen", label()))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+            .with_context(|| format!("{}: permissions", label()))?;
         let clients: Arc<Mutex<Vec<UnixStream>>> = Arc::default();
         let c = clients.clone();
         std::thread::Builder::new()
@@ -49,12 +55,17 @@ impl EventStream {
             .spawn(move || {
                 for s in listener.incoming().flatten() {
                     let _ = s.set_write_timeout(Some(Duration::from_millis(50)));
-                    if let Ok(mut v) = c.lock()
-                        && v.len() < MAX_EVENT_CLIENTS
-                    {
-                        v.push(s);
+                    let Ok(mut v) = c.lock() else { continue };
+                    if v.len() >= MAX_EVENT_CLIENTS {
+                        continue; // dropped here, which closes it
                     }
-                    // else: dropped here, which closes it.
+                    let Ok(reader) = s.try_clone() else { continue };
+                    v.push(s);
+                    drop(v);
+                    let (c, control) = (c.clone(), control.clone());
+                    let _ = std::thread::Builder::new()
+                        .name("flm-control".into())
+                        .spawn(move || serve_commands(reader, &c, &control));
                 }
             })?;
         Ok(EventStream { clients })
@@ -65,15 +76,23 @@ impl EventStream {
         self.clients.lock().map_or(0, |v| v.len())
     }
 
-    /// Sends one JSON line to every client; a client that cannot keep up is dropped.
+    /// Sends the event's lines to every client: a new conversation, and the text and state
+    /// when there is text or the state changed. A client that cannot keep up is dropped.
     pub fn send(&self, e: &Event, state_changed: bool) {
+        if let Some(why) = e.new_conversation {
+            self.send_line(&serde_json::json!({
+                "conversation": "new",
+                "reason": why.as_str(),
+                "step": e.step,
+            }));
+        }
         if e.piece.is_empty() && !state_changed {
             return;
         }
         self.send_line(&serde_json::json!({
             "step": e.step,
             "text": e.piece.as_str(),
-            "state": if e.speaking { "speaking" } else { "listening" },
+            "state": e.state(),
         }));
     }
 
@@ -85,6 +104,78 @@ impl EventStream {
             v.retain_mut(|s| s.write_all(line.as_bytes()).is_ok());
         }
     }
+}
+
+/// Reads a client's command lines and answers each on the same socket (under the clients'
+/// lock, so that an answer and an event never interleave).
+fn serve_commands(stream: UnixStream, clients: &Mutex<Vec<UnixStream>>, control: &Control) {
+    use std::io::Read;
+    let Ok(mut answer_to) = stream.try_clone() else {
+        return;
+    };
+    let mut line = Vec::with_capacity(MAX_COMMAND);
+    for byte in std::io::BufReader::new(stream).bytes() {
+        let Ok(b) = byte else { return };
+        if b != b'\n' {
+            line.push(b);
+            if line.len() <= MAX_COMMAND {
+                continue;
+            }
+        }
+        let (reply, close) = if line.len() > MAX_COMMAND {
+            (
+                serde_json::json!({ "error": format!("a command is one line of at most {MAX_COMMAND} bytes") }),
+                true,
+            )
+        } else {
+            (command(&line, control), false)
+        };
+        line.clear();
+        if let Ok(_held) = clients.lock()
+            && answer_to
+                .write_all((reply.to_string() + "\n").as_bytes())
+                .is_err()
+        {
+            return;
+        }
+        if close {
+            let _ = answer_to.shutdown(std::net::Shutdown::Both);
+            return;
+        }
+    }
+}
+
+/// One command (`{"command": "reset" | "mute" | "unmute" | "status"}`) and its answer.
+pub fn command(line: &[u8], control: &Control) -> serde_json::Value {
+    let text = String::from_utf8_lossy(line);
+    if text.trim().is_empty() {
+        return serde_json::json!({ "error": "an empty line is no command" });
+    }
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return serde_json::json!({ "error": "not JSON: send {\"command\": \"reset\"}, \"mute\", \"unmute\" or \"status\"" });
+    };
+    let Some(cmd) = v.get("command").and_then(|c| c.as_str()) else {
+        return serde_json::json!({ "error": "no \"command\" (reset, mute, unmute, status)" });
+    };
+    match cmd {
+        "reset" => control.request_reset(),
+        "mute" => control.set_muted(true),
+        "unmute" => control.set_muted(false),
+        "status" => {}
+        other => {
+            let shown: String = other.chars().take(32).collect();
+            return serde_json::json!({
+                "error": format!("unknown command `{shown}` (reset, mute, unmute, status)")
+            });
+        }
+    }
+    let (state, steps, conversations) = control.status();
+    serde_json::json!({
+        "ok": cmd,
+        "state": state,
+        "conversation_steps": steps,
+        "conversations": conversations,
+    })
 }
 
 /// systemd notifications (no-ops when not run by systemd).
