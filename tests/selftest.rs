@@ -132,6 +132,13 @@ fn bench_reports_graphs_copies_and_synchronisations_per_step() {
         .unwrap_or_else(|| panic!("{shifts}"));
     let n: usize = line.split_whitespace().next().unwrap().parse().unwrap();
     assert!((2..=6).contains(&n), "{line}");
+    // A shift asked for every 10 steps, in a context that never fills: 20 steps after 5
+    // warm-up steps, so at the 10th and 20th timed steps.
+    let (asked, _) = bench_step(
+        model,
+        &["--steps", "20", "--shift-every", "10", "--sink", "2"],
+    );
+    assert!(asked.contains("    2 steps shifted the context"), "{asked}");
     // All of it in host memory. A build with a GPU backend whose device is visible (a
     // Vulkan build on lavapipe) also says "0/3 layers on the device; " first.
     let line = stderr
