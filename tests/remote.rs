@@ -525,6 +525,44 @@ fn a_second_client_is_refused_at_once_and_settings_wait_for_the_next_conversatio
 }
 
 #[test]
+fn a_network_conversation_takes_the_model_from_alsa_and_gives_it_back() {
+    let _t = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    // alsa-lib's `null` PCMs: sound devices that are always there.
+    let d = Daemon::start(
+        "remote-and-alsa",
+        "[audio]\ncapture = \"null\"\nplayback = \"null\"\nrate = 48000\n",
+    );
+    let steps = || d.metric("steps_total");
+    let wait_for = |what: &str, ok: &dyn Fn() -> bool| {
+        let t0 = Instant::now();
+        while !ok() {
+            assert!(t0.elapsed() < Duration::from_secs(20), "{what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait_for("ALSA steps", &|| steps() > 10);
+    let clip = clip();
+    runtime().block_on(async {
+        let mut ws = connect(&d.url()).await;
+        let (reply, _) = converse(&mut ws, &clip[..10 * PACKET_SAMPLES]).await;
+        assert_eq!(reply.pcm.len(), 10 * PACKET_SAMPLES);
+        assert_eq!(d.metric("conversation_active"), 1);
+        ws.close(None).await.unwrap();
+    });
+    // The conversation has ended: ALSA steps again.
+    wait_for("the conversation's end", &|| {
+        d.metric("conversation_active") == 0
+    });
+    let after = steps();
+    wait_for("ALSA steps after the conversation", &|| {
+        steps() > after + 10
+    });
+    assert_eq!(d.metric("conversation_frames_in"), 10);
+    let err = d.stop();
+    assert!(err.contains("ends: 10 frames in"), "{err}");
+}
+
+#[test]
 fn a_silent_client_is_closed_after_the_idle_time() {
     let _t = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let d = Daemon::start("remote-idle", "idle_timeout_s = 1\n");

@@ -355,18 +355,20 @@ fn a_running_daemon_serves_metrics_healthz_and_events() {
         ),
     )
     .unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_flm-edge"))
-        .args(["serve", "--config", s(&cfg), "--model", s(model())])
-        .args([
-            "--input-wav",
-            s(&input),
-            "--output-wav",
-            s(&dir.join("out.wav")),
-        ])
-        .arg("--realtime")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = Reaped(
+        std::process::Command::new(env!("CARGO_BIN_EXE_flm-edge"))
+            .args(["serve", "--config", s(&cfg), "--model", s(model())])
+            .args([
+                "--input-wav",
+                s(&input),
+                "--output-wav",
+                s(&dir.join("out.wav")),
+            ])
+            .arg("--realtime")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let get = |path: &str| -> Option<String> {
         let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
         c.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
@@ -717,9 +719,35 @@ impl Notifications {
 const SIGHUP: i32 = 1;
 const SIGTERM: i32 = 15;
 
+/// A daemon under test, killed when the test ends, also when it fails part way (a daemon
+/// left running would load the machine for the tests after it).
+struct Reaped(std::process::Child);
+
+impl std::ops::Deref for Reaped {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Reaped {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// `flm-edge ARGS` as systemd would run it: notifications to a socket in `dir`, a 2 s
 /// watchdog, stderr kept.
-fn daemon(dir: &Path, args: &[&str]) -> (std::process::Child, Notifications) {
+fn daemon(dir: &Path, args: &[&str]) -> (Reaped, Notifications) {
     let notes = Notifications::bind(&dir.join("notify.sock"));
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_flm-edge"))
         .args(args)
@@ -728,7 +756,7 @@ fn daemon(dir: &Path, args: &[&str]) -> (std::process::Child, Notifications) {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    (child, notes)
+    (Reaped(child), notes)
 }
 
 /// Waits (10 s at most) for a daemon told to stop; its exit status and stderr.

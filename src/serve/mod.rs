@@ -223,6 +223,17 @@ fn start_http(cfg: &Config, hub: Arc<Hub>) -> Result<()> {
             "flm-edge: remote clients at {scheme}://{}/api/chat",
             bound[0]
         );
+        if !bound[0].ip().is_loopback() {
+            eprintln!(
+                "flm-edge: warning: `server.listen` {} is not a loopback address: anyone who can reach it can talk to the model{}",
+                bound[0],
+                if v.tls_cert.is_empty() {
+                    ", unencrypted"
+                } else {
+                    ""
+                }
+            );
+        }
     }
     Ok(())
 }

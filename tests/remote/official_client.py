@@ -29,6 +29,8 @@ def read_clip(path, frames):
     with wave.open(path) as w:
         assert w.getframerate() == 24000 and w.getnchannels() == 1 and w.getsampwidth() == 2
         x = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16)
+    # Looped when a longer conversation is asked for (a soak).
+    x = np.tile(x, frames * FRAME // len(x) + 1)
     return (x[: frames * FRAME].astype(np.float32) / 32768.0).reshape(frames, FRAME)
 
 
