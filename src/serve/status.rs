@@ -230,6 +230,8 @@ pub fn supervise(metrics: Arc<Metrics>, stop: Arc<AtomicBool>, log_every: Durati
                         metrics.capture_present.load(Relaxed),
                         metrics.playback_present.load(Relaxed)
                     ) {
+                        // Sound devices are closed during a network conversation.
+                        _ if source != "local audio" => "not in use",
                         (true, true) => "ok",
                         (false, true) => "capture missing",
                         (true, false) => "playback missing",
