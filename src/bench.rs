@@ -116,6 +116,32 @@ pub fn opus(frames: usize) -> Result<(Stats, Stats)> {
     Ok((stats(&mut enc), stats(&mut dec)))
 }
 
+/// Echo cancellation at 48 kHz (8 blocks of 10 ms per 80 ms frame, render and capture), on
+/// the test signal and its delayed, scaled echo; median, p99, max per frame.
+pub fn echo(frames: usize) -> Result<Stats> {
+    let far = test_signal((frames + 10) * FRAME * 2);
+    let mut aec = crate::echo::EchoCanceller::new(48_000)?;
+    let b = aec.block();
+    let mut out = vec![0f32; b];
+    let mut mic = vec![0f32; b];
+    let mut times = Vec::with_capacity(frames);
+    for f in 0..frames + 10 {
+        let t0 = Instant::now();
+        for k in 0..8 {
+            let at = (f * 8 + k) * b;
+            for (i, m) in mic.iter_mut().enumerate() {
+                *m = 0.3 * far[(at + i).saturating_sub(1440)];
+            }
+            aec.render(&far[at..at + b])?;
+            aec.capture(&mic, &mut out)?;
+        }
+        if f >= 10 {
+            times.push(t0.elapsed());
+        }
+    }
+    Ok(stats(&mut times))
+}
+
 /// Sums per-node timings by op and output shape and prints the most expensive.
 pub fn print_ops(nodes: Vec<(String, [i64; 4], f64)>) {
     let total: f64 = nodes.iter().map(|n| n.2).sum();

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod codes_npy;
 pub mod config;
 pub mod detok;
+pub mod echo;
 pub mod embed;
 pub mod engine;
 pub mod files;

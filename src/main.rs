@@ -111,6 +111,19 @@ enum Cmd {
     /// ALSA cards and PCM names usable as `audio.capture` / `audio.playback`, and the
     /// compute devices of this build.
     Devices,
+    /// Echo cancellation on files (WebRTC's AEC3, as the daemon runs it): removes from the
+    /// microphone recording the echo of what the loudspeaker played. For tuning a new
+    /// enclosure. Any PCM WAV in; out: the microphone's length, 24 kHz mono.
+    Aec {
+        /// What the loudspeaker played.
+        #[arg(long, value_name = "far.wav")]
+        far: PathBuf,
+        /// What the microphone recorded, on the same clock from the same start.
+        #[arg(long, value_name = "mic.wav")]
+        mic: PathBuf,
+        #[arg(long, value_name = "out.wav")]
+        output: PathBuf,
+    },
     /// Does a device compute what the CPU computes? Writes a small seeded model, runs Mimi
     /// and greedy steps on both, prints one line per check; exits non-zero when one fails.
     Selftest {
@@ -473,6 +486,15 @@ fn run(cli: Cli) -> Result<()> {
             output_wav,
             realtime,
         })?,
+        Cmd::Aec { far, mic, output } => {
+            let (far, mic) = (wav::read_mono_24k(&far)?, wav::read_mono_24k(&mic)?);
+            // AEC3 runs at 16, 32 or 48 kHz: the 24 kHz signals go through it at 48 kHz.
+            let up = |x: &[f32]| wav::resample(x, 24_000, 48_000);
+            let out = flm_edge::echo::cancel(&up(&far)?, &up(&mic)?, 48_000)?;
+            let mut out = wav::resample(&out, 48_000, 24_000)?;
+            out.resize(mic.len(), 0.0);
+            wav::write_mono_24k(&output, &out)?;
+        }
         Cmd::Devices => {
             print!("{}", flm_edge::serve::alsa_io::list_devices()?);
             println!("\ncompute devices (--backend, `backend`):");
@@ -633,6 +655,11 @@ fn run(cli: Cli) -> Result<()> {
             println!(
                 "Ogg-Opus of remote clients (24 kHz mono, 80 ms pages, one thread): encode median {:.3} ms (p99 {:.3}), decode median {:.3} ms (p99 {:.3}) per frame",
                 enc.median, enc.p99, dec.median, dec.p99
+            );
+            let aec = bench::echo(frames.max(1))?;
+            println!(
+                "Echo cancellation (AEC3 at 48 kHz, render and capture, one thread): median {:.3} ms (p99 {:.3}) per frame",
+                aec.median, aec.p99
             );
         }
     }

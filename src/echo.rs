@@ -1,0 +1,110 @@
+//! Acoustic echo cancellation: WebRTC's AEC3 (through `sonora`, a pure-Rust port of WebRTC's
+//! audio processing), in 10 ms blocks. The far end (render) is what the loudspeaker played;
+//! the near end (capture) is the microphone, whose echo of the far end is removed. AEC3
+//! estimates the delay between the two itself; the high-pass filter it enforces removes
+//! DC and rumble below about 80 Hz from the microphone.
+
+use anyhow::{Result, bail};
+use sonora::config::EchoCanceller as EchoConfig;
+use sonora::{AudioProcessing, Config, StreamConfig};
+
+/// The rates AEC3 runs at.
+pub const RATES: [u32; 3] = [16_000, 32_000, 48_000];
+
+pub struct EchoCanceller {
+    apm: AudioProcessing,
+    block: usize,
+    /// The processed render block (AEC3 may change what it is given; it is not played).
+    render_out: Vec<f32>,
+}
+
+impl EchoCanceller {
+    /// A canceller for mono audio at `rate` (16, 32 or 48 kHz).
+    pub fn new(rate: u32) -> Result<EchoCanceller> {
+        if !RATES.contains(&rate) {
+            bail!("echo cancellation runs at 16, 32 or 48 kHz, not {rate} Hz");
+        }
+        let config = Config {
+            echo_canceller: Some(EchoConfig::default()),
+            ..Default::default()
+        };
+        let apm = AudioProcessing::builder()
+            .config(config)
+            .capture_config(StreamConfig::new(rate, 1))
+            .render_config(StreamConfig::new(rate, 1))
+            .build();
+        let block = rate as usize / 100;
+        Ok(EchoCanceller {
+            apm,
+            block,
+            render_out: vec![0.0; block],
+        })
+    }
+
+    /// Samples of one 10 ms block.
+    pub fn block(&self) -> usize {
+        self.block
+    }
+
+    /// One block of what the loudspeaker played.
+    pub fn render(&mut self, far: &[f32]) -> Result<()> {
+        self.apm
+            .process_render_f32(&[far], &mut [&mut self.render_out])
+            .map_err(|e| anyhow::anyhow!("echo canceller (render): {e:?}"))
+    }
+
+    /// One block of the microphone, with the echo removed, into `out`.
+    pub fn capture(&mut self, mic: &[f32], out: &mut [f32]) -> Result<()> {
+        self.apm
+            .process_capture_f32(&[mic], &mut [out])
+            .map_err(|e| anyhow::anyhow!("echo canceller (capture): {e:?}"))
+    }
+
+    /// AEC3's own estimates: echo return loss enhancement (dB) and the delay (ms).
+    pub fn estimates(&self) -> (Option<f64>, Option<i32>) {
+        let s = self.apm.statistics();
+        (s.echo_return_loss_enhancement, s.delay_median_ms)
+    }
+}
+
+/// Cancels the echo of `far` in `mic`, two recordings on one clock at `rate`, block by block
+/// as the daemon would (a last part block is passed through as it is).
+pub fn cancel(far: &[f32], mic: &[f32], rate: u32) -> Result<Vec<f32>> {
+    let mut aec = EchoCanceller::new(rate)?;
+    let b = aec.block();
+    let mut out = mic.to_vec();
+    let silence = vec![0.0; b];
+    for (i, chunk) in out.chunks_exact_mut(b).enumerate() {
+        let far_block = far.get(i * b..(i + 1) * b).unwrap_or(&silence);
+        aec.render(far_block)?;
+        let mic_block = &mic[i * b..(i + 1) * b];
+        aec.capture(mic_block, chunk)?;
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_echo_of_noise_is_removed_and_rates_are_checked() {
+        assert!(EchoCanceller::new(24_000).is_err());
+        // A far end of pseudo-random noise, its echo delayed 30 ms and scaled, 6 s at 16 kHz.
+        let mut seed = 1u32;
+        let far: Vec<f32> = (0..96_000)
+            .map(|_| {
+                seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                (seed >> 8) as f32 / (1 << 24) as f32 - 0.5
+            })
+            .collect();
+        let mut mic = vec![0.0; far.len()];
+        for i in 500..far.len() {
+            mic[i] = 0.3 * far[i - 480] + 0.1 * far[i - 500];
+        }
+        let out = cancel(&far, &mic, 16_000).unwrap();
+        let e = |x: &[f32]| x[32_000..].iter().map(|v| v * v).sum::<f32>();
+        let erle = 10.0 * (e(&mic) / e(&out)).log10();
+        assert!(erle > 20.0, "{erle} dB");
+    }
+}
