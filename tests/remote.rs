@@ -282,17 +282,7 @@ fn clip() -> Vec<f32> {
 /// `flm-edge run` on `pcm` (24 kHz, f32 WAV): its text, and the text token of every step.
 fn offline_text(dir: &Path, pcm: &[f32]) -> (String, Vec<i64>) {
     let wav = dir.join("decoded-input.wav");
-    let spec = hound::WavSpec {
-        channels: 1,
-        sample_rate: 24_000,
-        bits_per_sample: 32,
-        sample_format: hound::SampleFormat::Float,
-    };
-    let mut w = hound::WavWriter::create(&wav, spec).unwrap();
-    for &x in pcm {
-        w.write_sample(x).unwrap();
-    }
-    w.finalize().unwrap();
+    flm_edge::wav::write_mono_24k(&wav, pcm).unwrap();
     let transcript = dir.join("steps.jsonl");
     let out = flm_edge(&[
         "run",
