@@ -1,8 +1,10 @@
 //! Acoustic echo cancellation: WebRTC's AEC3 (through `sonora`, a pure-Rust port of WebRTC's
 //! audio processing), in 10 ms blocks. The far end (render) is what the loudspeaker played;
 //! the near end (capture) is the microphone, whose echo of the far end is removed. AEC3
-//! estimates the delay between the two itself; the high-pass filter it enforces removes
-//! DC and rumble below about 80 Hz from the microphone.
+//! estimates the delay between the two itself. The high-pass filter WebRTC enforces with it
+//! is left off: Mimi takes the whole band, and in double talk the filter took a further
+//! 0.8 dB of the near voice (tests/aec.rs: -3.1 dB with it, -2.3 dB without, in the same
+//! room), for 0.3 dB more echo removed.
 
 use anyhow::{Result, bail};
 use sonora::config::EchoCanceller as EchoConfig;
@@ -25,7 +27,10 @@ impl EchoCanceller {
             bail!("echo cancellation runs at 16, 32 or 48 kHz, not {rate} Hz");
         }
         let config = Config {
-            echo_canceller: Some(EchoConfig::default()),
+            echo_canceller: Some(EchoConfig {
+                enforce_high_pass_filtering: false,
+                ..Default::default()
+            }),
             ..Default::default()
         };
         let apm = AudioProcessing::builder()

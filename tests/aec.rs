@@ -83,10 +83,9 @@ fn echo_is_removed_in_every_room_and_a_near_voice_survives() {
     eprintln!("ERLE per room: {erle:.1?} dB");
     let mean = erle.iter().sum::<f64>() / 3.0;
     assert!(erle.iter().all(|&e| e >= 20.0) && mean >= 25.0, "{erle:?}");
-    // Double talk: the near voice is not suppressed with the echo. The issue asks for its
-    // energy within 3 dB while both talk; achieved: -3.1, -2.7 and -2.6 dB (AEC3's
-    // suppressor takes a little of it when the echo is as loud). The bound guards what is
-    // achieved, 0.4 dB past the worst room.
+    // Double talk: the near voice is not suppressed with the echo: its energy stays within
+    // 3 dB while both talk (achieved: -2.3, -2.2 and -1.9 dB; AEC3's suppressor takes a
+    // little of it when the echo is as loud).
     let (_, near) = read_wav(&dir.join("near.wav"));
     let talk = 8 * 24_000 + 2400..15 * 24_000;
     let e = |x: &[f32]| -> f64 { x[talk.clone()].iter().map(|&v| (v as f64).powi(2)).sum() };
@@ -94,7 +93,7 @@ fn echo_is_removed_in_every_room_and_a_near_voice_survives() {
         let (_, out) = cancel_files(&dir, &format!("dt-{i}.wav"));
         let db = 10.0 * (e(&out) / e(&near)).log10();
         eprintln!("room {i}: double talk, output / near voice {db:+.1} dB");
-        assert!(db.abs() <= 3.5, "room {i}: {db:+.1} dB");
+        assert!(db.abs() <= 3.0, "room {i}: {db:+.1} dB");
     }
 }
 
