@@ -11,7 +11,7 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -37,9 +37,9 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// A `serve` daemon with the network as its only audio source; SIGTERM when dropped.
+/// A `serve` daemon with the network as its only audio source; killed when dropped.
 struct Daemon {
-    child: Child,
+    child: Reaped,
     addr: SocketAddr,
     dir: Scratch,
 }
@@ -58,16 +58,18 @@ impl Daemon {
             ),
         )
         .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_flm-edge"))
-            .args(["serve", "--config", s(&cfg), "--model", s(model())])
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let child = Reaped(
+            Command::new(env!("CARGO_BIN_EXE_flm-edge"))
+                .args(["serve", "--config", s(&cfg), "--model", s(model())])
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
         let mut d = Daemon { child, addr, dir };
         let t0 = Instant::now();
         while std::net::TcpStream::connect(addr).is_err() {
             if let Ok(Some(st)) = d.child.try_wait() {
-                panic!("serve exited ({st}): {}", d.stderr());
+                panic!("serve exited ({st}): {}", exit_of(&mut d.child).1);
             }
             assert!(
                 t0.elapsed() < Duration::from_secs(60),
@@ -85,27 +87,8 @@ impl Daemon {
     /// Stops it (SIGTERM) and returns its stderr; it must exit 0 within 10 s.
     fn stop(mut self) -> String {
         signal(&self.child, SIGTERM);
-        let t0 = Instant::now();
-        let st = loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                break st;
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(10),
-                "no exit after SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        let err = self.stderr();
+        let (st, err) = exit_of(&mut self.child);
         assert!(st.success(), "serve exited {st}: {err}");
-        err
-    }
-
-    fn stderr(&mut self) -> String {
-        let mut err = String::new();
-        if let Some(mut e) = self.child.stderr.take() {
-            std::io::Read::read_to_string(&mut e, &mut err).unwrap();
-        }
         err
     }
 
@@ -121,25 +104,6 @@ impl Daemon {
             .parse()
             .unwrap()
     }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-const SIGTERM: i32 = 15;
-
-fn signal(child: &Child, sig: i32) {
-    unsafe extern "C" {
-        fn kill(pid: i32, sig: i32) -> i32;
-    }
-    // SAFETY: sends a signal to our own child process, which is still running.
-    assert_eq!(unsafe { kill(child.id() as i32, sig) }, 0, "kill {sig}");
 }
 
 /// One HTTP/1.1 request (the connection closed after it), its whole answer (5 s at most).
@@ -225,11 +189,18 @@ struct Reply {
 async fn receive(ws: &mut Ws, frames: usize, reply: &mut Reply, reader: &mut OggOpusReader) {
     while reply.pcm.len() < frames * PACKET_SAMPLES {
         let Some(m) = next(ws).await else { break };
+        reply.take(&m, reader);
+    }
+}
+
+impl Reply {
+    /// One message from the server: audio is decoded, text kept, other kinds passed over.
+    fn take(&mut self, m: &[u8], reader: &mut OggOpusReader) {
         match m.first() {
             Some(1) => reader
-                .push(&m[1..], &mut |x: &[f32]| reply.pcm.extend_from_slice(x))
+                .push(&m[1..], &mut |x: &[f32]| self.pcm.extend_from_slice(x))
                 .unwrap(),
-            Some(2) => reply.text.push(String::from_utf8(m[1..].to_vec()).unwrap()),
+            Some(2) => self.text.push(String::from_utf8(m[1..].to_vec()).unwrap()),
             _ => {}
         }
     }
@@ -258,13 +229,7 @@ async fn converse(ws: &mut Ws, clip: &[f32]) -> (Reply, Vec<u8>) {
         // Take what has come back meanwhile, without waiting.
         while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::ZERO, ws.next()).await {
             if let Message::Binary(b) = m {
-                match b.first() {
-                    Some(1) => reader
-                        .push(&b[1..], &mut |x: &[f32]| reply.pcm.extend_from_slice(x))
-                        .unwrap(),
-                    Some(2) => reply.text.push(String::from_utf8(b[1..].to_vec()).unwrap()),
-                    _ => {}
-                }
+                reply.take(&b, &mut reader);
             }
         }
     }

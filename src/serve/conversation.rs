@@ -8,8 +8,6 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 
-use super::device::Pcm;
-
 /// Why a conversation started.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NewConversation {
@@ -25,6 +23,17 @@ impl NewConversation {
             NewConversation::Command => "command",
             NewConversation::Idle => "idle",
         }
+    }
+}
+
+/// The state for screens and LEDs: muted, speaking or listening.
+pub fn state(muted: bool, speaking: bool) -> &'static str {
+    if muted {
+        "muted"
+    } else if speaking {
+        "speaking"
+    } else {
+        "listening"
     }
 }
 
@@ -82,13 +91,7 @@ impl Control {
 
     /// `status`: the state, the current conversation's steps, conversations so far.
     pub fn status(&self) -> (&'static str, u64, u64) {
-        let state = if self.muted() {
-            "muted"
-        } else if self.speaking.load(Relaxed) {
-            "speaking"
-        } else {
-            "listening"
-        };
+        let state = state(self.muted(), self.speaking.load(Relaxed));
         (
             state,
             self.steps.load(Relaxed),
@@ -115,8 +118,8 @@ pub struct Lifecycle {
 }
 
 impl Lifecycle {
-    /// Before a step on `user` (the captured frame): whether a new conversation starts now.
-    pub fn before_step(&mut self, c: &Control, _user: &Pcm) -> Option<NewConversation> {
+    /// Before a step: whether a new conversation starts now.
+    pub fn before_step(&mut self, c: &Control) -> Option<NewConversation> {
         let why = if !self.started {
             self.started = true;
             Some(NewConversation::Start)
@@ -158,28 +161,27 @@ mod tests {
     fn a_conversation_starts_over_after_quiet_and_on_command_never_during_talk() {
         let c = Control::new(2, -45.0); // 25 steps
         let mut l = Lifecycle::default();
-        let frame = [0f32; super::super::device::FRAME];
-        assert_eq!(l.before_step(&c, &frame), Some(NewConversation::Start));
+        assert_eq!(l.before_step(&c), Some(NewConversation::Start));
         // Quiet from the start: nothing to forget, nothing starts.
         for _ in 0..100 {
             l.after_step(&c, 0.0, false, false);
-            assert_eq!(l.before_step(&c, &frame), None);
+            assert_eq!(l.before_step(&c), None);
         }
         // Talk, then talk again every 20 steps (under the limit): never a reset.
         for i in 0..200 {
             l.after_step(&c, if i % 20 == 0 { 0.1 } else { 0.0 }, false, false);
-            assert_eq!(l.before_step(&c, &frame), None, "step {i}");
+            assert_eq!(l.before_step(&c), None, "step {i}");
         }
         // The model speaking counts as talk too.
         for i in 0..100 {
             l.after_step(&c, 0.0, i % 10 == 0, i % 10 == 0);
-            assert_eq!(l.before_step(&c, &frame), None, "step {i}");
+            assert_eq!(l.before_step(&c), None, "step {i}");
         }
         // Then 25 quiet steps: the next step starts a new conversation, once.
         let mut at = None;
         for i in 0..60 {
             l.after_step(&c, 0.001, false, false);
-            if l.before_step(&c, &frame).is_some() {
+            if l.before_step(&c).is_some() {
                 assert!(at.is_none());
                 at = Some(i);
             }
@@ -188,7 +190,7 @@ mod tests {
         assert_eq!(at, Some(15));
         c.request_reset();
         l.after_step(&c, 0.2, false, false);
-        assert_eq!(l.before_step(&c, &frame), Some(NewConversation::Command));
+        assert_eq!(l.before_step(&c), Some(NewConversation::Command));
         assert_eq!(c.status().2, 3);
         // Muted, the user's sound is not talk.
         c.set_muted(true);
@@ -196,6 +198,6 @@ mod tests {
         for _ in 0..30 {
             l.after_step(&c, 0.5, false, false);
         }
-        assert_eq!(l.before_step(&c, &frame), None, "fresh: nothing said since");
+        assert_eq!(l.before_step(&c), None, "fresh: nothing said since");
     }
 }

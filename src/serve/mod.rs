@@ -540,16 +540,12 @@ fn reload(opts: &ServeOptions, cfg: &mut Config, model: &mut Model, metrics: &Me
                 eprintln!(
                     "flm-edge: configuration not reloaded: the model did not load ({e:#}); the previous one keeps serving"
                 );
-                model.engine.reset();
-                model.mimi.reset();
-                model.detok.reset();
+                model.start_over();
                 return;
             }
         }
     } else {
-        model.engine.reset();
-        model.mimi.reset();
-        model.detok.reset();
+        model.start_over();
     }
     model
         .control

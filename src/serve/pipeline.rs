@@ -111,13 +111,7 @@ pub struct Event {
 impl Event {
     /// The state for screens and LEDs.
     pub fn state(&self) -> &'static str {
-        if self.muted {
-            "muted"
-        } else if self.speaking {
-            "speaking"
-        } else {
-            "listening"
-        }
+        super::conversation::state(self.muted, self.speaking)
     }
 }
 
@@ -378,7 +372,7 @@ fn step_loop(
         if schedule.fail == Some(seq) {
             anyhow::bail!("frame {seq}: model step: injected failure (drill)");
         }
-        let new_conversation = life.before_step(&control, &frame.pcm);
+        let new_conversation = life.before_step(&control);
         if new_conversation.is_some_and(|w| w != NewConversation::Start) {
             model.start_over();
             in_text = false;

@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use flm_testkit::{LmSpec, write_lm, write_mimi};
 
@@ -316,4 +317,61 @@ pub fn pipeline_model() -> flm_edge::serve::pipeline::Model {
         ..Default::default()
     };
     flm_edge::serve::load_model(&cfg).unwrap()
+}
+
+/// Signals the daemon tests send.
+pub const SIGHUP: i32 = 1;
+pub const SIGTERM: i32 = 15;
+
+/// A daemon under test, killed when the test ends, also when it fails part way (a daemon
+/// left running would load the machine for the tests after it).
+pub struct Reaped(pub std::process::Child);
+
+impl std::ops::Deref for Reaped {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Reaped {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// Waits (10 s at most) for a daemon told to stop; its exit status and stderr.
+pub fn exit_of(child: &mut std::process::Child) -> (std::process::ExitStatus, String) {
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "no exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    (status, err)
+}
+
+/// Sends `sig` to a child process.
+pub fn signal(child: &std::process::Child, sig: i32) {
+    unsafe extern "C" {
+        fn kill(pid: i32, sig: i32) -> i32;
+    }
+    // SAFETY: sends a signal to our own child process, which is still running.
+    assert_eq!(unsafe { kill(child.id() as i32, sig) }, 0, "kill {sig}");
 }
