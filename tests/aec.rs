@@ -132,3 +132,32 @@ fn the_chosen_canceller_removes_more_echo_than_the_other_port() {
         assert!(a > b + 3.0, "room {i}: sonora {a:.1} dB, aec3 {b:.1} dB");
     }
 }
+
+#[test]
+fn bad_files_get_one_error_line_and_no_output() {
+    let dir = scratch("aec-bad");
+    std::fs::create_dir_all(&*dir).unwrap();
+    let good = Path::new(GOLDEN_MIMI).join("speech.wav");
+    let truncated = dir.join("truncated.wav");
+    std::fs::write(&truncated, &std::fs::read(&good).unwrap()[..30]).unwrap();
+    let empty = dir.join("empty.wav");
+    std::fs::write(&empty, b"").unwrap();
+    let out = dir.join("out.wav");
+    for (far, mic, needle) in [
+        (dir.join("missing.wav"), good.clone(), "missing.wav"),
+        (good.clone(), truncated.clone(), "truncated.wav"),
+        (empty.clone(), good.clone(), "empty.wav"),
+    ] {
+        let run = flm_edge(&[
+            "aec",
+            "--far",
+            s(&far),
+            "--mic",
+            s(&mic),
+            "--output",
+            s(&out),
+        ]);
+        assert_one_line_error(&run, &[needle]);
+        assert!(!out.exists(), "a failed run left {}", out.display());
+    }
+}
