@@ -134,6 +134,10 @@ pub struct Server {
     pub max_connections: u32,
     /// A conversation whose client sends nothing for this long is closed.
     pub idle_timeout_s: u32,
+    /// A folder whose files replace the built-in page's (same names: index.html,
+    /// style.css, app.js, ogg.js; one missing is served built-in), read at each request: a
+    /// kiosk's own branding. "" serves the built-in page.
+    pub page_dir: String,
 }
 
 impl Default for Server {
@@ -144,6 +148,7 @@ impl Default for Server {
             tls_key: String::new(),
             max_connections: 32,
             idle_timeout_s: 30,
+            page_dir: String::new(),
         }
     }
 }
@@ -397,6 +402,11 @@ impl Config {
             (1..=1024).contains(&v.max_connections),
             "key `server.max_connections`: {} is outside 1..1024",
             v.max_connections
+        );
+        ensure!(
+            v.page_dir.is_empty() || std::path::Path::new(&v.page_dir).is_dir(),
+            "key `server.page_dir`: {}: not a folder",
+            v.page_dir
         );
         ensure!(
             (1..=3600).contains(&v.idle_timeout_s),

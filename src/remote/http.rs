@@ -5,7 +5,8 @@
 //! `max_connections` connections (a connection beyond waits 200 ms for a place, then gets
 //! 503), 1 s for each request head (a kept-alive connection that sends none is closed after
 //! it), 16 KiB for it,
-//! 5 s for a TLS handshake, 16 KiB and 2 s for a request body; websocket limits in `chat`.
+//! 5 s for a TLS handshake, 16 KiB and 2 s for a request body; websocket limits in `chat`,
+//! event-stream limits in `events`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -23,7 +24,7 @@ use axum::routing::{get, post};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Semaphore;
 
-use super::Hub;
+use super::{Hub, page};
 use crate::serve::metrics::Metrics;
 
 /// A new connection waits this long for a place when all are taken, then gets 503.
@@ -61,6 +62,8 @@ pub struct Options {
     pub max_connections: usize,
     /// A websocket that receives nothing for this long is closed.
     pub idle: Duration,
+    /// `server.page_dir`: files that replace the built-in page's.
+    pub page_dir: Option<PathBuf>,
 }
 
 #[derive(Clone)]
@@ -68,6 +71,19 @@ pub(crate) struct App {
     hub: Arc<Hub>,
     health: Arc<Health>,
     idle: Duration,
+    page_dir: Option<Arc<Path>>,
+    event_streams: Arc<Semaphore>,
+}
+
+/// Closes the connection it was handed with (a handler's way to drop a client that does not
+/// read a streamed response).
+#[derive(Clone, Default)]
+pub struct Abort(Arc<tokio::sync::Notify>);
+
+impl Abort {
+    pub fn now(&self) {
+        self.0.notify_one();
+    }
 }
 
 /// Binds every address (an error names the key and the address), then serves them on a
@@ -91,6 +107,8 @@ pub fn start(opts: Options, hub: Arc<Hub>) -> Result<Vec<SocketAddr>> {
         hub,
         health: Arc::new(Health::default()),
         idle: opts.idle,
+        page_dir: opts.page_dir.map(Arc::from),
+        event_streams: Arc::new(Semaphore::new(super::events::MAX_STREAMS)),
     };
     let places = Arc::new(Semaphore::new(opts.max_connections.max(1)));
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -123,7 +141,15 @@ fn routes(scope: Scope, app: App) -> Router {
     if scope == Scope::All {
         r = r
             .route("/api/chat", get(super::chat::chat))
-            .route("/api/settings", post(settings));
+            .route("/api/settings", post(settings).get(current_settings))
+            .route("/api/events", get(super::events::events));
+        for asset in &page::ASSETS {
+            let dir = app.page_dir.clone();
+            r = r.route(
+                asset.route,
+                get(move || async move { page::serve(asset, dir.as_deref()) }),
+            );
+        }
     }
     r.with_state(app)
 }
@@ -183,8 +209,11 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     use tower::ServiceExt;
+    let abort = Abort::default();
+    let handed = abort.clone();
     let service = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
         req.extensions_mut().insert(Peer(peer));
+        req.extensions_mut().insert(handed.clone());
         router.clone().oneshot(req.map(Body::new))
     });
     let conn = hyper::server::conn::http1::Builder::new()
@@ -193,7 +222,10 @@ where
         .max_buf_size(MAX_HEAD)
         .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
         .with_upgrades();
-    let _ = conn.await;
+    tokio::select! {
+        _ = conn => {}
+        _ = abort.0.notified() => {}
+    }
 }
 
 /// The certificate chain and key of `[server] tls_cert` / `tls_key`.
@@ -279,7 +311,21 @@ async fn settings(State(app): State<App>, req: Request<Body>) -> Response {
     }
 }
 
+/// `GET /api/settings`: every key's value for the next conversation.
+async fn current_settings(State(app): State<App>) -> Response {
+    match app.hub.effective_settings() {
+        Some(v) => json(StatusCode::OK, v),
+        None => json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({ "error": "the model is loading" }),
+        ),
+    }
+}
+
 impl App {
+    pub fn event_streams(&self) -> &Arc<Semaphore> {
+        &self.event_streams
+    }
     pub fn idle_timeout(&self) -> Duration {
         self.idle
     }

@@ -4,18 +4,21 @@
 //! away from the audio and step threads.
 //!
 //! The hub hands a network conversation to the serve loop: one at a time; a second client is
-//! turned away at once with a reason.
+//! turned away at once with a reason. It also carries the event stream to the web page.
 
 pub mod chat;
+pub mod events;
 pub mod http;
 pub mod link;
 pub mod ogg_opus;
+pub mod page;
 pub mod settings;
 
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::thread::Thread;
 
+use crate::engine::Sampling;
 use crate::serve::metrics::Metrics;
 use link::{LinkState, PipelineEnd, SocketEnd};
 use settings::Settings;
@@ -34,6 +37,12 @@ pub struct Hub {
     serve_thread: Thread,
     /// Sampling set through `/api/settings`, for the next conversation.
     settings: Mutex<Settings>,
+    /// The sampling the settings apply to (the model's and the configuration's).
+    base: Mutex<Option<Sampling>>,
+    /// The event stream's lines (JSON), for the page's `/api/events`.
+    feed: tokio::sync::broadcast::Sender<Arc<str>>,
+    /// The model's state last sent (listening, speaking, muted), for a page that connects.
+    state: Mutex<&'static str>,
 }
 
 impl Hub {
@@ -47,6 +56,9 @@ impl Hub {
             interrupt,
             serve_thread,
             settings: Mutex::new(Settings::default()),
+            base: Mutex::new(None),
+            feed: tokio::sync::broadcast::channel(events::FEED_LINES).0,
+            state: Mutex::new("listening"),
         }
     }
 
@@ -108,5 +120,37 @@ impl Hub {
         let mut s = self.settings.lock().unwrap_or_else(|e| e.into_inner());
         *s = s.with(body).map_err(|e| Some(e.to_string()))?;
         Ok(())
+    }
+
+    /// The sampling that settings apply to, set by the serve loop.
+    pub fn set_base(&self, base: Sampling) {
+        *self.base.lock().unwrap_or_else(|e| e.into_inner()) = Some(base);
+    }
+
+    /// The settings in force for the next conversation, every key (for `GET /api/settings`);
+    /// None before the model is loaded.
+    pub fn effective_settings(&self) -> Option<serde_json::Value> {
+        let base = (*self.base.lock().unwrap_or_else(|e| e.into_inner()))?;
+        Some(self.settings().effective(base))
+    }
+
+    /// Hands an event line to the page's event streams; never waits (a stream that falls
+    /// behind loses lines, and is told).
+    pub fn publish(&self, line: &str) {
+        if self.feed.receiver_count() > 0 {
+            let _ = self.feed.send(Arc::from(line));
+        }
+    }
+
+    pub fn set_state(&self, state: &'static str) {
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = state;
+    }
+
+    pub fn state(&self) -> &'static str {
+        *self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<str>> {
+        self.feed.subscribe()
     }
 }

@@ -103,6 +103,30 @@ impl Settings {
         Ok(s)
     }
 
+    /// Every key's value in force: these settings over `base`, under the official names.
+    pub fn effective(&self, base: Sampling) -> Value {
+        let s = Settings {
+            use_sampling: None,
+            ..*self
+        }
+        .apply(base);
+        // As written in a form: 0.9, not 0.8999999761581421.
+        let shortest = |x: f32| x.to_string().parse::<f64>().unwrap_or(f64::NAN);
+        serde_json::json!({
+            "use_sampling": self.use_sampling.unwrap_or(true),
+            "temp_text": shortest(s.text.temperature),
+            "temp_audio": shortest(s.audio.temperature),
+            "top_k_text": s.text.top_k,
+            "top_k_audio": s.audio.top_k,
+            "top_p_text": shortest(s.text.top_p),
+            "top_p_audio": shortest(s.audio.top_p),
+            "repetition_penalty_text": shortest(s.text.repetition_penalty),
+            "repetition_penalty_audio": shortest(s.audio.repetition_penalty),
+            "repetition_penalty_window_text": s.text.repetition_window,
+            "repetition_penalty_window_audio": s.audio.repetition_window,
+        })
+    }
+
     /// `base` with these settings applied. `use_sampling: false` is argmax for both streams
     /// (the penalties still apply), as in the official `LMGen`.
     pub fn apply(&self, base: Sampling) -> Sampling {
@@ -202,5 +226,31 @@ mod tests {
         }
         // A refused body changes nothing, even where its other keys were good.
         assert!(s.with(br#"{"temp_text": 0.5, "bad": 1}"#).is_err());
+    }
+
+    #[test]
+    fn the_effective_settings_name_every_key_and_post_back_unchanged() {
+        let s = Settings::default()
+            .with(br#"{"use_sampling": false, "top_p_text": 0.95, "top_k_audio": 3}"#)
+            .unwrap();
+        let v = s.effective(base());
+        let keys: Vec<&str> = v.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+        assert_eq!(keys.len(), 11, "{keys:?}");
+        assert_eq!(v["use_sampling"], false);
+        // The temperatures stay the model's (argmax is `use_sampling`), written shortest.
+        assert_eq!(
+            (v["temp_text"].as_f64(), v["temp_audio"].as_f64()),
+            (Some(0.01), Some(0.5))
+        );
+        assert_eq!(
+            (v["top_p_text"].as_f64(), v["top_k_audio"].as_u64()),
+            (Some(0.95), Some(3))
+        );
+        assert_eq!(v["repetition_penalty_window_text"], 50);
+        // What a page shows and posts back as it is sets nothing new.
+        let again = Settings::default().with(v.to_string().as_bytes()).unwrap();
+        let (a, b) = (again.apply(base()), s.apply(base()));
+        assert_eq!((a.text, a.audio), (b.text, b.audio));
+        assert_eq!(again.effective(base()), v);
     }
 }

@@ -185,6 +185,34 @@ impl Metrics {
         Metrics::default()
     }
 
+    /// Where the audio comes from now, as STATUS and the page say it.
+    pub fn source(&self) -> &'static str {
+        if self.remote.active.load(Relaxed) {
+            "network conversation"
+        } else if self.idle.load(Relaxed) {
+            "waiting for a network client"
+        } else {
+            "local audio"
+        }
+    }
+
+    /// The page's health line: the source, steps, deadline misses and faults, and whether
+    /// the sound devices are there (null while they are not in use).
+    pub fn health(&self) -> serde_json::Value {
+        let source = self.source();
+        let device =
+            |present: &AtomicBool| (source == "local audio").then(|| present.load(Relaxed));
+        serde_json::json!({ "health": {
+            "source": source,
+            "steps": self.steps.load(Relaxed),
+            "deadline_misses": self.deadline_misses.load(Relaxed),
+            "dropped": self.capture_dropped.load(Relaxed),
+            "xruns": self.capture_xruns.load(Relaxed) + self.playback_xruns.load(Relaxed),
+            "capture": device(&self.capture_present),
+            "playback": device(&self.playback_present),
+        }})
+    }
+
     pub fn add(c: &AtomicU64) {
         c.fetch_add(1, Relaxed);
     }

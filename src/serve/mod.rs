@@ -214,13 +214,15 @@ fn start_http(cfg: &Config, hub: Arc<Hub>) -> Result<()> {
             listen,
             max_connections: v.max_connections as usize,
             idle: Duration::from_secs(v.idle_timeout_s as u64),
+            page_dir: (!v.page_dir.is_empty()).then(|| PathBuf::from(&v.page_dir)),
         },
         hub,
     )?;
     if !v.listen.is_empty() {
         let scheme = if v.tls_cert.is_empty() { "ws" } else { "wss" };
+        let page = if scheme == "ws" { "http" } else { "https" };
         eprintln!(
-            "flm-edge: remote clients at {scheme}://{}/api/chat",
+            "flm-edge: remote clients at {scheme}://{0}/api/chat, the page at {page}://{0}/",
             bound[0]
         );
         if !bound[0].ip().is_loopback() {
@@ -260,12 +262,10 @@ pub fn serve(opts: ServeOptions) -> Result<()> {
     ));
     start_http(&cfg, hub.clone())?;
     let events = match cfg.status.events.as_str() {
-        "" => None,
-        p => Some(status::EventStream::listen(
-            Path::new(p),
-            model.control.clone(),
-        )?),
-    };
+        "" => status::EventStream::without_socket(),
+        p => status::EventStream::listen(Path::new(p), model.control.clone())?,
+    }
+    .feeding(hub.clone());
     status::supervise(
         metrics.clone(),
         signals.stop.clone(),
@@ -273,6 +273,7 @@ pub fn serve(opts: ServeOptions) -> Result<()> {
     );
     let replay = opts.input_wav.is_some() || opts.output_wav.is_some();
     let mut base = model.engine.sampling();
+    hub.set_base(base);
     loop {
         // Cleared first: whatever happens from here on ends the next pipeline at once.
         signals.interrupt.store(false, Relaxed);
@@ -288,7 +289,7 @@ pub fn serve(opts: ServeOptions) -> Result<()> {
                 conversation,
                 &hub,
                 &signals,
-                events.as_ref(),
+                &events,
             )?;
             continue;
         }
@@ -296,14 +297,13 @@ pub fn serve(opts: ServeOptions) -> Result<()> {
             status::notify(&[NotifyState::Reloading]);
             reload(&opts, &mut cfg, &mut model, &metrics);
             base = model.engine.sampling();
+            hub.set_base(base);
             continue;
         }
         let schedule = schedule(&cfg);
         let mut state = "listening";
         let mut on_event = |e: &pipeline::Event| {
-            if let Some(ev) = &events {
-                ev.send(e, e.state() != state);
-            }
+            events.send(e, e.state() != state);
             state = e.state();
         };
         let on_event: Option<&mut (dyn FnMut(&pipeline::Event) + Send)> = Some(&mut on_event);
@@ -407,7 +407,7 @@ fn converse(
     conversation: PipelineEnd,
     hub: &Hub,
     signals: &Signals,
-    events: Option<&status::EventStream>,
+    events: &status::EventStream,
 ) -> Result<()> {
     let metrics = &hub.metrics;
     let PipelineEnd {
@@ -429,9 +429,7 @@ fn converse(
     }
     metrics.remote.begin(metrics.deadline_misses.load(Relaxed));
     eprintln!("flm-edge: conversation with {peer} begins");
-    if let Some(ev) = events {
-        ev.send_line(&serde_json::json!({ "conversation": "begin", "peer": peer }));
-    }
+    events.send_line(&serde_json::json!({ "conversation": "begin", "peer": peer }));
     status::notify(&[NotifyState::Ready]);
     let (mut cap, mut play) = network_io::devices(
         audio_in,
@@ -448,9 +446,7 @@ fn converse(
         if e.text_end {
             let _ = text.push(Text::End);
         }
-        if let Some(ev) = events {
-            ev.send(e, e.state() != shown);
-        }
+        events.send(e, e.state() != shown);
         shown = e.state();
     };
     let result = pipeline::run(
@@ -472,9 +468,7 @@ fn converse(
         r.late(metrics.deadline_misses.load(Relaxed)),
         r.dropped.load(Relaxed),
     );
-    if let Some(ev) = events {
-        ev.send_line(&serde_json::json!({ "conversation": "end", "peer": peer }));
-    }
+    events.send_line(&serde_json::json!({ "conversation": "end", "peer": peer }));
     hub.release();
     result
 }

@@ -15,10 +15,12 @@ use sd_notify::NotifyState;
 use super::conversation::Control;
 use super::metrics::Metrics;
 use super::pipeline::Event;
+use crate::remote::Hub;
 
-/// Clients of the event socket.
+/// Clients of the event socket, and the web page's event streams.
 pub struct EventStream {
     clients: Arc<Mutex<Vec<UnixStream>>>,
+    page: Option<Arc<Hub>>,
 }
 
 /// The most event clients served at once (a kiosk screen or two, a logger); more are
@@ -28,6 +30,22 @@ pub const MAX_EVENT_CLIENTS: usize = 8;
 pub const MAX_COMMAND: usize = 1024;
 
 impl EventStream {
+    /// No event socket (`status.events = ""`): the events reach only the page, if fed.
+    pub fn without_socket() -> EventStream {
+        EventStream {
+            clients: Arc::default(),
+            page: None,
+        }
+    }
+
+    /// The same events also go to the page's `/api/events` through `hub`.
+    pub fn feeding(self, hub: Arc<Hub>) -> EventStream {
+        EventStream {
+            page: Some(hub),
+            ..self
+        }
+    }
+
     /// Listens on the Unix socket `path` (mode 0660: the service's user and group). A socket
     /// left there by an earlier run is replaced; anything else at that path (a file, a
     /// folder, a socket another process serves) is an error naming it, and is left alone.
@@ -68,7 +86,10 @@ impl EventStream {
                         .spawn(move || serve_commands(reader, &c, &control));
                 }
             })?;
-        Ok(EventStream { clients })
+        Ok(EventStream {
+            clients,
+            page: None,
+        })
     }
 
     /// Clients connected now.
@@ -89,6 +110,9 @@ impl EventStream {
         if e.piece.is_empty() && !state_changed {
             return;
         }
+        if let (Some(hub), true) = (&self.page, state_changed) {
+            hub.set_state(e.state());
+        }
         self.send_line(&serde_json::json!({
             "step": e.step,
             "text": e.piece.as_str(),
@@ -100,6 +124,9 @@ impl EventStream {
     /// dropped.
     pub fn send_line(&self, v: &serde_json::Value) {
         let line = v.to_string() + "\n";
+        if let Some(hub) = &self.page {
+            hub.publish(line.trim_end());
+        }
         if let Ok(mut v) = self.clients.lock() {
             v.retain_mut(|s| s.write_all(line.as_bytes()).is_ok());
         }
@@ -211,13 +238,7 @@ pub fn supervise(metrics: Arc<Metrics>, stop: Arc<AtomicBool>, log_every: Durati
                 std::thread::sleep(tick);
                 let steps = metrics.steps.load(Relaxed);
                 let s = metrics.summary();
-                let source = if metrics.remote.active.load(Relaxed) {
-                    "network conversation"
-                } else if metrics.idle.load(Relaxed) {
-                    "waiting for a network client"
-                } else {
-                    "local audio"
-                };
+                let source = metrics.source();
                 let status = format!(
                     "{source}; steps {steps}; step median {:.1} ms, p99 {:.1} ms; misses {}; xruns {}/{}; playback clock {:+.0} ppm; devices {}",
                     s.median,
