@@ -73,6 +73,10 @@ pub struct Audio {
     pub periods: u32,
     /// Real-time priority (SCHED_FIFO 1..99) of the two audio threads; 0 leaves them normal.
     pub rt_priority: u32,
+    /// Echo cancellation of what the loudspeaker plays in what the microphone hears: "aec3"
+    /// (WebRTC's AEC3, at `rate` 16, 32 or 48 kHz), "hardware" (a microphone array that
+    /// cancels its own echo) or "off" (headphones).
+    pub echo_cancel: String,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -212,6 +216,7 @@ impl Default for Audio {
             period_ms: 20,
             periods: 4,
             rt_priority: 0,
+            echo_cancel: "off".into(),
         }
     }
 }
@@ -344,6 +349,16 @@ impl Config {
             matches!(a.format.as_str(), "s16" | "s32" | "f32"),
             "key `audio.format`: `{}` is not s16, s32 or f32",
             a.format
+        );
+        ensure!(
+            matches!(a.echo_cancel.as_str(), "aec3" | "hardware" | "off"),
+            "key `audio.echo_cancel`: `{}` is not aec3, hardware or off",
+            a.echo_cancel
+        );
+        ensure!(
+            a.echo_cancel != "aec3" || crate::echo::RATES.contains(&a.rate),
+            "key `audio.echo_cancel`: aec3 runs at 16000, 32000 or 48000 Hz, and `audio.rate` is {}",
+            a.rate
         );
         ensure!(
             (1..=80).contains(&a.period_ms),

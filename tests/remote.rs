@@ -704,3 +704,118 @@ fn the_official_clients_libraries_hold_a_conversation_in_real_time() {
     assert!(v["reply_rms"].as_f64().unwrap() > 1e-4, "{v}");
     d.stop();
 }
+
+/// The board's page: its files built in (with a policy that keeps it to this server) or from
+/// `server.page_dir` (a file missing there stays built in; a bad one is an error naming it);
+/// `GET /api/settings`; and `/api/events`: the state and a health line at once, text during a
+/// conversation, at most 8 streams at once.
+#[test]
+fn the_page_and_its_event_stream_are_served_within_their_limits() {
+    use std::io::{Read, Write};
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let pages = scratch("remote-page-dir");
+    std::fs::create_dir_all(&*pages).unwrap();
+    std::fs::write(pages.join("style.css"), "body { color: hotpink }").unwrap();
+    std::fs::write(pages.join("app.js"), [0xff, 0xfe, 0x00]).unwrap();
+    let d = Daemon::start("remote-page", &format!("page_dir = \"{}\"\n", s(&pages)));
+
+    let index = d.http("GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(index.starts_with("HTTP/1.1 200"), "{index}");
+    assert!(index.contains("content-type: text/html"), "{index}");
+    assert!(
+        index.contains("content-security-policy: default-src 'self'"),
+        "{index}"
+    );
+    assert!(
+        index.contains(
+            flm_edge::remote::page::ASSETS[0]
+                .built_in
+                .lines()
+                .nth(1)
+                .unwrap()
+        )
+    );
+    let css = d.http("GET /style.css HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(css.ends_with("body { color: hotpink }"), "{css}");
+    let js = d.http("GET /app.js HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(
+        js.starts_with("HTTP/1.1 500") && js.contains("app.js: not UTF-8"),
+        "{js}"
+    );
+    let nothing = d.http("GET /secret.txt HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(nothing.starts_with("HTTP/1.1 404"), "{nothing}");
+    let settings = d.http("GET /api/settings HTTP/1.1\r\nHost: x\r\n\r\n");
+    let body: serde_json::Value =
+        serde_json::from_str(settings.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(body.as_object().unwrap().len(), 11, "{settings}");
+    assert_eq!(body["use_sampling"], true);
+
+    // Streams: each begins with the state and a health line.
+    let open_stream = || {
+        let mut c = std::net::TcpStream::connect(d.addr).unwrap();
+        c.write_all(b"GET /api/events HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        c
+    };
+    let read_for = |c: &mut std::net::TcpStream, time: Duration, until: &str| {
+        let t0 = Instant::now();
+        let mut got = String::new();
+        let mut buf = [0u8; 4096];
+        c.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        while t0.elapsed() < time && !got.contains(until) {
+            if let Ok(n) = c.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                got.push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        }
+        got
+    };
+    let mut streams: Vec<_> = (0..8).map(|_| open_stream()).collect();
+    let first = read_for(&mut streams[0], Duration::from_secs(3), "\"health\"");
+    assert!(first.contains("content-type: text/event-stream"), "{first}");
+    assert!(first.contains("data: {\"state\":\"listening\""), "{first}");
+    assert!(
+        first.contains("\"source\":\"waiting for a network client\""),
+        "{first}"
+    );
+    let mut ninth = open_stream();
+    let refused = read_for(&mut ninth, Duration::from_secs(3), "busy");
+    assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+    // Seven leave: their places come back within the second in which their streams next
+    // write (a health line).
+    streams.truncate(1);
+    std::thread::sleep(Duration::from_millis(2500));
+    let mut again = open_stream();
+    let served = read_for(&mut again, Duration::from_secs(3), "\"health\"");
+    assert!(served.starts_with("HTTP/1.1 200"), "{served}");
+    drop(again);
+
+    // During a conversation the stream carries its begin line and the model's text.
+    let rt = runtime();
+    let clip = clip()[..24_000 * 3].to_vec();
+    let (reply, _) = rt.block_on(async {
+        let mut ws = connect(&d.url()).await;
+        converse(&mut ws, &clip).await
+    });
+    let during = read_for(&mut streams[0], Duration::from_secs(5), "\"end\"");
+    assert!(during.contains("\"conversation\":\"begin\""), "{during}");
+    assert!(during.contains("\"conversation\":\"end\""), "{during}");
+    let texts = during
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["text"].as_str().map(str::to_owned))
+        .collect::<String>();
+    let said = reply.text.concat().replace('\n', "");
+    assert!(!said.is_empty());
+    assert_eq!(texts, said, "the stream's text is the conversation's");
+    assert!(
+        during.contains("\"source\":\"network conversation\""),
+        "{during}"
+    );
+    drop(streams);
+    let _ = d.stop();
+}

@@ -585,6 +585,16 @@ fn a_bad_configuration_gets_one_line_naming_the_key() {
         ("[audio]\nrate = \"fast\"\n", "audio.rate"),
         ("[audio]\nrate = 3\n", "audio.rate"),
         ("[audio]\nformat = \"s24\"\n", "audio.format"),
+        ("[audio]\necho_cancel = \"on\"\n", "audio.echo_cancel"),
+        // AEC3 runs at 16, 32 or 48 kHz.
+        (
+            "[audio]\necho_cancel = \"aec3\"\nrate = 44100\n",
+            "audio.echo_cancel",
+        ),
+        (
+            "[server]\npage_dir = \"/nonexistent/page\"\n",
+            "server.page_dir",
+        ),
         ("[schedule]\nlatency = 2\n", "latency"),
         // Beyond what the output queue holds, answers would be dropped silently.
         (

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicI32, Ordering::Relaxed};
 
 use super::clock_match::ClockMatch;
 use super::device::{CaptureDevice, Captured, FRAME, Pcm, PlaybackDevice};
+use super::echo_path::{EchoStage, FarEnd};
 use super::metrics::Metrics;
 use super::resample::StreamResampler;
 
@@ -229,10 +230,20 @@ pub struct AlsaCapture {
     last_read: Option<Instant>,
     /// Pace of silence frames while the device is missing.
     next_silence: Instant,
+    /// The echo canceller, against what the playback device plays (`with_echo`).
+    echo: Option<EchoStage>,
     pub drill: std::sync::Arc<Drill>,
 }
 
 impl AlsaCapture {
+    /// Cancels the echo of what `FarEnd`'s playback device plays (at this device's rate).
+    pub fn with_echo(self, echo: EchoStage) -> AlsaCapture {
+        AlsaCapture {
+            echo: Some(echo),
+            ..self
+        }
+    }
+
     /// Opens `spec` now: a device that is missing at start is an error (a wrong name).
     pub fn open(spec: DeviceSpec, m: &Metrics) -> Result<AlsaCapture> {
         let dev = open(&spec, Direction::Capture)?;
@@ -250,14 +261,16 @@ impl AlsaCapture {
             owed_until: Instant::now(),
             last_read: None,
             next_silence: Instant::now(),
+            echo: None,
             drill: Default::default(),
         })
     }
 
-    /// Converts the first `n` samples of `mono`; returns true when a frame completed into
-    /// `out` (the rest stays for the next one). A period is at most 80 ms, so at most one
-    /// frame completes per call.
-    fn add(&mut self, out: &mut Pcm, n: usize) -> Result<bool> {
+    /// Converts the first `n` samples of `mono` (the first captured at `at`), through the echo
+    /// canceller when there is one; returns true when a frame completed into `out` (the rest
+    /// stays for the next one). A period is at most 80 ms, and the canceller hands on as many
+    /// samples as it takes, so at most one frame completes per call.
+    fn add(&mut self, out: &mut Pcm, n: usize, at: Instant) -> bool {
         let (acc, acc_len) = (&mut self.acc, &mut self.acc_len);
         let mut done = false;
         let mut emit = |x: &[f32]| {
@@ -272,8 +285,16 @@ impl AlsaCapture {
                 }
             }
         };
-        self.resampler.push(&self.mono[..n], &mut emit)?;
-        Ok(done)
+        let (mono, resampler) = (&self.mono[..n], &mut self.resampler);
+        match &mut self.echo {
+            Some(echo) => echo.process(mono, at, &mut |x| {
+                let _ = resampler.push(x, &mut emit);
+            }),
+            None => {
+                let _ = resampler.push(mono, &mut emit);
+            }
+        }
+        done
     }
 
     /// Pays back time lost to an xrun as silence, in whole frames first: returns when the
@@ -346,7 +367,18 @@ impl CaptureDevice for AlsaCapture {
                     let now = Instant::now();
                     self.last_read = Some(now);
                     self.next_silence = now;
-                    if self.add(out, n).unwrap_or(false) {
+                    // When the period's first sample came in: it, the rest of the period and
+                    // what the device holds still (its delay report) came in before now.
+                    let at = match &self.echo {
+                        Some(_) => {
+                            let held = dev.pcm.delay().unwrap_or(0).max(0) as usize;
+                            let rate = self.spec.rate as f64;
+                            now.checked_sub(Duration::from_secs_f64((n + held) as f64 / rate))
+                                .unwrap_or(now)
+                        }
+                        None => now,
+                    };
+                    if self.add(out, n, at) {
                         return Captured::Audio;
                     }
                 }
@@ -434,6 +466,8 @@ pub struct AlsaPlayback {
     frame: Pcm,
     /// Whether the device holds its headroom: false after opening and after an underrun.
     primed: bool,
+    /// Where what is played goes as the echo canceller's reference (`with_echo`).
+    far: Option<FarEnd>,
     pub drill: std::sync::Arc<Drill>,
 }
 
@@ -456,8 +490,17 @@ impl AlsaPlayback {
             pending: Vec::with_capacity(cap),
             frame: [0.0; FRAME],
             primed: false,
+            far: None,
             drill: Default::default(),
         })
+    }
+
+    /// Hands every sample written to the device, and when it plays, to the echo canceller.
+    pub fn with_echo(self, far: FarEnd) -> AlsaPlayback {
+        AlsaPlayback {
+            far: Some(far),
+            ..self
+        }
     }
 
     /// Writes `pending` whole periods to the device; keeps the remainder.
@@ -483,6 +526,11 @@ impl AlsaPlayback {
             }
             let period = dev.period;
             spread(&self.pending[..period], ch, &mut dev.raw);
+            // What the device queues ahead of this period (its delay report): when it plays.
+            let plays_at = self.far.as_ref().map(|_| {
+                let queued = dev.pcm.delay().unwrap_or(0).max(0) as f64;
+                Instant::now() + Duration::from_secs_f64(queued / self.spec.rate as f64)
+            });
             let (drill, pcm, raw) = (&self.drill, &dev.pcm, &dev.raw);
             let res = transfer(pcm, || match (drill.take(), raw) {
                 (Some(e), _) => Err(e),
@@ -495,7 +543,11 @@ impl AlsaPlayback {
             });
             match res {
                 Ok(n) => {
-                    self.pending.drain(..n.min(period));
+                    let n = n.min(period);
+                    if let (Some(far), Some(at)) = (&mut self.far, plays_at) {
+                        far.played(&self.pending[..n], at);
+                    }
+                    self.pending.drain(..n);
                 }
                 Err(e) => {
                     m.playback_errno.store(e.errno().abs(), Relaxed);

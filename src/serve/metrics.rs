@@ -81,6 +81,12 @@ pub struct Metrics {
     pub playback_errno: AtomicI32,
     /// Steps completed since the last watchdog ping.
     pub progress: AtomicU64,
+    /// The echo canceller runs on the capture path.
+    pub echo_active: AtomicBool,
+    /// Its estimates, updated every second: echo return loss enhancement (hundredths of a
+    /// dB; i64::MIN before the first) and the echo's delay (ms; -1 before the first).
+    pub echo_erle_millibel: AtomicI64,
+    pub echo_delay_ms: AtomicI32,
     buckets: [AtomicU64; BUCKETS_MS.len()],
     step_sum_us: AtomicU64,
     step_max_us: AtomicU64,
@@ -171,6 +177,9 @@ impl Default for Metrics {
             capture_errno: AtomicI32::new(0),
             playback_errno: AtomicI32::new(0),
             progress: z(),
+            echo_active: AtomicBool::new(false),
+            echo_erle_millibel: AtomicI64::new(i64::MIN),
+            echo_delay_ms: AtomicI32::new(-1),
             buckets: std::array::from_fn(|_| z()),
             step_sum_us: z(),
             step_max_us: z(),
@@ -408,6 +417,28 @@ impl Metrics {
             g(&self.step_sum_us) as f64 / 1e6
         );
         let _ = writeln!(o, "flm_edge_step_seconds_count {}", g(&self.steps));
+        if self.echo_active.load(Relaxed) {
+            let erle = self.echo_erle_millibel.load(Relaxed);
+            if erle != i64::MIN {
+                single(
+                    &mut o,
+                    "gauge",
+                    "echo_erle_db",
+                    "Echo return loss enhancement of the echo canceller (AEC3's estimate).",
+                    &(erle as f64 / 100.0),
+                );
+            }
+            let delay = self.echo_delay_ms.load(Relaxed);
+            if delay >= 0 {
+                single(
+                    &mut o,
+                    "gauge",
+                    "echo_delay_seconds",
+                    "The echo's delay behind the far end that the canceller found.",
+                    &(delay as f64 / 1e3),
+                );
+            }
+        }
         let r = &self.remote;
         counter(
             &mut o,

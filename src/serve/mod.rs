@@ -6,6 +6,7 @@ pub mod alsa_io;
 pub mod clock_match;
 pub mod conversation;
 pub mod device;
+pub mod echo_path;
 pub mod file_io;
 pub mod metrics;
 pub mod network_io;
@@ -325,8 +326,7 @@ pub fn serve(opts: ServeOptions) -> Result<()> {
                 // Steps are owed from here on.
                 metrics.idle.store(false, Relaxed);
                 model.engine.set_sampling(hub.settings().apply(base))?;
-                let mut cap = AlsaCapture::open(spec(&cfg, &cfg.audio.capture), &metrics)?;
-                let mut play = AlsaPlayback::open(spec(&cfg, &cfg.audio.playback), &metrics)?;
+                let (mut cap, mut play) = open_devices(&cfg, &metrics)?;
                 let prio = cfg.audio.rt_priority;
                 let mut cap = Realtime::new(&mut cap, prio);
                 let mut play = Realtime::new(&mut play, prio);
@@ -345,6 +345,17 @@ pub fn serve(opts: ServeOptions) -> Result<()> {
     }
     status::notify(&[NotifyState::Stopping]);
     Ok(())
+}
+
+/// The capture and playback devices, joined through the echo canceller when it is on.
+fn open_devices(cfg: &Config, metrics: &Arc<Metrics>) -> Result<(AlsaCapture, AlsaPlayback)> {
+    let cap = AlsaCapture::open(spec(cfg, &cfg.audio.capture), metrics)?;
+    let play = AlsaPlayback::open(spec(cfg, &cfg.audio.playback), metrics)?;
+    if cfg.audio.echo_cancel != "aec3" {
+        return Ok((cap, play));
+    }
+    let (far, echo) = echo_path::link(cfg.audio.rate, metrics.clone())?;
+    Ok((cap.with_echo(echo), play.with_echo(far)))
 }
 
 fn schedule(cfg: &Config) -> Schedule {
@@ -469,6 +480,8 @@ fn converse(
         r.dropped.load(Relaxed),
     );
     events.send_line(&serde_json::json!({ "conversation": "end", "peer": peer }));
+    // Until the next source speaks: a page that connects now is not told "speaking".
+    hub.set_state("listening");
     hub.release();
     result
 }

@@ -207,3 +207,17 @@ function concat(chunks) {
   }
   return out;
 }
+
+/** The duration of an Opus packet in 48 kHz samples, from its TOC byte (RFC 6716 §3.1). */
+export function opusPacketSamples(p) {
+  if (p.length === 0) return 0;
+  const config = p[0] >> 3;
+  // Frame length in 48 kHz samples: SILK (configs 0-11), hybrid (12-15), CELT (16-31).
+  const frame =
+    config < 12 ? [480, 960, 1920, 2880][config & 3]
+    : config < 16 ? [480, 960][config & 1]
+    : [120, 240, 480, 960][config & 3];
+  const code = p[0] & 3;
+  const frames = code === 0 ? 1 : code < 3 ? 2 : p.length > 1 ? p[1] & 0x3f : 0;
+  return frame * frames;
+}
