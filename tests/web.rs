@@ -1,48 +1,60 @@
 //! The board's web page (`/`, built into the binary) in a real browser: headless Chromium
 //! driven by Playwright (`tests/web/page_test.py`) against `flm-edge serve` with the small
-//! model, the network its audio source, and the golden speech clip as the fake microphone.
-//! Skipped, saying so, where Chromium or Playwright is not installed. The screenshots of both
-//! views are left in `target/page-shots/`.
+//! model: the talk view with the network as the audio source and the golden speech clip as
+//! the fake microphone, and the captions view during a replay through `serve` (stepping as it
+//! does on ALSA devices). Skipped, saying so, where Chromium or Playwright is not installed.
+//! The screenshots are left in `target/page-shots/` (README shows them from
+//! `tests/web/screenshots/`).
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::*;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 
+/// One daemon at a time, so that its steps keep to real time.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-#[test]
-fn the_page_talks_and_shows_captions_in_chromium() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let py = root.join("target/pyclient/bin/python");
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The Python of `.ci/install-deps`' environment, or None (the reason printed) where it or
+/// Chromium is missing.
+fn browser_driver(test: &str) -> Option<PathBuf> {
+    let py = root().join("target/pyclient/bin/python");
     let has_playwright = Command::new(&py)
         .args(["-c", "import playwright.async_api"])
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|st| st.success());
-    if !Path::new(CHROMIUM).exists() || !has_playwright {
-        eprintln!(
-            "SKIPPED the_page_talks_and_shows_captions_in_chromium: needs {CHROMIUM} (Debian's \
-             chromium: {}) and Playwright in {} (playwright: {})",
-            if Path::new(CHROMIUM).exists() {
-                "found"
-            } else {
-                "missing"
-            },
-            py.display(),
-            if has_playwright { "found" } else { "missing" },
-        );
-        return;
+    let has_chromium = Path::new(CHROMIUM).exists();
+    if has_chromium && has_playwright {
+        return Some(py);
     }
+    let found = |b: bool| if b { "found" } else { "missing" };
+    eprintln!(
+        "SKIPPED {test}: needs {CHROMIUM} (Debian's chromium: {}) and Playwright in {} \
+         (playwright: {}); .ci/install-deps installs both",
+        found(has_chromium),
+        py.display(),
+        found(has_playwright),
+    );
+    None
+}
 
-    let dir = scratch("web");
+/// `serve` with the seed-3 small model and `[server]` on a free port; `args` added.
+fn serve(name: &str, args: &[&str]) -> (Reaped, u16, Scratch) {
+    let dir = scratch(name);
     std::fs::create_dir_all(&*dir).unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -68,6 +80,7 @@ fn the_page_talks_and_shows_captions_in_chromium() {
                 "--model",
                 s(converted(3, "f32")),
             ])
+            .args(args)
             .stderr(Stdio::piped())
             .spawn()
             .unwrap(),
@@ -83,20 +96,56 @@ fn the_page_talks_and_shows_captions_in_chromium() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    (daemon, port, dir)
+}
 
-    let shots = root.join("target/page-shots");
-    let out = Command::new(&py)
-        .arg(root.join("tests/web/page_test.py"))
+/// Runs the page test with `args` against the daemon, then stops the daemon (SIGTERM);
+/// both must succeed. Returns the test's summary line.
+fn page_test(py: &Path, mut daemon: Reaped, port: u16, args: &[&str]) -> String {
+    let shots = root().join("target/page-shots");
+    let out = Command::new(py)
+        .arg(root().join("tests/web/page_test.py"))
         .args(["--url", &format!("http://127.0.0.1:{port}/")])
-        .args(["--wav", &format!("{GOLDEN_MIMI}/speech.wav")])
         .args(["--shots", s(&shots)])
+        .args(args)
         .output()
         .unwrap();
-    let said = String::from_utf8_lossy(&out.stdout);
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
     let err = String::from_utf8_lossy(&out.stderr);
-    signal(&daemon, SIGTERM);
+    if daemon.try_wait().unwrap().is_none() {
+        signal(&daemon, SIGTERM);
+    }
     let (st, log) = exit_of(&mut daemon);
     assert!(out.status.success(), "{said}{err}\nserve's log:\n{log}");
     assert!(st.success(), "serve exited {st}: {log}");
-    println!("{said}");
+    said
+}
+
+#[test]
+fn the_page_talks_and_shows_captions_in_chromium() {
+    let Some(py) = browser_driver("the_page_talks_and_shows_captions_in_chromium") else {
+        return;
+    };
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let (daemon, port, _dir) = serve("web-talk", &[]);
+    let wav = format!("{GOLDEN_MIMI}/speech.wav");
+    println!("{}", page_test(&py, daemon, port, &["--wav", &wav]));
+}
+
+#[test]
+fn the_captions_view_shows_a_replay_through_serve() {
+    let Some(py) = browser_driver("the_captions_view_shows_a_replay_through_serve") else {
+        return;
+    };
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let out = scratch("web-replay-out");
+    std::fs::create_dir_all(&*out).unwrap();
+    let wav = format!("{GOLDEN_MIMI}/speech.wav");
+    let reply = out.join("reply.wav");
+    // The 11 s clip at the real-time pace: the page connects and watches while it plays.
+    let (daemon, port, _dir) = serve(
+        "web-replay",
+        &["--input-wav", &wav, "--output-wav", s(&reply), "--realtime"],
+    );
+    println!("{}", page_test(&py, daemon, port, &["--captions-only"]));
 }

@@ -3,6 +3,10 @@ running `flm-edge serve` whose network is its audio source.
 
     target/pyclient/bin/python tests/web/page_test.py --url http://127.0.0.1:PORT/ \
         [--wav MIC.wav] --shots DIR
+    target/pyclient/bin/python tests/web/page_test.py --captions-only --url ... --shots DIR
+
+With --captions-only (serve replaying a file, as it would step on ALSA devices): the captions
+view shows the model's text as it comes, with "local audio" in its health line.
 
 Checks, each with a time limit:
 - Captions view (1920x1080): the event stream connects and its health line arrives.
@@ -264,15 +268,62 @@ async def run(a):
     return result
 
 
+BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+async def run_captions(a):
+    """The captions view during a replay through serve: text as it arrives, local audio."""
+    base = a.url if a.url.endswith("/") else a.url + "/"
+    os.makedirs(a.shots, exist_ok=True)
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+        try:
+            page = await browser.new_page(viewport={"width": 1920, "height": 1080})
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            await page.goto(base + "#captions", wait_until="load")
+            await wait_for(page, "window.flm && flm.eventsConnected && flm.healthSeen > 0 && "
+                                 "/local audio/.test(document.querySelector('#cap-health').textContent)",
+                           "captions view: connected, health line says local audio", 10)
+            first = await page.evaluate("flm.captionText.length")
+            await wait_for(page, f"flm.captionText.trim().length >= {first} + 20",
+                           "captions view: the model's text arrives during the replay", 20)
+            await page.screenshot(path=os.path.join(a.shots, "captions-replay.png"))
+            check(not errors, f"script errors: {errors}")
+            return await page.evaluate("({...window.flm, settings: undefined})")
+        finally:
+            await browser.close()
+
+
+def main_captions(a):
+    t0 = time.monotonic()
+    try:
+        c = asyncio.run(asyncio.wait_for(run_captions(a), timeout=60))
+    except Failed as e:
+        print(f"page test FAILED: {e}", file=sys.stderr)
+        return 1
+    except Exception as e:
+        print(f"page test FAILED: {type(e).__name__}: {str(e).strip()}", file=sys.stderr)
+        return 1
+    print(f"captions test ok in {time.monotonic() - t0:.1f} s: {c['eventsSeen']} events "
+          f"({c['healthSeen']} health), {len(c['captionText'])} chars shown, state {c['state']}")
+    return 0
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--url", required=True, help="the page, e.g. http://127.0.0.1:8991/")
     ap.add_argument("--wav", help="the fake microphone (16-bit WAV); a tone sweep if absent")
     ap.add_argument("--shots", required=True, help="folder for the screenshots")
+    ap.add_argument("--captions-only", action="store_true",
+                    help="only the captions view, during a replay through serve")
     a = ap.parse_args()
     if not os.path.exists(CHROMIUM):
         print(f"page test: {CHROMIUM} is missing", file=sys.stderr)
         return 2
+    if a.captions_only:
+        return main_captions(a)
     t0 = time.monotonic()
     try:
         r = asyncio.run(asyncio.wait_for(run(a), timeout=100))
