@@ -44,6 +44,9 @@ pub struct FarEnd {
     stamps: rtrb::Producer<Stamp>,
     /// Samples passed through the ring so far.
     written: u64,
+    rate: f64,
+    /// When the last run ends playing, as placed.
+    end: Option<Instant>,
 }
 
 impl FarEnd {
@@ -55,6 +58,18 @@ impl FarEnd {
         if self.samples.slots() < samples.len() || self.stamps.slots() == 0 {
             return;
         }
+        // A run said to play sooner than the capture side takes the far end (LEAD ahead)
+        // would be passed over as late there. That is a device that reports no queue
+        // (alsa-lib's `null` and `file` plugins: every run "plays now", however many are
+        // written in one go) or one about to run dry: its runs are placed back to back,
+        // from LEAD ahead at the soonest. (AEC3 finds the delay that remains.)
+        let soon = Instant::now() + LEAD;
+        let at = if at >= soon {
+            at
+        } else {
+            self.end.map_or(soon, |end| end.max(soon))
+        };
+        self.end = Some(at + Duration::from_secs_f64(samples.len() as f64 / self.rate));
         let _ = self.stamps.push(Stamp {
             index: self.written,
             at,
@@ -107,6 +122,8 @@ pub fn link(rate: u32, metrics: Arc<Metrics>) -> Result<(FarEnd, EchoStage)> {
             samples: sp,
             stamps: tp,
             written: 0,
+            rate: rate as f64,
+            end: None,
         },
         EchoStage {
             aec,

@@ -17,6 +17,7 @@
 #   LOAD=N      N busy processes (each a CPU-bound loop) beside serve for the whole soak: a
 #               robot's other software taking cores from the model.
 #   THREADS=N, NICE=N, LATENCY=N   the keys threads, compute_nice, schedule.latency_frames.
+#   ECHO=aec3   audio.echo_cancel (ALSA=pipes or aloop): the canceller's cost in the soak.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 model="$1"; minutes="${2:-10}"; work="${3:-target/soak}"
@@ -58,6 +59,7 @@ ALSA
 capture = "soak_capture"
 playback = "soak_playback"
 rate = 48000
+echo_cancel = "${ECHO:-off}"
 TOML
   python3 tests/bench/alsa_clock.py 48000 "$work/user.wav" "$work/capture.pipe" \
     "$work/playback.pipe" "$work/reply.raw" &
@@ -72,6 +74,7 @@ elif [ "${ALSA:-}" = aloop ]; then
 [audio]
 capture = "plughw:CARD=Loopback,DEV=1,SUBDEV=0"
 playback = "plughw:CARD=Loopback,DEV=0,SUBDEV=1"
+echo_cancel = "${ECHO:-off}"
 TOML
   target/release/flm-edge serve --config "$work/soak.toml" --model "$model" 2> "$work/serve.log" &
   pid=$!

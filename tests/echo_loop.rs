@@ -1,0 +1,457 @@
+//! Echo cancellation in a closed loop through the daemon's own device path
+//! (`audio.echo_cancel = "aec3"`): the real-time pipeline runs on real alsa-lib devices (`file`
+//! PCMs over named pipes, as in tests/alsa_paced.rs) whose other ends are a simulated room at
+//! 16 kHz, 20 ms periods: what the loudspeaker plays (the random small model, which speaks
+//! noise-like audio all the time) comes back to the microphone through a room's impulse
+//! response (tests/aec/rooms.py, room 1: 0.4 s of reverberation, the loudspeaker 8 cm away),
+//! with the user's voice (the golden clip, from 2 s on) on top. The frames the model hears
+//! are recorded and compared with the user's clip alone: with the canceller the model hears
+//! the user, without it the echo buries the user.
+//!
+//! In-process, not through `flm-edge serve`: the pipeline is driven through the daemon's own
+//! functions (`AlsaCapture`/`AlsaPlayback` joined by `echo_path::link`, as `open_devices`
+//! does) so that the frames the model is given can be recorded, and the canceller's metrics
+//! read. alsa-lib reads its configuration once per process: this file holds one test.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
+
+use common::*;
+use flm_edge::serve::alsa_io::{AlsaCapture, AlsaPlayback, DeviceSpec};
+use flm_edge::serve::device::{CaptureDevice, Captured, FRAME, Pcm, sleep_until};
+use flm_edge::serve::echo_path;
+use flm_edge::serve::metrics::Metrics;
+use flm_edge::serve::pipeline::{self, Model, Schedule};
+use flm_edge::wav::resample;
+
+const RATE: u32 = 16_000;
+/// One 20 ms period at 16 kHz mono.
+const PERIOD_SAMPLES: usize = 320;
+const PERIOD: Duration = Duration::from_millis(20);
+/// Length of each run (room time).
+const SECONDS: f64 = 12.0;
+/// The user starts talking this far in: the canceller has the model's voice alone until then.
+const USER_FROM: f64 = 2.0;
+/// The echo's level: the impulse response (peak 1) times this. The model's voice (noise-like,
+/// about -6 dBFS RMS at the loudspeaker) comes back at about -15 dBFS, 6 dB above the user's
+/// (-21 dBFS): a loudspeaker 8 cm from the microphone. (Printed as "echo / user".)
+const ECHO_GAIN: f32 = 0.32;
+
+fn spec(name: &str) -> DeviceSpec {
+    DeviceSpec {
+        name: name.into(),
+        rate: RATE,
+        channels: 1,
+        format: "s16".into(),
+        period_ms: 20,
+        periods: 4,
+    }
+}
+
+fn fifo(path: &Path) {
+    let ok = std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "mkfifo {}", path.display());
+}
+
+/// The loudspeaker's device buffer: every period alsa-lib writes, as it comes (the room
+/// thread plays them at the device's clock).
+fn drain(path: PathBuf, to: mpsc::Sender<Vec<f32>>) {
+    let mut pipe = std::fs::File::open(&path).unwrap();
+    let mut buf = [0u8; PERIOD_SAMPLES * 2];
+    while pipe.read_exact(&mut buf).is_ok() {
+        let period = buf
+            .chunks_exact(2)
+            .map(|b| i16::from_le_bytes([b[0], b[1]]) as f32 / 32768.0)
+            .collect();
+        if to.send(period).is_err() {
+            return;
+        }
+    }
+}
+
+/// What the room made: the loudspeaker's stream and its echo at the microphone (16 kHz).
+struct Room {
+    speaker: Vec<f32>,
+    echo: Vec<f32>,
+}
+
+/// The room at the device clock: every 20 ms the loudspeaker plays the next period it was
+/// given (silence when there is none), and the microphone's period (the echo through `rir`,
+/// plus `user`) goes into the capture pipe. A reader that goes away (alsa-lib's probe) is
+/// waited for again.
+fn room(
+    path: PathBuf,
+    from: mpsc::Receiver<Vec<f32>>,
+    user: Vec<f32>,
+    rir: Vec<f32>,
+    stop: Arc<AtomicBool>,
+) -> Room {
+    let open = || std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    let mut pipe = open();
+    let mut speaker = vec![];
+    let mut echo = vec![];
+    let mut bytes = [0u8; PERIOD_SAMPLES * 2];
+    let t0 = Instant::now();
+    for k in 0.. {
+        if stop.load(Relaxed) {
+            break;
+        }
+        sleep_until(t0 + PERIOD * k as u32);
+        speaker.extend(
+            from.try_recv()
+                .unwrap_or_else(|_| vec![0.0; PERIOD_SAMPLES]),
+        );
+        for n in k * PERIOD_SAMPLES..(k + 1) * PERIOD_SAMPLES {
+            let e: f32 = (0..rir.len().min(n + 1))
+                .map(|j| rir[j] * speaker[n - j])
+                .sum();
+            echo.push(e * ECHO_GAIN);
+        }
+        for (i, b) in bytes.chunks_exact_mut(2).enumerate() {
+            let n = k * PERIOD_SAMPLES + i;
+            let mic = echo[n] + user.get(n).copied().unwrap_or(0.0);
+            b.copy_from_slice(&((mic.clamp(-1.0, 1.0) * 32767.0) as i16).to_le_bytes());
+        }
+        if pipe.write_all(&bytes).is_err() {
+            if stop.load(Relaxed) {
+                break;
+            }
+            pipe = open();
+        }
+    }
+    Room { speaker, echo }
+}
+
+/// A capture device that keeps a copy of every frame it hands to the model.
+struct Recorded<C> {
+    dev: C,
+    pcm: Vec<f32>,
+}
+
+impl<C: CaptureDevice> CaptureDevice for Recorded<C> {
+    fn next_frame(&mut self, out: &mut Pcm, m: &Metrics) -> Captured {
+        let kind = self.dev.next_frame(out, m);
+        self.pcm.extend_from_slice(out);
+        kind
+    }
+}
+
+/// One run of the loop.
+struct Run {
+    /// What the model heard, 24 kHz.
+    heard: Vec<f32>,
+    room: Room,
+    metrics: Arc<Metrics>,
+    /// The canceller was on while the pipeline ran.
+    echo_active: bool,
+}
+
+fn run_loop(dir: &Path, model: &mut Model, cancel: bool, user: &[f32], rir: &[f32]) -> Run {
+    let (tx, rx) = mpsc::channel();
+    let drainer = {
+        let path = dir.join("playback.pipe");
+        std::thread::spawn(move || drain(path, tx))
+    };
+    let stop_room = Arc::new(AtomicBool::new(false));
+    let roomer = {
+        let (path, user, rir) = (dir.join("capture.pipe"), user.to_vec(), rir.to_vec());
+        let stop = stop_room.clone();
+        std::thread::spawn(move || room(path, rx, user, rir, stop))
+    };
+
+    let metrics = Arc::new(Metrics::new());
+    let capture = AlsaCapture::open(spec("loop_capture"), &metrics).unwrap();
+    let mut playback = AlsaPlayback::open(spec("loop_playback"), &metrics).unwrap();
+    let capture = if cancel {
+        let (far, stage) = echo_path::link(RATE, metrics.clone()).unwrap();
+        playback = playback.with_echo(far);
+        capture.with_echo(stage)
+    } else {
+        capture
+    };
+    let mut capture = Recorded {
+        dev: capture,
+        pcm: Vec::with_capacity(((SECONDS + 2.0) * 24_000.0) as usize),
+    };
+    model.start_over();
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            std::thread::sleep(Duration::from_secs_f64(SECONDS));
+            stop.store(true, Relaxed);
+        });
+        pipeline::run(
+            model,
+            &mut capture,
+            &mut playback,
+            Schedule {
+                latency_frames: 6,
+                max_backlog_frames: 15,
+                stall: None,
+                fail: None,
+            },
+            &metrics,
+            &stop,
+            None,
+        )
+        .unwrap();
+    });
+    // Read before the canceller goes with the capture device.
+    let echo_active = metrics.echo_active.load(Relaxed);
+    let heard = std::mem::take(&mut capture.pcm);
+    // Closing the devices ends the pipes: the drainer sees the end, the room its reader go.
+    drop((capture, playback));
+    stop_room.store(true, Relaxed);
+    drainer.join().unwrap();
+    Run {
+        heard,
+        room: roomer.join().unwrap(),
+        metrics,
+        echo_active,
+    }
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f64 {
+    a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum()
+}
+
+fn db(power_ratio: f64) -> f64 {
+    10.0 * power_ratio.log10()
+}
+
+/// The figures of one run, on `window` of the user's clip (24 kHz, room time).
+struct Figures {
+    /// Fraction of equal Mimi codes, per codebook.
+    codes: [f64; 8],
+    all: f64,
+    snr_db: f64,
+    /// The echo's level against the user's voice in what the model heard (dB).
+    echo_db: f64,
+    lag: isize,
+}
+
+/// Aligns what the model heard with the user's clip alone (cross-correlation, lags within
+/// ±0.3 s), then compares them on `window`: the Mimi codes of both (fresh streams from the
+/// window's start), the SNR against the clip at the gain that fits best, and how loud the
+/// echo (at the microphone, `echo`) is in what was heard against the user's voice.
+fn measure(
+    mimi: &mut flm_kernels::mimi::Mimi,
+    heard: &[f32],
+    user: &[f32],
+    echo: &[f32],
+    window: std::ops::Range<usize>,
+) -> Figures {
+    let probe = &user[window.start..window.start + 2 * 24_000];
+    let max = 7200isize;
+    let lag = (-max..=max)
+        .filter(|&l| window.start as isize + l >= 0)
+        .max_by(|&a, &b| {
+            let at = |l: isize| {
+                let from = (window.start as isize + l) as usize;
+                dot(probe, &heard[from..from + probe.len()])
+            };
+            at(a).total_cmp(&at(b))
+        })
+        .unwrap();
+    let from = (window.start as isize + lag) as usize;
+    let frames = window.len().min(heard.len() - from) / FRAME;
+    let n = frames * FRAME;
+    let (got, want) = (
+        &heard[from..from + n],
+        &user[window.start..window.start + n],
+    );
+
+    let mut encode = |pcm: &[f32]| -> Vec<i32> {
+        mimi.reset();
+        let mut codes = vec![0i32; frames * 8];
+        for (f, c) in codes.chunks_exact_mut(8).enumerate() {
+            mimi.encode(&pcm[f * FRAME..(f + 1) * FRAME], c).unwrap();
+        }
+        codes
+    };
+    let (a, b) = (encode(got), encode(want));
+    let mut codes = [0.0; 8];
+    for (q, c) in codes.iter_mut().enumerate() {
+        let same = (0..frames).filter(|f| a[f * 8 + q] == b[f * 8 + q]).count();
+        *c = same as f64 / frames as f64;
+    }
+    let all = a.iter().zip(&b).filter(|(x, y)| x == y).count() as f64 / a.len() as f64;
+
+    let g = dot(got, want) / dot(want, want);
+    let residual: f64 = got
+        .iter()
+        .zip(want)
+        .map(|(&x, &y)| (x as f64 - g * y as f64).powi(2))
+        .sum();
+    let snr_db = db(g * g * dot(want, want) / residual);
+
+    // What was heard as a·user + b·echo (least squares): the echo's part against the user's.
+    let echo = &echo[window.start..window.start + n];
+    let (uu, ee, ue) = (dot(want, want), dot(echo, echo), dot(want, echo));
+    let (uh, eh) = (dot(want, got), dot(echo, got));
+    let det = uu * ee - ue * ue;
+    let (a, b) = ((uh * ee - eh * ue) / det, (eh * uu - uh * ue) / det);
+    let echo_db = db(b * b * ee / (a * a * uu));
+    Figures {
+        codes,
+        all,
+        snr_db,
+        echo_db,
+        lag,
+    }
+}
+
+#[test]
+fn with_the_canceller_the_model_hears_the_user_and_not_its_own_echo() {
+    let dir = scratch("echo_loop");
+    std::fs::create_dir_all(dir.join("alsa")).unwrap();
+    let (cap, play) = (dir.join("capture.pipe"), dir.join("playback.pipe"));
+    fifo(&cap);
+    fifo(&play);
+    std::fs::write(
+        dir.join("alsa/asoundrc"),
+        format!(
+            "pcm.loop_capture {{ type file slave.pcm \"null\" file \"/dev/null\" infile \"{}\" format \"raw\" }}\n\
+             pcm.loop_playback {{ type file slave.pcm \"null\" file \"{}\" format \"raw\" }}\n",
+            cap.display(),
+            play.display()
+        ),
+    )
+    .unwrap();
+    // SAFETY: set before any thread of this test binary reads the environment or opens ALSA.
+    unsafe { std::env::set_var("XDG_CONFIG_HOME", &*dir) };
+    // A pipeline that never stops must fail the test, not hang it.
+    std::thread::spawn(|| {
+        std::thread::sleep(Duration::from_secs(120));
+        eprintln!("the echo loop did not end within 120 s");
+        std::process::exit(1);
+    });
+
+    // The room's impulse response, 16 kHz, peak 1.
+    let py = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/pyclient/bin/python");
+    assert!(
+        py.exists(),
+        "{} is missing: run .ci/install-deps (it makes the Python environment with pyroomacoustics)",
+        py.display()
+    );
+    let rooms = std::process::Command::new(py)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/aec/rooms.py"))
+        .arg(Path::new(GOLDEN_MIMI).join("speech.wav"))
+        .arg(&*dir)
+        .output()
+        .unwrap();
+    assert!(
+        rooms.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rooms.stderr)
+    );
+    let bytes = std::fs::read(dir.join("rir-1-16k.npy")).unwrap();
+    let rir: Vec<f32> = npyz::NpyFile::new(&bytes[..]).unwrap().into_vec().unwrap();
+
+    // The user: the golden clip at 16 kHz, from 2 s on.
+    let lead = (USER_FROM * RATE as f64) as usize;
+    let mut user = vec![0.0; lead];
+    user.extend(resample(&speech(), 24_000, RATE).unwrap());
+    // The clip alone as the model would hear it (band-limited by the 16 kHz devices).
+    let user24 = resample(&user, RATE, 24_000).unwrap();
+    // From 0.4 s after the user starts to the end of the run.
+    let window = ((USER_FROM + 0.4) * 24_000.0) as usize..((SECONDS - 0.8) * 24_000.0) as usize;
+
+    let mut model = pipeline_model();
+    let mut runs = vec![];
+    for cancel in [false, true] {
+        let t0 = Instant::now();
+        let run = run_loop(&dir, &mut model, cancel, &user, &rir);
+        let took = t0.elapsed().as_secs_f64();
+        let echo24 = resample(&run.room.echo, RATE, 24_000).unwrap();
+        let f = measure(
+            &mut model.mimi,
+            &run.heard,
+            &user24,
+            &echo24,
+            window.clone(),
+        );
+        // Levels where the user talks, at 16 kHz: the loudspeaker, and its echo against the
+        // user's voice at the microphone.
+        let talk = window.start * 2 / 3..window.end * 2 / 3;
+        let energy = |x: &[f32]| dot(&x[talk.clone()], &x[talk.clone()]);
+        let speaker_dbfs = db(energy(&run.room.speaker) / talk.len() as f64);
+        let echo_db = db(energy(&run.room.echo) / energy(&user));
+        let m = &run.metrics;
+        eprintln!(
+            "{}: codes equal {:.1} % (per codebook {:.0?} %), SNR {:+.1} dB, echo / user heard \
+             {:+.1} dB, lag {} samples; loudspeaker {speaker_dbfs:.1} dBFS, echo / user at the \
+             microphone {echo_db:+.1} dB; AEC3's ERLE {} dB, delay {} ms; {} steps, {} deadline \
+             misses, {} dropped; {took:.1} s",
+            if cancel { "aec3" } else { "off " },
+            100.0 * f.all,
+            f.codes.map(|c| 100.0 * c),
+            f.snr_db,
+            f.echo_db,
+            f.lag,
+            match m.echo_erle_millibel.load(Relaxed) {
+                i64::MIN => "-".to_string(),
+                e => format!("{:.1}", e as f64 / 100.0),
+            },
+            m.echo_delay_ms.load(Relaxed),
+            m.steps.load(Relaxed),
+            m.deadline_misses.load(Relaxed),
+            m.capture_dropped.load(Relaxed),
+        );
+        // The loop ran as the daemon does: in real time, the model speaking, its echo at
+        // least as loud as the user.
+        let frames = SECONDS / 0.08;
+        assert!(
+            m.steps.load(Relaxed) as f64 >= frames - 3.0
+                && m.deadline_misses.load(Relaxed) as f64 <= 0.05 * frames,
+            "the machine did not keep up: {} steps, {} deadline misses",
+            m.steps.load(Relaxed),
+            m.deadline_misses.load(Relaxed)
+        );
+        assert!(
+            echo_db >= 0.0,
+            "the echo is {echo_db:+.1} dB against the user"
+        );
+        assert_eq!(run.echo_active, cancel);
+        runs.push((f, m.echo_erle_millibel.load(Relaxed)));
+    }
+    let [(off, _), (aec, erle)] = &runs[..] else {
+        unreachable!()
+    };
+    // AEC3's own estimate of what its linear filter removes (achieved: 11 dB).
+    assert!(*erle != i64::MIN && *erle >= 500, "AEC3's ERLE: {erle} mB");
+    // With the canceller the model hears the user and not its own echo. Achieved, the echo
+    // 6 dB above the user at the microphone: the echo's part in what the model heard
+    // -46 dB against the user's voice (+6 without); 13 % of the Mimi codes equal to those
+    // of the user's clip alone (2.4 % without; codebook 1: 48 %); SNR -2 dB (-6 without).
+    // Not close to the clip alone: AEC3 suppresses the near voice while the far end plays,
+    // and this model's voice is loud, unbroken noise (offline, with a perfectly aligned
+    // far end and no echo at all, AEC3's output keeps 10 % of the codes, -1.6 dB).
+    assert!(
+        aec.echo_db <= -20.0 && off.echo_db >= 0.0,
+        "echo / user heard: {:+.1} dB with the canceller, {:+.1} dB without",
+        aec.echo_db,
+        off.echo_db
+    );
+    assert!(
+        aec.all >= 3.0 * off.all && aec.all >= 0.08,
+        "codes equal: {:.1} % with the canceller, {:.1} % without",
+        100.0 * aec.all,
+        100.0 * off.all
+    );
+    assert!(
+        aec.snr_db >= off.snr_db + 2.0,
+        "SNR {:.1} dB with the canceller, {:.1} dB without",
+        aec.snr_db,
+        off.snr_db
+    );
+}
