@@ -164,6 +164,9 @@ mod tests {
         }
         let (erle, delay) = aec.estimates();
         assert!(erle.is_some_and(|e| e > 3.0), "ERLE estimate {erle:?}");
-        assert!(delay.is_some_and(|d| (26..=34).contains(&d)), "delay {delay:?}");
+        assert!(
+            delay.is_some_and(|d| (26..=34).contains(&d)),
+            "delay {delay:?}"
+        );
     }
 }
