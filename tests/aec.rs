@@ -6,33 +6,11 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use common::*;
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
-}
-
-/// The rooms, made once per run into `dir`.
-fn rooms(dir: &Path) {
-    let py = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/pyclient/bin/python");
-    assert!(
-        py.exists(),
-        "{} is missing: run .ci/install-deps (it makes the Python environment with pyroomacoustics)",
-        py.display()
-    );
-    let out = Command::new(py)
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/aec/rooms.py"))
-        .arg(Path::new(GOLDEN_MIMI).join("speech.wav"))
-        .arg(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Energy of `x` from 2 s on (after the canceller's convergence), at 24 kHz.
@@ -72,7 +50,7 @@ fn cancel_files(dir: &Path, mic: &str) -> (Vec<f32>, Vec<f32>) {
 fn echo_is_removed_in_every_room_and_a_near_voice_survives() {
     let dir = scratch("aec-rooms");
     std::fs::create_dir_all(&*dir).unwrap();
-    rooms(&dir);
+    simulated_rooms(&dir);
     // Echo only, after 2 s: the issue asks for 25 dB on average and 20 in each room.
     let erle: Vec<f64> = (0..3)
         .map(|i| {
@@ -116,7 +94,7 @@ fn correlation(a: &[f32], b: &[f32]) -> f64 {
 fn a_moved_loudspeaker_is_cancelled_again_within_two_seconds() {
     let dir = scratch("aec-moved");
     std::fs::create_dir_all(&*dir).unwrap();
-    rooms(&dir);
+    simulated_rooms(&dir);
     let (mic, out) = cancel_files(&dir, "moved.wav");
     let r = 24_000;
     let window = |from: f64, to: f64| {
@@ -177,7 +155,7 @@ fn the_chosen_canceller_removes_more_echo_than_the_other_port() {
     use flm_edge::wav::resample;
     let dir = scratch("aec-compare");
     std::fs::create_dir_all(&*dir).unwrap();
-    rooms(&dir);
+    simulated_rooms(&dir);
     let far = resample(&read_wav(&dir.join("far.wav")).1, 24_000, 48_000).unwrap();
     for i in 0..3 {
         let mic24 = read_wav(&dir.join(format!("mic-{i}.wav"))).1;

@@ -10,41 +10,20 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use common::*;
-use flm_edge::serve::alsa_io::{AlsaCapture, AlsaPlayback, DeviceSpec};
+use flm_edge::serve::alsa_io::{AlsaCapture, AlsaPlayback};
 use flm_edge::serve::device::{FRAME, sleep_until};
 use flm_edge::serve::metrics::Metrics;
-use flm_edge::serve::pipeline::{self, Schedule};
 
 const RATE: u32 = 48_000;
 /// One 20 ms period at 48 kHz mono s16, in bytes.
 const PERIOD_BYTES: usize = 960 * 2;
 const PERIOD: Duration = Duration::from_millis(20);
-
-fn spec(name: &str) -> DeviceSpec {
-    DeviceSpec {
-        name: name.into(),
-        rate: RATE,
-        channels: 1,
-        format: "s16".into(),
-        period_ms: 20,
-        periods: 4,
-    }
-}
-
-fn fifo(path: &Path) {
-    let ok = std::process::Command::new("mkfifo")
-        .arg(path)
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "mkfifo {}", path.display());
-}
 
 /// The microphone's clock: writes `pcm` (then silence) one period every 20 ms until `stop`.
 /// A reader that goes away (alsa-lib's probe) is waited for again.
@@ -92,28 +71,8 @@ fn drain(path: PathBuf) -> Vec<i16> {
 #[test]
 fn paced_alsa_devices_play_every_answer_in_its_slot() {
     let dir = scratch("alsa_paced");
-    std::fs::create_dir_all(dir.join("alsa")).unwrap();
-    let (cap, play) = (dir.join("capture.pipe"), dir.join("playback.pipe"));
-    fifo(&cap);
-    fifo(&play);
-    std::fs::write(
-        dir.join("alsa/asoundrc"),
-        format!(
-            "pcm.paced_capture {{ type file slave.pcm \"null\" file \"/dev/null\" infile \"{}\" format \"raw\" }}\n\
-             pcm.paced_playback {{ type file slave.pcm \"null\" file \"{}\" format \"raw\" }}\n",
-            cap.display(),
-            play.display()
-        ),
-    )
-    .unwrap();
-    // SAFETY: set before any thread of this test binary reads the environment or opens ALSA.
-    unsafe { std::env::set_var("XDG_CONFIG_HOME", &*dir) };
-    // A pipeline that never stops must fail the test, not hang it.
-    std::thread::spawn(|| {
-        std::thread::sleep(Duration::from_secs(60));
-        eprintln!("the paced run did not end within 60 s");
-        std::process::exit(1);
-    });
+    let (cap, play) = pipe_pcms(&dir, "paced");
+    watchdog(Duration::from_secs(60), "the paced run");
 
     // 4 s of speech, at 48 kHz by repeating each 24 kHz sample.
     let seconds = 4.0;
@@ -133,31 +92,10 @@ fn paced_alsa_devices_play_every_answer_in_its_slot() {
 
     let mut model = pipeline_model();
     let metrics = Metrics::new();
-    let mut capture = AlsaCapture::open(spec("paced_capture"), &metrics).unwrap();
-    let mut playback = AlsaPlayback::open(spec("paced_playback"), &metrics).unwrap();
-    let stop = AtomicBool::new(false);
+    let mut capture = AlsaCapture::open(pipe_spec("paced_capture", RATE), &metrics).unwrap();
+    let mut playback = AlsaPlayback::open(pipe_spec("paced_playback", RATE), &metrics).unwrap();
     let started = Instant::now();
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            std::thread::sleep(Duration::from_secs_f64(seconds));
-            stop.store(true, Relaxed);
-        });
-        pipeline::run(
-            &mut model,
-            &mut capture,
-            &mut playback,
-            Schedule {
-                latency_frames: 6,
-                max_backlog_frames: 15,
-                stall: None,
-                fail: None,
-            },
-            &metrics,
-            &stop,
-            None,
-        )
-        .unwrap();
-    });
+    run_pipeline_for(&mut model, &mut capture, &mut playback, &metrics, seconds);
     let ran = started.elapsed().as_secs_f64();
     // Closing the devices ends the pipes: the drainer sees the end, the feeder its reader go.
     drop((capture, playback));

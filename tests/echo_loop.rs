@@ -22,11 +22,11 @@ use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use common::*;
-use flm_edge::serve::alsa_io::{AlsaCapture, AlsaPlayback, DeviceSpec};
+use flm_edge::serve::alsa_io::{AlsaCapture, AlsaPlayback};
 use flm_edge::serve::device::{CaptureDevice, Captured, FRAME, Pcm, sleep_until};
 use flm_edge::serve::echo_path;
 use flm_edge::serve::metrics::Metrics;
-use flm_edge::serve::pipeline::{self, Model, Schedule};
+use flm_edge::serve::pipeline::Model;
 use flm_edge::wav::resample;
 
 const RATE: u32 = 16_000;
@@ -41,26 +41,6 @@ const USER_FROM: f64 = 2.0;
 /// about -6 dBFS RMS at the loudspeaker) comes back at about -15 dBFS, 6 dB above the user's
 /// (-21 dBFS): a loudspeaker 8 cm from the microphone. (Printed as "echo / user".)
 const ECHO_GAIN: f32 = 0.32;
-
-fn spec(name: &str) -> DeviceSpec {
-    DeviceSpec {
-        name: name.into(),
-        rate: RATE,
-        channels: 1,
-        format: "s16".into(),
-        period_ms: 20,
-        periods: 4,
-    }
-}
-
-fn fifo(path: &Path) {
-    let ok = std::process::Command::new("mkfifo")
-        .arg(path)
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "mkfifo {}", path.display());
-}
 
 /// The loudspeaker's device buffer: every period alsa-lib writes, as it comes (the room
 /// thread plays them at the device's clock).
@@ -169,8 +149,8 @@ fn run_loop(dir: &Path, model: &mut Model, cancel: bool, user: &[f32], rir: &[f3
     };
 
     let metrics = Arc::new(Metrics::new());
-    let capture = AlsaCapture::open(spec("loop_capture"), &metrics).unwrap();
-    let mut playback = AlsaPlayback::open(spec("loop_playback"), &metrics).unwrap();
+    let capture = AlsaCapture::open(pipe_spec("loop_capture", RATE), &metrics).unwrap();
+    let mut playback = AlsaPlayback::open(pipe_spec("loop_playback", RATE), &metrics).unwrap();
     let capture = if cancel {
         let (far, stage) = echo_path::link(RATE, metrics.clone()).unwrap();
         playback = playback.with_echo(far);
@@ -183,28 +163,7 @@ fn run_loop(dir: &Path, model: &mut Model, cancel: bool, user: &[f32], rir: &[f3
         pcm: Vec::with_capacity(((SECONDS + 2.0) * 24_000.0) as usize),
     };
     model.start_over();
-    let stop = AtomicBool::new(false);
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            std::thread::sleep(Duration::from_secs_f64(SECONDS));
-            stop.store(true, Relaxed);
-        });
-        pipeline::run(
-            model,
-            &mut capture,
-            &mut playback,
-            Schedule {
-                latency_frames: 6,
-                max_backlog_frames: 15,
-                stall: None,
-                fail: None,
-            },
-            &metrics,
-            &stop,
-            None,
-        )
-        .unwrap();
-    });
+    run_pipeline_for(model, &mut capture, &mut playback, &metrics, SECONDS);
     // Read before the canceller goes with the capture device.
     let echo_active = metrics.echo_active.load(Relaxed);
     let heard = std::mem::take(&mut capture.pcm);
@@ -313,47 +272,12 @@ fn measure(
 #[test]
 fn with_the_canceller_the_model_hears_the_user_and_not_its_own_echo() {
     let dir = scratch("echo_loop");
-    std::fs::create_dir_all(dir.join("alsa")).unwrap();
-    let (cap, play) = (dir.join("capture.pipe"), dir.join("playback.pipe"));
-    fifo(&cap);
-    fifo(&play);
-    std::fs::write(
-        dir.join("alsa/asoundrc"),
-        format!(
-            "pcm.loop_capture {{ type file slave.pcm \"null\" file \"/dev/null\" infile \"{}\" format \"raw\" }}\n\
-             pcm.loop_playback {{ type file slave.pcm \"null\" file \"{}\" format \"raw\" }}\n",
-            cap.display(),
-            play.display()
-        ),
-    )
-    .unwrap();
-    // SAFETY: set before any thread of this test binary reads the environment or opens ALSA.
-    unsafe { std::env::set_var("XDG_CONFIG_HOME", &*dir) };
-    // A pipeline that never stops must fail the test, not hang it.
-    std::thread::spawn(|| {
-        std::thread::sleep(Duration::from_secs(120));
-        eprintln!("the echo loop did not end within 120 s");
-        std::process::exit(1);
-    });
+    // (run_loop opens the pipes' far ends by name.)
+    pipe_pcms(&dir, "loop");
+    watchdog(Duration::from_secs(120), "the echo loop");
 
     // The room's impulse response, 16 kHz, peak 1.
-    let py = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/pyclient/bin/python");
-    assert!(
-        py.exists(),
-        "{} is missing: run .ci/install-deps (it makes the Python environment with pyroomacoustics)",
-        py.display()
-    );
-    let rooms = std::process::Command::new(py)
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/aec/rooms.py"))
-        .arg(Path::new(GOLDEN_MIMI).join("speech.wav"))
-        .arg(&*dir)
-        .output()
-        .unwrap();
-    assert!(
-        rooms.status.success(),
-        "{}",
-        String::from_utf8_lossy(&rooms.stderr)
-    );
+    simulated_rooms(&dir);
     let bytes = std::fs::read(dir.join("rir-1-16k.npy")).unwrap();
     let rir: Vec<f32> = npyz::NpyFile::new(&bytes[..]).unwrap().into_vec().unwrap();
 

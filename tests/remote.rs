@@ -10,7 +10,7 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -655,22 +655,10 @@ fn healthz_answers_within_a_second_under_slow_huge_and_many_clients() {
     d.stop();
 }
 
-/// The Python client of `tests/remote/official_client.py`, in the environment that
-/// `.ci/install-deps` makes (sphn 0.1.4, websockets, numpy).
-fn python() -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/pyclient/bin/python");
-    assert!(
-        p.exists(),
-        "{} is missing: run .ci/install-deps (it makes the official client's Python environment)",
-        p.display()
-    );
-    p
-}
-
 #[test]
 fn the_official_clients_libraries_hold_a_conversation_in_real_time() {
     let _t = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let py = python();
+    let py = python_env();
     let d = Daemon::start("remote-python", "");
     let wav = Path::new(GOLDEN_MIMI).join("speech.wav");
     let out = Command::new(py)

@@ -31,7 +31,7 @@ fn root() -> &'static Path {
 /// The Python of `.ci/install-deps`' environment, or None (the reason printed) where it or
 /// Chromium is missing.
 fn browser_driver(test: &str) -> Option<PathBuf> {
-    let py = root().join("target/pyclient/bin/python");
+    let py = python_env_path();
     let has_playwright = Command::new(&py)
         .args(["-c", "import playwright.async_api"])
         .stderr(Stdio::null())

@@ -18,31 +18,23 @@ pub struct Asset {
     pub built_in: &'static str,
 }
 
+/// An asset of `page/`, built in.
+macro_rules! asset {
+    ($route:literal, $file:literal, $mime:literal) => {
+        Asset {
+            route: $route,
+            file: $file,
+            mime: $mime,
+            built_in: include_str!(concat!("page/", $file)),
+        }
+    };
+}
+
 pub const ASSETS: [Asset; 4] = [
-    Asset {
-        route: "/",
-        file: "index.html",
-        mime: "text/html; charset=utf-8",
-        built_in: include_str!("page/index.html"),
-    },
-    Asset {
-        route: "/style.css",
-        file: "style.css",
-        mime: "text/css; charset=utf-8",
-        built_in: include_str!("page/style.css"),
-    },
-    Asset {
-        route: "/app.js",
-        file: "app.js",
-        mime: "text/javascript; charset=utf-8",
-        built_in: include_str!("page/app.js"),
-    },
-    Asset {
-        route: "/ogg.js",
-        file: "ogg.js",
-        mime: "text/javascript; charset=utf-8",
-        built_in: include_str!("page/ogg.js"),
-    },
+    asset!("/", "index.html", "text/html; charset=utf-8"),
+    asset!("/style.css", "style.css", "text/css; charset=utf-8"),
+    asset!("/app.js", "app.js", "text/javascript; charset=utf-8"),
+    asset!("/ogg.js", "ogg.js", "text/javascript; charset=utf-8"),
 ];
 
 /// The largest file taken from `server.page_dir`.

@@ -375,3 +375,111 @@ pub fn signal(child: &std::process::Child, sig: i32) {
     // SAFETY: sends a signal to our own child process, which is still running.
     assert_eq!(unsafe { kill(child.id() as i32, sig) }, 0, "kill {sig}");
 }
+
+/// The Python that `.ci/install-deps` sets up under target/ (the official client's libraries,
+/// pyroomacoustics, Playwright); it may not be there yet.
+pub fn python_env_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("target/pyclient/bin/python")
+}
+
+/// That Python, which must be there.
+pub fn python_env() -> PathBuf {
+    let py = python_env_path();
+    assert!(
+        py.exists(),
+        "{} is missing: run .ci/install-deps (it makes the tests' Python environment)",
+        py.display()
+    );
+    py
+}
+
+/// The simulated rooms of `tests/aec/rooms.py` (seeded), written into `dir`.
+pub fn simulated_rooms(dir: &Path) {
+    let out = Command::new(python_env())
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/aec/rooms.py"))
+        .arg(Path::new(GOLDEN_MIMI).join("speech.wav"))
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Two alsa-lib PCMs, `{name}_capture` and `{name}_playback`: `file` plugins over a `null`
+/// slave whose files are named pipes in `dir` (returned: capture's, playback's), set up for
+/// this test binary. alsa-lib reads its configuration once per process: one such test per
+/// file.
+pub fn pipe_pcms(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    std::fs::create_dir_all(dir.join("alsa")).unwrap();
+    let (cap, play) = (dir.join("capture.pipe"), dir.join("playback.pipe"));
+    for pipe in [&cap, &play] {
+        let ok = Command::new("mkfifo").arg(pipe).status().unwrap().success();
+        assert!(ok, "mkfifo {}", pipe.display());
+    }
+    std::fs::write(
+        dir.join("alsa/asoundrc"),
+        format!(
+            "pcm.{name}_capture {{ type file slave.pcm \"null\" file \"/dev/null\" infile \"{}\" format \"raw\" }}\n\
+             pcm.{name}_playback {{ type file slave.pcm \"null\" file \"{}\" format \"raw\" }}\n",
+            cap.display(),
+            play.display()
+        ),
+    )
+    .unwrap();
+    // SAFETY: the tests that call this do so before any of their threads reads the
+    // environment or opens ALSA.
+    unsafe { std::env::set_var("XDG_CONFIG_HOME", dir) };
+    (cap, play)
+}
+
+/// Ends the test process, naming `what`, if it is still running after `limit`: a real-time
+/// run that never stops must fail its test, not hang it.
+pub fn watchdog(limit: Duration, what: &'static str) {
+    std::thread::spawn(move || {
+        std::thread::sleep(limit);
+        eprintln!("{what} did not end within {} s", limit.as_secs());
+        std::process::exit(1);
+    });
+}
+
+/// Runs the real-time pipeline on `capture` and `playback` for `seconds` (latency 6 frames,
+/// room to spare on this machine; a backlog of 15), then stops it.
+pub fn run_pipeline_for(
+    model: &mut flm_edge::serve::pipeline::Model,
+    capture: &mut dyn flm_edge::serve::device::CaptureDevice,
+    playback: &mut dyn flm_edge::serve::device::PlaybackDevice,
+    metrics: &flm_edge::serve::metrics::Metrics,
+    seconds: f64,
+) {
+    use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            std::thread::sleep(Duration::from_secs_f64(seconds));
+            stop.store(true, Relaxed);
+        });
+        let schedule = flm_edge::serve::pipeline::Schedule {
+            latency_frames: 6,
+            max_backlog_frames: 15,
+            stall: None,
+            fail: None,
+        };
+        flm_edge::serve::pipeline::run(model, capture, playback, schedule, metrics, &stop, None)
+            .unwrap();
+    });
+}
+
+/// A mono s16 device at `rate` with 20 ms periods, 4 to a buffer (the pipe PCMs' format).
+pub fn pipe_spec(name: &str, rate: u32) -> flm_edge::serve::alsa_io::DeviceSpec {
+    flm_edge::serve::alsa_io::DeviceSpec {
+        name: name.into(),
+        rate,
+        channels: 1,
+        format: "s16".into(),
+        period_ms: 20,
+        periods: 4,
+    }
+}

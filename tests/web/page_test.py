@@ -296,15 +296,23 @@ async def run_captions(a):
             await browser.close()
 
 
-def main_captions(a):
-    t0 = time.monotonic()
+def finish(coro, limit_s):
+    """Runs the checks within `limit_s`: their result, or None with the failure printed."""
     try:
-        c = asyncio.run(asyncio.wait_for(run_captions(a), timeout=60))
+        return asyncio.run(asyncio.wait_for(coro, timeout=limit_s))
     except Failed as e:
         print(f"page test FAILED: {e}", file=sys.stderr)
-        return 1
-    except Exception as e:
+    except asyncio.TimeoutError:
+        print(f"page test FAILED: the whole run took over {limit_s} s", file=sys.stderr)
+    except Exception as e:  # the browser or a page step failed (e.g. no server at --url)
         print(f"page test FAILED: {type(e).__name__}: {str(e).strip()}", file=sys.stderr)
+    return None
+
+
+def main_captions(a):
+    t0 = time.monotonic()
+    c = finish(run_captions(a), 60)
+    if c is None:
         return 1
     print(f"captions test ok in {time.monotonic() - t0:.1f} s: {c['eventsSeen']} events "
           f"({c['healthSeen']} health), {len(c['captionText'])} chars shown, state {c['state']}")
@@ -325,16 +333,8 @@ def main():
     if a.captions_only:
         return main_captions(a)
     t0 = time.monotonic()
-    try:
-        r = asyncio.run(asyncio.wait_for(run(a), timeout=100))
-    except Failed as e:
-        print(f"page test FAILED: {e}", file=sys.stderr)
-        return 1
-    except asyncio.TimeoutError:
-        print("page test FAILED: the whole run took over 100 s", file=sys.stderr)
-        return 1
-    except Exception as e:  # the browser or a page step failed (e.g. no server at --url)
-        print(f"page test FAILED: {type(e).__name__}: {str(e).strip()}", file=sys.stderr)
+    r = finish(run(a), 100)
+    if r is None:
         return 1
     t, c = r["talk"], r["captions"]
     print(
