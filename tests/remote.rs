@@ -804,6 +804,15 @@ fn the_page_and_its_event_stream_are_served_within_their_limits() {
         during.contains("\"source\":\"network conversation\""),
         "{during}"
     );
+    // After it, a page that connects is told the model is listening (it stopped speaking
+    // with the conversation).
+    let mut after = open_stream();
+    let first_after = read_for(&mut after, Duration::from_secs(3), "\"health\"");
+    assert!(
+        first_after.contains("data: {\"state\":\"listening\""),
+        "{first_after}"
+    );
+    drop(after);
     drop(streams);
     let _ = d.stop();
 }

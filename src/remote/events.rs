@@ -41,7 +41,7 @@ pub(crate) async fn events(
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, Infallible>>(4);
     tokio::spawn(async move {
         let _place = place;
-        let state = serde_json::json!({ "step": null, "text": "", "state": hub.state() });
+        let state = serde_json::json!({ "step": null, "text": "", "state": hub.control.state() });
         let mut first = Some(state.to_string());
         let mut tick = tokio::time::interval(HEALTH_EVERY);
         loop {

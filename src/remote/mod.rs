@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::Thread;
 
 use crate::engine::Sampling;
+use crate::serve::conversation::Control;
 use crate::serve::metrics::Metrics;
 use link::{LinkState, PipelineEnd, SocketEnd};
 use settings::Settings;
@@ -41,13 +42,19 @@ pub struct Hub {
     base: Mutex<Option<Sampling>>,
     /// The event stream's lines (JSON), for the page's `/api/events`.
     feed: tokio::sync::broadcast::Sender<Arc<str>>,
-    /// The model's state last sent (listening, speaking, muted), for a page that connects.
-    state: Mutex<&'static str>,
+    /// The model's resets, mute and state (listening, speaking, muted).
+    pub control: Arc<Control>,
 }
 
 impl Hub {
-    /// A hub whose offers interrupt the pipeline through `interrupt` and wake `serve_thread`.
-    pub fn new(metrics: Arc<Metrics>, interrupt: Arc<AtomicBool>, serve_thread: Thread) -> Hub {
+    /// A hub whose offers interrupt the pipeline through `interrupt` and wake `serve_thread`;
+    /// `control` is the model's.
+    pub fn new(
+        metrics: Arc<Metrics>,
+        control: Arc<Control>,
+        interrupt: Arc<AtomicBool>,
+        serve_thread: Thread,
+    ) -> Hub {
         Hub {
             metrics,
             busy: AtomicBool::new(false),
@@ -58,7 +65,7 @@ impl Hub {
             settings: Mutex::new(Settings::default()),
             base: Mutex::new(None),
             feed: tokio::sync::broadcast::channel(events::FEED_LINES).0,
-            state: Mutex::new("listening"),
+            control,
         }
     }
 
@@ -140,14 +147,6 @@ impl Hub {
         if self.feed.receiver_count() > 0 {
             let _ = self.feed.send(Arc::from(line));
         }
-    }
-
-    pub fn set_state(&self, state: &'static str) {
-        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = state;
-    }
-
-    pub fn state(&self) -> &'static str {
-        *self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<str>> {

@@ -89,11 +89,15 @@ impl Control {
         self.muted.load(Relaxed)
     }
 
+    /// The model's state now (listening, speaking, muted).
+    pub fn state(&self) -> &'static str {
+        state(self.muted(), self.speaking.load(Relaxed))
+    }
+
     /// `status`: the state, the current conversation's steps, conversations so far.
     pub fn status(&self) -> (&'static str, u64, u64) {
-        let state = state(self.muted(), self.speaking.load(Relaxed));
         (
-            state,
+            self.state(),
             self.steps.load(Relaxed),
             self.conversations.load(Relaxed),
         )
@@ -150,6 +154,11 @@ impl Lifecycle {
         }
         c.speaking.store(speaking, Relaxed);
         c.steps.fetch_add(1, Relaxed);
+    }
+
+    /// The pipeline has stopped: nothing is playing (until the next one steps).
+    pub fn stopped(&self, c: &Control) {
+        c.speaking.store(false, Relaxed);
     }
 }
 

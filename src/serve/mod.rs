@@ -258,6 +258,7 @@ pub fn serve(opts: ServeOptions) -> Result<()> {
     let metrics = Arc::new(Metrics::new());
     let hub = Arc::new(Hub::new(
         metrics.clone(),
+        model.control.clone(),
         signals.interrupt.clone(),
         std::thread::current(),
     ));
@@ -480,8 +481,6 @@ fn converse(
         r.dropped.load(Relaxed),
     );
     events.send_line(&serde_json::json!({ "conversation": "end", "peer": peer }));
-    // Until the next source speaks: a page that connects now is not told "speaking".
-    hub.set_state("listening");
     hub.release();
     result
 }

@@ -443,6 +443,7 @@ fn step_loop(
         }
         let _ = events.enqueue(e);
     }
+    life.stopped(&control);
     Ok(())
 }
 

@@ -110,9 +110,6 @@ impl EventStream {
         if e.piece.is_empty() && !state_changed {
             return;
         }
-        if let (Some(hub), true) = (&self.page, state_changed) {
-            hub.set_state(e.state());
-        }
         self.send_line(&serde_json::json!({
             "step": e.step,
             "text": e.piece.as_str(),
