@@ -62,13 +62,12 @@ fn echo_is_removed_in_every_room_and_a_near_voice_survives() {
     let mean = erle.iter().sum::<f64>() / 3.0;
     assert!(erle.iter().all(|&e| e >= 20.0) && mean >= 25.0, "{erle:?}");
     // Double talk: the near voice is not suppressed with the echo: its energy stays within
-    // 3 dB while both talk (achieved: -2.3, -2.2 and -1.9 dB; AEC3's suppressor takes a
-    // little of it when the echo is as loud).
-    //
-    // And it comes out as itself: the output's correlation with the clean near voice is
-    // 0.80, 0.82 and 0.84 (the output time-aligned with the microphone). The issue asks for
-    // 0.9: AEC3's suppressor, whose settings `sonora` 0.2 does not expose, shapes the near
-    // voice's spectrum while the echo is as loud as it; this bound holds what is achieved.
+    // 3 dB while both talk (achieved: -0.7, -0.8 and -0.5 dB), and it comes out as itself:
+    // the output's correlation with the clean near voice, the output time-aligned with the
+    // microphone, is at least 0.9 in each room, as the issue asks (achieved: 0.929, 0.928
+    // and 0.929; 0.82-0.86 with WebRTC's default suppressor settings, `src/echo/mod.rs`).
+    // The echo stays down meanwhile: a least-squares fit of the output on the near voice and
+    // the echo puts the echo's part 40-49 dB under the echo.
     let (_, near) = read_wav(&dir.join("near.wav"));
     let talk = 8 * 24_000 + 2400..15 * 24_000;
     let e = |x: &[f32]| -> f64 { x[talk.clone()].iter().map(|&v| (v as f64).powi(2)).sum() };
@@ -78,8 +77,28 @@ fn echo_is_removed_in_every_room_and_a_near_voice_survives() {
         let r = correlation(&out[talk.clone()], &near[talk.clone()]);
         eprintln!("room {i}: double talk, output / near voice {db:+.1} dB, correlation {r:.3}");
         assert!(db.abs() <= 3.0, "room {i}: {db:+.1} dB");
-        assert!(r >= 0.78, "room {i}: correlation {r:.3}");
+        assert!(r >= 0.9, "room {i}: correlation {r:.3}");
+        let echo = read_wav(&dir.join(format!("mic-{i}.wav"))).1;
+        let removed = echo_removed_db(&out[talk.clone()], &near[talk.clone()], &echo[talk.clone()]);
+        eprintln!(
+            "room {i}: double talk, the echo's part of the output {removed:.1} dB under the echo"
+        );
+        assert!(
+            removed >= 35.0,
+            "room {i}: the echo only {removed:.1} dB down in double talk"
+        );
     }
+}
+
+/// How far under `echo` its part of `out` is, by a least-squares fit of `out` on `near` and
+/// `echo` (dB).
+fn echo_removed_db(out: &[f32], near: &[f32], echo: &[f32]) -> f64 {
+    let dot =
+        |x: &[f32], y: &[f32]| -> f64 { x.iter().zip(y).map(|(&p, &q)| p as f64 * q as f64).sum() };
+    let (nn, ee, ne) = (dot(near, near), dot(echo, echo), dot(near, echo));
+    let (on, oe) = (dot(out, near), dot(out, echo));
+    let b = (nn * oe - ne * on) / (nn * ee - ne * ne);
+    -20.0 * b.abs().log10()
 }
 
 fn correlation(a: &[f32], b: &[f32]) -> f64 {

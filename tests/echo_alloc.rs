@@ -1,10 +1,11 @@
 //! Allocation on the audio threads by the echo canceller, counted by a global allocator that
 //! counts the allocations of the thread under test. The playback side's hand-over
 //! (`FarEnd::played`) allocates nothing. The capture side's cancellation allocates inside
-//! AEC3 (`sonora` 0.2 builds temporary vectors in its capture path, about 20 small blocks per
-//! 10 ms, freed in the same call: glibc's per-thread cache serves such sizes without a lock);
-//! what is checked there is that the memory held does not grow and that the count stays
-//! where it was measured.
+//! AEC3's block processor (`sonora-aec3` 0.2 builds temporary vectors, per channel, in its
+//! echo remover: about 14 small blocks per 10 ms, freed in the same call; glibc's per-thread
+//! cache serves such sizes without a lock). The framing around it (`src/echo/aec3.rs`)
+//! allocates nothing. What is checked there is that the memory held does not grow and that
+//! the count stays where it was measured.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -105,6 +106,7 @@ fn the_echo_path_holds_no_more_memory_as_it_runs_and_its_playback_side_allocates
     assert_eq!(playback_allocations, 0, "the playback side allocated");
     // Nothing kept: the memory held does not grow.
     assert!(held <= 0, "{held} bytes more held after 5 s");
-    // Measured: 20.2 per block; a new version of the crate that allocates more is news.
-    assert!(per_block <= 24.0, "{per_block:.1} allocations per block");
+    // Measured: 13.8 per block (20.2 through `sonora`'s own front end, which also built
+    // vectors per frame); a new version of the crate that allocates more is news.
+    assert!(per_block <= 16.0, "{per_block:.1} allocations per block");
 }
