@@ -1,4 +1,4 @@
-//! Echo cancellation (`flm-edge aec`, the canceller of `src/echo.rs`) on simulated rooms
+//! Echo cancellation (`flm-edge aec`, the canceller of `src/echo/`) on simulated rooms
 //! made by `tests/aec/rooms.py` (pyroomacoustics, in the environment `.ci/install-deps`
 //! makes): a loudspeaker 8 cm from the microphone, reverberation 0.2-0.6 s, extra delays
 //! 10-150 ms, noise at -60 dBFS, the speech clip as the far end.

@@ -575,6 +575,28 @@ fn metrics_are_prometheus_text() {
     }
     let s = m.summary();
     assert_eq!((s.steps, s.max), (2, 120.0));
+    // The echo canceller's lines appear while it runs, each estimate once it has one.
+    assert!(!text.contains("flm_edge_echo_"), "{text}");
+    m.echo_active.store(true, Relaxed);
+    Metrics::add(&m.echo_realignments);
+    let text = m.render();
+    assert!(
+        text.lines()
+            .any(|l| l == "flm_edge_echo_realignments_total 1")
+    );
+    assert!(!text.contains("flm_edge_echo_erle_db"), "{text}");
+    m.echo_erle_millibel.store(2150, Relaxed);
+    m.echo_delay_ms.store(64, Relaxed);
+    let text = m.render();
+    for line in [
+        "flm_edge_echo_erle_db 21.5",
+        "flm_edge_echo_delay_seconds 0.064",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing `{line}` in\n{text}"
+        );
+    }
 }
 
 #[test]

@@ -87,6 +87,9 @@ pub struct Metrics {
     /// dB; i64::MIN before the first) and the echo's delay (ms; -1 before the first).
     pub echo_erle_millibel: AtomicI64,
     pub echo_delay_ms: AtomicI32,
+    /// Times the far end was re-aligned with the microphone (each a jump in the canceller's
+    /// reference: the two devices' reports drifted apart).
+    pub echo_realignments: AtomicU64,
     buckets: [AtomicU64; BUCKETS_MS.len()],
     step_sum_us: AtomicU64,
     step_max_us: AtomicU64,
@@ -180,6 +183,7 @@ impl Default for Metrics {
             echo_active: AtomicBool::new(false),
             echo_erle_millibel: AtomicI64::new(i64::MIN),
             echo_delay_ms: AtomicI32::new(-1),
+            echo_realignments: AtomicU64::new(0),
             buckets: std::array::from_fn(|_| z()),
             step_sum_us: z(),
             step_max_us: z(),
@@ -438,6 +442,12 @@ impl Metrics {
                     &(delay as f64 / 1e3),
                 );
             }
+            counter(
+                &mut o,
+                "echo_realignments_total",
+                "Times the far end was re-aligned with the microphone (the devices' delay reports drifted apart).",
+                g(&self.echo_realignments),
+            );
         }
         let r = &self.remote;
         counter(
