@@ -430,10 +430,7 @@ fn converse(
         peer,
     } = conversation;
     let sampling = hub.settings().apply(base);
-    let begun = model.engine.set_sampling(sampling);
-    model.mimi.reset();
-    model.detok.reset();
-    if let Err(e) = begun {
+    if let Err(e) = model.start_over_with(sampling) {
         state.finished.store(true, Relaxed);
         hub.release();
         eprintln!("flm-edge: conversation with {peer} refused: {e:#}");

@@ -25,7 +25,7 @@ use super::conversation::{Control, Lifecycle, NewConversation};
 use super::device::{CaptureDevice, Captured, FRAME, Pcm, PlaybackDevice, sleep_until};
 use super::metrics::{Metrics, Stage};
 use crate::detok::Detokenizer;
-use crate::engine::Engine;
+use crate::engine::{Engine, Sampling};
 
 /// Queue slots (one is kept free by the queue): about 1.2 s of audio each way.
 const QUEUE: usize = 16;
@@ -129,6 +129,14 @@ impl Model {
         self.engine.reset();
         self.mimi.reset();
         self.detok.reset();
+    }
+
+    /// Starts over sampling with `sampling` (a network conversation's settings); refused
+    /// settings leave the sampling as it was, and the conversation starts over all the same.
+    pub fn start_over_with(&mut self, sampling: Sampling) -> Result<()> {
+        let set = self.engine.set_sampling(sampling);
+        self.start_over();
+        set
     }
 }
 
