@@ -551,6 +551,94 @@ fn audio_lost_to_an_xrun_does_not_lengthen_the_latency() {
     }
 }
 
+/// The kiosk's idle reset in the pipeline the daemon runs, with a model that waits and says
+/// nothing whatever it hears: a new conversation starts `conversation.idle_reset_s` after the
+/// user last spoke, once; never while the user talks (pauses included), nor in the quiet
+/// before the first word (nothing to forget yet).
+#[test]
+fn a_new_conversation_starts_after_the_quiet_time_and_never_during_talk() {
+    use flm_edge::serve::conversation::NewConversation;
+    let _t = TIMED.lock().unwrap_or_else(|e| e.into_inner());
+    let mut model = silent_model();
+    let (idle_s, quiet_dbfs) = (2, -45.0);
+    model.control.configure(idle_s, quiet_dbfs);
+    let limit = idle_s as usize * 25 / 2;
+    // 2 s of quiet, the speech clip with a pause of 1.6 s in its middle (just under the
+    // limit), 4 s of quiet.
+    let clip = speech();
+    let half = clip.len() / 2 / FRAME * FRAME;
+    let mut pcm = vec![0.0; 25 * FRAME];
+    pcm.extend(&clip[..half]);
+    pcm.extend(vec![0.0; 20 * FRAME]);
+    pcm.extend(&clip[half..]);
+    pcm.resize(pcm.len().next_multiple_of(FRAME) + 50 * FRAME, 0.0);
+    let frames = pcm.len() / FRAME;
+    // The frames in which the user speaks, by the level the daemon uses.
+    let level = 10f32.powf(quiet_dbfs / 20.0);
+    let loud: Vec<usize> = (0..frames)
+        .filter(|&f| {
+            let x = &pcm[f * FRAME..(f + 1) * FRAME];
+            (x.iter().map(|v| v * v).sum::<f32>() / FRAME as f32).sqrt() >= level
+        })
+        .collect();
+    let (first, last) = (loud[0], *loud.last().unwrap());
+    let longest_pause = loud.windows(2).map(|w| w[1] - w[0] - 1).max().unwrap();
+    assert!(
+        (20..limit).contains(&longest_pause),
+        "the longest pause ({longest_pause} frames) must be the one put in, under the limit"
+    );
+
+    let metrics = Metrics::new();
+    let stop = AtomicBool::new(false);
+    let mut events = vec![];
+    let mut on_event = |e: &pipeline::Event| {
+        events.push((e.step, e.new_conversation, e.speaking, e.piece.to_string()));
+    };
+    let mut cap = WavCapture::new(pcm, None);
+    let mut play = WavPlayback::new(frames, None);
+    pipeline::run(
+        &mut model,
+        &mut cap,
+        &mut play,
+        Schedule::default(),
+        &metrics,
+        &stop,
+        Some(&mut on_event),
+    )
+    .unwrap();
+    assert_eq!(events.len(), frames);
+    // The model said nothing: the talk was the user's alone.
+    assert!(
+        events
+            .iter()
+            .all(|(_, _, speaking, piece)| !speaking && piece.is_empty()),
+        "the silent model spoke"
+    );
+    let new: Vec<(u64, NewConversation)> = events
+        .iter()
+        .filter_map(|&(step, why, ..)| why.map(|w| (step, w)))
+        .collect();
+    eprintln!(
+        "user speaks in frames {first}..={last} (longest pause {longest_pause}); new conversations: {new:?}"
+    );
+    // At start-up, and once after the user's last word plus the quiet time: the frame after
+    // `limit` quiet ones.
+    assert_eq!(
+        new,
+        [
+            (0, NewConversation::Start),
+            ((last + limit + 1) as u64, NewConversation::Idle)
+        ]
+    );
+    // As the control socket's `status` reports it: two conversations, the second as long as
+    // the quiet that followed the reset.
+    let (state, steps, conversations) = model.control.status();
+    assert_eq!(
+        (state, steps, conversations),
+        ("listening", (frames - last - limit - 1) as u64, 2)
+    );
+}
+
 #[test]
 fn metrics_are_prometheus_text() {
     let m = Metrics::new();

@@ -9,7 +9,7 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use flm_testkit::{LmSpec, write_lm, write_mimi};
+use flm_testkit::{LmSpec, write_lm, write_mimi, write_silent_mimi};
 
 /// A test's own folder, removed when the test is done with it (test data runs to gigabytes).
 pub struct Scratch(PathBuf);
@@ -313,6 +313,37 @@ pub fn snr_db(reference: &[f32], got: &[f32]) -> f64 {
 pub fn pipeline_model() -> flm_edge::serve::pipeline::Model {
     let cfg = flm_edge::config::Config {
         model: Some(converted(3, "f32").to_path_buf()),
+        threads: 2,
+        ..Default::default()
+    };
+    flm_edge::serve::load_model(&cfg).unwrap()
+}
+
+/// The small model of seed 3 made to wait and say nothing whatever it hears (`LmSpec::waits`
+/// and a silent Mimi decoder), at f32, loaded for the real-time pipeline on 2 threads.
+pub fn silent_model() -> flm_edge::serve::pipeline::Model {
+    let ck = shared_fixture("silent-seed-3", false, |d| {
+        let spec = LmSpec {
+            waits: true,
+            ..LmSpec::tiny()
+        };
+        write_lm(&d.join("lm"), &spec, 3).unwrap();
+        write_silent_mimi(&d.join("mimi.safetensors"), 3).unwrap();
+    });
+    let ck = Checkpoints {
+        lm: ck.join("lm"),
+        mimi: ck.join("mimi.safetensors"),
+    };
+    let dir = shared_fixture("silent-seed-3-f32", true, |d| {
+        let run = convert(&ck, &d.join("model"), &["--quant", "f32"]);
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+    });
+    let cfg = flm_edge::config::Config {
+        model: Some(dir.join("model")),
         threads: 2,
         ..Default::default()
     };

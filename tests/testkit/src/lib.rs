@@ -12,4 +12,4 @@ pub mod safetensors_out;
 pub mod tokenizer;
 
 pub use lm::{LmSpec, write_lm};
-pub use mimi::write_mimi;
+pub use mimi::{write_mimi, write_silent_mimi};

@@ -27,7 +27,15 @@ pub struct LmSpec {
     pub shards: usize,
     /// Add the `rotary_emb.inv_freq` buffers an older modeling file saved.
     pub inv_freq: bool,
+    /// A model that always waits: whatever it hears, its text head picks the wait token
+    /// (`TEXT_WAIT`). The layers add nothing to the residual stream (their output projections
+    /// are zero), every embedding carries 1 in the first dimension, and `lm_head` reads that
+    /// dimension for the wait token alone. For tests of what a silent model leads to.
+    pub waits: bool,
 }
+
+/// The text token FLM-Audio emits while it waits (`mm_token_info.text_wait_token_id`).
+pub const TEXT_WAIT: usize = 151665;
 
 impl LmSpec {
     /// The released model: 7.7 B backbone (Qwen2.5-7B shapes) and a 0.49 B depth transformer.
@@ -47,6 +55,7 @@ impl LmSpec {
             dtype: Dtype::BF16,
             shards: 4,
             inv_freq: false,
+            waits: false,
         }
     }
 
@@ -111,7 +120,7 @@ impl LmSpec {
             "transformers_version": "4.51.3",
             "aud_vocab_size": self.audio_vocab,
             "aud_channel": self.codebooks,
-            "mm_token_info": {"text_wait_token_id": 151665, "aud_pad_token_id": 2048, "aud_emp_token_id": 2049},
+            "mm_token_info": {"text_wait_token_id": TEXT_WAIT, "aud_pad_token_id": 2048, "aud_emp_token_id": 2049},
             "aud_depthgpt": {
                 "n_layer": self.dep_layers, "n_head": self.dep_heads, "n_embd": self.dep_embd,
                 "dropout": 0.0, "bias": false, "use_cmlp": true, "use_rmsnorm": true, "use_swiglu": true
@@ -144,6 +153,8 @@ impl LmSpec {
             mean: 0.0,
             std: 1.0 / (fan_in as f32).sqrt(),
         };
+        // What a layer adds to the residual stream: nothing in a model that waits.
+        let out = |fan_in: usize| if self.waits { Init::ZERO } else { w(fan_in) };
         let mut t = vec![];
         let mut add = |name: String, shape: Vec<usize>, init: Init| t.push((name, shape, init));
         add(
@@ -174,7 +185,7 @@ impl LmSpec {
             add(format!("{p}self_attn.k_proj.bias"), vec![kv], bias);
             add(format!("{p}self_attn.v_proj.weight"), vec![kv, h], w(h));
             add(format!("{p}self_attn.v_proj.bias"), vec![kv], bias);
-            add(format!("{p}self_attn.o_proj.weight"), vec![h, h], w(h));
+            add(format!("{p}self_attn.o_proj.weight"), vec![h, h], out(h));
             if self.inv_freq {
                 add(
                     format!("{p}self_attn.rotary_emb.inv_freq"),
@@ -191,7 +202,7 @@ impl LmSpec {
             add(
                 format!("{p}mlp.down_proj.weight"),
                 vec![h, self.ffn],
-                w(self.ffn),
+                out(self.ffn),
             );
         }
         add("model.norm.weight".into(), vec![h], ones);
@@ -296,8 +307,15 @@ pub fn write_lm(dir: &Path, spec: &LmSpec, seed: u64) -> Result<()> {
             .iter()
             .map(|&i| for_tensor(seed, &tensors[i].0))
             .collect();
+        // Values written so far, per tensor (they come in chunks).
+        let mut done = vec![0; idx.len()];
         safetensors_out::write(&dir.join(&file), &entries, Some(&meta), |k, out| {
-            tensors[idx[k]].2.fill(&mut rngs[k], out)
+            let (name, shape, init) = &tensors[idx[k]];
+            init.fill(&mut rngs[k], out);
+            if spec.waits {
+                always_wait(name, shape, done[k], out);
+            }
+            done[k] += out.len();
         })?;
     }
     if spec.shards > 1 {
@@ -308,4 +326,25 @@ pub fn write_lm(dir: &Path, spec: &LmSpec, seed: u64) -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// The values that make a model wait (`LmSpec::waits`): every embedding row carries 1 in the
+/// first dimension, so the residual stream's first dimension is 17 whatever was heard, and
+/// `lm_head` reads only that dimension, only for the wait token: its logit is about 64 (the
+/// normed stream's first dimension about 16, times 4), every other token's 0, so that no
+/// sampling picks another.
+fn always_wait(name: &str, shape: &[usize], from: usize, out: &mut [f32]) {
+    let row = shape[shape.len() - 1];
+    if name.starts_with("model.embed_tokens.") {
+        assert_eq!(from % row, 0, "chunks hold whole rows");
+        out.chunks_exact_mut(row).for_each(|r| r[0] = 1.0);
+    } else if name == "lm_head.weight" {
+        out.fill(0.0);
+        if let Some(i) = (TEXT_WAIT * row)
+            .checked_sub(from)
+            .filter(|&i| i < out.len())
+        {
+            out[i] = 4.0;
+        }
+    }
 }

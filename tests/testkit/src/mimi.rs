@@ -221,10 +221,26 @@ pub fn tensors() -> Vec<Tensor> {
 
 /// Writes the Mimi checkpoint to `path` (f32, as released).
 pub fn write_mimi(path: &Path, seed: u64) -> Result<()> {
+    write(path, seed, tensors())
+}
+
+/// The same checkpoint with a decoder that outputs silence (its last convolution zero): a
+/// model with it says nothing, whatever codes it chooses. For tests of what a silent model
+/// leads to.
+pub fn write_silent_mimi(path: &Path, seed: u64) -> Result<()> {
+    let mut t = tensors();
+    for (name, _, init) in t.iter_mut() {
+        if name.starts_with("decoder.model.14.") {
+            *init = Init::ZERO;
+        }
+    }
+    write(path, seed, t)
+}
+
+fn write(path: &Path, seed: u64, tensors: Vec<Tensor>) -> Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let tensors = tensors();
     let entries: Vec<Entry> = tensors
         .iter()
         .map(|(n, s, _)| Entry {

@@ -21,6 +21,12 @@ pub struct Init {
 }
 
 impl Init {
+    /// All zeros.
+    pub const ZERO: Init = Init {
+        mean: 0.0,
+        std: 0.0,
+    };
+
     pub fn fill(self, rng: &mut ChaCha8Rng, out: &mut [f32]) {
         // Uniform on [-a, a] has standard deviation a / sqrt(3).
         let a = self.std * 3f32.sqrt();
