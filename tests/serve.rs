@@ -264,6 +264,31 @@ fn the_event_socket_takes_commands_and_answers_bad_ones_with_errors() {
     assert!(a.contains("\"ok\":\"status\""), "{a}");
 }
 
+/// Runs the pipeline over `pcm` as fast as the model goes (slot n answers frame n), every
+/// event to `on_event`; the answers.
+fn replay_unpaced(
+    model: &mut pipeline::Model,
+    pcm: Vec<f32>,
+    metrics: &Metrics,
+    on_event: &mut (dyn FnMut(&pipeline::Event) + Send),
+) -> Vec<f32> {
+    let frames = pcm.len() / FRAME;
+    let mut cap = WavCapture::new(pcm, None);
+    let mut play = WavPlayback::new(frames, None);
+    let stop = AtomicBool::new(false);
+    pipeline::run(
+        model,
+        &mut cap,
+        &mut play,
+        Schedule::default(),
+        metrics,
+        &stop,
+        Some(on_event),
+    )
+    .unwrap();
+    play.into_pcm()
+}
+
 #[test]
 fn a_reset_starts_a_new_conversation_and_mute_makes_the_model_hear_silence() {
     use flm_edge::serve::conversation::NewConversation;
@@ -271,14 +296,10 @@ fn a_reset_starts_a_new_conversation_and_mute_makes_the_model_hear_silence() {
     let frames = 30;
     let pcm = speech()[..frames * FRAME].to_vec();
     let metrics = Metrics::new();
-    let stop = AtomicBool::new(false);
     // Unpaced replays: slot n is the answer to frame n.
     let replay = |pcm: Vec<f32>, at: Option<(u64, bool)>| {
         let mut model = pipeline_model();
         let control = model.control.clone();
-        let n = pcm.len() / FRAME;
-        let mut cap = WavCapture::new(pcm, None);
-        let mut play = WavPlayback::new(n, None);
         let mut news = vec![];
         let mut muted = vec![];
         let mut on_event = |e: &pipeline::Event| {
@@ -298,17 +319,8 @@ fn a_reset_starts_a_new_conversation_and_mute_makes_the_model_hear_silence() {
                 }
             }
         };
-        pipeline::run(
-            &mut model,
-            &mut cap,
-            &mut play,
-            Schedule::default(),
-            &metrics,
-            &stop,
-            Some(&mut on_event),
-        )
-        .unwrap();
-        (play.into_pcm(), news, muted)
+        let answers = replay_unpaced(&mut model, pcm, &metrics, &mut on_event);
+        (answers, news, muted)
     };
     let (whole, news, _) = replay(pcm.clone(), Some((8, false)));
     assert_eq!(news[0], (0, NewConversation::Start));
@@ -398,9 +410,17 @@ fn a_running_daemon_serves_metrics_healthz_and_events() {
     // An event client gets JSON lines with the step and the state.
     let sock = std::os::unix::net::UnixStream::connect(&events).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut line = String::new();
-    BufReader::new(sock).read_line(&mut line).unwrap();
-    let e: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|_| panic!("{line}"));
+    let mut reader = BufReader::new(sock);
+    // A step's line (the first step's may come after the line announcing the conversation,
+    // which can reach a client that connected before the event thread sent it).
+    let (line, e) = loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        let e: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|_| panic!("{line}"));
+        if e.get("conversation").is_none() {
+            break (line, e);
+        }
+    };
     assert!(e["step"].is_u64() && e["text"].is_string(), "{line}");
     assert!(
         matches!(e["state"].as_str(), Some("listening" | "speaking")),
@@ -588,24 +608,11 @@ fn a_new_conversation_starts_after_the_quiet_time_and_never_during_talk() {
         "the longest pause ({longest_pause} frames) must be the one put in, under the limit"
     );
 
-    let metrics = Metrics::new();
-    let stop = AtomicBool::new(false);
     let mut events = vec![];
     let mut on_event = |e: &pipeline::Event| {
         events.push((e.step, e.new_conversation, e.speaking, e.piece.to_string()));
     };
-    let mut cap = WavCapture::new(pcm, None);
-    let mut play = WavPlayback::new(frames, None);
-    pipeline::run(
-        &mut model,
-        &mut cap,
-        &mut play,
-        Schedule::default(),
-        &metrics,
-        &stop,
-        Some(&mut on_event),
-    )
-    .unwrap();
+    replay_unpaced(&mut model, pcm, &Metrics::new(), &mut on_event);
     assert_eq!(events.len(), frames);
     // The model said nothing: the talk was the user's alone.
     assert!(
