@@ -22,6 +22,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 model="$1"; minutes="${2:-10}"; work="${3:-target/soak}"
 mkdir -p "$work"
+work="$(cd "$work" && pwd)"  # absolute: the ALSA configuration names its pipes by path
 python3 - "$minutes" "$work/user.wav" <<'PY'
 import sys, wave
 minutes, out = float(sys.argv[1]), sys.argv[2]
@@ -51,8 +52,8 @@ if [ "${ALSA:-}" = pipes ]; then
   mkfifo "$work/capture.pipe" "$work/playback.pipe"
   mkdir -p "$work/xdg/alsa"
   cat > "$work/xdg/alsa/asoundrc" <<ALSA
-pcm.soak_capture { type file slave.pcm "null" file "/dev/null" infile "$PWD/$work/capture.pipe" format "raw" }
-pcm.soak_playback { type file slave.pcm "null" file "$PWD/$work/playback.pipe" format "raw" }
+pcm.soak_capture { type file slave.pcm "null" file "/dev/null" infile "$work/capture.pipe" format "raw" }
+pcm.soak_playback { type file slave.pcm "null" file "$work/playback.pipe" format "raw" }
 ALSA
   cat >> "$work/soak.toml" <<TOML
 [audio]
@@ -64,7 +65,7 @@ TOML
   python3 tests/bench/alsa_clock.py 48000 "$work/user.wav" "$work/capture.pipe" \
     "$work/playback.pipe" "$work/reply.raw" &
   clock=$!
-  XDG_CONFIG_HOME="$PWD/$work/xdg" target/release/flm-edge serve --config "$work/soak.toml" \
+  XDG_CONFIG_HOME="$work/xdg" target/release/flm-edge serve --config "$work/soak.toml" \
     --model "$model" 2> "$work/serve.log" &
   pid=$!
   # The clip's length at the card's pace, then a clean stop (SIGTERM) while audio flows.
@@ -95,3 +96,4 @@ done
 wait "$pid" && rc=0 || rc=$?; echo "serve exited with status $rc"
 tail -4 "$work/serve.log"
 echo "resident memory (s, anonymous KiB, mapped-file KiB):"; cat "$work/rss.log"
+exit "$rc"
