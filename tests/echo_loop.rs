@@ -389,9 +389,9 @@ fn with_the_canceller_the_model_hears_the_user_and_not_its_own_echo() {
     // With the canceller the model hears the user and not its own echo. The measure: the
     // fraction of the Mimi codes of what the model heard equal to those of the user's clip
     // alone (all 8 codebooks, 110 frames). Achieved, the echo 6 dB above the user at the
-    // microphone: 17.2 % with the canceller (codebook 1: 55 %), 2.4 % without; the echo's
+    // microphone: 17.8 % with the canceller (codebook 1: 52 %), 2.4 % without; the echo's
     // part in what the model heard -47 dB against the user's voice (+6 dB without); SNR
-    // +1.0 dB (-6.1 dB without). The far end ran unbroken (0 re-alignments): the run is the
+    // +1.9 dB (-6.1 dB without). The far end ran unbroken (0 re-alignments): the run is the
     // same each time.
     //
     // What bounds it is not the echo left but AEC3's suppressor while the far end plays:
