@@ -7,6 +7,7 @@
 //! lines and is told how many (`{"lost": n}`).
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -15,6 +16,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use tokio::sync::broadcast::error::RecvError;
 
+use super::Hub;
 use super::http::{Abort, AppState};
 
 /// Lines the feed holds for a stream that is behind.
@@ -36,7 +38,29 @@ pub(crate) async fn events(
         )
             .into_response();
     };
-    let hub = app.hub().clone();
+    let rx = stream_lines(app.hub().clone(), place, abort);
+    let body = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|chunk| (chunk, rx))
+    });
+    (
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        Body::from_stream(body),
+    )
+        .into_response()
+}
+
+/// The stream's lines, made by a task of their own: the state on connect, then the feed and a
+/// health line every second, each line waiting at most `SEND_TIME` for the client to take
+/// the one before (the channel holds 4); then the connection is closed through `abort`, and
+/// `place` freed.
+fn stream_lines<P: Send + 'static>(
+    hub: Arc<Hub>,
+    place: P,
+    abort: Abort,
+) -> tokio::sync::mpsc::Receiver<Result<Bytes, Infallible>> {
     let mut feed = hub.subscribe();
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, Infallible>>(4);
     tokio::spawn(async move {
@@ -65,15 +89,59 @@ pub(crate) async fn events(
         }
         abort.now();
     });
-    let body = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|chunk| (chunk, rx))
-    });
-    (
-        [
-            (header::CONTENT_TYPE, "text/event-stream"),
-            (header::CACHE_CONTROL, "no-cache"),
-        ],
-        Body::from_stream(body),
-    )
-        .into_response()
+    rx
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+    use std::time::Instant;
+
+    use super::*;
+    use crate::serve::conversation::Control;
+    use crate::serve::metrics::Metrics;
+
+    fn hub() -> Arc<Hub> {
+        Arc::new(Hub::new(
+            Arc::new(Metrics::new()),
+            Arc::new(Control::default()),
+            Arc::new(AtomicBool::new(false)),
+            std::thread::current(),
+        ))
+    }
+
+    /// A client that stops taking lines (its socket full, so the response body is no longer
+    /// polled) has its connection closed once a line has waited 2 s, and its place freed; a
+    /// client that reads is never closed.
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_does_not_read_is_closed_and_one_that_reads_is_not() {
+        let places = Arc::new(tokio::sync::Semaphore::new(1));
+        let abort = Abort::default();
+        let place = places.clone().try_acquire_owned().unwrap();
+        let mut rx = stream_lines(hub(), place, abort.clone());
+        // It reads the first line, the state, then nothing.
+        let first = rx.recv().await.unwrap().unwrap();
+        assert!(first.starts_with(b"data: {"), "{first:?}");
+        let t0 = Instant::now();
+        let t = tokio::time::Instant::now();
+        abort.closed().await;
+        // Health lines at 0, 1, 2 and 3 s fill the channel of 4; the line of 4 s waits 2 s.
+        assert_eq!(t.elapsed().as_secs(), 6, "closed after {:?}", t.elapsed());
+        assert!(t0.elapsed() < Duration::from_secs(1), "the clock is paused");
+        assert_eq!(places.available_permits(), 1, "the place is freed");
+
+        // A client that takes every line: a minute of them, never closed.
+        let abort = Abort::default();
+        let place = places.clone().try_acquire_owned().unwrap();
+        let mut rx = stream_lines(hub(), place, abort.clone());
+        let t = tokio::time::Instant::now();
+        let mut lines = 0;
+        while t.elapsed() < Duration::from_secs(60) {
+            tokio::select! {
+                l = rx.recv() => { l.unwrap().unwrap(); lines += 1; }
+                _ = abort.closed() => panic!("a reading client was closed"),
+            }
+        }
+        assert!(lines >= 60, "{lines} lines in a minute");
+    }
 }

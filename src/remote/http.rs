@@ -84,6 +84,11 @@ impl Abort {
     pub fn now(&self) {
         self.0.notify_one();
     }
+
+    /// Returns once the connection is to be closed.
+    pub async fn closed(&self) {
+        self.0.notified().await
+    }
 }
 
 /// Binds every address (an error names the key and the address), then serves them on a
@@ -224,7 +229,7 @@ where
         .with_upgrades();
     tokio::select! {
         _ = conn => {}
-        _ = abort.0.notified() => {}
+        _ = abort.closed() => {}
     }
 }
 
