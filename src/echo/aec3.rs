@@ -33,11 +33,17 @@ struct BandQueues {
 }
 
 impl BandQueues {
+    /// Queues that start `delay` samples deep, each reserved for the most it holds (a frame
+    /// on top of a part block, or a frame's blocks on top of the delay): filling them never
+    /// allocates.
     fn new(bands: usize, delay: usize) -> BandQueues {
-        let mut queue = Vec::with_capacity(BAND_FRAME + 2 * BLOCK);
-        queue.resize(delay, 0.0);
+        let queue = || {
+            let mut q = Vec::with_capacity(BAND_FRAME + 2 * BLOCK);
+            q.resize(delay, 0.0);
+            q
+        };
         BandQueues {
-            bands: vec![queue; bands],
+            bands: (0..bands).map(|_| queue()).collect(),
         }
     }
 
@@ -260,6 +266,27 @@ mod tests {
             .capture_config(StreamConfig::new(rate, 1))
             .render_config(StreamConfig::new(rate, 1))
             .build()
+    }
+
+    #[test]
+    fn the_block_queues_never_grow() {
+        for rate in [16_000u32, 32_000, 48_000] {
+            let n = rate as usize / 100;
+            let mut aec = Aec3::new(rate, &EchoCanceller3Config::default());
+            let capacities = |a: &Aec3| -> Vec<usize> {
+                [&a.render, &a.capture_in, &a.capture_out]
+                    .iter()
+                    .flat_map(|q| q.bands.iter().map(Vec::capacity))
+                    .collect()
+            };
+            let before = capacities(&aec);
+            let (far, mut out) = (vec![0.1; n], vec![0.0; n]);
+            for _ in 0..100 {
+                aec.render(&far);
+                aec.capture(&far, &mut out);
+            }
+            assert_eq!(capacities(&aec), before, "{rate} Hz");
+        }
     }
 
     #[test]
