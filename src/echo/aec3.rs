@@ -185,12 +185,8 @@ impl Aec3 {
 
     /// One frame of what the loudspeaker played (-1..1).
     pub fn render(&mut self, far: &[f32]) {
-        match &mut self.resampling {
-            Some(r) => {
-                r.render.resample(far, &mut self.frame);
-            }
-            None => self.frame.copy_from_slice(far),
-        }
+        let resampler = self.resampling.as_mut().map(|r| &mut r.render);
+        resample_or_copy(resampler, far, &mut self.frame);
         to_s16(&mut self.frame);
         self.render_bands.split(&self.frame, &mut self.split);
         let n = self.render_bands.count();
@@ -203,12 +199,8 @@ impl Aec3 {
 
     /// One frame of the microphone (-1..1), the echo removed, into `out`.
     pub fn capture(&mut self, mic: &[f32], out: &mut [f32]) {
-        match &mut self.resampling {
-            Some(r) => {
-                r.capture.resample(mic, &mut self.frame);
-            }
-            None => self.frame.copy_from_slice(mic),
-        }
+        let resampler = self.resampling.as_mut().map(|r| &mut r.capture);
+        resample_or_copy(resampler, mic, &mut self.frame);
         to_s16(&mut self.frame);
         let saturated = self.frame.iter().any(|v| v.abs() >= SATURATION);
         self.capture_bands.split(&self.frame, &mut self.split);
@@ -225,17 +217,23 @@ impl Aec3 {
         for v in self.frame.iter_mut() {
             *v = v.clamp(-32_768.0, 32_768.0) / 32_768.0;
         }
-        match &mut self.resampling {
-            Some(r) => {
-                r.output.resample(&self.frame, out);
-            }
-            None => out.copy_from_slice(&self.frame),
-        }
+        let resampler = self.resampling.as_mut().map(|r| &mut r.output);
+        resample_or_copy(resampler, &self.frame, out);
     }
 
     /// AEC3's own estimates: echo return loss and its enhancement (dB), the delay (ms).
     pub fn metrics(&self) -> BlockProcessorMetricsOutput {
         self.processor.get_metrics()
+    }
+}
+
+/// A frame from one rate to the other, or as it is where the rates are equal.
+fn resample_or_copy(resampler: Option<&mut PushSincResampler>, from: &[f32], to: &mut [f32]) {
+    match resampler {
+        Some(r) => {
+            r.resample(from, to);
+        }
+        None => to.copy_from_slice(from),
     }
 }
 

@@ -36,8 +36,9 @@ const LEAD: Duration = Duration::from_millis(40);
 /// The far end is re-aligned only when it has drifted this far from the capture time:
 /// within it, it runs on unbroken. A jump in the reference costs the canceller seconds while
 /// the user talks (offline, in the closed loop's setting, one 10 ms jump left the echo 15 dB
-/// under the user's voice instead of 43); AEC3's own delay estimator follows a drift. (At 8 ms, thread jitter on devices without a
-/// delay report made one jump in some runs of tests/echo_loop.rs; at 30, none.)
+/// under the user's voice instead of 43); AEC3's own delay estimator follows a drift. (At
+/// 8 ms, thread jitter on devices without a delay report made one jump in some runs of
+/// tests/echo_loop.rs; at 30, none.)
 const SLACK: Duration = Duration::from_millis(30);
 /// How often the canceller's estimates go to the metrics (blocks of 10 ms).
 const REPORT_BLOCKS: u32 = 100;
@@ -194,11 +195,9 @@ impl EchoStage {
         if self.blocks.is_multiple_of(REPORT_BLOCKS) {
             let (erle, delay) = self.aec.estimates();
             let m = &self.metrics;
-            m.echo_erle_millibel.store(
-                erle.map_or(i64::MIN, |e| (e * 100.0).round() as i64),
-                Relaxed,
-            );
-            m.echo_delay_ms.store(delay.unwrap_or(-1), Relaxed);
+            m.echo_erle_millibel
+                .store((erle * 100.0).round() as i64, Relaxed);
+            m.echo_delay_ms.store(delay, Relaxed);
         }
     }
 
