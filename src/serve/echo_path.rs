@@ -192,7 +192,7 @@ impl EchoStage {
         self.out_len += b;
         self.mic.clear();
         self.blocks += 1;
-        if self.blocks.is_multiple_of(REPORT_BLOCKS) {
+        if self.blocks > 0 && self.blocks.is_multiple_of(REPORT_BLOCKS) {
             let (erle, delay) = self.aec.estimates();
             let m = &self.metrics;
             m.echo_erle_millibel
