@@ -63,6 +63,16 @@ pub struct Checkpoints {
     pub mimi: PathBuf,
 }
 
+impl Checkpoints {
+    /// The checkpoints of a fixture folder: `lm/` and `mimi.safetensors`.
+    fn in_dir(dir: &Path) -> Checkpoints {
+        Checkpoints {
+            lm: dir.join("lm"),
+            mimi: dir.join("mimi.safetensors"),
+        }
+    }
+}
+
 /// Fingerprint of what a shared fixture was made by: the test kit's sources, and for converted
 /// models the `flm-edge` binary too, so that a fixture left by older code is never reused.
 fn fingerprint(with_binary: bool) -> String {
@@ -136,10 +146,7 @@ pub fn checkpoints(seed: u64) -> &'static Checkpoints {
         write_lm(&d.join("lm"), &LmSpec::tiny(), seed).unwrap();
         write_mimi(&d.join("mimi.safetensors"), seed).unwrap();
     });
-    let c: &'static Checkpoints = Box::leak(Box::new(Checkpoints {
-        lm: dir.join("lm"),
-        mimi: dir.join("mimi.safetensors"),
-    }));
+    let c: &'static Checkpoints = Box::leak(Box::new(Checkpoints::in_dir(&dir)));
     guard.push((seed, c));
     c
 }
@@ -153,19 +160,23 @@ pub fn converted(seed: u64, quant: &str) -> &'static Path {
     if let Some((_, _, p)) = guard.iter().find(|(s, q, _)| *s == seed && q == quant) {
         return p;
     }
-    let ck = checkpoints(seed);
-    let dir = shared_fixture(&format!("seed-{seed}-{quant}"), true, |d| {
-        let out = d.join("model");
-        let run = convert(ck, &out, &["--quant", quant]);
+    let dir = converted_fixture(&format!("seed-{seed}-{quant}"), checkpoints(seed), quant);
+    let p: &'static Path = Box::leak(dir.into_boxed_path());
+    guard.push((seed, quant.to_string(), p));
+    p
+}
+
+/// `ck` converted with `--quant quant` into the shared fixture `name`: its model folder.
+fn converted_fixture(name: &str, ck: &Checkpoints, quant: &str) -> PathBuf {
+    let dir = shared_fixture(name, true, |d| {
+        let run = convert(ck, &d.join("model"), &["--quant", quant]);
         assert!(
             run.status.success(),
             "{}",
             String::from_utf8_lossy(&run.stderr)
         );
     });
-    let p: &'static Path = Box::leak(dir.join("model").into_boxed_path());
-    guard.push((seed, quant.to_string(), p));
-    p
+    dir.join("model")
 }
 
 /// An engine on one thread with the model's sampling defaults (argmax when `greedy`).
@@ -311,8 +322,13 @@ pub fn snr_db(reference: &[f32], got: &[f32]) -> f64 {
 /// The seed-3 small model at f32 (the LM golden one) with the full-size Mimi, loaded for the
 /// real-time pipeline on 2 threads.
 pub fn pipeline_model() -> flm_edge::serve::pipeline::Model {
+    load_for_pipeline(converted(3, "f32"))
+}
+
+/// The model folder `dir` loaded for the real-time pipeline on 2 threads.
+fn load_for_pipeline(dir: &Path) -> flm_edge::serve::pipeline::Model {
     let cfg = flm_edge::config::Config {
-        model: Some(converted(3, "f32").to_path_buf()),
+        model: Some(dir.to_path_buf()),
         threads: 2,
         ..Default::default()
     };
@@ -322,7 +338,7 @@ pub fn pipeline_model() -> flm_edge::serve::pipeline::Model {
 /// The small model of seed 3 made to wait and say nothing whatever it hears (`LmSpec::waits`
 /// and a silent Mimi decoder), at f32, loaded for the real-time pipeline on 2 threads.
 pub fn silent_model() -> flm_edge::serve::pipeline::Model {
-    let ck = shared_fixture("silent-seed-3", false, |d| {
+    let dir = shared_fixture("silent-seed-3", false, |d| {
         let spec = LmSpec {
             waits: true,
             ..LmSpec::tiny()
@@ -330,24 +346,8 @@ pub fn silent_model() -> flm_edge::serve::pipeline::Model {
         write_lm(&d.join("lm"), &spec, 3).unwrap();
         write_silent_mimi(&d.join("mimi.safetensors"), 3).unwrap();
     });
-    let ck = Checkpoints {
-        lm: ck.join("lm"),
-        mimi: ck.join("mimi.safetensors"),
-    };
-    let dir = shared_fixture("silent-seed-3-f32", true, |d| {
-        let run = convert(&ck, &d.join("model"), &["--quant", "f32"]);
-        assert!(
-            run.status.success(),
-            "{}",
-            String::from_utf8_lossy(&run.stderr)
-        );
-    });
-    let cfg = flm_edge::config::Config {
-        model: Some(dir.join("model")),
-        threads: 2,
-        ..Default::default()
-    };
-    flm_edge::serve::load_model(&cfg).unwrap()
+    let ck = Checkpoints::in_dir(&dir);
+    load_for_pipeline(&converted_fixture("silent-seed-3-f32", &ck, "f32"))
 }
 
 /// Signals the daemon tests send.
