@@ -93,17 +93,11 @@ fn echo_is_removed_in_every_room_and_a_near_voice_survives() {
 /// How far under `echo` its part of `out` is, by a least-squares fit of `out` on `near` and
 /// `echo` (dB).
 fn echo_removed_db(out: &[f32], near: &[f32], echo: &[f32]) -> f64 {
-    let dot =
-        |x: &[f32], y: &[f32]| -> f64 { x.iter().zip(y).map(|(&p, &q)| p as f64 * q as f64).sum() };
-    let (nn, ee, ne) = (dot(near, near), dot(echo, echo), dot(near, echo));
-    let (on, oe) = (dot(out, near), dot(out, echo));
-    let b = (nn * oe - ne * on) / (nn * ee - ne * ne);
+    let (_, b) = fit_two(out, near, echo);
     -20.0 * b.abs().log10()
 }
 
 fn correlation(a: &[f32], b: &[f32]) -> f64 {
-    let dot =
-        |x: &[f32], y: &[f32]| -> f64 { x.iter().zip(y).map(|(&p, &q)| p as f64 * q as f64).sum() };
     dot(a, b) / (dot(a, a) * dot(b, b)).sqrt()
 }
 

@@ -190,10 +190,6 @@ fn run_loop(dir: &Path, model: &mut Model, setup: Setup, user: &[f32], rir: &[f3
     }
 }
 
-fn dot(a: &[f32], b: &[f32]) -> f64 {
-    a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum()
-}
-
 fn db(power_ratio: f64) -> f64 {
     10.0 * power_ratio.log10()
 }
@@ -266,11 +262,8 @@ fn measure(
 
     // What was heard as a·user + b·echo (least squares): the echo's part against the user's.
     let echo = &echo[window.start..window.start + n];
-    let (uu, ee, ue) = (dot(want, want), dot(echo, echo), dot(want, echo));
-    let (uh, eh) = (dot(want, got), dot(echo, got));
-    let det = uu * ee - ue * ue;
-    let (a, b) = ((uh * ee - eh * ue) / det, (eh * uu - uh * ue) / det);
-    let echo_db = db(b * b * ee / (a * a * uu));
+    let (a, b) = fit_two(got, want, echo);
+    let echo_db = db(b * b * dot(echo, echo) / (a * a * dot(want, want)));
     Figures {
         codes,
         all,

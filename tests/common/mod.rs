@@ -514,3 +514,17 @@ pub fn pipe_spec(name: &str, rate: u32) -> flm_edge::serve::alsa_io::DeviceSpec 
         periods: 4,
     }
 }
+
+/// The dot product of two signals, in f64.
+pub fn dot(a: &[f32], b: &[f32]) -> f64 {
+    a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum()
+}
+
+/// `out` as `a·x + b·y` by least squares: (a, b). (How much of a voice `x` and of an echo
+/// `y` a canceller's output holds.)
+pub fn fit_two(out: &[f32], x: &[f32], y: &[f32]) -> (f64, f64) {
+    let (xx, yy, xy) = (dot(x, x), dot(y, y), dot(x, y));
+    let (xo, yo) = (dot(x, out), dot(y, out));
+    let det = xx * yy - xy * xy;
+    ((xo * yy - yo * xy) / det, (yo * xx - xo * xy) / det)
+}
