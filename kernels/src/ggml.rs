@@ -15,6 +15,7 @@ pub use sys::ggml_type as Type;
 pub const F32: Type = sys::GGML_TYPE_F32;
 pub const F16: Type = sys::GGML_TYPE_F16;
 pub const I32: Type = sys::GGML_TYPE_I32;
+pub const I8: Type = sys::GGML_TYPE_I8;
 
 /// GGML_ROPE_TYPE_NORMAL: rotate interleaved pairs (GPT-J layout), as Mimi does.
 pub const ROPE_NORMAL: i32 = 0;
@@ -22,10 +23,13 @@ pub const ROPE_NORMAL: i32 = 0;
 pub const ROPE_NEOX: i32 = 2;
 
 /// What our graphs cost in host-device traffic, counted process-wide since start: graph
-/// computes, uploads and downloads with their bytes. On a device backend each of them is a
-/// host synchronisation (ggml's compute waits for the graph; a tensor set or get waits for
-/// its copy), and each graph compute is a launch (or, with CUDA graphs, one replay); on the
-/// CPU backend copies are plain memcpy. Relaxed atomics: no locks on the step path.
+/// computes, uploads and downloads with their bytes, and host synchronisations: the points
+/// where the host waits for the device. A blocking compute, tensor set or tensor get waits
+/// (ggml's compute is compute_async + synchronize; a set or get on a device buffer ends in a
+/// stream synchronize), and so does each explicit synchronize; queued (`_async`) copies and
+/// computes do not. Each graph compute is a launch (or, with CUDA graphs, one replay). On the
+/// CPU backend the same operations are counted, as what a device backend would pay for them.
+/// Relaxed atomics: no locks on the step path.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Traffic {
     pub graphs: u64,
@@ -33,6 +37,7 @@ pub struct Traffic {
     pub upload_bytes: u64,
     pub downloads: u64,
     pub download_bytes: u64,
+    pub syncs: u64,
 }
 
 static GRAPHS: AtomicU64 = AtomicU64::new(0);
@@ -40,6 +45,7 @@ static UPLOADS: AtomicU64 = AtomicU64::new(0);
 static UPLOAD_BYTES: AtomicU64 = AtomicU64::new(0);
 static DOWNLOADS: AtomicU64 = AtomicU64::new(0);
 static DOWNLOAD_BYTES: AtomicU64 = AtomicU64::new(0);
+static SYNCS: AtomicU64 = AtomicU64::new(0);
 
 impl Traffic {
     /// The counts so far.
@@ -50,6 +56,7 @@ impl Traffic {
             upload_bytes: UPLOAD_BYTES.load(Ordering::Relaxed),
             downloads: DOWNLOADS.load(Ordering::Relaxed),
             download_bytes: DOWNLOAD_BYTES.load(Ordering::Relaxed),
+            syncs: SYNCS.load(Ordering::Relaxed),
         }
     }
 
@@ -61,18 +68,28 @@ impl Traffic {
             upload_bytes: self.upload_bytes - earlier.upload_bytes,
             downloads: self.downloads - earlier.downloads,
             download_bytes: self.download_bytes - earlier.download_bytes,
+            syncs: self.syncs - earlier.syncs,
         }
     }
 
     /// Host synchronisations these operations make on a device backend.
     pub fn synchronisations(&self) -> u64 {
-        self.graphs + self.uploads + self.downloads
+        self.syncs
     }
 }
 
-fn count_upload(bytes: usize) {
+pub(crate) fn count_upload(bytes: usize) {
     UPLOADS.fetch_add(1, Ordering::Relaxed);
     UPLOAD_BYTES.fetch_add(bytes as u64, Ordering::Relaxed);
+}
+
+pub(crate) fn count_download(bytes: usize) {
+    DOWNLOADS.fetch_add(1, Ordering::Relaxed);
+    DOWNLOAD_BYTES.fetch_add(bytes as u64, Ordering::Relaxed);
+}
+
+pub(crate) fn count_sync() {
+    SYNCS.fetch_add(1, Ordering::Relaxed);
 }
 
 /// A tensor of a context: a handle, valid while the context that made it lives. Components
@@ -88,6 +105,14 @@ impl T {
         T {
             raw: NonNull::new(raw).expect("ggml returned a null tensor (context too small?)"),
         }
+    }
+
+    /// A handle to a tensor made elsewhere (llama.cpp's graph context, for the text sampler).
+    ///
+    /// # Safety
+    /// `raw` must be a valid tensor that outlives every use of the handle.
+    pub unsafe fn from_raw(raw: *mut sys::ggml_tensor) -> T {
+        T::new(raw)
     }
 
     pub fn raw(self) -> *mut sys::ggml_tensor {
@@ -154,6 +179,7 @@ impl T {
             "tensor not allocated"
         );
         count_upload(bytes);
+        count_sync();
         // SAFETY: the tensor is allocated in a backend buffer and `data` has exactly its size.
         unsafe { sys::ggml_backend_tensor_set(self.raw(), data.as_ptr().cast(), 0, bytes) };
     }
@@ -165,6 +191,7 @@ impl T {
             "tensor write out of range"
         );
         count_upload(data.len());
+        count_sync();
         // SAFETY: in range of an allocated tensor.
         unsafe {
             sys::ggml_backend_tensor_set(self.raw(), data.as_ptr().cast(), offset, data.len())
@@ -175,8 +202,8 @@ impl T {
     pub fn read<E: Copy>(&self, out: &mut [E]) {
         let bytes = std::mem::size_of_val(out);
         assert_eq!(bytes, self.n_bytes(), "tensor read size");
-        DOWNLOADS.fetch_add(1, Ordering::Relaxed);
-        DOWNLOAD_BYTES.fetch_add(bytes as u64, Ordering::Relaxed);
+        count_download(bytes);
+        count_sync();
         // SAFETY: the tensor is allocated and `out` has exactly its size.
         unsafe { sys::ggml_backend_tensor_get(self.raw(), out.as_mut_ptr().cast(), 0, bytes) };
     }
@@ -186,6 +213,9 @@ impl T {
 /// backend buffers.
 pub struct Ctx {
     raw: NonNull<sys::ggml_context>,
+    /// Freed on drop; false for a context that llama.cpp owns (the text sampler builds into
+    /// llama.cpp's graph context).
+    owned: bool,
 }
 
 // SAFETY: a context is only used through &self / &mut self by one thread at a time.
@@ -226,6 +256,18 @@ impl Ctx {
         let raw = unsafe { sys::ggml_init(params) };
         Ctx {
             raw: NonNull::new(raw).expect("ggml_init failed"),
+            owned: true,
+        }
+    }
+
+    /// A context that another library owns and frees, to build nodes into.
+    ///
+    /// # Safety
+    /// `raw` must be a valid context that outlives the returned value.
+    pub unsafe fn borrowed(raw: *mut sys::ggml_context) -> Ctx {
+        Ctx {
+            raw: NonNull::new(raw).expect("null ggml context"),
+            owned: false,
         }
     }
 
@@ -256,12 +298,30 @@ impl Ctx {
     unary! {
         cont => ggml_cont, transpose => ggml_transpose, gelu_erf => ggml_gelu_erf,
         silu => ggml_silu, argmax => ggml_argmax, neg => ggml_neg, sqr => ggml_sqr, sum_rows => ggml_sum_rows,
-        exp => ggml_exp,
+        exp => ggml_exp, cumsum => ggml_cumsum, step => ggml_step, relu => ggml_relu,
     }
 
     binary! {
-        add => ggml_add, sub => ggml_sub, mul => ggml_mul, mul_mat => ggml_mul_mat,
+        add => ggml_add, sub => ggml_sub, mul => ggml_mul, div => ggml_div, mul_mat => ggml_mul_mat,
         get_rows => ggml_get_rows, repeat => ggml_repeat, cpy => ggml_cpy,
+    }
+
+    /// Indices that sort each row in descending order (I32).
+    pub fn argsort_desc(&self, a: T) -> T {
+        // SAFETY: as for unary ops.
+        T::new(unsafe { sys::ggml_argsort(self.raw(), a.raw(), sys::GGML_SORT_ORDER_DESC) })
+    }
+
+    /// Indices of the `k` largest values of each row, largest first (argsort and a view).
+    pub fn argsort_top_k(&self, a: T, k: usize) -> T {
+        // SAFETY: as for unary ops; ggml asserts k <= the row length.
+        T::new(unsafe { sys::ggml_argsort_top_k(self.raw(), a.raw(), k as i32) })
+    }
+
+    /// `a` padded at the end of each dimension with `p` zeros.
+    pub fn pad(&self, a: T, p: [i32; 4]) -> T {
+        // SAFETY: as for unary ops.
+        T::new(unsafe { sys::ggml_pad(self.raw(), a.raw(), p[0], p[1], p[2], p[3]) })
     }
 
     pub fn scale(&self, a: T, s: f32) -> T {
@@ -399,8 +459,10 @@ impl Ctx {
 
 impl Drop for Ctx {
     fn drop(&mut self) {
-        // SAFETY: created by ggml_init in new(), freed once.
-        unsafe { sys::ggml_free(self.raw()) }
+        if self.owned {
+            // SAFETY: created by ggml_init in new(), freed once.
+            unsafe { sys::ggml_free(self.raw()) }
+        }
     }
 }
 
@@ -463,8 +525,10 @@ impl Graph {
         unsafe { sys::ggml_graph_n_nodes(self.graph.as_ptr()) }
     }
 
+    /// Runs the graph and waits for it.
     pub fn compute(&mut self, backend: &Backend) -> Result<()> {
         GRAPHS.fetch_add(1, Ordering::Relaxed);
+        count_sync();
         // SAFETY: the graph was allocated on this backend's buffer type.
         let status = unsafe { sys::ggml_backend_graph_compute(backend.raw(), self.graph.as_ptr()) };
         ensure!(
@@ -473,6 +537,71 @@ impl Graph {
         );
         Ok(())
     }
+
+    /// Queues the graph on the backend's stream without waiting (the CPU backend runs it
+    /// before returning); `Backend::synchronize` waits for it.
+    pub fn compute_async(&mut self, backend: &Backend) -> Result<()> {
+        GRAPHS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: the graph was allocated on this backend's buffer type.
+        let status =
+            unsafe { sys::ggml_backend_graph_compute_async(backend.raw(), self.graph.as_ptr()) };
+        ensure!(
+            status == sys::GGML_STATUS_SUCCESS,
+            "ggml graph compute failed (status {status})"
+        );
+        Ok(())
+    }
+
+    /// Asks the backend whether it runs every node of the graph (op, types and shapes): one
+    /// line naming the first it does not, instead of ggml's abort in the middle of a compute.
+    pub fn check_supported(&self, backend: &Backend, what: &str) -> Result<()> {
+        check_nodes(self.graph.as_ptr(), backend, what)
+    }
+}
+
+/// `check_supported` over the nodes of any graph (ours, or a probe of the text sampler).
+pub(crate) fn check_nodes(
+    graph: *mut sys::ggml_cgraph,
+    backend: &Backend,
+    what: &str,
+) -> Result<()> {
+    // SAFETY: graph is a live graph whose nodes are valid tensors.
+    let n = unsafe { sys::ggml_graph_n_nodes(graph) };
+    for i in 0..n {
+        // SAFETY: i < n_nodes.
+        let node = unsafe { sys::ggml_graph_node(graph, i) };
+        // SAFETY: a valid node and backend; a query only.
+        if !unsafe { sys::ggml_backend_supports_op(backend.raw(), node) } {
+            // SAFETY: a valid node; its sources are valid or null.
+            let (ne, ty, srcs) = unsafe {
+                let t = &*node;
+                let srcs: Vec<String> = t
+                    .src
+                    .iter()
+                    .filter(|s| !s.is_null())
+                    .map(|&s| type_name((*s).type_))
+                    .collect();
+                (t.ne, type_name(t.type_), srcs)
+            };
+            bail!(
+                "{}: ggml's {} backend cannot run {} ({ty} from {}, shape {:?}) of the {what}",
+                backend.name(),
+                backend.name(),
+                op_desc(node),
+                srcs.join(", "),
+                ne
+            );
+        }
+    }
+    Ok(())
+}
+
+/// ggml's name of a type ("f32", "q8_0", …).
+fn type_name(t: Type) -> String {
+    // SAFETY: ggml returns a static string for every type id.
+    unsafe { std::ffi::CStr::from_ptr(sys::ggml_type_name(t)) }
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// The op types (as `ggml_op_desc` names them) of our graphs that the CUDA backend of the
@@ -627,8 +756,15 @@ impl Backend {
         Ok(Backend { raw })
     }
 
-    fn raw(&self) -> *mut sys::ggml_backend {
+    pub(crate) fn raw(&self) -> *mut sys::ggml_backend {
         self.raw.as_ptr()
+    }
+
+    /// Waits until everything queued on the backend has run.
+    pub fn synchronize(&self) {
+        count_sync();
+        // SAFETY: valid backend.
+        unsafe { sys::ggml_backend_synchronize(self.raw()) }
     }
 }
 
@@ -807,6 +943,17 @@ impl Buffer {
     pub fn bytes(&self) -> usize {
         // SAFETY: valid buffer.
         unsafe { sys::ggml_backend_buffer_get_size(self.raw.as_ptr()) }
+    }
+
+    /// The buffer's base address in its device's address space, as a number (for offsets of
+    /// the tensors in it; never dereferenced).
+    pub(crate) fn base(&self) -> usize {
+        // SAFETY: valid buffer; a getter.
+        unsafe { sys::ggml_backend_buffer_get_base(self.raw.as_ptr()) as usize }
+    }
+
+    pub(crate) fn raw(&self) -> *mut sys::ggml_backend_buffer {
+        self.raw.as_ptr()
     }
 }
 

@@ -6,4 +6,5 @@ pub mod ggml;
 pub mod log;
 pub mod mimi;
 pub mod sampling;
+pub mod staging;
 pub mod weights;
