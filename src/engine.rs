@@ -453,7 +453,7 @@ impl Engine {
         self.text_logits.copy_from_slice(self.backbone.logits()?);
         let text =
             self.text_sampler
-                .sample(&mut self.text_logits, &self.text_window.ids, &mut self.rng);
+                .sample(&mut self.text_logits, &self.text_window.ids, self.rng.uniform());
         let text_in = forced.map_or(text, |f| f[0]);
         self.text_window.push(text_in);
         times.sample = ms(t2.elapsed());
@@ -476,7 +476,7 @@ impl Engine {
             };
             audio[c] = self
                 .audio_sampler
-                .sample(&mut self.audio_logits, window, &mut self.rng);
+                .sample(&mut self.audio_logits, window, self.rng.uniform());
             fed[c] = forced.map_or(audio[c], |f| f[1 + c]);
             prev = fed[c];
             times.sample += ms(td.elapsed());

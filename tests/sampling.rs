@@ -157,7 +157,7 @@ fn temperature_zero_is_the_argmax_after_the_penalty() {
         let mut sampler = Sampler::new(c.logits.len(), params);
         let mut logits = c.logits.clone();
         let mut rng = SampleRng::new(0);
-        let got = sampler.sample(&mut logits, &c.window, &mut rng);
+        let got = sampler.sample(&mut logits, &c.window, rng.uniform());
         assert_eq!(got, c.argmax, "{}", c.name);
     }
 }
@@ -171,7 +171,7 @@ fn check_draws(c: &Case, n: usize, seed: u64) {
     for _ in 0..n {
         // `sample` penalises its logits in place: start each draw from the raw ones.
         let mut logits = c.logits.clone();
-        let id = sampler.sample(&mut logits, &c.window, &mut rng);
+        let id = sampler.sample(&mut logits, &c.window, rng.uniform());
         assert!(
             c.probs[id as usize] > 0.0,
             "{}: drew {id}, outside the support",
@@ -245,10 +245,280 @@ fn same_seed_same_samples() {
         let mut sampler = Sampler::new(c.logits.len(), c.params);
         let mut rng = SampleRng::new(seed);
         (0..500)
-            .map(|_| sampler.sample(&mut c.logits.clone(), &c.window, &mut rng))
+            .map(|_| sampler.sample(&mut c.logits.clone(), &c.window, rng.uniform()))
             .collect()
     };
     assert_eq!(draws(11), draws(11));
     // 500 draws over 10 ids: another seed giving the same sequence would be a broken seed.
     assert_ne!(draws(11), draws(12));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The graph sampler (`flm_kernels::sample_graph`), which chooses tokens where their logits
+// are computed (the depth transformer's step graph, llama.cpp's graph on a device): the same
+// law and the same draws as the host's sampler, on the CPU backend.
+
+use flm_kernels::ggml::{Backend, F32, Graph, I32};
+use flm_kernels::sample_graph::{self, DrawInputs};
+use flm_kernels::staging::StagingBuilder;
+
+/// `uniforms.len()` draws from case `c` with `params`, all in one graph: one stream per
+/// uniform number (the batch dimension), each with the case's logits and window. Returns the
+/// tokens and the check values.
+fn graph_draws(c: &Case, params: SamplingParams, uniforms: &[f32]) -> (Vec<i32>, Vec<f32>) {
+    let cpu = Backend::cpu(2).unwrap();
+    let (v, b) = (c.logits.len() as i64, uniforms.len() as i64);
+    let w = c.window.len().max(1) as i64;
+    let mut ib = StagingBuilder::new(4);
+    let logits = ib.tensor(F32, &[v, b], "logits");
+    let window = ib.tensor(I32, &[w, b], "window");
+    let uniform = ib.tensor(F32, &[1, b], "uniform");
+    let penalty = ib.tensor(F32, &[1], "penalty");
+    let mut inputs = ib.build(&cpu).unwrap();
+    let mut ob = StagingBuilder::new(2);
+    let tokens = ob.tensor(I32, &[1, 1, b], "tokens");
+    let checks = ob.tensor(F32, &[1, 1, b], "checks");
+    let mut outputs = ob.build(&cpu).unwrap();
+    let mut graph = Graph::new(256);
+    let g = &graph.ctx;
+    let draw = sample_graph::build(
+        g,
+        logits,
+        &params,
+        &DrawInputs {
+            window: Some(window),
+            uniform,
+            penalty: Some(penalty),
+            mask: None,
+        },
+    );
+    let (t, k) = (g.cpy(draw.token, tokens), g.cpy(draw.check, checks));
+    graph.expand(t);
+    graph.expand(k);
+    graph.allocate(&cpu).unwrap();
+    graph.check_supported(&cpu, "sampling graph").unwrap();
+    let mut ids = c.window.clone();
+    ids.resize(w as usize, v as i32);
+    for s in 0..b as usize {
+        inputs.put(logits, s * v as usize, &c.logits);
+        inputs.put(window, s * w as usize, &ids);
+    }
+    inputs.put(uniform, 0, uniforms);
+    inputs.put(penalty, 0, &[params.repetition_penalty]);
+    inputs.upload(&cpu);
+    graph.compute_async(&cpu).unwrap();
+    outputs.download(&cpu);
+    cpu.synchronize();
+    let mut got = vec![0i32; b as usize];
+    let mut chk = vec![0f32; b as usize];
+    outputs.get(tokens, 0, &mut got);
+    outputs.get(checks, 0, &mut chk);
+    (got, chk)
+}
+
+fn uniforms(n: usize, seed: u64) -> Vec<f32> {
+    let mut rng = SampleRng::new(seed);
+    (0..n).map(|_| rng.uniform()).collect()
+}
+
+#[test]
+fn graph_greedy_is_the_argmax_after_the_penalty() {
+    for c in cases() {
+        let params = SamplingParams {
+            temperature: 0.0,
+            ..c.params
+        };
+        let (got, check) = graph_draws(&c, params, &[0.5]);
+        assert_eq!(got[0], c.argmax, "{}", c.name);
+        // The check value is the chosen logit after the penalty, as the host computes it.
+        let mut logits = c.logits.clone();
+        Sampler::new(logits.len(), params).penalize(&mut logits, &c.window);
+        assert_eq!(
+            check[0].to_bits(),
+            logits[c.argmax as usize].to_bits(),
+            "{}",
+            c.name
+        );
+    }
+}
+
+/// The penalty in the graph is the host's to the bit, on both of its branches: each id of
+/// the window in turn is made the largest logit (the others pushed far below), positive or
+/// negative, and the greedy draw's check value, its logit after the penalty, is compared with
+/// the host's.
+#[test]
+fn graph_penalty_is_the_hosts_to_the_bit() {
+    for name in ["plain_penalty_repeats", "audio_default", "text_top_k_penalty"] {
+        let c = case(name);
+        let params = SamplingParams {
+            temperature: 0.0,
+            ..c.params
+        };
+        let mut seen = vec![];
+        for (k, &id) in c.window.iter().enumerate() {
+            if seen.contains(&id) || seen.len() == 8 {
+                continue;
+            }
+            seen.push(id);
+            let mut probe = case(name);
+            for l in &mut probe.logits {
+                *l -= 1000.0;
+            }
+            // Odd places of the window probe the negative branch.
+            let sign = if k % 2 == 0 { 1.0 } else { -1.0 };
+            probe.logits[id as usize] = sign * (0.3711 + k as f32 * 0.173);
+            let (got, check) = graph_draws(&probe, params, &[0.5]);
+            let mut host = probe.logits.clone();
+            Sampler::new(host.len(), params).penalize(&mut host, &probe.window);
+            assert_eq!(got[0], id, "{name}: id {id}");
+            assert_eq!(
+                check[0].to_bits(),
+                host[id as usize].to_bits(),
+                "{name}: id {id}: {} against the host's {}",
+                check[0],
+                host[id as usize]
+            );
+            assert_ne!(host[id as usize], probe.logits[id as usize], "{name}: penalised");
+        }
+        assert!(seen.len() >= 4, "{name}: {} distinct ids probed", seen.len());
+    }
+}
+
+/// Chi-square statistic of `counts` against the golden distribution, bins with fewer than 5
+/// expected draws pooled into one; and its degrees of freedom.
+fn chi_square(c: &Case, counts: &[usize], n: usize) -> (f64, usize) {
+    let want = normalised(&c.probs);
+    let (mut chi2, mut bins) = (0f64, 0usize);
+    let (mut pooled_o, mut pooled_e) = (0f64, 0f64);
+    for (i, &p) in want.iter().enumerate() {
+        let e = p * n as f64;
+        let o = counts[i] as f64;
+        if p == 0.0 {
+            assert_eq!(counts[i], 0, "{}: drew id {i}, outside the support", c.name);
+            continue;
+        }
+        if e < 5.0 {
+            pooled_o += o;
+            pooled_e += e;
+        } else {
+            chi2 += (o - e).powi(2) / e;
+            bins += 1;
+        }
+    }
+    if pooled_e > 0.0 {
+        chi2 += (pooled_o - pooled_e).powi(2) / pooled_e;
+        bins += 1;
+    }
+    (chi2, bins.saturating_sub(1))
+}
+
+/// The chi-square value that a true distribution exceeds with probability 1e-4
+/// (Wilson-Hilferty's approximation, within a few % for 1 or more degrees of freedom).
+fn chi_square_bound(df: usize) -> f64 {
+    let k = df.max(1) as f64;
+    let z = 3.719; // the normal's 1 - 1e-4 quantile
+    k * (1.0 - 2.0 / (9.0 * k) + z * (2.0 / (9.0 * k)).sqrt()).powi(3)
+}
+
+/// Draws of the graph sampler and of the host sampler with the same uniform numbers: both
+/// follow the golden law (chi-square at p = 1e-4; the draws are seeded, so the outcome is
+/// fixed), and they are the same draws but where the two sides' softmax rounds differently
+/// right at a boundary between two candidates.
+fn check_graph_law(name: &str, n: usize, batch: usize) {
+    let c = case(name);
+    let us = uniforms(n, 21);
+    let mut counts = vec![0usize; c.logits.len()];
+    let mut host_counts = vec![0usize; c.logits.len()];
+    let mut host = Sampler::new(c.logits.len(), c.params);
+    let mut differ = 0;
+    for chunk in us.chunks(batch) {
+        let (got, check) = graph_draws(&c, c.params, chunk);
+        for ((&id, &chk), &u) in got.iter().zip(&check).zip(chunk) {
+            assert!(chk.is_finite() && chk > 0.0, "{name}: check value {chk}");
+            counts[id as usize] += 1;
+            let h = host.sample(&mut c.logits.clone(), &c.window, u);
+            host_counts[h as usize] += 1;
+            differ += (h != id) as usize;
+        }
+    }
+    let (chi2, df) = chi_square(&c, &counts, n);
+    let (host_chi2, _) = chi_square(&c, &host_counts, n);
+    let bound = chi_square_bound(df);
+    eprintln!(
+        "{name}: {n} graph draws, chi-square {chi2:.1} (host {host_chi2:.1}) on {df} degrees of freedom, bound {bound:.1}; {differ} draws differ from the host's"
+    );
+    assert!(chi2 <= bound, "{name}: graph chi-square {chi2:.1} > {bound:.1}");
+    assert!(host_chi2 <= bound, "{name}: host chi-square {host_chi2:.1} > {bound:.1}");
+    // The same uniform number walks the same candidates in the same order on both sides; a
+    // draw can differ only where u·total falls between the two sides' roundings of one
+    // cumulative weight (about 1e-7 of the mass).
+    assert!(differ * 1000 <= n, "{name}: {differ} of {n} draws differ from the host's");
+}
+
+#[test]
+fn graph_draws_follow_the_official_audio_defaults() {
+    // Top-p 0.9 at temperature 0.5 with the penalty on: 10 candidates.
+    check_graph_law("audio_default", 10_000, 2_000);
+}
+
+#[test]
+fn graph_draws_follow_top_k() {
+    // Top-k 20, no penalty.
+    check_graph_law("top_k_only", 10_000, 2_000);
+}
+
+#[test]
+fn graph_draws_follow_plain_sampling_with_and_without_penalty() {
+    // The whole vocabulary of 2050, no penalty and penalty 1.2 with repeats in the window.
+    check_graph_law("plain", 10_000, 2_000);
+    check_graph_law("plain_penalty_repeats", 10_000, 2_000);
+}
+
+#[test]
+fn graph_draws_follow_a_wide_nucleus() {
+    // Top-p 0.8 at temperature 1.5 (365 candidates), top-k ignored, penalty on.
+    check_graph_law("top_p_wide_top_k_ignored", 10_000, 2_000);
+}
+
+#[test]
+fn graph_draws_of_the_text_vocabulary() {
+    // The official text defaults (temperature 0.01: one candidate) and top-k 40 with the
+    // penalty over the full text vocabulary of 152064. Each draw sorts the whole vocabulary
+    // on the CPU, so these take fewer draws: 2000 over 40 candidates still put 50 expected
+    // draws in each bin.
+    check_graph_law("text_default", 200, 100);
+    check_graph_law("text_top_k_penalty", 2_000, 250);
+}
+
+/// Logits with no candidate (all -inf, or NaN): the token stays inside the vocabulary and the
+/// check value says so (not finite, or not positive), in every mode, so that the caller can
+/// refuse it with one clear error.
+#[test]
+fn graph_draw_without_a_candidate_is_flagged() {
+    let base = case("top_k_only");
+    for fill in [f32::NEG_INFINITY, f32::NAN] {
+        for params in [
+            SamplingParams {
+                temperature: 0.0,
+                ..base.params
+            },
+            case("audio_default").params,
+            base.params,
+            case("plain").params,
+        ] {
+            let mut c = case("top_k_only");
+            c.logits.fill(fill);
+            let (got, check) = graph_draws(&c, params, &[0.25, 0.75]);
+            for (&t, &k) in got.iter().zip(&check) {
+                assert!(
+                    (0..c.logits.len() as i32).contains(&t),
+                    "{params:?}, {fill}: token {t}"
+                );
+                // What the depth transformer accepts: a finite logit when greedy, a finite
+                // positive total weight when sampling.
+                let accepted = k.is_finite() && (params.is_greedy() || k > 0.0);
+                assert!(!accepted, "{params:?}, {fill}: check {k}");
+            }
+        }
+    }
 }

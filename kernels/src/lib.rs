@@ -5,6 +5,7 @@ pub mod device;
 pub mod ggml;
 pub mod log;
 pub mod mimi;
+pub mod sample_graph;
 pub mod sampling;
 pub mod staging;
 pub mod weights;

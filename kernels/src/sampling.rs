@@ -1,9 +1,20 @@
 //! Token sampling as the official `sample_token`: repetition penalty over a window of earlier
 //! tokens, then argmax (temperature 0 or greedy) or softmax(logits / T) followed by top-p
-//! (when p > 0), else top-k (when k > 0), else the whole distribution, drawn with the
-//! exponential race (argmax of p / Exp(1)).
+//! (when p > 0), else top-k (when k > 0), else the whole distribution.
 //!
-//! Every buffer is sized for the vocabulary at construction: sampling allocates nothing.
+//! The draw is by the inverse of the cumulative distribution with one uniform number per
+//! token: the candidates are walked in a fixed order (most probable first for top-p and
+//! top-k, by id otherwise) until their cumulative weight reaches u times their total. That is
+//! the law of the official `multinomial` (the exponential race draws index i with probability
+//! p_i / sum(p), as this does) with one random number per draw instead of one per candidate,
+//! so the graphs that sample on a device take one uploaded number per token (`sample_graph`
+//! draws the same way, in the same orders).
+//!
+//! This is the host's sampler: the text token when the backbone runs on the CPU, and the
+//! reference the graph sampler is tested against. Logits that would underflow exp (more than
+//! 103 below the largest after the temperature) are never exponentiated: at the official
+//! text temperature of 0.01 that is nearly the whole vocabulary. Every buffer is sized for
+//! the vocabulary at construction: sampling allocates nothing.
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -23,7 +34,41 @@ impl SamplingParams {
     pub fn is_greedy(&self) -> bool {
         self.temperature <= 0.0
     }
+
+    /// Whether the penalty changes anything.
+    pub fn penalises(&self) -> bool {
+        self.repetition_penalty != 1.0 && self.repetition_window > 0
+    }
+
+    /// Which candidates a draw walks.
+    pub fn mode(&self) -> Mode {
+        if self.is_greedy() {
+            Mode::Greedy
+        } else if self.top_p > 0.0 {
+            Mode::TopP
+        } else if self.top_k > 0 {
+            Mode::TopK
+        } else {
+            Mode::Plain
+        }
+    }
 }
+
+/// How a token is chosen from the penalised logits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Argmax.
+    Greedy,
+    /// The smallest most-probable set whose mass before each member is at most p.
+    TopP,
+    /// The k most probable.
+    TopK,
+    /// Every id.
+    Plain,
+}
+
+/// exp(x) is 0 in f32 for x below this (its smallest subnormal is e^-103.3).
+const EXP_UNDERFLOW: f32 = -104.0;
 
 /// A seeded random source shared by the samplers of one stream.
 pub struct SampleRng(ChaCha8Rng);
@@ -33,26 +78,29 @@ impl SampleRng {
         SampleRng(ChaCha8Rng::seed_from_u64(seed))
     }
 
-    /// One draw of Exp(1).
-    fn exp1(&mut self) -> f32 {
-        // 53 random bits, centred in their interval: u is in (0, 1), never 0.
-        let u = ((self.0.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
-        -(u.ln()) as f32
+    /// One uniform number in (0, 1): 24 random bits, centred in their interval, so that
+    /// neither 0 nor 1 can come out and every value is exact in f32.
+    pub fn uniform(&mut self) -> f32 {
+        ((self.0.next_u32() >> 8) as f32 + 0.5) / (1u32 << 24) as f32
     }
 }
 
 pub struct Sampler {
     pub params: SamplingParams,
-    probs: Vec<f32>,
-    order: Vec<u32>,
+    /// Candidates (ids with a non-zero weight) and their weights exp(l/T - max).
+    ids: Vec<u32>,
+    weights: Vec<f32>,
+    /// Dense probabilities, for `distribution`.
+    dense: Vec<f32>,
 }
 
 impl Sampler {
     pub fn new(vocab: usize, params: SamplingParams) -> Sampler {
         Sampler {
             params,
-            probs: vec![0.0; vocab],
-            order: vec![0; vocab],
+            ids: Vec::with_capacity(vocab),
+            weights: vec![0.0; vocab],
+            dense: vec![0.0; vocab],
         }
     }
 
@@ -72,24 +120,26 @@ impl Sampler {
         }
     }
 
-    /// Picks the next token from `logits` (changed in place by the penalty). Ties go to the
-    /// lowest id, as `torch.argmax` does.
-    pub fn sample(&mut self, logits: &mut [f32], window: &[i32], rng: &mut SampleRng) -> i32 {
+    /// Picks the next token from `logits` (changed in place by the penalty) with the uniform
+    /// number `u` in (0, 1) (unused when greedy). Ties of the argmax go to the lowest id, as
+    /// `torch.argmax` does.
+    pub fn sample(&mut self, logits: &mut [f32], window: &[i32], u: f32) -> i32 {
         self.penalize(logits, window);
         if self.params.is_greedy() {
             return argmax(logits) as i32;
         }
-        let n = self.distribution_after_penalty(logits);
-        // Exponential race over the candidates: argmax of p / Exp(1) draws index i with
-        // probability p_i / sum(p), the same law as torch.multinomial.
-        let mut best = (f32::NEG_INFINITY, 0u32);
-        for &i in &self.order[..n] {
-            let q = self.probs[i as usize] / rng.exp1();
-            if q > best.0 {
-                best = (q, i);
+        let n = self.candidates(logits);
+        let total: f32 = self.weights[..n].iter().sum();
+        let target = u * total;
+        let mut acc = 0f32;
+        for k in 0..n {
+            acc += self.weights[k];
+            if acc >= target {
+                return self.ids[k] as i32;
             }
         }
-        best.1 as i32
+        // Rounding left the target past the sum: the last candidate.
+        self.ids[n.saturating_sub(1)] as i32
     }
 
     /// The distribution `sample` draws from, over the whole vocabulary (zeros outside the
@@ -97,63 +147,68 @@ impl Sampler {
     /// and tools; applies the penalty to `logits`.
     pub fn distribution(&mut self, logits: &mut [f32], window: &[i32]) -> &[f32] {
         self.penalize(logits, window);
-        let n = self.distribution_after_penalty(logits);
-        let mut keep = vec![false; logits.len()];
-        for &i in &self.order[..n] {
-            keep[i as usize] = true;
+        self.dense.fill(0.0);
+        let n = self.candidates(logits);
+        for k in 0..n {
+            self.dense[self.ids[k] as usize] = self.weights[k];
         }
-        for (p, k) in self.probs.iter_mut().zip(keep) {
-            if !k {
-                *p = 0.0;
-            }
-        }
-        &self.probs
+        &self.dense
     }
 
-    /// Fills `probs` with softmax(logits / T) and `order[..n]` with the candidate ids (for
-    /// top-p, their probabilities renormalised); returns n.
-    fn distribution_after_penalty(&mut self, logits: &[f32]) -> usize {
+    /// Fills `ids[..n]` and `weights[..n]` with the candidates in the order a draw walks
+    /// them, weighted as the official code weighs them (probabilities; renormalised for
+    /// top-p); returns n.
+    fn candidates(&mut self, logits: &[f32]) -> usize {
         let t = self.params.temperature;
         let max = logits.iter().fold(f32::NEG_INFINITY, |m, &l| m.max(l)) / t;
-        let mut sum = 0f32;
-        for (p, &l) in self.probs.iter_mut().zip(logits) {
-            *p = (l / t - max).exp();
-            sum += *p;
-        }
-        for p in self.probs.iter_mut() {
-            *p /= sum;
-        }
-        if self.params.top_p > 0.0 {
-            self.nucleus(self.params.top_p)
-        } else if self.params.top_k > 0 {
-            self.top_k(self.params.top_k as usize)
-        } else {
-            for (i, o) in self.order.iter_mut().enumerate() {
-                *o = i as u32;
+        // softmax(l / T): weights of the ids that do not underflow, then the sum.
+        self.ids.clear();
+        let mut n = 0;
+        for (i, &l) in logits.iter().enumerate() {
+            let x = l / t - max;
+            if x >= EXP_UNDERFLOW {
+                self.ids.push(i as u32);
+                self.weights[n] = x.exp();
+                n += 1;
             }
-            self.order.len()
         }
+        let sum: f32 = self.weights[..n].iter().sum();
+        for w in &mut self.weights[..n] {
+            *w /= sum;
+        }
+        match self.params.mode() {
+            Mode::TopP => self.nucleus(n, self.params.top_p),
+            Mode::TopK => self.top_k(n, self.params.top_k as usize),
+            Mode::Plain | Mode::Greedy => n,
+        }
+    }
+
+    /// Sorts the candidates most probable first, equal probabilities by id.
+    fn sort(&mut self, n: usize) {
+        sort_pairs(&mut self.weights[..n], &mut self.ids[..n]);
     }
 
     /// Keeps the most probable ids while the mass before each is at most p (the official
     /// mask `cumsum - p_i > top_p`), and renormalises them.
-    fn nucleus(&mut self, top_p: f32) -> usize {
-        // Only ids at or above a threshold can be in the nucleus once the mass above the
-        // threshold exceeds p: lower the threshold until it does, then sort just those.
-        let max = self.probs.iter().fold(0f32, |m, &p| m.max(p));
+    fn nucleus(&mut self, n: usize, top_p: f32) -> usize {
+        // Only ids at or above a threshold can be in the nucleus once the mass at or above
+        // the threshold exceeds p: move those to the front, lowering the threshold until it
+        // does, then sort just those.
+        let max = self.weights[..n].iter().fold(0f32, |m, &p| m.max(p));
         let mut threshold = max * 1e-2;
-        let n = loop {
-            let mut n = 0;
+        let m = loop {
+            let mut m = 0;
             let mut mass = 0f32;
-            for (i, &p) in self.probs.iter().enumerate() {
-                if p >= threshold {
-                    self.order[n] = i as u32;
-                    n += 1;
-                    mass += p;
+            for k in 0..n {
+                if self.weights[k] >= threshold {
+                    self.weights.swap(m, k);
+                    self.ids.swap(m, k);
+                    mass += self.weights[m];
+                    m += 1;
                 }
             }
             if mass > top_p || threshold == 0.0 {
-                break n;
+                break m;
             }
             threshold = if threshold < 1e-30 {
                 0.0
@@ -161,50 +216,124 @@ impl Sampler {
                 threshold * 1e-3
             };
         };
-        let probs = &self.probs;
-        // Descending probability; equal probabilities keep id order.
-        self.order[..n].sort_unstable_by(|&a, &b| {
-            probs[b as usize]
-                .total_cmp(&probs[a as usize])
-                .then(a.cmp(&b))
-        });
+        self.sort(m);
         // As torch on the CPU: the cumulative sum accumulates in f64 and is rounded to f32
         // at each element; the mask subtracts in f32.
         let mut acc = 0f64;
         let mut kept = 0;
-        for &i in &self.order[..n] {
-            let p = self.probs[i as usize];
+        for k in 0..m {
+            let p = self.weights[k];
             acc += p as f64;
             if acc as f32 - p > top_p {
                 break;
             }
             kept += 1;
         }
-        let sum: f32 = self.order[..kept]
-            .iter()
-            .map(|&i| self.probs[i as usize])
-            .sum();
-        for &i in &self.order[..kept] {
-            self.probs[i as usize] /= sum;
+        let sum: f32 = self.weights[..kept].iter().sum();
+        for w in &mut self.weights[..kept] {
+            *w /= sum;
         }
         kept
     }
 
-    fn top_k(&mut self, k: usize) -> usize {
-        let k = k.min(self.order.len());
-        for (i, o) in self.order.iter_mut().enumerate() {
-            *o = i as u32;
+    /// The k most probable candidates, most probable first.
+    fn top_k(&mut self, n: usize, k: usize) -> usize {
+        let k = k.min(n);
+        if k < n {
+            select_pairs(&mut self.weights[..n], &mut self.ids[..n], k);
         }
-        let probs = &self.probs;
-        let by_prob = |a: &u32, b: &u32| {
-            probs[*b as usize]
-                .total_cmp(&probs[*a as usize])
-                .then(a.cmp(b))
-        };
-        if k < self.order.len() {
-            self.order.select_nth_unstable_by(k, by_prob);
-        }
+        self.sort(k);
         k
+    }
+}
+
+/// Sorts `w` descending (ties by ascending id) and permutes `ids` alongside.
+fn sort_pairs(w: &mut [f32], ids: &mut [u32]) {
+    // Insertion sort for the short lists sampling sorts (a nucleus or a top-k is rarely more
+    // than a few hundred ids); a heap sort beyond, so that the worst case stays n log n
+    // without allocating.
+    let n = w.len();
+    let before = |a: (f32, u32), b: (f32, u32)| a.0 > b.0 || (a.0 == b.0 && a.1 < b.1);
+    if n <= 64 {
+        for i in 1..n {
+            let cur = (w[i], ids[i]);
+            let mut j = i;
+            while j > 0 && before(cur, (w[j - 1], ids[j - 1])) {
+                w[j] = w[j - 1];
+                ids[j] = ids[j - 1];
+                j -= 1;
+            }
+            w[j] = cur.0;
+            ids[j] = cur.1;
+        }
+        return;
+    }
+    // Heap sort: a max-heap under `before` (the root is the candidate that comes last),
+    // popped to the end, leaves the list in `before` order.
+    let sift = |w: &mut [f32], ids: &mut [u32], mut root: usize, end: usize| {
+        loop {
+            let mut child = 2 * root + 1;
+            if child >= end {
+                break;
+            }
+            if child + 1 < end && before((w[child], ids[child]), (w[child + 1], ids[child + 1]))
+            {
+                child += 1;
+            }
+            if before((w[root], ids[root]), (w[child], ids[child])) {
+                w.swap(root, child);
+                ids.swap(root, child);
+                root = child;
+            } else {
+                break;
+            }
+        }
+    };
+    for start in (0..n / 2).rev() {
+        sift(w, ids, start, n);
+    }
+    for end in (1..n).rev() {
+        w.swap(0, end);
+        ids.swap(0, end);
+        sift(w, ids, 0, end);
+    }
+}
+
+/// Moves the k largest of `w` (ties by ascending id) to the front, `ids` alongside
+/// (quickselect without allocation).
+fn select_pairs(w: &mut [f32], ids: &mut [u32], k: usize) {
+    let before = |a: (f32, u32), b: (f32, u32)| a.0 > b.0 || (a.0 == b.0 && a.1 < b.1);
+    let (mut lo, mut hi) = (0usize, w.len());
+    while hi - lo > 1 {
+        // Median of three as the pivot, moved to the end of the range.
+        let mid = lo + (hi - lo) / 2;
+        let (a, b, c) = (lo, mid, hi - 1);
+        let key = |i: usize| (w[i], ids[i]);
+        let m = if before(key(a), key(b)) == before(key(b), key(c)) {
+            b
+        } else if before(key(b), key(a)) == before(key(a), key(c)) {
+            a
+        } else {
+            c
+        };
+        w.swap(m, hi - 1);
+        ids.swap(m, hi - 1);
+        let pivot = (w[hi - 1], ids[hi - 1]);
+        let mut store = lo;
+        for i in lo..hi - 1 {
+            if before((w[i], ids[i]), pivot) {
+                w.swap(i, store);
+                ids.swap(i, store);
+                store += 1;
+            }
+        }
+        w.swap(store, hi - 1);
+        ids.swap(store, hi - 1);
+        match store.cmp(&k) {
+            std::cmp::Ordering::Equal => return,
+            std::cmp::Ordering::Greater => hi = store,
+            std::cmp::Ordering::Less => lo = store + 1,
+        }
     }
 }
 
