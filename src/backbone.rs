@@ -11,9 +11,19 @@ use std::sync::Once;
 use anyhow::{Context, Result, bail, ensure};
 use flm_kernels::device::Device;
 use flm_kernels::log;
+use flm_kernels::sampling::SamplingParams;
 use llama_cpp_sys_2 as sys;
 
 use crate::placement::Placement;
+use crate::text_sampler::TextSampler;
+
+/// The text token drawn on the backbone's device (see `text_sampler`).
+#[derive(Clone, Copy, Debug)]
+pub struct TextDraw {
+    pub params: SamplingParams,
+    /// Also copy the logit row back (tests and tools read it through `logits`).
+    pub keep_logits: bool,
+}
 
 pub struct BackboneParams {
     /// KV cache positions (steps).
@@ -26,6 +36,9 @@ pub struct BackboneParams {
     /// f32-weight outputs by about 1e-3).
     pub kv_f32: bool,
     pub flash_attn: bool,
+    /// Draw the text token inside the backbone's graph, on its device: only the token comes
+    /// back. None: the caller draws from the logit row.
+    pub text_draw: Option<TextDraw>,
 }
 
 impl Default for BackboneParams {
@@ -36,6 +49,7 @@ impl Default for BackboneParams {
             device: Device::Cpu,
             kv_f32: false,
             flash_attn: false,
+            text_draw: None,
         }
     }
 }
@@ -48,6 +62,8 @@ pub struct Backbone {
     n_embd: usize,
     n_vocab: usize,
     placement: Placement,
+    /// The text draw in llama.cpp's graph; dropped after the context (see Drop).
+    text: Option<TextSampler>,
 }
 
 // SAFETY: the llama.cpp model and context are used from one thread at a time (&mut self for
@@ -82,6 +98,7 @@ impl Backbone {
         if !device.is_cpu() {
             devices[0] = device.raw();
         }
+        let mut text = None;
         let ((model, ctx), messages) = log::capture(|| {
             // SAFETY: default params are plain data; the path and the device list are valid
             // for the call (llama.cpp copies the list).
@@ -97,7 +114,12 @@ impl Backbone {
             if model.is_null() {
                 return (model, std::ptr::null_mut());
             }
-            (model, Self::new_context(model, params))
+            text = params.text_draw.map(|d| {
+                // SAFETY: model is valid; getters.
+                let vocab = unsafe { sys::llama_vocab_n_tokens(sys::llama_model_get_vocab(model)) };
+                TextSampler::new(d.params, vocab as usize, d.keep_logits)
+            });
+            (model, Self::new_context(model, params, text.as_ref()))
         });
         // On failure llama.cpp's own last error is the reason, in the one line.
         let why = log::last_error(&messages)
@@ -115,6 +137,17 @@ impl Backbone {
             );
         }
         log::pass_on(&messages);
+        if let Some(op) = text.as_mut().and_then(|t| t.unsupported()) {
+            // SAFETY: both valid and owned here; the context goes before the model.
+            unsafe {
+                sys::llama_free(ctx);
+                sys::llama_model_free(model);
+            }
+            bail!(
+                "{label}: {} cannot draw the text token: the device cannot run {op}",
+                device.info().name
+            );
+        }
         // SAFETY: model is valid; these are getters.
         let (n_embd, n_vocab) = unsafe {
             (
@@ -137,15 +170,24 @@ impl Backbone {
             n_embd,
             n_vocab,
             placement: Placement::from_log(&messages),
+            text,
         })
     }
 
-    /// A context of `params` on `model` (null when llama.cpp refuses).
+    /// A context of `params` on `model` (null when llama.cpp refuses), drawing the text token
+    /// with `text` when given.
     fn new_context(
         model: *mut sys::llama_model,
         params: &BackboneParams,
+        text: Option<&TextSampler>,
     ) -> *mut sys::llama_context {
-        // SAFETY: model is a valid, non-null model; context params are plain data.
+        let mut samplers = text.map(|t| sys::llama_sampler_seq_config {
+            seq_id: 0,
+            sampler: t.chain(),
+        });
+        // SAFETY: model is a valid, non-null model; context params are plain data; the
+        // sampler configuration is read during the call and its chain outlives the context
+        // (the Backbone drops the context first).
         unsafe {
             let mut cp = sys::llama_context_default_params();
             cp.n_ctx = params.n_ctx;
@@ -167,6 +209,10 @@ impl Backbone {
             if params.kv_f32 {
                 cp.type_k = sys::GGML_TYPE_F32;
                 cp.type_v = sys::GGML_TYPE_F32;
+            }
+            if let Some(config) = samplers.as_mut() {
+                cp.samplers = config;
+                cp.n_samplers = 1;
             }
             sys::llama_init_from_model(model, cp)
         }
@@ -302,11 +348,80 @@ impl Backbone {
         Ok(())
     }
 
+    /// Whether the text token is drawn on the device (`drawn_text` reads it).
+    pub fn draws_text(&self) -> bool {
+        self.text.is_some()
+    }
+
+    /// The inputs of the next step's text draw on the device: the penalty window and the
+    /// uniform number. Nothing to do when the caller draws from the logits.
+    pub fn set_text_inputs(&mut self, window: &[i32], u: f32) {
+        if let Some(t) = self.text.as_mut() {
+            t.set_inputs(window, u);
+        }
+    }
+
+    /// Draws the text token with `params` on the device from the next step on (a new sampler
+    /// chain; llama.cpp rebuilds its graph for it).
+    pub fn set_text_draw(&mut self, params: SamplingParams) -> Result<()> {
+        let Some(old) = self.text.as_mut() else {
+            return Ok(());
+        };
+        if old.params() == params {
+            return Ok(());
+        }
+        let keep = self.logits_kept();
+        let mut new = TextSampler::new(params, self.n_vocab, keep);
+        // SAFETY: ctx is valid; the new chain outlives its use (stored below, dropped after
+        // the context); the old one is dropped only once llama.cpp holds the new one.
+        let ok = unsafe { sys::llama_set_sampler(self.ctx, 0, new.chain()) };
+        ensure!(ok, "llama.cpp refused the text sampler");
+        if let Some(op) = new.unsupported() {
+            bail!("the device cannot draw the text token: it cannot run {op}");
+        }
+        self.text = Some(new);
+        Ok(())
+    }
+
+    fn logits_kept(&mut self) -> bool {
+        self.text.as_mut().is_some_and(|t| t.keeps_logits())
+    }
+
+    /// The text token drawn on the device at the last step; an error when its logits had
+    /// no candidate (all -inf or NaN) or no draw ran.
+    pub fn drawn_text(&mut self) -> Result<i32> {
+        let Some(t) = self.text.as_mut() else {
+            bail!("backbone: the text token is not drawn on the device")
+        };
+        let greedy = t.params().is_greedy();
+        // SAFETY: ctx is valid; the getters synchronise and return the last decode's values
+        // (null or LLAMA_TOKEN_NULL when there are none).
+        let (token, check) = unsafe {
+            let token = sys::llama_get_sampled_token_ith(self.ctx, 0);
+            let p = sys::llama_get_sampled_probs_ith(self.ctx, 0);
+            let n = sys::llama_get_sampled_probs_count_ith(self.ctx, 0);
+            (token, (!p.is_null() && n >= 1).then(|| *p))
+        };
+        let valid = check.is_some_and(|k| k.is_finite() && (greedy || k > 0.0));
+        ensure!(
+            valid && token >= 0 && (token as usize) < self.n_vocab,
+            "backbone: the text logits have no token to draw (all -inf or NaN, or no draw ran)"
+        );
+        Ok(token)
+    }
+
     /// Text logits of the last step; an error when it had no output row (a step without
-    /// its head, or none yet).
+    /// its head, or none yet), or when the token is drawn on the device without keeping
+    /// them.
     pub fn logits(&self) -> Result<&[f32]> {
         // SAFETY: ctx is valid; llama.cpp returns null (and logs) when row 0 has no output.
-        let p = unsafe { sys::llama_get_logits_ith(self.ctx, 0) };
+        let p = unsafe {
+            if self.text.is_some() {
+                sys::llama_get_sampled_logits_ith(self.ctx, 0)
+            } else {
+                sys::llama_get_logits_ith(self.ctx, 0)
+            }
+        };
         ensure!(!p.is_null(), "backbone: the last step produced no logits");
         // SAFETY: non-null: n_vocab logits of output row 0, valid until the next decode
         // (which needs &mut self).

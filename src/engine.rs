@@ -1,20 +1,26 @@
 //! One 80 ms step of FLM-Audio: the user's 8 codes in, the model's text token and 8 speaking
 //! codes out.
 //!
-//! embed (sum of 17 rows) → backbone (llama.cpp, KV-cached) → text logits and hidden state →
-//! text token → depth transformer, 8 positions → speaking codes. Everything a step touches
+//! embed (sum of 17 rows) → backbone (llama.cpp, KV-cached) → text token and hidden state →
+//! depth transformer, 8 positions in one graph → speaking codes. Everything a step touches
 //! is sized at load: the step allocates nothing.
+//!
+//! The tokens are drawn where their logits are: the 8 codes inside the depth transformer's
+//! graph, and the text token inside the backbone's graph on a device (on the CPU the host
+//! draws it from the logit row, which is then in host memory anyway). Each step draws 9
+//! uniform numbers from the conversation's seeded generator, greedy or not, so that the
+//! draws of a seed are the same on every device.
 
 use std::time::Instant;
 
 use anyhow::{Context, Result, ensure};
 use flm_conversion::Gguf;
 use flm_conversion::model_files::{AUDIO_FILE, BACKBONE_FILE, audio_keys};
-use flm_kernels::depformer::Depformer;
+use flm_kernels::depformer::{CodeSampling, Depformer};
 pub use flm_kernels::ggml::Device;
 use flm_kernels::sampling::{SampleRng, Sampler, SamplingParams};
 
-use crate::backbone::{Backbone, BackboneParams};
+use crate::backbone::{Backbone, BackboneParams, TextDraw};
 use crate::embed::Embedder;
 use crate::model_dir::ModelDir;
 use crate::token_ring::{CODEBOOKS, InitialTokens, TokenRing};
@@ -143,6 +149,10 @@ pub struct EngineOptions {
     pub sink: u32,
     /// KV cache in f32; None: f32 when the backbone's weights are f32, else f16.
     pub kv_f32: Option<bool>,
+    /// Keep the text logit row in host memory at every step even where the token is drawn
+    /// on the device (tests and tools read it through `backbone().logits()`; it costs the
+    /// copy of the row that drawing on the device saves).
+    pub keep_text_logits: bool,
 }
 
 /// Milliseconds per stage of one step.
@@ -150,11 +160,12 @@ pub struct EngineOptions {
 pub struct StageTimes {
     /// Sum of the 17 embedding rows.
     pub embed: f64,
-    /// llama.cpp's decode of one position, text head included.
+    /// llama.cpp's decode of one position, text head included (and the text draw on a
+    /// device).
     pub backbone: f64,
-    /// The 8 positions of the depth transformer.
+    /// The depth transformer's step: 8 positions and their draws.
     pub depth: f64,
-    /// Penalties and sampling of the text token and the 8 codes.
+    /// The host's draw of the text token (on the CPU; zero where the device draws it).
     pub sample: f64,
 }
 
@@ -219,8 +230,8 @@ pub struct Engine {
     ring: TokenRing,
     init: InitialTokens,
     sampling: Sampling,
+    /// The host's text draw (when the backbone's device does not draw it).
     text_sampler: Sampler,
-    audio_sampler: Sampler,
     rng: SampleRng,
     seed: u64,
     text_window: Window,
@@ -234,7 +245,6 @@ pub struct Engine {
     n_codes: usize,
     embd: Vec<f32>,
     text_logits: Vec<f32>,
-    audio_logits: Vec<f32>,
 }
 
 impl Engine {
@@ -266,6 +276,9 @@ impl Engine {
         let ring = TokenRing::new(&delays, init).with_context(|| label.clone())?;
         let f32_weights = model.backbone.get_u64("general.file_type").ok() == Some(0);
         let kv_f32 = opts.kv_f32.unwrap_or(f32_weights);
+        // On a device the text token is drawn in the backbone's graph; on the CPU the logit
+        // row is in host memory already, and the host draws it.
+        let on_device = !opts.device.resolve()?.is_cpu();
         let backbone = Backbone::load(
             &backbone_path,
             &BackboneParams {
@@ -274,10 +287,14 @@ impl Engine {
                 device: opts.device,
                 kv_f32,
                 flash_attn: false,
+                text_draw: on_device.then_some(TextDraw {
+                    params: opts.sampling.text,
+                    keep_logits: opts.keep_text_logits,
+                }),
             },
         )?;
         report_placement(&backbone, &model.backbone, opts.device);
-        let depformer = Depformer::load(&audio_path, opts.device, opts.threads)?;
+        let mut depformer = Depformer::load(&audio_path, opts.device, opts.threads)?;
         let shape = *depformer.shape();
         ensure!(
             shape.codebooks == CODEBOOKS && shape.hidden == backbone.n_embd(),
@@ -312,9 +329,9 @@ impl Engine {
         );
         let n_codes = init.audio_pad.min(shape.empty) as usize;
         let s = opts.sampling;
+        depformer.configure(code_sampling(&s, n_codes))?;
         Ok(Engine {
             text_sampler: Sampler::new(backbone.n_vocab(), s.text),
-            audio_sampler: Sampler::new(shape.vocab, s.audio),
             rng: SampleRng::new(opts.seed),
             seed: opts.seed,
             text_window: Window::new(s.text.repetition_window),
@@ -330,7 +347,6 @@ impl Engine {
             n_codes,
             embd: vec![0.0; backbone.n_embd()],
             text_logits: vec![0.0; backbone.n_vocab()],
-            audio_logits: vec![0.0; shape.vocab],
             sampling: s,
             backbone,
             embedder,
@@ -381,6 +397,9 @@ impl Engine {
     /// repetition windows are sized anew, and the conversation starts over).
     pub fn set_sampling(&mut self, s: Sampling) -> Result<()> {
         s.check()?;
+        self.depformer.configure(code_sampling(&s, self.n_codes))?;
+        self.backbone.set_text_draw(s.text)?;
+        self.text_sampler = Sampler::new(self.backbone.n_vocab(), s.text);
         self.text_window = Window::new(s.text.repetition_window);
         self.audio_windows = (0..CODEBOOKS)
             .map(|_| Window::new(s.audio.repetition_window))
@@ -432,6 +451,12 @@ impl Engine {
         }
         let mut times = StageTimes::default();
         let context_shifted = self.make_room()? | std::mem::take(&mut self.shift_pending);
+        // One uniform number per token, whether or not it is used.
+        let u_text = self.rng.uniform();
+        let mut u_audio = [0f32; CODEBOOKS];
+        for u in &mut u_audio {
+            *u = self.rng.uniform();
+        }
 
         let t0 = Instant::now();
         self.ring.push_user(user);
@@ -445,42 +470,45 @@ impl Engine {
         let t1 = Instant::now();
         times.embed = ms(t1 - t0);
 
+        self.backbone.set_text_inputs(&self.text_window.ids, u_text);
         self.backbone.step(&self.embd, self.pos)?;
         self.pos += 1;
+        let text = if self.backbone.draws_text() {
+            self.backbone.drawn_text()?
+        } else {
+            let t = Instant::now();
+            self.text_logits.copy_from_slice(self.backbone.logits()?);
+            let text = self
+                .text_sampler
+                .sample(&mut self.text_logits, &self.text_window.ids, u_text);
+            times.sample = ms(t.elapsed());
+            text
+        };
         let t2 = Instant::now();
-        times.backbone = ms(t2 - t1);
-
-        self.text_logits.copy_from_slice(self.backbone.logits()?);
-        let text =
-            self.text_sampler
-                .sample(&mut self.text_logits, &self.text_window.ids, self.rng.uniform());
+        times.backbone = ms(t2 - t1) - times.sample;
         let text_in = forced.map_or(text, |f| f[0]);
         self.text_window.push(text_in);
-        times.sample = ms(t2.elapsed());
 
-        self.depformer.begin(self.backbone.hidden()?)?;
-        let mut audio = [0i32; CODEBOOKS];
-        let mut fed = [0i32; CODEBOOKS];
-        let mut prev = self.depformer.shape().empty;
-        for c in 0..CODEBOOKS {
-            let ts = Instant::now();
-            self.depformer.position(c, prev, &mut self.audio_logits)?;
-            let td = Instant::now();
-            times.depth += ms(td - ts);
-            // Pad and empty would index past Mimi's codebooks: never emit them.
-            self.audio_logits[self.n_codes..].fill(f32::NEG_INFINITY);
-            let window: &[i32] = if c < self.sampling.audio_penalty_codebooks {
-                &self.audio_windows[c].ids
+        let windows: [&[i32]; CODEBOOKS] = std::array::from_fn(|c| {
+            if c < self.sampling.audio_penalty_codebooks {
+                self.audio_windows[c].ids.as_slice()
             } else {
                 &[]
-            };
-            audio[c] = self
-                .audio_sampler
-                .sample(&mut self.audio_logits, window, self.rng.uniform());
-            fed[c] = forced.map_or(audio[c], |f| f[1 + c]);
-            prev = fed[c];
-            times.sample += ms(td.elapsed());
-        }
+            }
+        });
+        let codes = self.depformer.step(
+            self.backbone.hidden()?,
+            &windows,
+            &u_audio,
+            forced.map(|f| &f[1..]),
+        )?;
+        let mut audio = [0i32; CODEBOOKS];
+        audio.copy_from_slice(codes);
+        times.depth = ms(t2.elapsed());
+        let fed: [i32; CODEBOOKS] = match forced {
+            Some(f) => std::array::from_fn(|c| f[1 + c]),
+            None => audio,
+        };
         for (w, &a) in self.audio_windows.iter_mut().zip(&fed) {
             w.push(a);
         }
@@ -521,6 +549,15 @@ impl Engine {
         self.backbone.discard(sink as i32, n as i32)?;
         self.pos -= n as i32;
         Ok(true)
+    }
+}
+
+/// How the depth transformer draws codes under `s`.
+fn code_sampling(s: &Sampling, codes: usize) -> CodeSampling {
+    CodeSampling {
+        params: s.audio,
+        penalty_codebooks: s.audio_penalty_codebooks,
+        codes,
     }
 }
 

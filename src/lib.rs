@@ -17,6 +17,7 @@ pub mod resident;
 pub mod run;
 pub mod selftest;
 pub mod serve;
+pub mod text_sampler;
 pub mod token_ring;
 pub mod wav;
 

@@ -296,6 +296,7 @@ impl EngineArgs {
             context: self.context,
             sink: self.sink,
             kv_f32: self.kv_f32.then_some(true),
+            keep_text_logits: false,
         })
     }
 }
@@ -550,7 +551,7 @@ fn run(cli: Cli) -> Result<()> {
             let mut engine = flm_edge::engine::Engine::load(&dir, &opts)?;
             let r = bench::step(&mut engine, &dir, steps, 5, threads, shift_every)?;
             if ops {
-                bench::print_ops(engine.depformer().profile(7, 20)?);
+                bench::print_ops(engine.depformer().profile(20)?);
             }
             let quant = dir
                 .audio

@@ -166,6 +166,7 @@ fn greedy_steps(
             context: None,
             sink: 16,
             kv_f32: None,
+            keep_text_logits: true,
         },
     )?;
     let mut tokens = vec![];

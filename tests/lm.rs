@@ -126,20 +126,20 @@ fn f32_depth_transformer_logits_match_the_reference() {
     let tokens = golden_tokens();
     engine.step(&user_codes()[0]).unwrap();
     // Run the 8 positions of step 0 again on the same hidden state, fed with the reference
-    // tokens (the KV cache of each position is rewritten).
+    // tokens (teacher forcing: position p+1 embeds the reference's code p).
     let hidden = engine.backbone().hidden().unwrap().to_vec();
     let dep = engine.depformer();
     let v = dep.shape().vocab;
-    dep.begin(&hidden).unwrap();
-    let mut prev = dep.shape().empty;
-    let mut logits = vec![0f32; v];
+    let forced = &tokens[0][1..];
+    let none: &[i32] = &[];
+    dep.step(&hidden, &[none; 8], &[0.5; 8], Some(forced)).unwrap();
     let mut worst = 0f32;
     for p in 0..8 {
-        dep.position(p, prev, &mut logits).unwrap();
+        let logits = dep.logits(p, true).unwrap();
+        assert_eq!(logits.len(), v);
         let err = max_err(&logits, &want[p * v..(p + 1) * v]);
         assert!(err < F32_TOL, "position {p}: max error {err}");
         worst = worst.max(err);
-        prev = tokens[0][1 + p];
     }
     eprintln!("f32: max error of depth-transformer logits {worst:.1e}");
 }

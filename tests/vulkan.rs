@@ -91,6 +91,7 @@ fn greedy_engine(model: &Path, device: Device) -> Engine {
         context: None,
         sink: 16,
         kv_f32: None,
+        keep_text_logits: true,
     };
     Engine::load(&dir, &opts).unwrap()
 }

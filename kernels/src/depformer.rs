@@ -4,20 +4,33 @@
 //! Position c sums three inputs: the token chosen at position c-1 embedded with table c (the
 //! empty id 2049 at position 0), the learned position embedding c, and chunk c of
 //! `linear_in(h)`. Attention is shared by the positions; the MLP and the output head are
-//! per position. One graph per position is built at load and reused: the hidden state, the
-//! input tokens and the KV cache are persistent tensors, so a step allocates nothing.
+//! per position.
+//!
+//! A step is one graph: all 8 positions, each codebook's token sampled inside the graph
+//! (`sample_graph`: penalty, mask of pad and empty, temperature, top-p or top-k, the draw)
+//! and fed to the next position, so the device never waits for the host between codebooks.
+//! Its inputs (hidden state, one uniform number per codebook, the penalty windows) go up in
+//! one copy, its 8 tokens come down in one, and the host waits once. The graph is built when
+//! the sampling is set (between conversations) and reused: a step allocates nothing.
+//!
+//! Every tensor carries the number of conversations stepped together (`streams`) as its
+//! outermost dimension; the engine steps one.
 
 use std::path::Path;
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Context, Result, bail, ensure};
 use flm_conversion::Gguf;
 use flm_conversion::model_files::{AUDIO_ARCH, audio_keys};
 use flm_conversion::plan::audio_names::*;
 
 use crate::ggml::{self, Backend, Buffer, Ctx, Device, Graph, T};
+use crate::sample_graph::{self, DrawInputs};
+use crate::sampling::SamplingParams;
+use crate::staging::{Staging, StagingBuilder};
 use crate::weights::{Weights, WeightsBuilder};
 
-const MAX_NODES: usize = 1024;
+/// Nodes of a step graph: some 30 per layer and position, 40 for each draw.
+const MAX_NODES: usize = 16_384;
 
 /// Hyper-parameters, read from the audio file.
 #[derive(Clone, Copy, Debug)]
@@ -81,40 +94,77 @@ impl DepformerShape {
     }
 }
 
-/// Persistent tensors: the step's hidden state, the token fed at each position, the
-/// position indices (for KV writes) and the KV cache of every layer.
-struct State {
-    hidden: T,
-    tokens: T,
-    slots: T,
+/// How the depth transformer's codes are drawn.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CodeSampling {
+    pub params: SamplingParams,
+    /// The repetition penalty applies to codebooks 0..this (the official 4).
+    pub penalty_codebooks: usize,
+    /// Codes that may come out: 0..this (pad and empty are masked).
+    pub codes: usize,
+}
+
+/// The KV cache of every layer: keys and values by row `stream · 8 + position`.
+struct Cache {
     k: Vec<T>,
     v: Vec<T>,
     _buffer: Buffer,
     _ctx: Ctx,
 }
 
-struct Position {
+/// The step's inputs and outputs on both sides, one copy each way.
+struct Io {
+    inputs: Staging,
+    hidden: T,
+    /// One uniform number per codebook and stream, [streams, 8].
+    uniform: T,
+    /// The penalty windows, [W, streams, penalty codebooks]; absent when the penalty is off.
+    window: Option<T>,
+    /// Tokens fed instead of the drawn ones (teacher forcing), [streams, 8].
+    forced: T,
+    // Constants, written once.
+    penalty: T,
+    empty: T,
+    slots: T,
+    mask: T,
+    outputs: Staging,
+    /// The drawn codes and their check values, [streams, 8].
+    tokens: T,
+    checks: T,
+    /// Window slots per stream and codebook.
+    w: usize,
+}
+
+/// A built step graph and its per-position logits (kept for inspection).
+struct StepGraph {
     graph: Graph,
-    logits: T,
+    logits: Vec<T>,
 }
 
 pub struct Depformer {
     shape: DepformerShape,
-    state: State,
-    positions: Vec<Position>,
+    streams: usize,
+    sampling: Option<CodeSampling>,
+    io: Option<Io>,
+    /// The step graph drawing freely, and the one fed with forced tokens (built on first use).
+    free: Option<StepGraph>,
+    forced: Option<StepGraph>,
+    cache: Cache,
+    /// Ids of the window's unused slots (the vocabulary size: a padding id).
+    codes_out: Vec<i32>,
     // Dropped after the graphs and state that use them.
     weights: Weights,
     backend: Backend,
 }
 
 impl Depformer {
-    /// Loads the depth transformer of `audio.gguf` onto `device` (with `threads` threads on
-    /// the CPU).
     /// ggml's name of the device the graphs run on ("CPU", "CUDA0", …).
     pub fn backend_name(&self) -> String {
         self.backend.name()
     }
 
+    /// Loads the depth transformer of `audio.gguf` onto `device` (with `threads` threads on
+    /// the CPU). `configure` sets its sampling before the first step.
     pub fn load(path: &Path, device: Device, threads: usize) -> Result<Depformer> {
         let label = path.display().to_string();
         let backend = Backend::new(device, threads)?;
@@ -160,19 +210,20 @@ impl Depformer {
         }
         wb.tensor(DEP_OUT_NORM, &[e])?;
         let weights = wb.build(&backend, backend.is_cpu())?;
-        let state = new_state(&s, &backend)?;
-        let mut d = Depformer {
+        let streams = 1;
+        let cache = new_cache(&s, streams, &backend)?;
+        Ok(Depformer {
             shape: s,
-            state,
-            positions: vec![],
+            streams,
+            sampling: None,
+            io: None,
+            free: None,
+            forced: None,
+            cache,
+            codes_out: vec![0; s.codebooks * streams],
             weights,
             backend,
-        };
-        for p in 0..s.codebooks {
-            let pos = d.build(p)?;
-            d.positions.push(pos);
-        }
-        Ok(d)
+        })
     }
 
     pub fn shape(&self) -> &DepformerShape {
@@ -184,100 +235,311 @@ impl Depformer {
         self.weights.bytes()
     }
 
-    /// Starts a step from the backbone's hidden state (after its final norm).
-    pub fn begin(&mut self, hidden: &[f32]) -> Result<()> {
+    /// Draws codes with `sampling` from the next step on: builds the step graph (checked
+    /// against the device: an op it cannot run is one error line) and its inputs.
+    pub fn configure(&mut self, sampling: CodeSampling) -> Result<()> {
+        let s = self.shape;
         ensure!(
-            hidden.len() == self.shape.hidden,
+            (1..=s.vocab).contains(&sampling.codes),
+            "depth transformer: {} codes of a vocabulary of {}",
+            sampling.codes,
+            s.vocab
+        );
+        ensure!(
+            sampling.penalty_codebooks <= s.codebooks,
+            "depth transformer: penalty on {} of {} codebooks",
+            sampling.penalty_codebooks,
+            s.codebooks
+        );
+        if self.sampling == Some(sampling) && self.free.is_some() {
+            return Ok(());
+        }
+        self.free = None;
+        self.forced = None;
+        self.io = Some(self.new_io(&sampling)?);
+        self.sampling = Some(sampling);
+        self.free = Some(self.build(false)?);
+        Ok(())
+    }
+
+    /// The graph's inputs and outputs, with their constants written.
+    fn new_io(&self, sampling: &CodeSampling) -> Result<Io> {
+        let s = &self.shape;
+        let (b, c) = (self.streams as i64, s.codebooks as i64);
+        let p = &sampling.params;
+        let penalised = p.penalises() && sampling.penalty_codebooks > 0;
+        let w = if penalised { p.repetition_window } else { 0 };
+        let mut ib = StagingBuilder::new(10);
+        // What changes every step first, so that one contiguous range goes up.
+        let hidden = ib.tensor(ggml::F32, &[s.hidden as i64, b], "hidden");
+        let uniform = ib.tensor(ggml::F32, &[b, c], "uniform");
+        let window = penalised.then(|| {
+            ib.tensor(
+                ggml::I32,
+                &[w as i64, b, sampling.penalty_codebooks as i64],
+                "window",
+            )
+        });
+        let forced = ib.tensor(ggml::I32, &[b, c], "forced");
+        let penalty = ib.tensor(ggml::F32, &[1], "penalty");
+        let empty = ib.tensor(ggml::I32, &[b], "empty");
+        let slots = ib.tensor(ggml::I32, &[b, c], "slots");
+        let mask = ib.tensor(ggml::F32, &[s.vocab as i64], "mask");
+        let mut inputs = ib.build(&self.backend)?;
+        inputs.put(penalty, 0, &[p.repetition_penalty]);
+        inputs.put(empty, 0, &vec![s.empty; self.streams]);
+        let slot: Vec<i32> = (0..s.codebooks)
+            .flat_map(|pos| (0..self.streams).map(move |st| (st * s.codebooks + pos) as i32))
+            .collect();
+        inputs.put(slots, 0, &slot);
+        let m: Vec<f32> = (0..s.vocab)
+            .map(|id| {
+                if id < sampling.codes {
+                    0.0
+                } else {
+                    f32::NEG_INFINITY
+                }
+            })
+            .collect();
+        inputs.put(mask, 0, &m);
+        if let Some(window) = window {
+            let pad = vec![s.vocab as i32; w * self.streams * sampling.penalty_codebooks];
+            inputs.put(window, 0, &pad);
+        }
+        let mut ob = StagingBuilder::new(2);
+        let tokens = ob.tensor(ggml::I32, &[b, c], "tokens");
+        let checks = ob.tensor(ggml::F32, &[b, c], "checks");
+        let outputs = ob.build(&self.backend)?;
+        Ok(Io {
+            inputs,
+            hidden,
+            uniform,
+            window,
+            forced,
+            penalty,
+            empty,
+            slots,
+            mask,
+            outputs,
+            tokens,
+            checks,
+            w,
+        })
+    }
+
+    /// One step: from the backbone's hidden state (after its final norm), the 8 codes, drawn
+    /// with one uniform number each; `windows[c]` holds the earlier codes of codebook c for
+    /// the penalty (those beyond the window's size are ignored). With `forced`, position c+1
+    /// is fed `forced[c]` instead of the code drawn at c (teacher forcing); the codes drawn
+    /// are returned either way.
+    pub fn step(
+        &mut self,
+        hidden: &[f32],
+        windows: &[&[i32]],
+        uniforms: &[f32],
+        forced: Option<&[i32]>,
+    ) -> Result<&[i32]> {
+        let s = self.shape;
+        let (Some(io), Some(sampling)) = (self.io.as_mut(), self.sampling) else {
+            bail!("depth transformer: no sampling configured")
+        };
+        ensure!(
+            hidden.len() == s.hidden,
             "depth transformer: hidden state of {} values, expected {}",
             hidden.len(),
-            self.shape.hidden
-        );
-        self.state.hidden.write(hidden);
-        Ok(())
-    }
-
-    /// Runs position `p` (0-based, after positions 0..p of this step) fed with `prev`, the
-    /// token chosen at position p-1 (the empty id at position 0), and writes the logits of
-    /// codebook p (`vocab` values).
-    pub fn position(&mut self, p: usize, prev: i32, logits: &mut [f32]) -> Result<()> {
-        ensure!(
-            p < self.shape.codebooks,
-            "depth transformer: position {p} of {}",
-            self.shape.codebooks
+            s.hidden
         );
         ensure!(
-            prev >= 0 && (prev as usize) < self.shape.vocab,
-            "depth transformer: token {prev} is outside the audio vocabulary"
+            uniforms.len() == s.codebooks,
+            "depth transformer: {} uniform numbers for {} codebooks",
+            uniforms.len(),
+            s.codebooks
         );
-        self.state.tokens.write_bytes(p * 4, &prev.to_ne_bytes());
-        let pos = &mut self.positions[p];
-        pos.graph.compute(&self.backend)?;
-        pos.logits.read(logits);
-        Ok(())
+        io.inputs.put(io.hidden, 0, hidden);
+        io.inputs.put(io.uniform, 0, uniforms);
+        if let Some(window) = io.window {
+            for c in 0..sampling.penalty_codebooks {
+                let ids = windows.get(c).copied().unwrap_or(&[]);
+                let n = ids.len().min(io.w);
+                io.inputs.put(window, c * io.w, &ids[..n]);
+                // Unused slots hold the padding id (the vocabulary size).
+                for k in n..io.w {
+                    io.inputs.put(window, c * io.w + k, &[s.vocab as i32]);
+                }
+            }
+        }
+        if let Some(f) = forced {
+            ensure!(
+                f.len() == s.codebooks && f.iter().all(|&t| t >= 0 && (t as usize) < s.vocab),
+                "depth transformer: forced tokens {f:?} outside the audio vocabulary"
+            );
+            io.inputs.put(io.forced, 0, f);
+            if self.forced.is_none() {
+                self.forced = Some(self.build(true)?);
+            }
+        }
+        let io = self.io.as_mut().unwrap();
+        let graph = if forced.is_some() {
+            self.forced.as_mut()
+        } else {
+            self.free.as_mut()
+        }
+        .unwrap();
+        io.inputs.upload(&self.backend);
+        graph.graph.compute_async(&self.backend)?;
+        io.outputs.download(&self.backend);
+        self.backend.synchronize();
+        io.outputs.get(io.tokens, 0, &mut self.codes_out);
+        let mut checks = [0f32; 64];
+        let checks = &mut checks[..s.codebooks * self.streams];
+        io.outputs.get(io.checks, 0, checks);
+        for (c, (&t, &k)) in self.codes_out.iter().zip(checks.iter()).enumerate() {
+            let valid = k.is_finite() && (sampling.params.is_greedy() || k > 0.0);
+            ensure!(
+                valid && t >= 0 && (t as usize) < sampling.codes,
+                "depth transformer: codebook {c} has no code to draw (its logits are all -inf or NaN)"
+            );
+        }
+        Ok(&self.codes_out)
     }
 
-    /// The op type of every node of the graphs of all positions.
+    /// The logits of position `p` at the last step (for tests and tools: a blocking read).
+    pub fn logits(&self, p: usize, forced: bool) -> Result<Vec<f32>> {
+        let graph = if forced { &self.forced } else { &self.free };
+        let Some(graph) = graph else {
+            bail!("depth transformer: no step graph yet")
+        };
+        let t = graph.logits[p];
+        let mut out = vec![0f32; t.n_elements()];
+        t.read(&mut out);
+        Ok(out)
+    }
+
+    /// The op type of every node of the step graph.
     pub fn op_names(&self) -> Vec<String> {
-        self.positions
-            .iter()
-            .flat_map(|p| p.graph.op_names())
-            .collect()
+        self.free
+            .as_ref()
+            .map(|g| g.graph.op_names())
+            .unwrap_or_default()
     }
 
-    /// Per-node timings of the graph of position `p` (a developer tool).
-    pub fn profile(&mut self, p: usize, reps: usize) -> Result<Vec<(String, [i64; 4], f64)>> {
-        self.positions[p].graph.profile(&self.backend, reps)
+    /// Per-node timings of the step graph (a developer tool).
+    pub fn profile(&mut self, reps: usize) -> Result<Vec<(String, [i64; 4], f64)>> {
+        let Some(g) = self.free.as_mut() else {
+            bail!("depth transformer: no step graph yet")
+        };
+        g.graph.profile(&self.backend, reps)
     }
 
-    fn build(&self, p: usize) -> Result<Position> {
+    /// The step graph: all positions, each drawing its code and feeding the next.
+    fn build(&self, forced: bool) -> Result<StepGraph> {
         let s = &self.shape;
+        let io = self.io.as_ref().unwrap();
+        let sampling = self.sampling.unwrap();
         let mut graph = Graph::new(MAX_NODES);
         let g = &graph.ctx;
         let w = |n: &str| self.weights.get(n);
         let (e, d, h, v) = (s.embd, s.head_dim(), s.heads, s.vocab);
-        let (ei, di, hi, n) = (e as i64, d as i64, h as i64, p as i64 + 1);
-        // This position's weight of a per-position matrix.
-        let wp = |name: &str| w(&per(name, p));
-        let token = g.view(self.state.tokens, &[1], &[], p * 4);
-        let slot = g.view(self.state.slots, &[1], &[], p * 4);
-        let wte = {
-            let t = w(DEP_WTE);
-            g.view(t, &[ei, v as i64], &[t.nb()[1]], p * t.nb()[2])
-        };
-        let wpe = w(DEP_WPE);
-        let wpe_p = g.view(wpe, &[ei, 1], &[wpe.nb()[1]], p * wpe.nb()[1]);
-        let mut x = g.add(
-            g.add(g.get_rows(wte, token), wpe_p),
-            g.mul_mat(wp(DEP_IN), self.state.hidden),
-        );
-        for b in 0..s.layers {
-            let y = g.mul(g.rms_norm(x, s.norm_eps), w(&blk(b, "attn_norm.weight")));
-            let qkv = g.mul_mat(w(&blk(b, "attn_qkv.weight")), y);
-            let part = |i: usize| g.view(qkv, &[ei, 1], &[qkv.nb()[1]], i * e * 4);
-            let kc = g.set_rows(self.state.k[b], part(1), slot);
-            let vc = g.set_rows(self.state.v[b], part(2), slot);
-            // [d, n, h]: the keys of positions 0..=p, heads outermost.
-            let kk = g.permute(g.view(kc, &[di, hi, n], &[d * 4, e * 4], 0), [0, 2, 1, 3]);
-            let q = g.permute(g.reshape(g.cont(part(0)), &[di, hi, 1]), [0, 2, 1, 3]);
-            let kq = g.soft_max_ext(g.mul_mat(kk, q), None, 1.0 / (d as f32).sqrt());
-            // [n, d, h]: values transposed so that the weights multiply them.
-            let vv = g.cont(g.permute(g.view(vc, &[di, hi, n], &[d * 4, e * 4], 0), [1, 2, 0, 3]));
-            let o = g.mul_mat(vv, kq);
-            let o = g.reshape(g.cont(g.permute(o, [0, 2, 1, 3])), &[ei, 1]);
-            x = g.add(x, g.mul_mat(w(&blk(b, "attn_output.weight")), o));
-            let y = g.mul(g.rms_norm(x, s.norm_eps), w(&blk(b, "ffn_norm.weight")));
-            let gate = g.mul_mat(wp(&blk(b, "ffn_gate")), y);
-            let up = g.mul_mat(wp(&blk(b, "ffn_up")), y);
-            x = g.add(
-                x,
-                g.mul_mat(wp(&blk(b, "ffn_down")), g.mul(g.silu(gate), up)),
+        let (ei, di, hi) = (e as i64, d as i64, h as i64);
+        let (b, bi) = (self.streams, self.streams as i64);
+        let cbs = s.codebooks;
+        // Inputs by codebook: [streams] each.
+        let by_codebook = |t: T, c: usize| g.view(t, &[bi], &[], c * b * 4);
+        let uniform = |c: usize| g.view(io.uniform, &[1, bi], &[4], c * b * 4);
+        let (penalty, mask, empty, slots) = (io.penalty, io.mask, io.empty, io.slots);
+        let mut k_rows: Vec<T> = self.cache.k.clone();
+        let mut v_rows: Vec<T> = self.cache.v.clone();
+        let mut prev = empty;
+        let mut outs = vec![];
+        let mut all_logits = vec![];
+        for p in 0..cbs {
+            let n = p as i64 + 1;
+            // This position's weight of a per-position matrix.
+            let wp = |name: &str| w(&per(name, p));
+            let wte = {
+                let t = w(DEP_WTE);
+                g.view(t, &[ei, v as i64], &[t.nb()[1]], p * t.nb()[2])
+            };
+            let wpe = w(DEP_WPE);
+            let wpe_p = g.view(wpe, &[ei, 1], &[wpe.nb()[1]], p * wpe.nb()[1]);
+            let mut x = g.add(
+                g.add(g.get_rows(wte, prev), wpe_p),
+                g.mul_mat(wp(DEP_IN), io.hidden),
             );
+            let slot = by_codebook(slots, p);
+            for l in 0..s.layers {
+                let y = g.mul(g.rms_norm(x, s.norm_eps), w(&blk(l, "attn_norm.weight")));
+                let qkv = g.mul_mat(w(&blk(l, "attn_qkv.weight")), y);
+                let part = |i: usize| g.view(qkv, &[ei, bi], &[qkv.nb()[1]], i * e * 4);
+                let kc = g.set_rows(k_rows[l], part(1), slot);
+                let vc = g.set_rows(v_rows[l], part(2), slot);
+                k_rows[l] = kc;
+                v_rows[l] = vc;
+                // Rows of the cache are stream · 8 + position: [d, h, n, streams] over
+                // positions 0..=p, then heads outermost but streams.
+                let cached = |t: T| {
+                    g.view(
+                        t,
+                        &[di, hi, n, bi],
+                        &[d * 4, e * 4, cbs * e * 4],
+                        0,
+                    )
+                };
+                let kk = g.permute(cached(kc), [0, 2, 1, 3]);
+                let q = g.permute(g.reshape(g.cont(part(0)), &[di, hi, 1, bi]), [0, 2, 1, 3]);
+                let kq = g.soft_max_ext(g.mul_mat(kk, q), None, 1.0 / (d as f32).sqrt());
+                // [n, d, h, streams]: values transposed so that the weights multiply them.
+                let vv = g.cont(g.permute(cached(vc), [1, 2, 0, 3]));
+                let o = g.mul_mat(vv, kq);
+                let o = g.reshape(g.cont(g.permute(o, [0, 2, 1, 3])), &[ei, bi]);
+                x = g.add(x, g.mul_mat(w(&blk(l, "attn_output.weight")), o));
+                let y = g.mul(g.rms_norm(x, s.norm_eps), w(&blk(l, "ffn_norm.weight")));
+                let gate = g.mul_mat(wp(&blk(l, "ffn_gate")), y);
+                let up = g.mul_mat(wp(&blk(l, "ffn_up")), y);
+                x = g.add(
+                    x,
+                    g.mul_mat(wp(&blk(l, "ffn_down")), g.mul(g.silu(gate), up)),
+                );
+            }
+            let x = g.mul(g.rms_norm(x, s.norm_eps), w(DEP_OUT_NORM));
+            let logits = g.mul_mat(wp(DEP_OUT), x).set_output();
+            all_logits.push(logits);
+            let window = io.window.filter(|_| p < sampling.penalty_codebooks).map(|t| {
+                g.view(
+                    t,
+                    &[io.w as i64, bi],
+                    &[io.w * 4],
+                    p * io.w * b * 4,
+                )
+            });
+            let draw = sample_graph::build(
+                g,
+                logits,
+                &sampling.params,
+                &DrawInputs {
+                    window,
+                    uniform: uniform(p),
+                    penalty: Some(penalty),
+                    mask: Some(mask),
+                },
+            );
+            outs.push(g.cpy(draw.token, by_codebook(io.tokens, p)));
+            outs.push(g.cpy(draw.check, by_codebook(io.checks, p)));
+            prev = if forced {
+                by_codebook(io.forced, p)
+            } else {
+                g.reshape(draw.token, &[bi])
+            };
         }
-        let x = g.mul(g.rms_norm(x, s.norm_eps), w(DEP_OUT_NORM));
-        let logits = g.mul_mat(wp(DEP_OUT), x).set_output().name("logits");
-        graph.expand(logits);
+        for o in outs {
+            graph.expand(o);
+        }
         graph.allocate(&self.backend)?;
-        Ok(Position { graph, logits })
+        graph.check_supported(&self.backend, "depth transformer's step graph")?;
+        Ok(StepGraph {
+            graph,
+            logits: all_logits,
+        })
     }
 }
 
@@ -286,25 +548,17 @@ fn per(name: &str, p: usize) -> String {
     format!("{name}.{p}")
 }
 
-fn new_state(s: &DepformerShape, backend: &Backend) -> Result<State> {
-    let ctx = Ctx::new(3 + 2 * s.layers, 0);
-    let (e, c) = (s.embd as i64, s.codebooks as i64);
-    let hidden = ctx.new_tensor(ggml::F32, &[s.hidden as i64, 1]);
-    let tokens = ctx.new_tensor(ggml::I32, &[c]);
-    let slots = ctx.new_tensor(ggml::I32, &[c]);
+fn new_cache(s: &DepformerShape, streams: usize, backend: &Backend) -> Result<Cache> {
+    let ctx = Ctx::new(2 * s.layers, 0);
+    let rows = (s.codebooks * streams) as i64;
     let k = (0..s.layers)
-        .map(|_| ctx.new_tensor(ggml::F32, &[e, c]))
+        .map(|_| ctx.new_tensor(ggml::F32, &[s.embd as i64, rows]))
         .collect();
     let v = (0..s.layers)
-        .map(|_| ctx.new_tensor(ggml::F32, &[e, c]))
+        .map(|_| ctx.new_tensor(ggml::F32, &[s.embd as i64, rows]))
         .collect();
     let buffer = Buffer::alloc(&ctx, backend)?;
-    let positions: Vec<i32> = (0..s.codebooks as i32).collect();
-    slots.write(&positions);
-    Ok(State {
-        hidden,
-        tokens,
-        slots,
+    Ok(Cache {
         k,
         v,
         _buffer: buffer,

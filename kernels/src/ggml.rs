@@ -384,6 +384,18 @@ impl Ctx {
                 ([a0, a1, a2], [b1, b2]) => {
                     sys::ggml_view_3d(self.raw(), a.raw(), *a0, *a1, *a2, *b1, *b2, offset)
                 }
+                ([a0, a1, a2, a3], [b1, b2, b3]) => sys::ggml_view_4d(
+                    self.raw(),
+                    a.raw(),
+                    *a0,
+                    *a1,
+                    *a2,
+                    *a3,
+                    *b1,
+                    *b2,
+                    *b3,
+                    offset,
+                ),
                 _ => panic!("view of {} dims", ne.len()),
             }
         })
@@ -559,19 +571,30 @@ impl Graph {
     }
 }
 
-/// `check_supported` over the nodes of any graph (ours, or a probe of the text sampler).
-pub(crate) fn check_nodes(
+/// `check_supported` over the nodes of a graph.
+fn check_nodes(graph: *mut sys::ggml_cgraph, backend: &Backend, what: &str) -> Result<()> {
+    // SAFETY: a valid backend and node; a query only.
+    let supports = |node: *mut sys::ggml_tensor| unsafe { sys::ggml_backend_supports_op(backend.raw(), node) };
+    if let Some(node) = first_unsupported(graph, supports) {
+        bail!(
+            "{}: the device cannot run {node} of the {what} (ggml's backend for it lacks that op for these types)",
+            backend.name()
+        );
+    }
+    Ok(())
+}
+
+/// The first node of `graph` that `supports` refuses, described (op, types, shape).
+fn first_unsupported(
     graph: *mut sys::ggml_cgraph,
-    backend: &Backend,
-    what: &str,
-) -> Result<()> {
+    supports: impl Fn(*mut sys::ggml_tensor) -> bool,
+) -> Option<String> {
     // SAFETY: graph is a live graph whose nodes are valid tensors.
     let n = unsafe { sys::ggml_graph_n_nodes(graph) };
     for i in 0..n {
         // SAFETY: i < n_nodes.
         let node = unsafe { sys::ggml_graph_node(graph, i) };
-        // SAFETY: a valid node and backend; a query only.
-        if !unsafe { sys::ggml_backend_supports_op(backend.raw(), node) } {
+        if !supports(node) {
             // SAFETY: a valid node; its sources are valid or null.
             let (ne, ty, srcs) = unsafe {
                 let t = &*node;
@@ -583,17 +606,29 @@ pub(crate) fn check_nodes(
                     .collect();
                 (t.ne, type_name(t.type_), srcs)
             };
-            bail!(
-                "{}: ggml's {} backend cannot run {} ({ty} from {}, shape {:?}) of the {what}",
-                backend.name(),
-                backend.name(),
+            return Some(format!(
+                "{} ({ty} from {}, shape {:?})",
                 op_desc(node),
-                srcs.join(", "),
+                srcs.join(" and "),
                 ne
-            );
+            ));
         }
     }
-    Ok(())
+    None
+}
+
+impl Graph {
+    /// The first node that the device `dev` (a ggml device handle) cannot run, described;
+    /// None when it runs them all. For graphs that another library computes (the text
+    /// sampler's nodes in llama.cpp's graph), asked of the device before it is used.
+    ///
+    /// # Safety
+    /// `dev` must be a device of ggml's registry.
+    pub unsafe fn first_unsupported_on(&self, dev: sys::ggml_backend_dev_t) -> Option<String> {
+        // SAFETY: a registered device (the caller's contract) and a valid node; a query only.
+        let supports = |node: *mut sys::ggml_tensor| unsafe { sys::ggml_backend_dev_supports_op(dev, node) };
+        first_unsupported(self.graph.as_ptr(), supports)
+    }
 }
 
 /// ggml's name of a type ("f32", "q8_0", …).
