@@ -185,6 +185,11 @@ pub struct StepBench {
     /// backbone's are llama.cpp's: one decode per step, in `graph_splits` pieces).
     pub traffic: Traffic,
     pub graph_splits: Option<u32>,
+    /// Host synchronisations of one llama_decode on a device, at most (from the input
+    /// tensors llama.cpp reports for a one-token graph); None on the CPU.
+    pub decode_syncs: Option<u32>,
+    /// Whether the text token was drawn in the backbone's graph (only it comes back).
+    pub text_on_device: bool,
     /// The backbone's time in the steps that shifted the context (dropped the oldest half
     /// of the KV cache: llama.cpp re-rotates every key left in the next decode), if any did.
     pub shift_backbone: Option<Stats>,
@@ -281,6 +286,7 @@ pub fn step(
         }
     }
     let traffic = Traffic::now().since(&before);
+    let on_cpu = engine.device_name() == "CPU";
     // The head: the same decode with and without output rows, alternated.
     let reps = n.min(20);
     let width = engine.backbone().n_embd();
@@ -317,6 +323,12 @@ pub fn step(
         peak_rss_bytes: peak_rss_bytes(),
         traffic,
         graph_splits: engine.backbone().placement().splits,
+        decode_syncs: engine
+            .backbone()
+            .placement()
+            .decode_synchronisations()
+            .filter(|_| !on_cpu),
+        text_on_device: engine.backbone().draws_text(),
         shifts: shifted.len(),
         shift_backbone: (!shifted.is_empty()).then(|| stats_ms(&mut shifted)),
     })

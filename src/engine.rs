@@ -478,9 +478,9 @@ impl Engine {
         } else {
             let t = Instant::now();
             self.text_logits.copy_from_slice(self.backbone.logits()?);
-            let text = self
-                .text_sampler
-                .sample(&mut self.text_logits, &self.text_window.ids, u_text);
+            let text =
+                self.text_sampler
+                    .sample(&mut self.text_logits, &self.text_window.ids, u_text);
             times.sample = ms(t.elapsed());
             text
         };

@@ -602,9 +602,18 @@ fn run(cli: Cli) -> Result<()> {
                 "  depth transformer and sampling: {}",
                 bench::traffic_line(&r.traffic, r.steps, "step")
             );
+            let down = if r.text_on_device {
+                "text token and hidden state down: the token drawn on the device"
+            } else {
+                "logits and hidden state down: the host draws the text token"
+            };
             println!(
-                "  backbone: 1 llama_decode per step in {} graph split(s) (input embedding up, logits and hidden state down)",
-                r.graph_splits.map_or("?".to_string(), |n| n.to_string())
+                "  backbone: 1 llama_decode per step in {} graph split(s) (input embedding up, {down}){}",
+                r.graph_splits.map_or("?".to_string(), |n| n.to_string()),
+                r.decode_syncs.map_or(String::new(), |n| format!(
+                    "; on the device at most {n} host synchronisations per decode (its scheduler waits and copies each of the graph's {} input tensors, and the outputs are read once)",
+                    (n - 1) / 2
+                ))
             );
         }
         Cmd::Bench {

@@ -22,6 +22,9 @@ pub struct Placement {
     pub kv: Vec<(String, f64)>,
     /// Graph splits of a one-token step: 1 means the whole step runs on one backend.
     pub splits: Option<u32>,
+    /// Input tensors of a one-token step's graph (embedding, positions, mask, cache slots, a
+    /// sampler's inputs): on a device, llama.cpp's scheduler copies each from host memory.
+    pub inputs: Option<u32>,
     /// llama.cpp's summary of weights it could not put where it wanted: (the first tensor,
     /// how many others, the buffer type it fell back to).
     pub moved: Option<(String, usize, String)>,
@@ -60,8 +63,15 @@ impl Placement {
                 p.kv.push(b);
             } else if t.contains(": graph") && t.contains("splits = ") {
                 // "A / B" when prompt and generation graphs differ: B is a one-token step.
-                let v = field(t, "splits = ").unwrap_or("");
-                p.splits = v.rsplit('/').next().and_then(|s| s.trim().parse().ok());
+                let last = |key: &str| {
+                    field(t, key)
+                        .unwrap_or("")
+                        .rsplit('/')
+                        .next()
+                        .and_then(|s| s.trim().parse().ok())
+                };
+                p.splits = last("splits = ");
+                p.inputs = last("input tensors = ");
             } else if t.contains("cannot be used with preferred buffer type") {
                 let name = t.split('\'').nth(1).unwrap_or("?").to_string();
                 let others = field(t, "(and ")
@@ -78,6 +88,14 @@ impl Placement {
             }
         }
         p
+    }
+
+    /// Host synchronisations of one llama_decode on a device, at most: the scheduler waits
+    /// for the device and then copies each input tensor with a blocking copy
+    /// (`ggml_backend_sched_compute_splits` in the pinned ggml: user inputs are "copied
+    /// immediately"), and reading the outputs waits once. None when the load log did not say.
+    pub fn decode_synchronisations(&self) -> Option<u32> {
+        self.inputs.map(|n| 2 * n + 1)
     }
 
     /// MiB of weights in buffers of `device` (ggml's device name, "CUDA0"): buffer names
@@ -169,6 +187,8 @@ mod tests {
         );
         assert_eq!(p.kv, vec![("CUDA0".into(), 448.0)]);
         assert_eq!(p.splits, Some(1));
+        assert_eq!(p.inputs, Some(3));
+        assert_eq!(p.decode_synchronisations(), Some(7));
         assert_eq!(p.moved, None);
         assert_eq!(p.host_weights_beyond("CUDA0", 532.4), None);
         assert_eq!(p.device_weights_mib("CUDA0"), 3901.25);

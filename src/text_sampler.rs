@@ -255,9 +255,7 @@ unsafe extern "C" fn backend_set_input(smpl: *mut sys::llama_sampler) {
         let bytes = std::mem::size_of_val(s.values.as_slice());
         // SAFETY: the input tensor of the graph about to run, allocated by llama.cpp's
         // scheduler with exactly these bytes; the values live in our state.
-        unsafe {
-            sys::ggml_backend_tensor_set(input.as_ptr(), s.values.as_ptr().cast(), 0, bytes)
-        };
+        unsafe { sys::ggml_backend_tensor_set(input.as_ptr(), s.values.as_ptr().cast(), 0, bytes) };
     }
 }
 

@@ -132,7 +132,8 @@ fn f32_depth_transformer_logits_match_the_reference() {
     let v = dep.shape().vocab;
     let forced = &tokens[0][1..];
     let none: &[i32] = &[];
-    dep.step(&hidden, &[none; 8], &[0.5; 8], Some(forced)).unwrap();
+    dep.step(&hidden, &[none; 8], &[0.5; 8], Some(forced))
+        .unwrap();
     let mut worst = 0f32;
     for p in 0..8 {
         let logits = dep.logits(p, true).unwrap();

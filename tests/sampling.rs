@@ -348,7 +348,11 @@ fn graph_greedy_is_the_argmax_after_the_penalty() {
 /// the host's.
 #[test]
 fn graph_penalty_is_the_hosts_to_the_bit() {
-    for name in ["plain_penalty_repeats", "audio_default", "text_top_k_penalty"] {
+    for name in [
+        "plain_penalty_repeats",
+        "audio_default",
+        "text_top_k_penalty",
+    ] {
         let c = case(name);
         let params = SamplingParams {
             temperature: 0.0,
@@ -378,9 +382,16 @@ fn graph_penalty_is_the_hosts_to_the_bit() {
                 check[0],
                 host[id as usize]
             );
-            assert_ne!(host[id as usize], probe.logits[id as usize], "{name}: penalised");
+            assert_ne!(
+                host[id as usize], probe.logits[id as usize],
+                "{name}: penalised"
+            );
         }
-        assert!(seen.len() >= 4, "{name}: {} distinct ids probed", seen.len());
+        assert!(
+            seen.len() >= 4,
+            "{name}: {} distinct ids probed",
+            seen.len()
+        );
     }
 }
 
@@ -447,12 +458,21 @@ fn check_graph_law(name: &str, n: usize, batch: usize) {
     eprintln!(
         "{name}: {n} graph draws, chi-square {chi2:.1} (host {host_chi2:.1}) on {df} degrees of freedom, bound {bound:.1}; {differ} draws differ from the host's"
     );
-    assert!(chi2 <= bound, "{name}: graph chi-square {chi2:.1} > {bound:.1}");
-    assert!(host_chi2 <= bound, "{name}: host chi-square {host_chi2:.1} > {bound:.1}");
+    assert!(
+        chi2 <= bound,
+        "{name}: graph chi-square {chi2:.1} > {bound:.1}"
+    );
+    assert!(
+        host_chi2 <= bound,
+        "{name}: host chi-square {host_chi2:.1} > {bound:.1}"
+    );
     // The same uniform number walks the same candidates in the same order on both sides; a
     // draw can differ only where u·total falls between the two sides' roundings of one
     // cumulative weight (about 1e-7 of the mass).
-    assert!(differ * 1000 <= n, "{name}: {differ} of {n} draws differ from the host's");
+    assert!(
+        differ * 1000 <= n,
+        "{name}: {differ} of {n} draws differ from the host's"
+    );
 }
 
 #[test]

@@ -477,14 +477,7 @@ impl Depformer {
                 v_rows[l] = vc;
                 // Rows of the cache are stream · 8 + position: [d, h, n, streams] over
                 // positions 0..=p, then heads outermost but streams.
-                let cached = |t: T| {
-                    g.view(
-                        t,
-                        &[di, hi, n, bi],
-                        &[d * 4, e * 4, cbs * e * 4],
-                        0,
-                    )
-                };
+                let cached = |t: T| g.view(t, &[di, hi, n, bi], &[d * 4, e * 4, cbs * e * 4], 0);
                 let kk = g.permute(cached(kc), [0, 2, 1, 3]);
                 let q = g.permute(g.reshape(g.cont(part(0)), &[di, hi, 1, bi]), [0, 2, 1, 3]);
                 let kq = g.soft_max_ext(g.mul_mat(kk, q), None, 1.0 / (d as f32).sqrt());
@@ -504,14 +497,10 @@ impl Depformer {
             let x = g.mul(g.rms_norm(x, s.norm_eps), w(DEP_OUT_NORM));
             let logits = g.mul_mat(wp(DEP_OUT), x).set_output();
             all_logits.push(logits);
-            let window = io.window.filter(|_| p < sampling.penalty_codebooks).map(|t| {
-                g.view(
-                    t,
-                    &[io.w as i64, bi],
-                    &[io.w * 4],
-                    p * io.w * b * 4,
-                )
-            });
+            let window = io
+                .window
+                .filter(|_| p < sampling.penalty_codebooks)
+                .map(|t| g.view(t, &[io.w as i64, bi], &[io.w * 4], p * io.w * b * 4));
             let draw = sample_graph::build(
                 g,
                 logits,

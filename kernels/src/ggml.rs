@@ -574,7 +574,8 @@ impl Graph {
 /// `check_supported` over the nodes of a graph.
 fn check_nodes(graph: *mut sys::ggml_cgraph, backend: &Backend, what: &str) -> Result<()> {
     // SAFETY: a valid backend and node; a query only.
-    let supports = |node: *mut sys::ggml_tensor| unsafe { sys::ggml_backend_supports_op(backend.raw(), node) };
+    let supports =
+        |node: *mut sys::ggml_tensor| unsafe { sys::ggml_backend_supports_op(backend.raw(), node) };
     if let Some(node) = first_unsupported(graph, supports) {
         bail!(
             "{}: the device cannot run {node} of the {what} (ggml's backend for it lacks that op for these types)",
@@ -626,7 +627,8 @@ impl Graph {
     /// `dev` must be a device of ggml's registry.
     pub unsafe fn first_unsupported_on(&self, dev: sys::ggml_backend_dev_t) -> Option<String> {
         // SAFETY: a registered device (the caller's contract) and a valid node; a query only.
-        let supports = |node: *mut sys::ggml_tensor| unsafe { sys::ggml_backend_dev_supports_op(dev, node) };
+        let supports =
+            |node: *mut sys::ggml_tensor| unsafe { sys::ggml_backend_dev_supports_op(dev, node) };
         first_unsupported(self.graph.as_ptr(), supports)
     }
 }
@@ -670,6 +672,15 @@ pub const CUDA_OPS: &[&str] = &[
     "EXP",
     "GELU_ERF",
     "SILU",
+    // Sampling in the graphs: ARGSORT of the text vocabulary needs CUB (CUDA 11.7 or later,
+    // as every JetPack since 5), CUMSUM, SUM_ROWS and PAD on f32, GET_ROWS and CPY of I32.
+    "ARGSORT",
+    "CUMSUM",
+    "SUM_ROWS",
+    "STEP",
+    "RELU",
+    "DIV",
+    "PAD",
 ];
 
 impl Graph {
@@ -1002,6 +1013,28 @@ impl Drop for Buffer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A node the backend cannot run is one line naming the device, the op with its types
+    /// and shape, and the graph, found before any compute (ggml would abort in it).
+    #[test]
+    fn a_node_the_backend_cannot_run_is_one_line() {
+        let cpu = Backend::cpu(1).unwrap();
+        let graph = Graph::new(8);
+        let g = &graph.ctx;
+        // The CPU backend multiplies f32 weights only by f32 activations, never by I32.
+        let w = g.new_tensor(F32, &[4, 3]);
+        let x = g.new_tensor(I32, &[4, 1]);
+        let y = g.mul_mat(w, x);
+        graph.expand(y);
+        let e = graph
+            .check_supported(&cpu, "test graph")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "CPU: the device cannot run MUL_MAT (f32 from f32 and i32, shape [3, 1, 1, 1]) of the test graph (ggml's backend for it lacks that op for these types)"
+        );
+    }
 
     /// A model the device has no room for: one line with the device, the size asked for and
     /// what the device has, not an abort.

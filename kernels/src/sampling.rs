@@ -276,8 +276,7 @@ fn sort_pairs(w: &mut [f32], ids: &mut [u32]) {
             if child >= end {
                 break;
             }
-            if child + 1 < end && before((w[child], ids[child]), (w[child + 1], ids[child + 1]))
-            {
+            if child + 1 < end && before((w[child], ids[child]), (w[child + 1], ids[child + 1])) {
                 child += 1;
             }
             if before((w[root], ids[root]), (w[child], ids[child])) {
