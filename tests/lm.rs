@@ -228,3 +228,77 @@ fn q3_k_agreement_under_teacher_forcing() {
     assert!(a >= 0.45, "q3_k agreement {a}");
     assert!(worst < 1.0, "q3_k changed a decision of margin {worst}");
 }
+
+/// The depth transformer's step graph takes the number of conversations as a dimension: two
+/// conversations stepped together in one graph draw, each, the codes and logits that each
+/// draws alone (greedy, and sampled with the same uniform numbers), with their own penalty
+/// windows.
+#[test]
+fn two_conversations_in_one_depth_step_draw_what_each_draws_alone() {
+    use flm_kernels::depformer::{CodeSampling, Depformer};
+    use flm_kernels::ggml::Device;
+    let (_dir, dir) = model("f32", "streams");
+    let mut engine = greedy_engine(&dir);
+    // Hidden states of two different moments of the golden conversation.
+    let mut hidden = vec![];
+    for (t, u) in user_codes().iter().enumerate().take(6) {
+        engine.step(u).unwrap();
+        if t == 0 || t == 5 {
+            hidden.extend_from_slice(engine.backbone().hidden().unwrap());
+        }
+    }
+    let width = hidden.len() / 2;
+    let path = dir.path("audio.gguf");
+    let defaults = flm_edge::engine::Sampling::from_model(&dir.audio, "audio.gguf").unwrap();
+    for greedy in [true, false] {
+        let mut params = defaults.audio;
+        if greedy {
+            params.temperature = 0.0;
+        }
+        let sampling = CodeSampling {
+            params,
+            penalty_codebooks: defaults.audio_penalty_codebooks,
+            codes: 2048,
+        };
+        let windows: [Vec<i32>; 2] = [vec![17, 17, 900, 3], vec![1500, 4, 4]];
+        let uniforms: Vec<f32> = (0..16).map(|i| (i as f32 + 0.5) / 16.0).collect();
+        let mut both = Depformer::with_streams(&path, Device::Cpu, 1, 2).unwrap();
+        both.configure(sampling).unwrap();
+        assert_eq!(both.streams(), 2);
+        // Stream s, codebook c at s · P + c; codebook 0 of each carries its window.
+        let p = sampling.penalty_codebooks;
+        let mut w: Vec<&[i32]> = vec![&[]; 2 * p];
+        w[0] = &windows[0];
+        w[p] = &windows[1];
+        let together = both.step(&hidden, &w, &uniforms, None).unwrap().to_vec();
+        let mut alone = vec![];
+        let mut one = Depformer::load(&path, Device::Cpu, 1).unwrap();
+        one.configure(sampling).unwrap();
+        for s in 0..2 {
+            let w: Vec<&[i32]> = vec![&windows[s]];
+            let codes = one
+                .step(
+                    &hidden[s * width..(s + 1) * width],
+                    &w,
+                    &uniforms[s * 8..(s + 1) * 8],
+                    None,
+                )
+                .unwrap();
+            alone.extend_from_slice(codes);
+            for pos in 0..8 {
+                let a = one.logits(pos, false).unwrap();
+                let b = both.logits(pos, false).unwrap();
+                let v = a.len();
+                let err = max_err(&a, &b[s * v..(s + 1) * v]);
+                // Another batch width may take another matmul kernel: f32 rounding only.
+                assert!(err < 1e-5, "stream {s}, position {pos}: {err}");
+            }
+        }
+        assert_eq!(together, alone, "greedy {greedy}");
+        assert_ne!(
+            together[..8],
+            together[8..],
+            "the two streams drew the same codes"
+        );
+    }
+}

@@ -150,7 +150,12 @@ pub struct Depformer {
     free: Option<StepGraph>,
     forced: Option<StepGraph>,
     cache: Cache,
-    /// Ids of the window's unused slots (the vocabulary size: a padding id).
+    /// Host-side scratch, sized at load: the uniform numbers and forced tokens codebook-major
+    /// as the graph takes them, the codes and check values as it gives them, and the codes
+    /// stream-major as `step` returns them.
+    by_codebook_f32: Vec<f32>,
+    by_codebook_i32: Vec<i32>,
+    checks: Vec<f32>,
     codes_out: Vec<i32>,
     // Dropped after the graphs and state that use them.
     weights: Weights,
@@ -164,8 +169,22 @@ impl Depformer {
     }
 
     /// Loads the depth transformer of `audio.gguf` onto `device` (with `threads` threads on
-    /// the CPU). `configure` sets its sampling before the first step.
+    /// the CPU) for one conversation. `configure` sets its sampling before the first step.
     pub fn load(path: &Path, device: Device, threads: usize) -> Result<Depformer> {
+        Depformer::with_streams(path, device, threads, 1)
+    }
+
+    /// As `load`, stepping `streams` conversations together in one graph.
+    pub fn with_streams(
+        path: &Path,
+        device: Device,
+        threads: usize,
+        streams: usize,
+    ) -> Result<Depformer> {
+        ensure!(
+            (1..=64).contains(&streams),
+            "depth transformer: {streams} streams (1..=64)"
+        );
         let label = path.display().to_string();
         let backend = Backend::new(device, threads)?;
         let mut wb = WeightsBuilder::open(path)?;
@@ -210,8 +229,8 @@ impl Depformer {
         }
         wb.tensor(DEP_OUT_NORM, &[e])?;
         let weights = wb.build(&backend, backend.is_cpu())?;
-        let streams = 1;
         let cache = new_cache(&s, streams, &backend)?;
+        let n = s.codebooks * streams;
         Ok(Depformer {
             shape: s,
             streams,
@@ -220,7 +239,10 @@ impl Depformer {
             free: None,
             forced: None,
             cache,
-            codes_out: vec![0; s.codebooks * streams],
+            by_codebook_f32: vec![0.0; n],
+            by_codebook_i32: vec![0; n],
+            checks: vec![0.0; n],
+            codes_out: vec![0; n],
             weights,
             backend,
         })
@@ -327,11 +349,19 @@ impl Depformer {
         })
     }
 
-    /// One step: from the backbone's hidden state (after its final norm), the 8 codes, drawn
-    /// with one uniform number each; `windows[c]` holds the earlier codes of codebook c for
-    /// the penalty (those beyond the window's size are ignored). With `forced`, position c+1
-    /// is fed `forced[c]` instead of the code drawn at c (teacher forcing); the codes drawn
-    /// are returned either way.
+    /// Conversations stepped together.
+    pub fn streams(&self) -> usize {
+        self.streams
+    }
+
+    /// One step: from the backbone's hidden state (after its final norm) of each stream, the
+    /// 8 codes of each, drawn with one uniform number each. Slices are stream-major:
+    /// `hidden` holds `streams` states, `uniforms` 8 numbers per stream; `windows[s · P + c]`
+    /// holds the earlier codes of codebook c of stream s for the penalty, P being the
+    /// penalised codebooks (missing or short windows are padded; ids beyond the window's
+    /// size are ignored). With `forced` (8 per stream), position c+1 is fed `forced[c]`
+    /// instead of the code drawn at c (teacher forcing); the codes drawn are returned either
+    /// way, 8 per stream.
     pub fn step(
         &mut self,
         hidden: &[f32],
@@ -340,40 +370,51 @@ impl Depformer {
         forced: Option<&[i32]>,
     ) -> Result<&[i32]> {
         let s = self.shape;
+        let (b, cbs) = (self.streams, s.codebooks);
         let (Some(io), Some(sampling)) = (self.io.as_mut(), self.sampling) else {
             bail!("depth transformer: no sampling configured")
         };
         ensure!(
-            hidden.len() == s.hidden,
-            "depth transformer: hidden state of {} values, expected {}",
+            hidden.len() == s.hidden * b,
+            "depth transformer: hidden states of {} values, expected {} for {b} streams",
             hidden.len(),
-            s.hidden
+            s.hidden * b
         );
         ensure!(
-            uniforms.len() == s.codebooks,
-            "depth transformer: {} uniform numbers for {} codebooks",
-            uniforms.len(),
-            s.codebooks
+            uniforms.len() == cbs * b,
+            "depth transformer: {} uniform numbers for {cbs} codebooks of {b} streams",
+            uniforms.len()
         );
         io.inputs.put(io.hidden, 0, hidden);
-        io.inputs.put(io.uniform, 0, uniforms);
+        // Codebook-major on the graph's side: [streams] per codebook.
+        for (i, &u) in uniforms.iter().enumerate() {
+            self.by_codebook_f32[(i % cbs) * b + i / cbs] = u;
+        }
+        io.inputs.put(io.uniform, 0, &self.by_codebook_f32);
         if let Some(window) = io.window {
-            for c in 0..sampling.penalty_codebooks {
-                let ids = windows.get(c).copied().unwrap_or(&[]);
-                let n = ids.len().min(io.w);
-                io.inputs.put(window, c * io.w, &ids[..n]);
-                // Unused slots hold the padding id (the vocabulary size).
-                for k in n..io.w {
-                    io.inputs.put(window, c * io.w + k, &[s.vocab as i32]);
+            let pc = sampling.penalty_codebooks;
+            for st in 0..b {
+                for c in 0..pc {
+                    let ids = windows.get(st * pc + c).copied().unwrap_or(&[]);
+                    let n = ids.len().min(io.w);
+                    let at = (c * b + st) * io.w;
+                    io.inputs.put(window, at, &ids[..n]);
+                    // Unused slots hold the padding id (the vocabulary size).
+                    for k in n..io.w {
+                        io.inputs.put(window, at + k, &[s.vocab as i32]);
+                    }
                 }
             }
         }
         if let Some(f) = forced {
             ensure!(
-                f.len() == s.codebooks && f.iter().all(|&t| t >= 0 && (t as usize) < s.vocab),
+                f.len() == cbs * b && f.iter().all(|&t| t >= 0 && (t as usize) < s.vocab),
                 "depth transformer: forced tokens {f:?} outside the audio vocabulary"
             );
-            io.inputs.put(io.forced, 0, f);
+            for (i, &t) in f.iter().enumerate() {
+                self.by_codebook_i32[(i % cbs) * b + i / cbs] = t;
+            }
+            io.inputs.put(io.forced, 0, &self.by_codebook_i32);
             if self.forced.is_none() {
                 self.forced = Some(self.build(true)?);
             }
@@ -389,21 +430,22 @@ impl Depformer {
         graph.graph.compute_async(&self.backend)?;
         io.outputs.download(&self.backend);
         self.backend.synchronize();
-        io.outputs.get(io.tokens, 0, &mut self.codes_out);
-        let mut checks = [0f32; 64];
-        let checks = &mut checks[..s.codebooks * self.streams];
-        io.outputs.get(io.checks, 0, checks);
-        for (c, (&t, &k)) in self.codes_out.iter().zip(checks.iter()).enumerate() {
+        io.outputs.get(io.tokens, 0, &mut self.by_codebook_i32);
+        io.outputs.get(io.checks, 0, &mut self.checks);
+        for (i, (&t, &k)) in self.by_codebook_i32.iter().zip(&self.checks).enumerate() {
+            let (c, st) = (i / b, i % b);
             let valid = k.is_finite() && (sampling.params.is_greedy() || k > 0.0);
             ensure!(
                 valid && t >= 0 && (t as usize) < sampling.codes,
-                "depth transformer: codebook {c} has no code to draw (its logits are all -inf or NaN)"
+                "depth transformer: codebook {c} of stream {st} has no code to draw (its logits are all -inf or NaN)"
             );
+            self.codes_out[st * cbs + c] = t;
         }
         Ok(&self.codes_out)
     }
 
-    /// The logits of position `p` at the last step (for tests and tools: a blocking read).
+    /// The logits of position `p` at the last step, [vocab] per stream (for tests and tools:
+    /// a blocking read).
     pub fn logits(&self, p: usize, forced: bool) -> Result<Vec<f32>> {
         let graph = if forced { &self.forced } else { &self.free };
         let Some(graph) = graph else {
