@@ -223,8 +223,9 @@ fn q3_k_agreement_under_teacher_forcing() {
         "q3_k: top-1 agreement {:.1} %, largest margin flipped {worst:.3}",
         100.0 * a
     );
-    // Measured 50.3 %, 0.813 (50.4 %, 0.940 on another machine of this kind, before and after the one-graph depth transformer alike): three bits move this random model's logits by tenths, so only
-    // the clearest decisions (margin 1.0 or more) are held.
+    // Measured 50.3 %, 0.813 (50.4 %, 0.940 on another machine of this kind, before and
+    // after the one-graph depth transformer alike): three bits move this random model's
+    // logits by tenths, so only the clearest decisions (margin 1.0 or more) are held.
     assert!(a >= 0.45, "q3_k agreement {a}");
     assert!(worst < 1.0, "q3_k changed a decision of margin {worst}");
 }
