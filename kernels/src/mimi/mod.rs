@@ -7,6 +7,14 @@
 //! size (frames per call) and reused with its allocator, so the per-frame path allocates
 //! nothing after warm-up.
 //!
+//! Host and device meet once per call and direction: the call's inputs (samples or codes,
+//! the ring's slots, positions and mask, the first-call flag when it changes) are put into
+//! one staging block that goes up in one queued copy, the graph is queued, its outputs (the
+//! 8 codes of a frame, or its 1920 samples) are copied inside the graph into a second block
+//! that comes down in one queued copy (into pinned memory where the device has it), and the
+//! host waits once. The graphs' nodes are checked against the backend when they are built
+//! (the one-frame graphs at load).
+//!
 //! Layout: every signal is channel-fastest `[C, T]`. One file per part, as Kyutai's
 //! moshi-core lays the codec out; dependencies point one way (this file → `streaming` → the
 //! parts → `state`):
@@ -109,7 +117,7 @@ impl Mimi {
             transformer::build_shift(&state, &backend, ENCODER)?,
             transformer::build_shift(&state, &backend, DECODER)?,
         ];
-        Ok(Mimi {
+        let mut mimi = Mimi {
             backend,
             weights,
             state,
@@ -119,7 +127,11 @@ impl Mimi {
             dec_ring: Ring::new(),
             enc_first: true,
             shifts,
-        })
+        };
+        // The one-frame graphs, built and checked against the backend now: an op the device
+        // lacks is an error of the load, not an abort in the middle of a stream.
+        mimi.prepare(1)?;
+        Ok(mimi)
     }
 
     /// Moves a transformer's positions down by REBASE when its ring needs it.
@@ -178,23 +190,16 @@ impl Mimi {
             codes.len()
         );
         self.prepare_encoder(frames)?;
-        let n = frames * STEPS_PER_FRAME;
-        self.rebase(true, n)?;
+        self.rebase(true, frames * STEPS_PER_FRAME)?;
         let step = self.encoders.get_mut(&frames).unwrap();
-        self.enc_ring.advance(n, &step.ring);
-        step.input.write(pcm);
-        step.first
-            .unwrap()
-            .write(&[if self.enc_first { 1.0f32 } else { 0.0 }]);
-        step.graph.compute(&self.backend)?;
+        step.encode(
+            &self.backend,
+            &mut self.enc_ring,
+            pcm,
+            self.enc_first,
+            codes,
+        )?;
         self.enc_first = false;
-        let mut q_codes = [0i32; MAX_FRAMES_PER_CALL];
-        for (q, out) in step.outputs.iter().enumerate() {
-            out.read(&mut q_codes[..frames]);
-            for f in 0..frames {
-                codes[f * N_CODEBOOKS + q] = q_codes[f];
-            }
-        }
         Ok(())
     }
 
@@ -219,10 +224,7 @@ impl Mimi {
             anyhow::bail!("Mimi decode: code {c} is outside 0..{CODEBOOK_SIZE}");
         }
         self.prepare_decoder(frames)?;
-        let n = frames * STEPS_PER_FRAME;
-        self.rebase(false, n)?;
-        let step = self.decoders.get_mut(&frames).unwrap();
-        self.dec_ring.advance(n, &step.ring);
+        self.rebase(false, frames * STEPS_PER_FRAME)?;
         // Codebook-major on the graph side: one contiguous row of frames per codebook.
         let mut by_q = [0i32; N_CODEBOOKS * MAX_FRAMES_PER_CALL];
         for f in 0..frames {
@@ -230,10 +232,13 @@ impl Mimi {
                 by_q[q * frames + f] = codes[f * N_CODEBOOKS + q];
             }
         }
-        step.input.write(&by_q[..frames * N_CODEBOOKS]);
-        step.graph.compute(&self.backend)?;
-        step.outputs[0].read(pcm);
-        Ok(())
+        let step = self.decoders.get_mut(&frames).unwrap();
+        step.decode(
+            &self.backend,
+            &mut self.dec_ring,
+            &by_q[..frames * N_CODEBOOKS],
+            pcm,
+        )
     }
 
     /// Builds the graphs for `frames` frames per call ahead of time (warm-up).

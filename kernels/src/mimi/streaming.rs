@@ -7,8 +7,9 @@ use flm_conversion::plan::mimi_arch::*;
 use super::resample::{self, STEPS_PER_FRAME};
 use super::seanet;
 use super::state::{Builder, State};
-use super::transformer::{self, DECODER, ENCODER, RingInputs};
+use super::transformer::{self, DECODER, ENCODER, Ring, RingInputs};
 use crate::ggml::{self, Backend, Graph, T};
+use crate::staging::{Staging, StagingBuilder};
 use crate::weights::Weights;
 
 /// Samples per code frame (80 ms at 24 kHz).
@@ -17,13 +18,75 @@ pub const FRAME: usize = FRAME_SIZE as usize;
 pub const MAX_FRAMES_PER_CALL: usize = CONTEXT / STEPS_PER_FRAME;
 const MAX_NODES: usize = 4096;
 
-/// Graph inputs and outputs of one direction for one chunk size.
+/// The graph of one direction for one chunk size, with its per-call inputs and outputs in
+/// two staging blocks: a call puts its inputs into the first, which goes up in one copy,
+/// queues the graph, and brings the second down in one copy; the host waits once.
 pub(super) struct Step {
     pub(super) graph: Graph,
-    pub(super) input: T,
-    pub(super) outputs: Vec<T>,
-    pub(super) ring: RingInputs,
-    pub(super) first: Option<T>,
+    inputs: Staging,
+    outputs: Staging,
+    /// Samples (encoder) or codes (decoder), in `inputs`.
+    input: T,
+    /// Codes (encoder) or samples (decoder), in `outputs`.
+    output: T,
+    ring: RingInputs,
+    /// The encoder's first-call flag (the down-sample's replicate padding), in `inputs`,
+    /// and the value it holds there: it goes up only when it changes.
+    first: Option<(T, f32)>,
+}
+
+impl Step {
+    /// One encoder call: `pcm` ([1920 · F]) in, `codes` (frame-major, [8, F]) out.
+    pub(super) fn encode(
+        &mut self,
+        backend: &Backend,
+        ring: &mut Ring,
+        pcm: &[f32],
+        first: bool,
+        codes: &mut [i32],
+    ) -> Result<()> {
+        let n = pcm.len() / FRAME * STEPS_PER_FRAME;
+        ring.advance(n, &mut self.inputs, &self.ring);
+        self.inputs.put(self.input, 0, pcm);
+        if let Some((flag, sent)) = &mut self.first {
+            let want = if first { 1.0 } else { 0.0 };
+            if *sent != want {
+                self.inputs.put(*flag, 0, &[want]);
+                *sent = want;
+            }
+        }
+        self.run(backend)?;
+        self.outputs.get(self.output, 0, codes);
+        Ok(())
+    }
+
+    /// One decoder call: codes (codebook-major, [F, 8]) in, `pcm` ([1920 · F]) out.
+    pub(super) fn decode(
+        &mut self,
+        backend: &Backend,
+        ring: &mut Ring,
+        codes_by_q: &[i32],
+        pcm: &mut [f32],
+    ) -> Result<()> {
+        let n = pcm.len() / FRAME * STEPS_PER_FRAME;
+        ring.advance(n, &mut self.inputs, &self.ring);
+        self.inputs.put(self.input, 0, codes_by_q);
+        self.run(backend)?;
+        self.outputs.get(self.output, 0, pcm);
+        Ok(())
+    }
+
+    /// Inputs up, the graph, outputs down, all queued; then one wait. The host mirrors are
+    /// not touched again before the wait, also when the compute fails.
+    fn run(&mut self, backend: &Backend) -> Result<()> {
+        self.inputs.upload(backend);
+        let computed = self.graph.compute_async(backend);
+        if computed.is_ok() {
+            self.outputs.download(backend);
+        }
+        backend.synchronize();
+        computed
+    }
 }
 
 /// Every persistent state tensor, in the order of the codec's layers.
@@ -45,32 +108,49 @@ pub(super) fn build_encoder(
     state: &State,
     frames: usize,
 ) -> Result<Step> {
-    let mut graph = Graph::new(MAX_NODES);
     let n = frames * STEPS_PER_FRAME;
+    // The flag first: it rarely changes, the rest changes at every call, so what a call
+    // writes is one contiguous range.
+    let mut ib = StagingBuilder::new(6);
+    let first = ib.tensor(ggml::F32, &[1, 1], "first");
+    let input = ib.tensor(ggml::F32, &[1, (frames * FRAME) as i64], "pcm");
+    let ring = RingInputs::new(&mut ib, n);
+    let inputs = ib.build(backend)?;
+    let mut ob = StagingBuilder::new(1);
+    let output = ob.tensor(ggml::I32, &[N_CODEBOOKS as i64, frames as i64], "codes");
+    let outputs = ob.build(backend)?;
+
+    let mut graph = Graph::new(MAX_NODES);
     let mut b = Builder {
         g: &graph.ctx,
         w: weights,
         s: state,
         writes: vec![],
     };
-    let input =
-        b.g.new_tensor(ggml::F32, &[1, (frames * FRAME) as i64])
-            .set_input()
-            .name("pcm");
-    let ring = RingInputs::new(b.g, n);
-    let first = b.g.new_tensor(ggml::F32, &[1, 1]).set_input().name("first");
     let mut h = b.seanet_encoder(input);
     h = b.transformer(h, ENCODER, &ring);
     let latent = b.downsample(h, first);
-    let outputs = b.rvq_encode(latent);
+    let g = b.g;
+    // Codebook q's codes ([F]) into column q of the frame-major [8, F] output.
+    let copies: Vec<T> = b
+        .rvq_encode(latent)
+        .into_iter()
+        .enumerate()
+        .map(|(q, code)| {
+            let column = g.view(output, &[1, frames as i64], &[output.nb()[1]], q * 4);
+            g.cpy(g.reshape(code, &[1, frames as i64]), column)
+        })
+        .collect();
     let writes = std::mem::take(&mut b.writes);
-    finish(backend, &mut graph, &outputs, writes)?;
+    finish(backend, &mut graph, &copies, writes, "Mimi encoder graph")?;
     Ok(Step {
         graph,
-        input,
+        inputs,
         outputs,
+        input,
+        output,
         ring,
-        first: Some(first),
+        first: Some((first, 0.0)),
     })
 }
 
@@ -82,43 +162,55 @@ pub(super) fn build_decoder(
     state: &State,
     frames: usize,
 ) -> Result<Step> {
-    let mut graph = Graph::new(MAX_NODES);
     let n = frames * STEPS_PER_FRAME;
+    let mut ib = StagingBuilder::new(5);
+    let input = ib.tensor(ggml::I32, &[(frames * N_CODEBOOKS) as i64], "codes");
+    let ring = RingInputs::new(&mut ib, n);
+    let inputs = ib.build(backend)?;
+    let mut ob = StagingBuilder::new(1);
+    let output = ob.tensor(ggml::F32, &[1, (frames * FRAME) as i64], "pcm");
+    let outputs = ob.build(backend)?;
+
+    let mut graph = Graph::new(MAX_NODES);
     let mut b = Builder {
         g: &graph.ctx,
         w: weights,
         s: state,
         writes: vec![],
     };
-    let input =
-        b.g.new_tensor(ggml::I32, &[(frames * N_CODEBOOKS) as i64])
-            .set_input()
-            .name("codes");
-    let ring = RingInputs::new(b.g, n);
     let latent = b.rvq_decode(input, frames);
     let mut h = b.upsample(latent, frames);
     h = b.transformer(h, DECODER, &ring);
     h = b.seanet_decoder(h);
-    let outputs = vec![h.set_output().name("pcm_out")];
+    let copy = b.g.cpy(h, output);
     let writes = std::mem::take(&mut b.writes);
-    finish(backend, &mut graph, &outputs, writes)?;
+    finish(backend, &mut graph, &[copy], writes, "Mimi decoder graph")?;
     Ok(Step {
         graph,
-        input,
+        inputs,
         outputs,
+        input,
+        output,
         ring,
         first: None,
     })
 }
 
-/// Adds the outputs, then the state writes (after every read of the old state), and
-/// allocates the graph.
-fn finish(backend: &Backend, graph: &mut Graph, outputs: &[T], writes: Vec<T>) -> Result<()> {
+/// Adds the outputs, then the state writes (after every read of the old state), allocates
+/// the graph and checks that the backend runs every node of it.
+fn finish(
+    backend: &Backend,
+    graph: &mut Graph,
+    outputs: &[T],
+    writes: Vec<T>,
+    what: &str,
+) -> Result<()> {
     for &o in outputs {
         graph.expand(o);
     }
     for w in writes {
         graph.expand(w);
     }
-    graph.allocate(backend)
+    graph.allocate(backend)?;
+    graph.check_supported(backend, what)
 }

@@ -6,7 +6,8 @@ use anyhow::Result;
 use flm_conversion::plan::mimi_arch::*;
 
 use super::state::{Builder, State};
-use crate::ggml::{self, Backend, Ctx, Graph, T};
+use crate::ggml::{self, Backend, Graph, T};
+use crate::staging::{Staging, StagingBuilder};
 use crate::weights::WeightsBuilder;
 
 const HEAD_DIM: usize = LATENT / HEADS;
@@ -69,10 +70,10 @@ impl Ring {
         self.end + n as i64 - self.base > 2 * REBASE
     }
 
-    /// Claims slots for `n` new positions and writes the graph inputs: slot indices, slot
-    /// pairs, positions, and the attention mask ([SLOTS, n]: 0 where key slot j is visible
-    /// to query i, else -inf).
-    pub(super) fn advance(&mut self, n: usize, inputs: &RingInputs) {
+    /// Claims slots for `n` new positions and puts the graph inputs into `block`: slot
+    /// indices, slot pairs, positions, and the attention mask ([SLOTS, n]: 0 where key slot j
+    /// is visible to query i, else -inf).
+    pub(super) fn advance(&mut self, n: usize, block: &mut Staging, inputs: &RingInputs) {
         if self.slots.len() < n {
             self.slots.resize(n, 0);
             self.pairs.resize(n / 2, 0);
@@ -99,10 +100,10 @@ impl Ring {
             }
         }
         self.end += n as i64;
-        inputs.slots.write(&self.slots[..n]);
-        inputs.pairs.write(&self.pairs[..n / 2]);
-        inputs.pos.write(&self.pos[..n]);
-        inputs.mask.write(&self.mask[..n * SLOTS]);
+        block.put(inputs.slots, 0, &self.slots[..n]);
+        block.put(inputs.pairs, 0, &self.pairs[..n / 2]);
+        block.put(inputs.pos, 0, &self.pos[..n]);
+        block.put(inputs.mask, 0, &self.mask[..n * SLOTS]);
     }
 }
 
@@ -117,16 +118,14 @@ pub(super) struct RingInputs {
 }
 
 impl RingInputs {
-    pub(super) fn new(g: &Ctx, n: usize) -> RingInputs {
+    /// Tensors of an input block; 4 of its tensors, laid out one after another.
+    pub(super) fn new(block: &mut StagingBuilder, n: usize) -> RingInputs {
         let n = n as i64;
         RingInputs {
-            slots: g.new_tensor(ggml::I32, &[n]).set_input().name("slots"),
-            pairs: g.new_tensor(ggml::I32, &[n / 2]).set_input().name("pairs"),
-            pos: g.new_tensor(ggml::I32, &[n]).set_input().name("pos"),
-            mask: g
-                .new_tensor(ggml::F32, &[SLOTS as i64, n])
-                .set_input()
-                .name("mask"),
+            slots: block.tensor(ggml::I32, &[n], "slots"),
+            pairs: block.tensor(ggml::I32, &[n / 2], "pairs"),
+            pos: block.tensor(ggml::I32, &[n], "pos"),
+            mask: block.tensor(ggml::F32, &[SLOTS as i64, n], "mask"),
         }
     }
 }
@@ -188,6 +187,7 @@ pub(super) fn build_shift(state: &State, backend: &Backend, side: &str) -> Resul
         graph.expand(w);
     }
     graph.allocate(backend)?;
+    graph.check_supported(backend, "Mimi key rotation graph")?;
     pos.write(&[-(REBASE as i32); SLOTS]);
     Ok(graph)
 }
