@@ -183,6 +183,41 @@ fn streamed_equals_chunked() {
     assert_eq!(&again[..], &a[..8]);
 }
 
+/// Per frame, the encoder and the decoder each put their inputs up in one copy, run one
+/// graph and bring their outputs down in one copy, and the host waits for the device once
+/// (it was 2 graphs, 11 uploads, 9 downloads and 22 waits). What goes up is what changed:
+/// the samples (7680 bytes) or codes (32), and the ring inputs of two steps (slots, pairs,
+/// positions and the 256 × 2 mask: 2068 bytes), with the CPU buffer's 32-byte alignment
+/// between them: 12000 bytes, 11.7 KiB; the encoder's first-call flag, which sits before the
+/// samples, would make it 11.8. What comes down is the 8 codes and the 1920 samples.
+#[test]
+fn bench_counts_one_upload_one_download_and_one_wait_per_direction() {
+    let out = flm_edge(&[
+        "bench",
+        "mimi",
+        "--model",
+        s(model()),
+        "--threads",
+        "1",
+        "--frames",
+        "3",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = stdout
+        .lines()
+        .find(|l| l.contains("graph computes"))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(
+        line.contains("2.0 graph computes, 2.0 uploads (11.7 KiB), 2.0 downloads (7.5 KiB), 2.0 host synchronisations"),
+        "{line}"
+    );
+}
+
 fn wav_header(format: u16, channels: u16, rate: u32, bits: u16, data_len: u32) -> Vec<u8> {
     let block = channels * bits / 8;
     let mut h = b"RIFF".to_vec();
