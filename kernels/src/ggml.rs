@@ -702,32 +702,85 @@ impl Graph {
         backend: &Backend,
         reps: usize,
     ) -> Result<Vec<(String, [i64; 4], f64)>> {
-        let scratch = Ctx::new(0, 1);
-        // SAFETY: the scratch context has room for one graph of one node.
-        let one = unsafe { sys::ggml_new_graph_custom(scratch.raw(), 1, false) };
-        let mut out = vec![];
-        for i in 0..self.n_nodes() {
-            // SAFETY: i < n_nodes; the one-node graph reuses the node's already allocated
-            // tensors, so computing it reads and writes only them.
-            let node = unsafe {
-                let node = sys::ggml_graph_node(self.graph.as_ptr(), i);
-                sys::ggml_graph_add_node(one, node);
-                node
-            };
-            let t0 = std::time::Instant::now();
-            for _ in 0..reps.max(1) {
-                // SAFETY: as above.
-                let status = unsafe { sys::ggml_backend_graph_compute(backend.raw(), one) };
-                ensure!(status == sys::GGML_STATUS_SUCCESS, "profile compute failed");
-            }
-            let us = t0.elapsed().as_secs_f64() * 1e6 / reps.max(1) as f64;
-            // SAFETY: valid node.
-            let ne = unsafe { (*node).ne };
-            out.push((op_desc(node), ne, us));
-            // SAFETY: empties the scratch graph for the next node.
-            unsafe { sys::ggml_graph_clear(one) };
+        let graph = self.graph.as_ptr();
+        let nodes: Vec<*mut sys::ggml_tensor> = (0..self.n_nodes())
+            // SAFETY: i < n_nodes.
+            .map(|i| unsafe { sys::ggml_graph_node(graph, i) })
+            .collect();
+        // Every node kept (no memory shared between nodes) in an allocation of its own, so
+        // that each node, run alone after one full compute, reads what its sources really
+        // held (indices above all: a gather fed with another node's leftovers would abort).
+        // SAFETY: valid nodes; only their output flag changes, restored below.
+        let flags: Vec<i32> = nodes.iter().map(|&n| unsafe { (*n).flags }).collect();
+        for &n in &nodes {
+            // SAFETY: as above.
+            unsafe { sys::ggml_set_output(n) };
         }
-        Ok(out)
+        // SAFETY: the backend is valid; this allocator is freed below, after the graph goes
+        // back to its own allocator's layout.
+        let galloc = unsafe {
+            sys::ggml_gallocr_new(sys::ggml_backend_get_default_buffer_type(backend.raw()))
+        };
+        ensure!(!galloc.is_null(), "ggml_gallocr_new failed");
+        // ggml's allocator places only tensors without an address: the nodes (views too)
+        // lose theirs before each re-allocation; leaves (weights, state, inputs) keep theirs.
+        let unplace = || {
+            for &n in &nodes {
+                // SAFETY: valid nodes; their next allocation sets both fields again.
+                unsafe {
+                    (*n).data = std::ptr::null_mut();
+                    (*n).buffer = std::ptr::null_mut();
+                }
+            }
+        };
+        unplace();
+        let timed = (|| -> Result<Vec<(String, [i64; 4], f64)>> {
+            // SAFETY: the graph's nodes get addresses in the profile allocator's buffer.
+            ensure!(
+                unsafe { sys::ggml_gallocr_alloc_graph(galloc, graph) },
+                "profile: graph allocation failed"
+            );
+            // SAFETY: an allocated graph on its backend.
+            let status = unsafe { sys::ggml_backend_graph_compute(backend.raw(), graph) };
+            ensure!(status == sys::GGML_STATUS_SUCCESS, "profile compute failed");
+            let scratch = Ctx::new(0, 1);
+            // SAFETY: the scratch context has room for one graph of one node.
+            let one = unsafe { sys::ggml_new_graph_custom(scratch.raw(), 1, false) };
+            let mut out = vec![];
+            for &node in &nodes {
+                // SAFETY: the one-node graph reuses the node's allocated tensors, so computing
+                // it reads and writes only them.
+                unsafe { sys::ggml_graph_add_node(one, node) };
+                let t0 = std::time::Instant::now();
+                for _ in 0..reps.max(1) {
+                    // SAFETY: as above.
+                    let status = unsafe { sys::ggml_backend_graph_compute(backend.raw(), one) };
+                    ensure!(status == sys::GGML_STATUS_SUCCESS, "profile compute failed");
+                }
+                let us = t0.elapsed().as_secs_f64() * 1e6 / reps.max(1) as f64;
+                // SAFETY: valid node.
+                let ne = unsafe { (*node).ne };
+                out.push((op_desc(node), ne, us));
+                // SAFETY: empties the scratch graph for the next node.
+                unsafe { sys::ggml_graph_clear(one) };
+            }
+            Ok(out)
+        })();
+        // SAFETY: the flags as they were, then the graph's own allocator lays it out again as
+        // before (same graph, same flags: the same addresses), and the profile's is freed.
+        unsafe {
+            for (&n, &f) in nodes.iter().zip(&flags) {
+                (*n).flags = f;
+            }
+            unplace();
+            let restored = sys::ggml_gallocr_alloc_graph(self.galloc.as_ptr(), graph);
+            sys::ggml_gallocr_free(galloc);
+            ensure!(
+                restored,
+                "profile: the graph's allocation could not be restored"
+            );
+        }
+        timed
     }
 }
 
