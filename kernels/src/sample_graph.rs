@@ -64,44 +64,43 @@ pub fn build(g: &Ctx, logits: T, params: &SamplingParams, inputs: &DrawInputs) -
         };
     }
     let probs = g.soft_max_ext(l, None, 1.0 / params.temperature);
-    // The candidates in walking order, their weights, and how many of them count.
-    let (order, weights, n): (Option<T>, T, Option<T>) = match params.mode() {
+    // The candidates in walking order, their cumulative weights, and the position of the
+    // last that counts (its cumulative weight is the total the draw scales).
+    let (order, cum, last): (Option<T>, T, Option<T>) = match params.mode() {
         Mode::TopP => {
             let order = g.argsort_desc(probs);
             let sorted = g.reshape(g.get_rows(rows(probs, v), order), &[v, b]);
+            let cum = g.cumsum(sorted);
             // The official mask: an id is dropped when the mass before it exceeds p
-            // (a - p > 0 exactly when a > p in floating point).
-            let before = g.sub(g.cumsum(sorted), sorted);
+            // (a - p > 0 exactly when a > p in floating point). The kept ones are a prefix,
+            // never empty (nothing is before the first): the last kept is at V - 1 - dropped.
+            let before = g.sub(cum, sorted);
             let dropped = g.step(g.scale_bias(before, 1.0, -params.top_p));
-            let kept = g.scale_bias(dropped, -1.0, 1.0);
-            (Some(order), g.mul(sorted, kept), Some(g.sum_rows(kept)))
+            let last = g.scale_bias(g.sum_rows(dropped), -1.0, (v - 1) as f32);
+            (Some(order), cum, Some(last))
         }
         Mode::TopK => {
             let k = (params.top_k as i64).min(v);
             let order = g.cont(g.argsort_top_k(probs, k as usize));
             let sorted = g.reshape(g.get_rows(rows(probs, v), order), &[k, b]);
-            (Some(order), sorted, None)
+            (Some(order), g.cumsum(sorted), None)
         }
-        Mode::Plain | Mode::Greedy => (None, probs, None),
+        Mode::Plain | Mode::Greedy => (None, g.cumsum(probs), None),
     };
-    let len = weights.ne()[0];
-    let cum = g.cumsum(weights);
-    // The total is the last cumulative weight that counts, taken from the same sums the walk
-    // compares with, so that u·total never passes them and the walk stops on a candidate of
-    // non-zero weight. At least one candidate always counts (nothing is before the first).
-    let total = match n {
-        Some(n) => {
-            let last = g.cast(g.scale_bias(n, 1.0, -1.0), ggml::I32);
-            g.reshape(
-                g.get_rows(rows(cum, len), g.reshape(last, &[1, b])),
-                &[1, b],
-            )
+    let len = cum.ne()[0];
+    // The total is taken from the same sums the walk compares with, so that u·total never
+    // passes them and the walk stops on a candidate of non-zero weight.
+    let total = match last {
+        Some(last) => {
+            let last = g.reshape(g.cast(last, ggml::I32), &[1, b]);
+            g.reshape(g.get_rows(rows(cum, len), last), &[1, b])
         }
         None => g.view(cum, &[1, b], &[cum.nb()[1]], (len as usize - 1) * 4),
     };
     let target = g.mul(total, inputs.uniform);
     // The walk stops at the first candidate whose cumulative weight reaches the target: its
-    // index is the number of those below it.
+    // index is the number of those below it (candidates past the last that counts are not:
+    // their cumulative weights are at least the total).
     let below = g.step(g.scale(g.sub(cum, target), -1.0));
     let index = g.cast(g.sum_rows(below), ggml::I32);
     let index = g.reshape(index, &[1, b]);
