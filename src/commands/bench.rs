@@ -1,0 +1,208 @@
+//! `flm-edge bench`: the real-time stages timed, warm, with what they cost a device.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use flm_edge::bench;
+use flm_edge::engine::Device;
+use flm_edge::model_dir::ModelDir;
+use flm_kernels::mimi::Mimi;
+
+use super::{EngineArgs, mimi_path, threads};
+
+#[derive(clap::Subcommand)]
+pub enum Args {
+    /// Streaming Mimi encode and decode, ms per 80 ms frame (median, p99).
+    Mimi {
+        #[arg(long, value_name = "MODEL_DIR|mimi.gguf")]
+        model: PathBuf,
+        /// Timed frames (after 10 warm-up frames).
+        #[arg(long, default_value_t = 200)]
+        frames: usize,
+        #[arg(long)]
+        threads: Option<usize>,
+        /// cpu, cuda, vulkan, gpu, or a device such as cuda0 (GPU backends: builds with their feature).
+        #[arg(long, default_value = "cpu")]
+        backend: Device,
+        /// Also time each graph node alone and list the most expensive ops.
+        #[arg(long)]
+        ops: bool,
+    },
+    /// One step of the language model (embed, backbone, depth transformer, sampling), ms per
+    /// 80 ms step, next to llama.cpp's own decode of one token of the same backbone.
+    Step {
+        #[arg(long, value_name = "MODEL_DIR")]
+        model: PathBuf,
+        /// Timed steps (after 5 warm-up steps).
+        #[arg(long, default_value_t = 50)]
+        steps: usize,
+        /// Also time each node of the depth transformer's step graph alone.
+        #[arg(long)]
+        ops: bool,
+        /// Shift the context every N timed steps, as when it is full (llama.cpp re-rotates
+        /// the whole cache, so this costs what a full context's shift costs): the cost of a
+        /// shift at any `--context` without stepping through it first.
+        #[arg(long, value_name = "N")]
+        shift_every: Option<usize>,
+        #[command(flatten)]
+        engine: EngineArgs,
+    },
+}
+
+impl Args {
+    /// The device asked for.
+    pub fn device(&self) -> Device {
+        match self {
+            Args::Mimi { backend, .. } => *backend,
+            Args::Step { engine, .. } => engine.backend,
+        }
+    }
+}
+
+pub fn exec(a: Args) -> Result<()> {
+    match a {
+        Args::Step {
+            model,
+            steps,
+            ops,
+            shift_every,
+            engine: args,
+        } => step(model, steps, ops, shift_every, args),
+        Args::Mimi {
+            model,
+            frames,
+            threads: t,
+            backend,
+            ops,
+        } => mimi(model, frames, t, backend, ops),
+    }
+}
+
+fn step(
+    model: PathBuf,
+    steps: usize,
+    ops: bool,
+    shift_every: Option<usize>,
+    args: EngineArgs,
+) -> Result<()> {
+    let dir = ModelDir::open(&model)?;
+    let opts = args.options(&dir)?;
+    let threads = opts.threads;
+    let mut engine = flm_edge::engine::Engine::load(&dir, &opts)?;
+    let r = bench::step(&mut engine, &dir, steps, 5, threads, shift_every)?;
+    if ops {
+        bench::print_ops(engine.depformer().profile(20)?);
+    }
+    let quant = dir
+        .audio
+        .get_str(flm_conversion::model_files::audio_keys::QUANT)
+        .unwrap_or("?");
+    println!(
+        "LM step, {}, {} threads, {quant} weights (mmap), {} steps (warm)",
+        engine.device_name(),
+        r.threads,
+        r.steps
+    );
+    let row = |name: &str, s: &bench::Stats| {
+        println!(
+            "  {name:<9} median {:8.2} ms  p99 {:8.2} ms  max {:8.2} ms",
+            s.median, s.p99, s.max
+        )
+    };
+    row("embed", &r.embed);
+    row("backbone", &r.backbone);
+    println!(
+        "    of which text head (final norm + lm_head) ≈ {:.2} ms",
+        r.text_head
+    );
+    if let Some(sh) = &r.shift_backbone {
+        println!(
+            "    {} steps shifted the context (the oldest half of the KV cache dropped, every key left re-rotated): backbone median {:.2} ms, max {:.2} ms",
+            r.shifts, sh.median, sh.max
+        );
+    }
+    row("depth", &r.depth);
+    row("sampling", &r.sample);
+    row("total", &r.total);
+    row("llama.cpp", &r.llama_decode);
+    println!("    (llama_decode of one text token, same backbone, same run)");
+    let around = r.embed.median + r.sample.median;
+    let base = r.llama_decode.median;
+    println!(
+        "  around the backbone (embed + sampling): {:.2} % of llama.cpp's decode; depth transformer {:.1} %",
+        100.0 * around / base,
+        100.0 * r.depth.median / base
+    );
+    println!(
+        "  weights read per step {:.1} MiB; peak RSS {:.0} MiB",
+        r.weight_bytes_per_step as f64 / (1 << 20) as f64,
+        r.peak_rss_bytes as f64 / (1 << 20) as f64
+    );
+    println!(
+        "  depth transformer and sampling: {}",
+        bench::traffic_line(&r.traffic, r.steps, "step")
+    );
+    let down = if r.text_on_device {
+        "text token and hidden state down: the token drawn on the device"
+    } else {
+        "logits and hidden state down: the host draws the text token"
+    };
+    println!(
+        "  backbone: 1 llama_decode per step in {} graph split(s) (input embedding up, {down}){}",
+        r.graph_splits.map_or("?".to_string(), |n| n.to_string()),
+        r.decode_syncs.map_or(String::new(), |n| format!(
+            "; on the device at most {n} host synchronisations per decode (its scheduler waits and copies each of the graph's {} input tensors, and the outputs are read once)",
+            (n - 1) / 2
+        ))
+    );
+    Ok(())
+}
+
+fn mimi(model: PathBuf, frames: usize, t: Option<usize>, backend: Device, ops: bool) -> Result<()> {
+    let n = threads(t);
+    let mut mimi = Mimi::load(&mimi_path(&model)?, backend, n)?;
+    if ops {
+        bench::print_ops(mimi.profile(20)?);
+        mimi.reset();
+    }
+    let r = bench::mimi(&mut mimi, frames.max(1), 10, n)?;
+    let total = r.encode.median + r.decode.median;
+    println!(
+        "Mimi streaming, {} backend, {} threads, {} frames of 80 ms (warm)",
+        mimi.backend_name(),
+        r.threads,
+        r.frames
+    );
+    println!(
+        "  encode  median {:6.2} ms  p99 {:6.2} ms  max {:6.2} ms",
+        r.encode.median, r.encode.p99, r.encode.max
+    );
+    println!(
+        "  decode  median {:6.2} ms  p99 {:6.2} ms  max {:6.2} ms",
+        r.decode.median, r.decode.p99, r.decode.max
+    );
+    println!(
+        "  encode + decode median {:.2} ms per 80 ms frame: real-time factor {:.3}",
+        total,
+        total / 80.0
+    );
+    println!(
+        "  weights {:.1} MiB",
+        r.weight_bytes as f64 / (1 << 20) as f64
+    );
+    println!(
+        "  encode and decode: {}",
+        bench::traffic_line(&r.traffic, r.frames, "frame")
+    );
+    let (enc, dec) = bench::opus(frames.max(1))?;
+    println!(
+        "Ogg-Opus of remote clients (24 kHz mono, 80 ms pages, one thread): encode median {:.3} ms (p99 {:.3}), decode median {:.3} ms (p99 {:.3}) per frame",
+        enc.median, enc.p99, dec.median, dec.p99
+    );
+    let aec = bench::echo(frames.max(1))?;
+    println!(
+        "Echo cancellation (AEC3 at 48 kHz, render and capture, one thread): median {:.3} ms (p99 {:.3}) per frame",
+        aec.median, aec.p99
+    );
+    Ok(())
+}
