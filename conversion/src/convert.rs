@@ -16,6 +16,7 @@ use crate::checkpoint::{Checkpoint, TensorRef, dtype_size};
 use crate::ggml_type::GgmlType;
 use crate::gguf::{Array, GgufBuilder, Value};
 use crate::hf_config::FlmConfig;
+use crate::mimi_layout::gather;
 use crate::model_files::*;
 use crate::plan::{self, Item, Transform, mimi_arch};
 use crate::quant::{MimiDtype, Quant, choose};
@@ -82,7 +83,7 @@ pub fn convert(opts: ConvertOptions) -> Result<Summary> {
     let backbone_items = plan::backbone(&cfg, has_lm_head);
     let ffn_width = plan::depth_ffn_width(&cfg, !matches!(quant, Quant::F32 | Quant::F16));
     let audio_items = plan::audio(&cfg, ffn_width);
-    let mimi_items = plan::mimi();
+    let mimi_items = plan::mimi(mimi_dtype);
     check_sources(&lm, &backbone_items, Some(&config_path))?;
     check_sources(&lm, &audio_items, Some(&config_path))?;
     check_sources(&mimi_ck, &mimi_items, None)?;
@@ -347,6 +348,20 @@ fn write_item(
         w.write_all(&buf.out)?;
         return Ok(());
     }
+    if let Transform::ConvTaps(c) | Transform::ConvHalves(c) = item.transform {
+        // A whole conv weight at once (at most 8.4 M values), gathered into the runtime's
+        // layout.
+        let t = ck.get(&item.sources[0]).expect("checked before writing");
+        buf.f32s.resize(t.n_elements(), 0.0);
+        ck.read_f32(t, 0, &mut buf.f32s)?;
+        let relaid = match item.transform {
+            Transform::ConvTaps(_) => gather(&buf.f32s, c.taps_order()),
+            _ => gather(&buf.f32s, c.halves_order()),
+        };
+        ty.quantize_rows_parallel(&relaid, row, &mut buf.out, buf.threads)?;
+        w.write_all(&buf.out)?;
+        return Ok(());
+    }
     for (k, src) in item.sources.iter().enumerate() {
         let t: &TensorRef = ck.get(src).expect("checked before writing");
         if let Transform::Codebook { usage } = &item.transform {
@@ -381,7 +396,9 @@ fn write_item(
                 Transform::None
                 | Transform::Zeros
                 | Transform::PadRows(_)
-                | Transform::PadCols(_) => {}
+                | Transform::PadCols(_)
+                | Transform::ConvTaps(_)
+                | Transform::ConvHalves(_) => {}
             }
             ty.quantize_rows_parallel(&buf.f32s, row, &mut buf.out, buf.threads)?;
             w.write_all(&buf.out)?;

@@ -6,6 +6,7 @@ pub mod convert;
 pub mod ggml_type;
 pub mod gguf;
 pub mod hf_config;
+pub mod mimi_layout;
 pub mod model_files;
 mod pages;
 pub mod plan;

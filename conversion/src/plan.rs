@@ -6,7 +6,8 @@
 //! per-position tables of one kind into one 3-D tensor.
 
 use crate::hf_config::FlmConfig;
-use crate::quant::Role;
+use crate::mimi_layout::{Conv, HALVES, TAPS};
+use crate::quant::{MimiDtype, Role};
 
 /// How source values are changed on the way.
 #[derive(Clone, Debug, PartialEq)]
@@ -25,6 +26,10 @@ pub enum Transform {
     PadRows(usize),
     /// Zeros appended to each row up to this length.
     PadCols(usize),
+    /// A Mimi conv's weight re-laid-out as its taps (`mimi_layout`).
+    ConvTaps(Conv),
+    /// A Mimi transposed conv's weight re-laid-out as its two halves (`mimi_layout`).
+    ConvHalves(Conv),
 }
 
 /// One tensor of an output file.
@@ -79,6 +84,11 @@ impl Item {
 
     /// ggml shape (fastest axis first) of the output tensor.
     pub fn ne(&self) -> Vec<u64> {
+        match self.transform {
+            Transform::ConvTaps(c) => return c.taps_ne().to_vec(),
+            Transform::ConvHalves(c) => return c.halves_ne().to_vec(),
+            _ => {}
+        }
         let mut ne: Vec<u64> = self.shape.iter().rev().map(|&d| d as u64).collect();
         match self.transform {
             Transform::PadRows(n) => ne[1] = n as u64,
@@ -94,6 +104,7 @@ impl Item {
     pub fn row_len(&self) -> u64 {
         match self.transform {
             Transform::PadCols(n) => n as u64,
+            Transform::ConvTaps(_) | Transform::ConvHalves(_) => self.ne()[0],
             _ => self.shape.last().copied().unwrap_or(1) as u64,
         }
     }
@@ -434,16 +445,62 @@ pub mod mimi_arch {
     pub const DEC_RES: [usize; 4] = [3, 6, 9, 12];
 }
 
-/// The Mimi file: what encoding and decoding 8 codebooks needs.
-pub fn mimi() -> Vec<Item> {
+/// A Mimi conv's weight item (PyTorch shape [OC, IC, K]; transposed: [IC, OC, K]). Under a
+/// quantized `dtype` a matrix weight is stored as the matrices the runtime multiplies by
+/// (`{out}.taps` or `{out}.halves`, `mimi_layout`), with rows a block can hold; otherwise as
+/// the checkpoint has it (`{out}.weight`), which the runtime re-lays out at load.
+fn mimi_conv_weight(
+    dtype: MimiDtype,
+    out: &str,
+    src: &str,
+    shape: [usize; 3],
+    stride: usize,
+    transposed: bool,
+    role: Role,
+) -> Item {
+    let mut item = Item::new(format!("{out}.weight"), src, &shape, role);
+    if dtype.is_quantized() && role == Role::MimiWeight {
+        let (ic, oc) = if transposed {
+            (shape[0], shape[1])
+        } else {
+            (shape[1], shape[0])
+        };
+        let c = Conv {
+            k: shape[2],
+            s: stride,
+            ic,
+            oc,
+        };
+        if transposed {
+            item.name = format!("{out}.{HALVES}");
+            item.transform = Transform::ConvHalves(c);
+        } else {
+            item.name = format!("{out}.{TAPS}");
+            item.transform = Transform::ConvTaps(c);
+        }
+    }
+    item
+}
+
+/// The Mimi file: what encoding and decoding 8 codebooks needs, with matrices at `dtype`.
+pub fn mimi(dtype: MimiDtype) -> Vec<Item> {
     use mimi_arch::*;
     let mut items = vec![];
-    let conv = |items: &mut Vec<Item>, out: String, src: String, shape: [usize; 3]| {
-        items.push(Item::new(
-            format!("{out}.weight"),
-            format!("{src}.weight"),
-            &shape,
-            Role::MimiWeight,
+    // A conv of stride `stride`: its weight, then its bias.
+    let conv = |items: &mut Vec<Item>,
+                out: String,
+                src: String,
+                shape: [usize; 3],
+                stride: usize,
+                role: Role| {
+        items.push(mimi_conv_weight(
+            dtype,
+            &out,
+            &format!("{src}.weight"),
+            shape,
+            stride,
+            false,
+            role,
         ));
         items.push(Item::new(
             format!("{out}.bias"),
@@ -459,12 +516,16 @@ pub fn mimi() -> Vec<Item> {
             format!("{side}.{n}.b1"),
             format!("{src}.{n}.block.1.conv.conv"),
             [hidden, dim, RESIDUAL_KERNEL],
+            1,
+            Role::MimiWeight,
         );
         conv(
             items,
             format!("{side}.{n}.b3"),
             format!("{src}.{n}.block.3.conv.conv"),
             [dim, hidden, 1],
+            1,
+            Role::MimiWeight,
         );
     };
     // SEANet encoder: 1 -> 64 -> 128 -> 256 -> 512 -> 1024 -> 512.
@@ -474,6 +535,8 @@ pub fn mimi() -> Vec<Item> {
         "enc.0".into(),
         format!("{src}.0.conv.conv"),
         [N_FILTERS, CHANNELS, KERNEL],
+        1,
+        Role::MimiSmall,
     );
     let mut dim = N_FILTERS;
     for (i, &ratio) in RATIOS.iter().rev().enumerate() {
@@ -484,6 +547,8 @@ pub fn mimi() -> Vec<Item> {
             format!("enc.{}", n + 2),
             format!("{src}.{}.conv.conv", n + 2),
             [dim * 2, dim, 2 * ratio],
+            ratio,
+            Role::MimiWeight,
         );
         dim *= 2;
     }
@@ -492,6 +557,8 @@ pub fn mimi() -> Vec<Item> {
         "enc.14".into(),
         format!("{src}.14.conv.conv"),
         [LATENT, dim, LAST_KERNEL],
+        1,
+        Role::MimiWeight,
     );
     // SEANet decoder: 512 -> 1024 -> 512 -> 256 -> 128 -> 64 -> 1.
     let src = "decoder.model";
@@ -500,14 +567,18 @@ pub fn mimi() -> Vec<Item> {
         "dec.0".into(),
         format!("{src}.0.conv.conv"),
         [dim, LATENT, KERNEL],
+        1,
+        Role::MimiWeight,
     );
     for (i, &ratio) in RATIOS.iter().enumerate() {
         let n = DEC_RES[i] - 1;
-        // Transposed conv weights are [in, out, k].
-        items.push(Item::new(
-            format!("dec.{n}.weight"),
-            format!("{src}.{n}.convtr.convtr.weight"),
-            &[dim, dim / 2, 2 * ratio],
+        items.push(mimi_conv_weight(
+            dtype,
+            &format!("dec.{n}"),
+            &format!("{src}.{n}.convtr.convtr.weight"),
+            [dim, dim / 2, 2 * ratio],
+            ratio,
+            true,
             Role::MimiWeight,
         ));
         items.push(Item::new(
@@ -524,6 +595,8 @@ pub fn mimi() -> Vec<Item> {
         "dec.14".into(),
         format!("{src}.14.conv.conv"),
         [CHANNELS, dim, LAST_KERNEL],
+        1,
+        Role::MimiSmall,
     );
     // Transformers.
     for (side, src) in [
@@ -597,17 +670,20 @@ pub fn mimi() -> Vec<Item> {
             ]);
         }
     }
-    items.push(Item::new(
-        "downsample.weight",
+    items.push(mimi_conv_weight(
+        dtype,
+        "downsample",
         "downsample.conv.conv.conv.weight",
-        &[LATENT, LATENT, 4],
+        [LATENT, LATENT, 4],
+        2,
+        false,
         Role::MimiWeight,
     ));
     items.push(Item::new(
         "upsample.weight",
         "upsample.convtr.convtr.convtr.weight",
         &[LATENT, 1, 4],
-        Role::MimiWeight,
+        Role::MimiSmall,
     ));
     // Split RVQ: one semantic codebook, then 7 acoustic ones, both from the same latent.
     for (group, src) in [("first", "rvq_first"), ("rest", "rvq_rest")] {
@@ -615,13 +691,13 @@ pub fn mimi() -> Vec<Item> {
             format!("rvq.{group}.in_proj.weight"),
             format!("quantizer.{src}.input_proj.weight"),
             &[CODEBOOK_DIM, LATENT, 1],
-            Role::MimiWeight,
+            Role::MimiSmall,
         ));
         items.push(Item::new(
             format!("rvq.{group}.out_proj.weight"),
             format!("quantizer.{src}.output_proj.weight"),
             &[LATENT, CODEBOOK_DIM, 1],
-            Role::MimiWeight,
+            Role::MimiSmall,
         ));
     }
     let layer = |q: usize| {

@@ -105,24 +105,45 @@ impl FromStr for Quant {
 pub enum MimiDtype {
     F32,
     F16,
+    /// The transformers' matrices and the SEANet's, down-sample's and transposed convs'
+    /// matrices at q8_0; see `Role::MimiWeight`. (q4_K was measured and is not offered:
+    /// README, "Mimi codec".)
+    Q8_0,
 }
 
 impl MimiDtype {
+    pub const ALL: [MimiDtype; 3] = [MimiDtype::F32, MimiDtype::F16, MimiDtype::Q8_0];
+
     pub fn name(self) -> &'static str {
         match self {
             MimiDtype::F32 => "f32",
             MimiDtype::F16 => "f16",
+            MimiDtype::Q8_0 => "q8_0",
         }
+    }
+
+    /// Whether matrices are stored in quantized blocks: the convs' then in the layout the
+    /// runtime multiplies them by (`mimi_layout`), since blocks cannot be re-laid-out at load.
+    pub fn is_quantized(self) -> bool {
+        matches!(self, MimiDtype::Q8_0)
+    }
+}
+
+impl fmt::Display for MimiDtype {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
     }
 }
 
 impl FromStr for MimiDtype {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> anyhow::Result<MimiDtype> {
-        match s.to_ascii_lowercase().as_str() {
-            "f32" => Ok(MimiDtype::F32),
-            "f16" => Ok(MimiDtype::F16),
-            _ => bail!("unknown Mimi dtype `{s}` (choose f32 or f16)"),
+        match MimiDtype::ALL
+            .iter()
+            .find(|d| d.name().eq_ignore_ascii_case(s))
+        {
+            Some(d) => Ok(*d),
+            None => bail!("unknown Mimi dtype `{s}` (choose f32, f16 or q8_0)"),
         }
     }
 }
@@ -148,8 +169,13 @@ pub enum Role {
     AttnOutput,
     /// Mimi codebooks: nearest-neighbour search needs f32.
     Codebook,
-    /// Mimi convolution and linear weights: `--mimi-dtype`.
+    /// Mimi's matrices (the transformers', the SEANet's, down-sample's and transposed
+    /// convs'): `--mimi-dtype`.
     MimiWeight,
+    /// Mimi's small weights (the one-channel first and last convs, the depthwise up-sample,
+    /// the RVQ projections: 0.7 % of its weights): `--mimi-dtype` when f32 or f16, f32 under
+    /// a quantized one (nothing to save; the RVQ projections' rows of one value fit no block).
+    MimiSmall,
 }
 
 /// The storage type of a tensor whose rows have `row_len` elements, and a note when the
@@ -165,6 +191,11 @@ pub fn choose(
         Role::MimiWeight => match mimi {
             MimiDtype::F32 => GgmlType::F32,
             MimiDtype::F16 => GgmlType::F16,
+            MimiDtype::Q8_0 => GgmlType::Q8_0,
+        },
+        Role::MimiSmall => match mimi {
+            MimiDtype::F16 => GgmlType::F16,
+            _ => GgmlType::F32,
         },
         _ => match (quant, role) {
             (Quant::F32, _) => GgmlType::F32,

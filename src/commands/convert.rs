@@ -19,7 +19,8 @@ pub struct Args {
     /// Weight type of the language model: f32, f16, q8_0, q5_k, q4_k, q4_0 or q3_k.
     #[arg(long, default_value = "q4_k")]
     quant: Quant,
-    /// Weight type of Mimi: f32 or f16.
+    /// Weight type of Mimi's matrices: f32, f16 or q8_0 (codebooks, norms, biases and the
+    /// smallest convs stay f32 under q8_0).
     #[arg(long, default_value = "f32")]
     mimi_dtype: MimiDtype,
     /// Replace the model files of an output folder that is not empty.

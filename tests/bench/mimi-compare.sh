@@ -13,7 +13,7 @@ cargo build --release --workspace
 mkdir -p "$work"
 target/release/flm-testkit lm --size tiny --seed 1 --out "$work/lm"
 target/release/flm-testkit mimi --seed 1 --out "$work/mimi.safetensors"
-for dtype in f32 f16; do
+for dtype in f32 f16 q8_0; do
   target/release/flm-edge convert --lm "$work/lm" --mimi "$work/mimi.safetensors" --out "$work/model-$dtype" \
     --quant q8_0 --mimi-dtype "$dtype" --force > /dev/null 2>&1
   echo "flm-edge --mimi-dtype $dtype:"

@@ -17,7 +17,7 @@
 //!
 //! Layout: every signal is channel-fastest `[C, T]`. One file per part, as Kyutai's
 //! moshi-core lays the codec out; dependencies point one way (this file → `streaming` → the
-//! parts → `state`):
+//! parts → `state`; this file also asks the parts to declare their weights):
 //! - `seanet`: the SEANet encoder and decoder (convs, residual blocks, ELU, transposed
 //!   convs) and the re-layout of their weights;
 //! - `transformer`: the two streaming transformers, their ring KV caches and RoPE re-basing;

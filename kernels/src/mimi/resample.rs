@@ -4,10 +4,11 @@
 use anyhow::{Result, ensure};
 use flm_conversion::plan::mimi_arch::*;
 
-use super::seanet::{self, ConvSpec};
+use super::seanet;
 use super::state::Builder;
 use crate::ggml::{self, T};
 use crate::weights::WeightsBuilder;
+use flm_conversion::mimi_layout::Conv;
 
 /// Transformer steps per code frame: the SEANet latent and both transformers run at 25 Hz,
 /// the codes at 12.5 Hz.
@@ -15,7 +16,7 @@ pub(super) const STEPS_PER_FRAME: usize = 2;
 
 /// The down-sample conv (k4 s2, no bias); its state tensor has the same name.
 const DOWNSAMPLE: &str = "downsample";
-const DOWNSAMPLE_CONV: ConvSpec = ConvSpec {
+const DOWNSAMPLE_CONV: Conv = Conv {
     k: 2 * STEPS_PER_FRAME,
     s: STEPS_PER_FRAME,
     ic: LATENT,

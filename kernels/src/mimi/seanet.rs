@@ -8,26 +8,18 @@
 //! re-arranges its whole kernel on every call.)
 
 use anyhow::{Result, ensure};
+use flm_conversion::mimi_layout::{Conv, HALVES, TAPS, gather};
 use flm_conversion::plan::mimi_arch::*;
 
 use super::state::Builder;
 use crate::ggml::{self, T};
 use crate::weights::WeightsBuilder;
 
-/// A causal conv: kernel, stride, in and out channels.
-#[derive(Clone, Copy)]
-pub(super) struct ConvSpec {
-    pub(super) k: usize,
-    pub(super) s: usize,
-    pub(super) ic: usize,
-    pub(super) oc: usize,
-}
-
 /// The SEANet encoder's convs, in order.
-pub(super) fn enc_convs() -> Vec<(String, ConvSpec)> {
+pub(super) fn enc_convs() -> Vec<(String, Conv)> {
     let mut v = vec![(
-        "enc.0".to_string(),
-        ConvSpec {
+        FIRST_CONV.to_string(),
+        Conv {
             k: KERNEL,
             s: 1,
             ic: CHANNELS,
@@ -39,7 +31,7 @@ pub(super) fn enc_convs() -> Vec<(String, ConvSpec)> {
         let n = ENC_RES[i];
         v.push((
             format!("enc.{n}.b1"),
-            ConvSpec {
+            Conv {
                 k: RESIDUAL_KERNEL,
                 s: 1,
                 ic: dim,
@@ -48,7 +40,7 @@ pub(super) fn enc_convs() -> Vec<(String, ConvSpec)> {
         ));
         v.push((
             format!("enc.{n}.b3"),
-            ConvSpec {
+            Conv {
                 k: 1,
                 s: 1,
                 ic: dim / COMPRESS,
@@ -57,7 +49,7 @@ pub(super) fn enc_convs() -> Vec<(String, ConvSpec)> {
         ));
         v.push((
             format!("enc.{}", n + 2),
-            ConvSpec {
+            Conv {
                 k: 2 * r,
                 s: r,
                 ic: dim,
@@ -68,7 +60,7 @@ pub(super) fn enc_convs() -> Vec<(String, ConvSpec)> {
     }
     v.push((
         "enc.14".into(),
-        ConvSpec {
+        Conv {
             k: LAST_KERNEL,
             s: 1,
             ic: dim,
@@ -79,11 +71,11 @@ pub(super) fn enc_convs() -> Vec<(String, ConvSpec)> {
 }
 
 /// The SEANet decoder's convs, in order; transposed ones are those at `DEC_RES - 1`.
-pub(super) fn dec_convs() -> Vec<(String, ConvSpec, bool)> {
+pub(super) fn dec_convs() -> Vec<(String, Conv, bool)> {
     let mut dim = N_FILTERS << RATIOS.len();
     let mut v = vec![(
         "dec.0".to_string(),
-        ConvSpec {
+        Conv {
             k: KERNEL,
             s: 1,
             ic: LATENT,
@@ -95,7 +87,7 @@ pub(super) fn dec_convs() -> Vec<(String, ConvSpec, bool)> {
         let n = DEC_RES[i] - 1;
         v.push((
             format!("dec.{n}"),
-            ConvSpec {
+            Conv {
                 k: 2 * r,
                 s: r,
                 ic: dim,
@@ -106,7 +98,7 @@ pub(super) fn dec_convs() -> Vec<(String, ConvSpec, bool)> {
         dim /= 2;
         v.push((
             format!("dec.{}.b1", n + 1),
-            ConvSpec {
+            Conv {
                 k: RESIDUAL_KERNEL,
                 s: 1,
                 ic: dim,
@@ -116,7 +108,7 @@ pub(super) fn dec_convs() -> Vec<(String, ConvSpec, bool)> {
         ));
         v.push((
             format!("dec.{}.b3", n + 1),
-            ConvSpec {
+            Conv {
                 k: 1,
                 s: 1,
                 ic: dim / COMPRESS,
@@ -127,7 +119,7 @@ pub(super) fn dec_convs() -> Vec<(String, ConvSpec, bool)> {
     }
     v.push((
         "dec.14".into(),
-        ConvSpec {
+        Conv {
             k: LAST_KERNEL,
             s: 1,
             ic: dim,
@@ -138,13 +130,15 @@ pub(super) fn dec_convs() -> Vec<(String, ConvSpec, bool)> {
     v
 }
 
+/// The first conv: one input channel, always f32 or f16 in the file.
+const FIRST_CONV: &str = "enc.0";
 /// The first conv has one input channel: it is unfolded by `im2col` instead of split into
 /// taps, with a zero tap in front so that the unfolded rows (8) suit the SIMD matmul.
 const FIRST_CONV_TAPS: usize = KERNEL + 1;
 
 /// Left context (samples) a causal conv keeps between calls.
-pub(super) fn conv_context(name: &str, c: ConvSpec) -> usize {
-    if name == "enc.0" {
+pub(super) fn conv_context(name: &str, c: Conv) -> usize {
+    if name == FIRST_CONV {
         FIRST_CONV_TAPS - c.s
     } else {
         c.k - c.s
@@ -177,54 +171,51 @@ pub(super) fn decoder_state(decl: &mut Vec<(String, Vec<i64>)>) {
     }
 }
 
-/// Re-lays a conv weight (ggml [K, IC, OC]) out as K/s matrices of [IC·s, OC]: matrix j
-/// holds taps j·s .. j·s+s−1, tap-major, so that a stride-s conv over a channel-fastest
-/// signal viewed as [IC·s, T/s] is a sum of K/s matmuls on shifted contiguous views.
-fn conv_taps(bytes: &[u8], es: usize, c: ConvSpec) -> Vec<u8> {
-    let g = c.s;
-    let mut out = vec![0u8; bytes.len()];
-    for k in 0..c.k {
-        let (j, p) = (k / g, k % g);
-        for ic in 0..c.ic {
-            for oc in 0..c.oc {
-                let src = (oc * c.ic * c.k + ic * c.k + k) * es;
-                let dst = (j * c.ic * g * c.oc + oc * c.ic * g + p * c.ic + ic) * es;
-                out[dst..dst + es].copy_from_slice(&bytes[src..src + es]);
-            }
-        }
+/// A conv weight's bytes (elements of `es` bytes) gathered in `order`.
+fn gather_bytes(bytes: &[u8], es: usize, order: impl Iterator<Item = usize>) -> Vec<u8> {
+    match es {
+        2 => gather(bytes.as_chunks::<2>().0, order).into_flattened(),
+        4 => gather(bytes.as_chunks::<4>().0, order).into_flattened(),
+        _ => unreachable!("f32 or f16 elements"),
     }
-    out
-}
-
-/// Re-lays a transposed-conv weight (ggml [K, OC, IC], K = 2s) out as two matrices of
-/// [IC, s·OC]: the first gives output samples t·s + j of input t, the second those of the
-/// next input's span (t+1)·s + j.
-fn conv_transpose_halves(bytes: &[u8], es: usize, c: ConvSpec) -> Vec<u8> {
-    let s = c.s;
-    let mut out = vec![0u8; bytes.len()];
-    for h in 0..2 {
-        for j in 0..s {
-            for oc in 0..c.oc {
-                for ic in 0..c.ic {
-                    let src = (ic * c.oc * c.k + oc * c.k + h * s + j) * es;
-                    let dst = (h * c.ic * s * c.oc + (j * c.oc + oc) * c.ic + ic) * es;
-                    out[dst..dst + es].copy_from_slice(&bytes[src..src + es]);
-                }
-            }
-        }
-    }
-    out
 }
 
 /// Declares conv `name`'s weight, re-laid-out for the graphs (`{name}.taps` or
-/// `{name}.halves`), and its bias if it has one.
+/// `{name}.halves`), and its bias if it has one. A file converted at a quantized Mimi type
+/// holds the re-laid-out matrices themselves (quantized blocks cannot be re-laid-out); an f32
+/// or f16 file holds the checkpoint's `{name}.weight`, re-laid-out here.
 pub(super) fn declare_conv(
     wb: &mut WeightsBuilder,
     label: &str,
     name: &str,
-    c: ConvSpec,
+    c: Conv,
     transposed: bool,
     bias: bool,
+) -> Result<()> {
+    let i = |v: usize| v as i64;
+    let (relaid, ne) = if transposed {
+        (format!("{name}.{HALVES}"), c.halves_ne())
+    } else {
+        (format!("{name}.{TAPS}"), c.taps_ne())
+    };
+    if name != FIRST_CONV && wb.gguf().tensor(&relaid).is_some() {
+        wb.tensor(&relaid, &ne.map(|d| d as i64))?;
+    } else {
+        declare_relaid(wb, label, name, c, transposed)?;
+    }
+    if bias {
+        wb.tensor(&format!("{name}.bias"), &[i(c.oc)])?;
+    }
+    Ok(())
+}
+
+/// Declares `{name}.taps` or `{name}.halves` re-laid-out from the file's `{name}.weight`.
+fn declare_relaid(
+    wb: &mut WeightsBuilder,
+    label: &str,
+    name: &str,
+    c: Conv,
+    transposed: bool,
 ) -> Result<()> {
     let i = |v: usize| v as i64;
     let wname = format!("{name}.weight");
@@ -249,14 +240,10 @@ pub(super) fn declare_conv(
     );
     let es = ty.block_bytes() as usize;
     if transposed {
-        let out = conv_transpose_halves(bytes, es, c);
-        wb.host(
-            &format!("{name}.halves"),
-            ty.id(),
-            &[i(c.ic), i(c.s * c.oc), 2],
-            out,
-        );
-    } else if name == "enc.0" {
+        let out = gather_bytes(bytes, es, c.halves_order());
+        let ne = c.halves_ne().map(|d| d as i64);
+        wb.host(&format!("{name}.{HALVES}"), ty.id(), &ne, out);
+    } else if name == FIRST_CONV {
         // One input channel: a zero tap in front, unfolded by im2col.
         let mut out = vec![0u8; es * FIRST_CONV_TAPS * c.oc];
         for oc in 0..c.oc {
@@ -264,22 +251,15 @@ pub(super) fn declare_conv(
             out[dst..dst + c.k * es].copy_from_slice(&bytes[oc * c.k * es..(oc + 1) * c.k * es]);
         }
         wb.host(
-            &format!("{name}.taps"),
+            &format!("{name}.{TAPS}"),
             ty.id(),
             &[i(FIRST_CONV_TAPS), 1, i(c.oc)],
             out,
         );
     } else {
-        let out = conv_taps(bytes, es, c);
-        wb.host(
-            &format!("{name}.taps"),
-            ty.id(),
-            &[i(c.ic * c.s), i(c.oc), i(c.k / c.s)],
-            out,
-        );
-    }
-    if bias {
-        wb.tensor(&format!("{name}.bias"), &[i(c.oc)])?;
+        let out = gather_bytes(bytes, es, c.taps_order());
+        let ne = c.taps_ne().map(|d| d as i64);
+        wb.host(&format!("{name}.{TAPS}"), ty.id(), &ne, out);
     }
     Ok(())
 }
@@ -304,7 +284,7 @@ impl Builder<'_> {
     /// The SEANet encoder: 24 kHz samples ([1, L]) → the 25 Hz latent ([512, L/960]).
     pub(super) fn seanet_encoder(&mut self, pcm: T) -> T {
         let convs = enc_convs();
-        let mut h = self.first_conv(pcm, "enc.0", convs[0].1);
+        let mut h = self.first_conv(pcm, FIRST_CONV, convs[0].1);
         let mut dim = N_FILTERS;
         for (i, &r) in RATIOS.iter().rev().enumerate() {
             let n_ = ENC_RES[i];
@@ -313,7 +293,7 @@ impl Builder<'_> {
             h = self.conv(
                 h,
                 &format!("enc.{}", n_ + 2),
-                ConvSpec {
+                Conv {
                     k: 2 * r,
                     s: r,
                     ic: dim,
@@ -326,7 +306,7 @@ impl Builder<'_> {
         self.conv(
             h,
             "enc.14",
-            ConvSpec {
+            Conv {
                 k: LAST_KERNEL,
                 s: 1,
                 ic: dim,
@@ -346,7 +326,7 @@ impl Builder<'_> {
             h = self.conv_transpose(
                 h,
                 &format!("dec.{n_}"),
-                ConvSpec {
+                Conv {
                     k: 2 * r,
                     s: r,
                     ic: dim,
@@ -360,7 +340,7 @@ impl Builder<'_> {
         self.conv(
             h,
             "dec.14",
-            ConvSpec {
+            Conv {
                 k: LAST_KERNEL,
                 s: 1,
                 ic: dim,
@@ -372,7 +352,7 @@ impl Builder<'_> {
     /// Causal conv of `x` ([IC, L]) → [OC, L/s], with left context from the state or given.
     /// A stride-s conv with K = n·s taps is n matmuls over the signal viewed as [IC·s, ·]
     /// (each column a block of s samples), shifted by one block each.
-    pub(super) fn conv_left(&mut self, x: T, name: &str, c: ConvSpec, left: Option<(T, T)>) -> T {
+    pub(super) fn conv_left(&mut self, x: T, name: &str, c: Conv, left: Option<(T, T)>) -> T {
         let g = self.g;
         let l = x.ne()[1] as usize;
         let xc = match left {
@@ -381,7 +361,7 @@ impl Builder<'_> {
         };
         let blocks = xc.ne()[1] as usize / c.s;
         let xr = g.reshape(xc, &[(c.ic * c.s) as i64, blocks as i64]);
-        let taps = self.w.get(&format!("{name}.taps"));
+        let taps = self.w.get(&format!("{name}.{TAPS}"));
         let row = c.ic * c.s;
         let mut y: Option<T> = None;
         for j in 0..c.k / c.s {
@@ -406,7 +386,7 @@ impl Builder<'_> {
         y.expect("at least one tap")
     }
 
-    fn conv(&mut self, x: T, name: &str, c: ConvSpec) -> T {
+    fn conv(&mut self, x: T, name: &str, c: Conv) -> T {
         let left = (c.k > c.s).then(|| (self.s.get(name), self.s.get(name)));
         let y = self.conv_left(x, name, c, left);
         self.bias(y, name, c.oc)
@@ -418,11 +398,11 @@ impl Builder<'_> {
     }
 
     /// The one-channel input conv: unfolded by im2col (8 taps, the first zero).
-    fn first_conv(&mut self, x: T, name: &str, c: ConvSpec) -> T {
+    fn first_conv(&mut self, x: T, name: &str, c: Conv) -> T {
         let g = self.g;
         let st = self.s.get(name);
         let xc = self.with_context(x, st, st);
-        let taps = self.w.get(&format!("{name}.taps"));
+        let taps = self.w.get(&format!("{name}.{TAPS}"));
         let signal = g.reshape(xc, &[xc.ne()[1], 1]);
         let cols = g.im2col_1d(taps, signal, 1, ggml::F32);
         let y = g.mul_mat(
@@ -447,7 +427,7 @@ impl Builder<'_> {
         let h = self.conv(
             h,
             &format!("{name}.b1"),
-            ConvSpec {
+            Conv {
                 k: RESIDUAL_KERNEL,
                 s: 1,
                 ic: dim,
@@ -458,7 +438,7 @@ impl Builder<'_> {
         let h = self.conv(
             h,
             &format!("{name}.b3"),
-            ConvSpec {
+            Conv {
                 k: 1,
                 s: 1,
                 ic: dim / COMPRESS,
@@ -471,10 +451,10 @@ impl Builder<'_> {
     /// Streaming transposed conv (K = 2s) of `x` ([IC, L]) → [OC, L·s]. Input t contributes
     /// `a` to outputs t·s.. and `b` to the next span (t+1)·s..; the `b` of the last input is
     /// held back for the next call.
-    fn conv_transpose(&mut self, x: T, name: &str, c: ConvSpec) -> T {
+    fn conv_transpose(&mut self, x: T, name: &str, c: Conv) -> T {
         let g = self.g;
         let l = x.ne()[1];
-        let halves = self.w.get(&format!("{name}.halves"));
+        let halves = self.w.get(&format!("{name}.{HALVES}"));
         let half = |h: usize| {
             let w = g.view(
                 halves,
