@@ -524,7 +524,7 @@ fn run(cli: Cli) -> Result<()> {
                 seed,
             })?;
             println!(
-                "selftest: {backend} against {reference}, {steps} steps, f32 weights, seed {seed}"
+                "selftest: {backend} against {reference}, {steps} steps, f32, q8_0, q4_k and q3_k weights, seed {seed}"
             );
             for c in &checks {
                 println!("{c}");
