@@ -21,14 +21,16 @@ if [ "${1:-}" = --paths ]; then
   shift
 fi
 if [ "${1:-}" = --covers ]; then
-  # --covers NAME DEPFILE: every repository file DEPFILE names is among NAME's inputs.
+  # --covers NAME DEPFILE [ROOT]: every repository file DEPFILE names (under ROOT, where
+  # the build saw the repository; default here) is among NAME's inputs.
   shift
   name=$1 dep=$2
-  root=$(pwd -P)
+  root=${3:-$(pwd -P)}
   covered=$("$0" --paths "$name")
   # A .d file: "target: dep dep ..." with spaces in names escaped as "\ ".
   missing=$(sed -e 's/\\ /\x01/g' "$dep" | tr ' ' '\n' | sed -e 's/\x01/ /g' -e 's/:$//' |
-    grep "^$root/" | sed "s|^$root/||" | grep -v '^target/' | sort -u |
+    grep "^$root/" | sed "s|^$root/||" | grep -v '^target/' |
+    while IFS= read -r f; do realpath -ms --relative-to=/r "/r/$f"; done | sort -u |
     grep -vxF -f <(echo "$covered") || true)
   if [ -n "$missing" ]; then
     echo "inputs: files in $dep that tests/gpu/inputs.sh $name does not cover:" >&2
