@@ -134,9 +134,15 @@ t1=$(date +%s)
 cargo_in_root build --release --locked --target "$triple" -p flm-edge --bin flm-edge -p flm-testkit --bin flm-testkit 2>&1 |
   grep -vE '^\s+(Compiling|Downloaded|Downloading) ' >&2 || fail "cargo build --target $triple"
 # The echo canceller's tests: the library's unit tests and tests/echo_alloc.rs.
+# The test executables among cargo's artifacts (not the binary the integration test runs).
 tests=$(cargo_in_root test --release --locked --target "$triple" -p flm-edge --lib --test echo_alloc --no-run \
-  --message-format=json 2>/dev/null | grep -o '"executable":"[^"]*"' | cut -d'"' -f4) ||
-  fail "cargo test --no-run --target $triple"
+  --message-format=json 2>/dev/null | python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
+        print(m["executable"])') || fail "cargo test --no-run --target $triple"
+[ "$(wc -w <<<"$tests")" = 2 ] || fail "expected two test executables (the library's, echo_alloc), got: $tests"
 echo "aarch64-build: cross build in $(($(date +%s) - t1)) s"
 # The digest CI compares covers every file of ours the binary was built from.
 tests/gpu/inputs.sh --covers aarch64 "$root/build/target/$triple/release/flm-edge.d" /build/src ||
