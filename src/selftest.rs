@@ -6,9 +6,17 @@
 //!
 //! - Mimi: a streaming encode of a synthetic 4 s voice-like clip, and a decode of the
 //!   reference's codes;
-//! - the step engine: `steps` greedy steps fed with the reference's codes.
+//! - the step engine: `steps` greedy steps fed with the reference's codes;
+//! - the same steps with the quantized types of the board profiles (q8_0 on AGX Orin, q4_k
+//!   on Orin NX, q3_k on Orin Nano), converted from the same checkpoint: the device is
+//!   teacher-forced with the reference's choices, so that both compute every step from the
+//!   same inputs, and compared with the CPU at the same type.
 //!
-//! Each check is one line with its bound; the exit status says whether all held.
+//! Each check is one line with its bound; the exit status says whether all held. The first
+//! names the device that did each side's work (ggml's names of the backends Mimi and the
+//! depth transformer ran on, and the backbone's layers on the device): a device under test
+//! whose work ran where the reference's did fails, unless the same device was asked for on
+//! both sides (a check of the self-test itself).
 //!
 //! The bounds are what another summation order allows on f32 weights. A different device
 //! adds up the same products in another order (f32 rounding, some 1e-6 relative): a Mimi
@@ -16,6 +24,14 @@
 //! GPU, 99.8 % of codes equal the CPU's and the decode is 62 dB apart), text logits of order
 //! 1-4 move by some 1e-5, and greedy choices, whose margins on this model are mostly above
 //! 1e-2, do not change. A broken kernel moves all of these by orders of magnitude.
+//!
+//! Quantized weights are multiplied with activations quantized to 8 bits on both sides, but
+//! each backend quantizes them its own way (the CPU to q8_K or q8_0 blocks, CUDA to q8_1,
+//! Vulkan in f16 or integer dot products): logits move by some 1e-2 (on Mesa's software GPU,
+//! q8_0 decisions of margin up to 0.043 flipped against the CPU's, tests/vulkan.rs). So: text
+//! logits within 0.1, no text decision whose margin in the reference is 0.1 or more changed,
+//! and 80 % of the audio codes equal (the depth transformer's near-ties flip; a broken
+//! kernel leaves almost none equal: 1 in 2048 by chance).
 
 use std::path::Path;
 
@@ -24,6 +40,8 @@ use flm_conversion::model_files::MIMI_FILE;
 use flm_conversion::{ConvertOptions, MimiDtype, Quant};
 use flm_kernels::device::Device;
 use flm_kernels::mimi::{FRAME, Mimi};
+
+use crate::serve::abort::{self, Stage};
 
 use crate::engine::{Engine, EngineOptions, Sampling, SamplingOverrides};
 use crate::model_dir::ModelDir;
@@ -66,25 +84,38 @@ pub const CODES_EQUAL_MIN: f64 = 0.99;
 pub const DECODE_SNR_MIN_DB: f64 = 50.0;
 /// Largest difference of a text logit (logits are of order 1-4).
 pub const LOGIT_DIFF_MAX: f32 = 1e-3;
+/// The quantized types of the board profiles (boards/jetson-*.toml).
+pub const PROFILE_QUANTS: [Quant; 3] = [Quant::Q8_0, Quant::Q4K, Quant::Q3K];
+/// Quantized weights: largest difference of a text logit against the CPU at the same type.
+pub const QUANT_LOGIT_DIFF_MAX: f32 = 0.1;
+/// Quantized weights: a text decision whose margin in the reference (its best logit less
+/// the second) is at least this must not change.
+pub const QUANT_MARGIN_KEPT: f32 = 0.1;
+/// Quantized weights: fraction of audio codes equal to the reference's.
+pub const QUANT_AUDIO_EQUAL_MIN: f64 = 0.8;
 
-/// Writes the seeded checkpoints under `work` and converts them to f32; returns the model
-/// folder.
-fn make_model(work: &Path, seed: u64) -> Result<std::path::PathBuf> {
-    let lm = work.join("checkpoint");
-    let mimi = work.join("mimi.safetensors");
-    let out = work.join("model");
-    flm_testkit::write_lm(&lm, &flm_testkit::LmSpec::tiny(), seed)
+/// Writes the seeded checkpoints under `work`.
+fn make_checkpoints(work: &Path, seed: u64) -> Result<()> {
+    flm_testkit::write_lm(&work.join("checkpoint"), &flm_testkit::LmSpec::tiny(), seed)
         .context("selftest: writing the seeded language model")?;
-    flm_testkit::write_mimi(&mimi, seed).context("selftest: writing the seeded Mimi")?;
+    flm_testkit::write_mimi(&work.join("mimi.safetensors"), seed)
+        .context("selftest: writing the seeded Mimi")?;
+    Ok(())
+}
+
+/// Converts the checkpoints of `work` at `quant` (Mimi f32); returns the model folder.
+fn convert(work: &Path, quant: Quant) -> Result<std::path::PathBuf> {
+    let out = work.join(format!("model-{quant}"));
     flm_conversion::convert(ConvertOptions {
-        lm_dir: lm,
-        mimi,
+        lm_dir: work.join("checkpoint"),
+        mimi: work.join("mimi.safetensors"),
         out_dir: out.clone(),
-        quant: Quant::F32,
+        quant,
         mimi_dtype: MimiDtype::F32,
         force: false,
         log: &mut |_| {},
-    })?;
+    })
+    .with_context(|| format!("selftest: converting the test model at {quant}"))?;
     Ok(out)
 }
 
@@ -134,6 +165,7 @@ fn mimi_round(mimi: &mut Mimi, pcm: &[f32], codes: Option<&[i32]>) -> Result<(Ve
     }
     let codes = codes.unwrap_or(&own);
     let mut decoded = vec![0f32; frames * FRAME];
+    abort::at(None, Stage::SelftestMimi);
     for (f, out) in decoded.chunks_exact_mut(FRAME).enumerate() {
         mimi.decode(&codes[f * CODEBOOKS..(f + 1) * CODEBOOKS], out)?;
     }
@@ -143,13 +175,25 @@ fn mimi_round(mimi: &mut Mimi, pcm: &[f32], codes: Option<&[i32]>) -> Result<(Ve
 /// What one step chose: the text token, then the 8 speaking codes.
 type Choice = [i32; 1 + CODEBOOKS];
 
-/// What `steps` greedy steps chose and their raw text logits.
-fn greedy_steps(
+/// What a side's steps chose, their raw text logits, and where they ran.
+struct Steps {
+    tokens: Vec<Choice>,
+    logits: Vec<Vec<f32>>,
+    /// ggml's name of the backend of the depth transformer ("CPU", "CUDA0", ...).
+    device: String,
+    /// The backbone's layers on a device, of how many (None: all on the CPU).
+    offloaded: Option<(u32, u32)>,
+}
+
+/// `codes.len() / 8` greedy steps fed with the user's `codes`; with `forced`, each step
+/// continues with the reference's choices instead of its own (teacher forcing).
+fn run_steps(
     model: &ModelDir,
     device: Device,
     threads: usize,
     codes: &[i32],
-) -> Result<(Vec<Choice>, Vec<Vec<f32>>)> {
+    forced: Option<&[Choice]>,
+) -> Result<Steps> {
     let sampling = Sampling::for_model(
         model,
         &SamplingOverrides::default(),
@@ -173,45 +217,202 @@ fn greedy_steps(
     let mut logits = vec![];
     for (t, user) in codes.chunks_exact(CODEBOOKS).enumerate() {
         let user: &[i32; CODEBOOKS] = user.try_into().expect("chunk of CODEBOOKS");
-        let out = engine
-            .step(user)
-            .with_context(|| format!("{device}: step {t}"))?;
+        abort::at(Some(t as u64), Stage::SelftestSteps);
+        let out = match forced {
+            Some(f) => engine.step_forced(user, &f[t]),
+            None => engine.step(user),
+        }
+        .with_context(|| format!("{device}: step {t}"))?;
         let mut chosen: Choice = [0; 1 + CODEBOOKS];
         chosen[0] = out.text;
         chosen[1..].copy_from_slice(&out.audio);
         tokens.push(chosen);
         logits.push(engine.backbone().logits()?.to_vec());
     }
-    Ok((tokens, logits))
+    Ok(Steps {
+        tokens,
+        logits,
+        device: engine.device_name(),
+        offloaded: engine.backbone().placement().offloaded,
+    })
 }
 
 pub fn selftest(opts: &SelftestOptions) -> Result<Vec<Check>> {
     opts.device.check()?;
     opts.reference.check()?;
+    abort::install();
     let work = tempfile::Builder::new()
         .prefix("flm-edge-selftest-")
         .tempdir()
         .context("selftest: cannot make a temporary folder")?;
-    let dir = make_model(work.path(), opts.seed)?;
+    make_checkpoints(work.path(), opts.seed)?;
+    let dir = convert(work.path(), Quant::F32)?;
     let model = ModelDir::open(&dir)?;
     let pcm = clip(opts.steps.max(1));
-    let mut checks = vec![];
 
-    let (ref_codes, ref_decoded) = {
+    abort::at(None, Stage::SelftestMimi);
+    let (ref_codes, ref_decoded, ref_mimi) = {
         let mut mimi = Mimi::load(&model.path(MIMI_FILE), opts.reference, opts.threads)?;
-        mimi_round(&mut mimi, &pcm, None)?
+        let (c, d) = mimi_round(&mut mimi, &pcm, None)?;
+        (c, d, mimi.backend_name())
     };
-    let (codes, decoded) = {
+    let (codes, decoded, mimi_device) = {
         let mut mimi = Mimi::load(&model.path(MIMI_FILE), opts.device, opts.threads)?;
-        mimi_round(&mut mimi, &pcm, Some(&ref_codes))?
+        let (c, d) = mimi_round(&mut mimi, &pcm, Some(&ref_codes))?;
+        (c, d, mimi.backend_name())
     };
+    let reference = run_steps(&model, opts.reference, opts.threads, &ref_codes, None)?;
+    let tested = run_steps(&model, opts.device, opts.threads, &ref_codes, None)?;
+    let mut checks = vec![devices_check(
+        opts,
+        [&mimi_device, &tested.device],
+        tested.offloaded,
+        [&ref_mimi, &reference.device],
+    )];
     checks.push(codes_check(&codes, &ref_codes));
     checks.push(decode_check(&decoded, &ref_decoded));
+    checks.extend(step_checks(
+        &tested.tokens,
+        &reference.tokens,
+        &tested.logits,
+        &reference.logits,
+    ));
 
-    let (ref_tokens, ref_logits) = greedy_steps(&model, opts.reference, opts.threads, &ref_codes)?;
-    let (tokens, logits) = greedy_steps(&model, opts.device, opts.threads, &ref_codes)?;
-    checks.extend(step_checks(&tokens, &ref_tokens, &logits, &ref_logits));
+    for quant in PROFILE_QUANTS {
+        let dir = convert(work.path(), quant)?;
+        let model = ModelDir::open(&dir)?;
+        let reference = run_steps(&model, opts.reference, opts.threads, &ref_codes, None)?;
+        let tested = run_steps(
+            &model,
+            opts.device,
+            opts.threads,
+            &ref_codes,
+            Some(&reference.tokens),
+        )?;
+        checks.extend(quant_checks(quant, &tested, &reference));
+        std::fs::remove_dir_all(&dir).ok();
+    }
     Ok(checks)
+}
+
+/// Which device did each side's work; fails when the device under test ran where the
+/// reference did though another was asked for (a backend that fell back to the CPU).
+fn devices_check(
+    opts: &SelftestOptions,
+    [mimi, steps]: [&str; 2],
+    offloaded: Option<(u32, u32)>,
+    [ref_mimi, ref_steps]: [&str; 2],
+) -> Check {
+    let layers = match offloaded {
+        Some((n, of)) => format!(", backbone {n}/{of} layers"),
+        None => String::new(),
+    };
+    let value = format!(
+        "{}: Mimi {mimi}, steps {steps}{layers}; {}: Mimi {ref_mimi}, steps {ref_steps}",
+        opts.device, opts.reference
+    );
+    if opts.device == opts.reference {
+        return Check {
+            name: "devices",
+            value,
+            bound: "the same device on both sides, as asked (a check of the self-test, not of a device)".into(),
+            pass: true,
+        };
+    }
+    let on_device = |n: &str| n != ref_mimi && n != ref_steps;
+    let backbone_on_device = match offloaded {
+        Some((n, of)) => n == of && of > 0,
+        None => steps == "CPU" && ref_steps != "CPU",
+    };
+    Check {
+        name: "devices",
+        value,
+        bound: "the device under test did its side's work: not where the reference's ran, every backbone layer on it".into(),
+        pass: on_device(mimi) && on_device(steps) && backbone_on_device,
+    }
+}
+
+/// A quantized type's checks: the device teacher-forced with the reference's choices.
+fn quant_checks(quant: Quant, tested: &Steps, reference: &Steps) -> [Check; 2] {
+    let n = reference.tokens.len();
+    let mut diff = 0f32;
+    let mut kept = (0, 0); // text decisions of margin >= QUANT_MARGIN_KEPT: (unchanged, all)
+    let mut worst_flip = 0f32;
+    let mut audio_equal = 0;
+    for t in 0..n.min(tested.tokens.len()) {
+        let (a, b) = (&tested.logits[t], &reference.logits[t]);
+        for (x, y) in a.iter().zip(b) {
+            let d = (x - y).abs();
+            diff = if d.is_nan() {
+                f32::INFINITY
+            } else {
+                diff.max(d)
+            };
+        }
+        let margin = margin(b);
+        let same_text = tested.tokens[t][0] == reference.tokens[t][0];
+        if !same_text {
+            worst_flip = worst_flip.max(margin);
+        }
+        if margin >= QUANT_MARGIN_KEPT {
+            kept.1 += 1;
+            kept.0 += same_text as usize;
+        }
+        audio_equal += (1..=CODEBOOKS)
+            .filter(|&k| tested.tokens[t][k] == reference.tokens[t][k])
+            .count();
+    }
+    let audio = audio_equal as f64 / (n * CODEBOOKS).max(1) as f64;
+    let name = |what: &str| -> &'static str {
+        // The names of the checks of the three profile types, written out once.
+        match (quant, what) {
+            (Quant::Q8_0, "logits") => "q8_0: text logits against the CPU's, largest difference",
+            (Quant::Q8_0, _) => "q8_0: tokens equal the CPU's (teacher-forced)",
+            (Quant::Q4K, "logits") => "q4_k: text logits against the CPU's, largest difference",
+            (Quant::Q4K, _) => "q4_k: tokens equal the CPU's (teacher-forced)",
+            (Quant::Q3K, "logits") => "q3_k: text logits against the CPU's, largest difference",
+            (Quant::Q3K, _) => "q3_k: tokens equal the CPU's (teacher-forced)",
+            (_, "logits") => "quantized: text logits against the CPU's, largest difference",
+            _ => "quantized: tokens equal the CPU's (teacher-forced)",
+        }
+    };
+    [
+        Check {
+            name: name("logits"),
+            value: format!("{diff:.2e} over {n} steps"),
+            bound: format!("≤ {QUANT_LOGIT_DIFF_MAX}"),
+            pass: tested.tokens.len() == n && diff <= QUANT_LOGIT_DIFF_MAX,
+        },
+        Check {
+            name: name("tokens"),
+            value: format!(
+                "text: {} of {} decisions of margin ≥ {QUANT_MARGIN_KEPT} (largest margin changed {worst_flip:.3}); audio: {:.1} % of {}",
+                kept.0,
+                kept.1,
+                100.0 * audio,
+                n * CODEBOOKS
+            ),
+            bound: format!(
+                "every text decision of margin ≥ {QUANT_MARGIN_KEPT}, audio ≥ {} %",
+                100.0 * QUANT_AUDIO_EQUAL_MIN
+            ),
+            pass: tested.tokens.len() == n && kept.0 == kept.1 && audio >= QUANT_AUDIO_EQUAL_MIN,
+        },
+    ]
+}
+
+/// The best logit less the second best.
+fn margin(logits: &[f32]) -> f32 {
+    let (mut a, mut b) = (f32::NEG_INFINITY, f32::NEG_INFINITY);
+    for &x in logits {
+        if x > a {
+            b = a;
+            a = x;
+        } else if x > b {
+            b = x;
+        }
+    }
+    a - b
 }
 
 fn codes_check(codes: &[i32], reference: &[i32]) -> Check {
@@ -326,6 +527,84 @@ mod tests {
         assert!(!step_checks(&toks, &toks, &off, &logits)[1].pass);
         off[1][2] = f32::NAN;
         assert!(!step_checks(&toks, &toks, &off, &logits)[1].pass);
+    }
+
+    fn steps(tokens: Vec<Choice>, logits: Vec<Vec<f32>>, device: &str) -> Steps {
+        Steps {
+            tokens,
+            logits,
+            device: device.into(),
+            offloaded: None,
+        }
+    }
+
+    #[test]
+    fn quantized_checks_fail_beyond_their_bounds() {
+        // Two steps; the reference's text margins are 1.0 and 0.05.
+        let logits = vec![vec![3.0, 2.0, 0.0], vec![1.0, 0.95, 0.0]];
+        let toks: Vec<Choice> = vec![[0, 1, 2, 3, 4, 5, 6, 7, 8], [0, 1, 2, 3, 4, 5, 6, 7, 8]];
+        let reference = steps(toks.clone(), logits.clone(), "CPU");
+        let same = steps(toks.clone(), logits.clone(), "CUDA0");
+        assert!(
+            quant_checks(Quant::Q4K, &same, &reference)
+                .iter()
+                .all(|c| c.pass)
+        );
+        // Logits 0.08 apart and the near-tie's text flipped: within the bounds.
+        let mut near = steps(toks.clone(), logits.clone(), "CUDA0");
+        near.logits[1][1] += 0.08;
+        near.tokens[1][0] = 1;
+        let [l, t] = quant_checks(Quant::Q3K, &near, &reference);
+        assert!(l.pass && t.pass, "{l} / {t}");
+        assert!(t.value.contains("largest margin changed 0.050"), "{t}");
+        // The clear decision flipped: fails.
+        let mut flipped = steps(toks.clone(), logits.clone(), "CUDA0");
+        flipped.tokens[0][0] = 1;
+        assert!(!quant_checks(Quant::Q8_0, &flipped, &reference)[1].pass);
+        // 3 audio codes of 16 differ (81 %): passes; 4 (75 %): fails.
+        let mut audio = steps(toks.clone(), logits.clone(), "CUDA0");
+        for k in 1..=3 {
+            audio.tokens[0][k] = 99;
+        }
+        assert!(quant_checks(Quant::Q8_0, &audio, &reference)[1].pass);
+        audio.tokens[1][1] = 99;
+        assert!(!quant_checks(Quant::Q8_0, &audio, &reference)[1].pass);
+        // A logit 0.2 off, or NaN: fails.
+        let mut off = steps(toks.clone(), logits.clone(), "CUDA0");
+        off.logits[0][2] = 0.2;
+        assert!(!quant_checks(Quant::Q8_0, &off, &reference)[0].pass);
+        off.logits[0][2] = f32::NAN;
+        assert!(!quant_checks(Quant::Q8_0, &off, &reference)[0].pass);
+    }
+
+    #[test]
+    fn the_devices_check_fails_when_the_device_did_not_do_the_work() {
+        let opts = |device: &str| SelftestOptions {
+            device: device.parse().unwrap(),
+            reference: Device::Cpu,
+            steps: 1,
+            threads: 1,
+            seed: 0,
+        };
+        let cpu = ["CPU", "CPU"];
+        let c = devices_check(&opts("cpu"), cpu, None, cpu);
+        assert!(c.pass && c.bound.contains("as asked"), "{c}");
+        assert_eq!(
+            c.value,
+            "cpu: Mimi CPU, steps CPU; cpu: Mimi CPU, steps CPU"
+        );
+        let gpu = ["CUDA0", "CUDA0"];
+        let c = devices_check(&opts("gpu"), gpu, Some((3, 3)), cpu);
+        assert!(c.pass, "{c}");
+        assert_eq!(
+            c.value,
+            "gpu: Mimi CUDA0, steps CUDA0, backbone 3/3 layers; cpu: Mimi CPU, steps CPU"
+        );
+        // The GPU asked for, the work done on the CPU: fails.
+        assert!(!devices_check(&opts("gpu"), cpu, None, cpu).pass);
+        assert!(!devices_check(&opts("gpu"), ["CUDA0", "CPU"], Some((3, 3)), cpu).pass);
+        // The backbone only partly on the device: fails.
+        assert!(!devices_check(&opts("gpu"), gpu, Some((1, 3)), cpu).pass);
     }
 
     #[test]

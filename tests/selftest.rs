@@ -33,14 +33,27 @@ fn selftest_on_the_cpu_passes_every_check() {
         .lines()
         .filter(|l| l.starts_with("ok ") || l.starts_with("FAIL"))
         .collect();
-    assert_eq!(checks.len(), 4, "{stdout}");
+    // The devices, Mimi's two, the f32 steps' two, two for each of q8_0, q4_k and q3_k.
+    assert_eq!(checks.len(), 11, "{stdout}");
     assert!(checks.iter().all(|l| l.starts_with("ok ")), "{stdout}");
     // The same device on both sides computes the same numbers.
     assert!(stdout.contains("100.00 % of 96"), "{stdout}");
     assert!(stdout.contains("12 of 12 steps"), "{stdout}");
     assert!(stdout.contains("0.00e0 over 12 steps"), "{stdout}");
     assert!(
-        stdout.ends_with("selftest: all 4 checks passed\n"),
+        stdout.contains("ok   devices: cpu: Mimi CPU, steps CPU; cpu: Mimi CPU, steps CPU"),
+        "{stdout}"
+    );
+    for q in ["q8_0", "q4_k", "q3_k"] {
+        assert!(
+            stdout.contains(&format!(
+                "ok   {q}: text logits against the CPU's, largest difference: 0.00e0"
+            )),
+            "{stdout}"
+        );
+    }
+    assert!(
+        stdout.ends_with("selftest: all 11 checks passed\n"),
         "{stdout}"
     );
 }

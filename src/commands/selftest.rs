@@ -34,7 +34,9 @@ pub fn exec(a: Args) -> Result<()> {
         seed: a.seed,
     })?;
     let (backend, reference, steps, seed) = (a.backend, a.reference, a.steps, a.seed);
-    println!("selftest: {backend} against {reference}, {steps} steps, f32 weights, seed {seed}");
+    println!(
+        "selftest: {backend} against {reference}, {steps} steps, f32, q8_0, q4_k and q3_k weights, seed {seed}"
+    );
     for c in &checks {
         println!("{c}");
     }

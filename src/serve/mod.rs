@@ -2,14 +2,17 @@
 //! then runs the real-time pipeline between the ALSA devices (or, for evaluation, a WAV file
 //! replayed at real-time pace) until SIGTERM; SIGHUP reloads the configuration.
 
+pub mod abort;
 pub mod alsa_io;
 pub mod clock_match;
 pub mod conversation;
 pub mod device;
 pub mod echo_path;
 pub mod file_io;
+pub mod jetson;
 pub mod metrics;
 pub mod network_io;
+pub mod page_cache;
 pub mod pipeline;
 pub mod realtime;
 pub mod resample;
@@ -21,7 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use flm_conversion::model_files::{AUDIO_FILE, MIMI_FILE, audio_keys};
+use flm_conversion::model_files::{AUDIO_FILE, BACKBONE_FILE, MIMI_FILE, audio_keys};
 use flm_kernels::mimi::Mimi;
 use sd_notify::NotifyState;
 
@@ -121,6 +124,16 @@ pub fn load_model(cfg: &Config) -> Result<Model> {
     mimi.decode(&codes, &mut pcm)?;
     mimi.reset();
     engine.reset();
+    // The weights are where they will be read from: the files' other cached pages go (on a
+    // device, a second copy of the weights in the memory the GPU shares).
+    for f in [BACKBONE_FILE, AUDIO_FILE, MIMI_FILE] {
+        if let Err(e) = page_cache::drop_unmapped(&dir.path(f)) {
+            eprintln!(
+                "warning: {}: page cache not dropped ({e})",
+                dir.path(f).display()
+            );
+        }
+    }
     let c = &cfg.conversation;
     Ok(Model {
         engine,
@@ -247,6 +260,10 @@ pub fn serve(opts: ServeOptions) -> Result<()> {
     // A device that is not there is one line, before the model is read.
     flm_kernels::device::Device::check(cfg.backend.parse()?)?;
     let signals = Signals::register()?;
+    abort::install();
+    abort::at(None, abort::Stage::Load);
+    // On a Jetson: the power mode and whether the clocks are locked (warnings when they scale).
+    jetson::log(Path::new("/"));
     status::notify(&[NotifyState::Status("loading the model")]);
     apply_compute_nice(cfg.compute_nice);
     let t0 = Instant::now();

@@ -391,11 +391,13 @@ fn step_loop(
             frame.pcm.fill(0.0);
         }
         let t0 = Instant::now();
+        super::abort::at(Some(seq), super::abort::Stage::MimiEncode);
         model
             .mimi
             .encode(&frame.pcm, &mut codes)
             .with_context(|| format!("frame {seq}: Mimi encode"))?;
         let t1 = Instant::now();
+        super::abort::at(Some(seq), super::abort::Stage::ModelStep);
         let step = model
             .engine
             .step(&codes)
@@ -405,6 +407,7 @@ fn step_loop(
             Some(f) => {
                 let mut speak = [0i32; 8];
                 speak.copy_from_slice(&f[1..]);
+                super::abort::at(Some(seq), super::abort::Stage::MimiDecode);
                 model
                     .mimi
                     .decode(&speak, &mut out.pcm)

@@ -8,8 +8,13 @@
 # - run with the stub driver (no GPU), every command that takes `--backend` answers
 #   `--backend cuda` with one line and a non-zero exit;
 # - our own cfg(feature = "cuda") code is clippy-clean (CLIPPY=0 skips this).
+# - every file of the repository that cargo lists as an input of the binary (its .d file) is
+#   covered by the digest CI compares (tests/gpu/inputs.sh cuda).
 # Its last line is the path of the binary it built. A pass for sm_87 is recorded in
-# tests/gpu/cuda-build.verified (the digest of the inputs, tests/gpu/cuda-inputs.sh).
+# tests/gpu/cuda-build.verified: the digest of the inputs (tests/gpu/inputs.sh cuda), then
+# evidence of the build: the binary's sha256 and its count of sm_87 device-code images.
+# The build folder is $FLM_EDGE_CACHE/cuda-smXX (default target/; CI keeps it outside the
+# clone, so that a later run rebuilds our crates, not ggml-cuda).
 #
 #   tests/gpu/cuda-build.sh            # Orin (sm_87)
 #   CUDA_ARCH=90 CPU_TARGET=x86-64-v3 tests/gpu/cuda-build.sh   # an H200-class GPU
@@ -23,7 +28,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 arch="${CUDA_ARCH:-87}"
 eval "$(tests/gpu/cuda-toolkit.sh)"
-export CARGO_TARGET_DIR="$PWD/target/cuda-sm$arch${CPU_TARGET:+-$CPU_TARGET}"
+export CARGO_TARGET_DIR="${FLM_EDGE_CACHE:-$PWD/target}/cuda-sm$arch${CPU_TARGET:+-$CPU_TARGET}"
 if [ -n "${CPU_TARGET:-}" ]; then
   # RUSTFLAGS replaces the repository's target-cpu=native (and the toolkit's link flags).
   export RUSTFLAGS="-C target-cpu=$CPU_TARGET $CUDA_LINK_RUSTFLAGS"
@@ -31,11 +36,15 @@ fi
 export CMAKE_CUDA_ARCHITECTURES="$arch"
 export GGML_CUDA_FA=OFF
 t0=$(date +%s)
-cargo build --release --features cuda --bin flm-edge
+cargo build --release --locked --features cuda --bin flm-edge
 bin="$CARGO_TARGET_DIR/release/flm-edge"
 echo "cuda-build: built in $(($(date +%s) - t0)) s for sm_$arch"
 
 fail() { echo "cuda-build: FAIL: $*" >&2; exit 1; }
+
+# The digest CI compares covers every file of ours the binary was built from.
+tests/gpu/inputs.sh --covers cuda "$bin.d" || fail "tests/gpu/inputs.sh cuda misses inputs of the binary"
+echo "cuda-build: every input of the binary in cargo's list is in tests/gpu/inputs.sh cuda"
 
 # Links and loads: everything resolves but the driver.
 missing=$(LD_LIBRARY_PATH="$CUDA_TOOLKIT/lib" ldd "$bin" | awk '/not found/ { print $1 }')
@@ -94,7 +103,9 @@ if [ "${CLIPPY:-1}" != 0 ]; then
 fi
 echo "cuda-build: total $(($(date +%s) - t0)) s"
 if [ "$arch" = 87 ] && [ -z "${CPU_TARGET:-}" ]; then
-  # The record CI compares with (tests/gpu/cuda-inputs.sh): these inputs passed.
-  echo "$(tests/gpu/cuda-inputs.sh) sm_87 passed" >tests/gpu/cuda-build.verified
+  # The record CI compares with (its first field, tests/gpu/inputs.sh cuda): these inputs
+  # passed, with this binary (sha256) holding this many sm_87 device-code images.
+  echo "$(tests/gpu/inputs.sh cuda) sm_87 passed binary-sha256=$(sha256sum "$bin" | cut -c1-64) sm_87-images=$n" \
+    >tests/gpu/cuda-build.verified
 fi
 echo "$bin"

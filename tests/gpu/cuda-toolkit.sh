@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Sets up a CUDA 13 toolkit from NVIDIA's PyPI wheels in target/cuda13 (no system change; a
-# second run reuses it) and prints `export` lines for a `cuda` feature build against it:
+# Sets up a CUDA 13 toolkit from NVIDIA's PyPI wheels in $FLM_EDGE_CACHE/cuda13 (default
+# target/cuda13; no system change; a second run reuses it) and prints `export` lines for a `cuda` feature build against it:
 #
 #   eval "$(tests/gpu/cuda-toolkit.sh)"
 #
@@ -17,7 +17,7 @@
 # CUDA 13 targets sm_75 and later: Orin (sm_87) and data-center GPUs (sm_90), not Xavier.
 # Binaries for a Jetson are built on the board with JetPack's toolkit (boards/jetson/build.sh).
 set -euo pipefail
-root="$(cd "$(dirname "$0")/../.." && pwd)/target/cuda13"
+root="${FLM_EDGE_CACHE:-$(cd "$(dirname "$0")/../.." && pwd)/target}/cuda13"
 wheels=(
   nvidia-cuda-nvcc==13.0.88 nvidia-nvvm==13.0.88 nvidia-cuda-crt==13.0.88
   nvidia-cuda-runtime==13.0.96 nvidia-cublas==13.0.2.14 nvidia-cuda-cccl==13.0.85

@@ -9,9 +9,11 @@
 #   x86-64-v3 rather than this machine's CPU (tests/gpu/cuda-build.sh), stripped and
 #   compressed (flm-edge.gz);
 # - flm-testkit, which writes the full-size random model there (no download);
+# - the libraries flm-edge needs besides the driver and cuBLAS that a bare GPU machine may
+#   lack, ALSA's and libgomp (lib/; device-check.sh uses them only where the machine has none);
 # - device-check.sh itself.
 # cuBLAS is linked as a shared library (libcublas.so.13, libcublasLt.so.13): the check finds
-# the GPU machine's own.
+# the GPU machine's own. The folder stays under 56 MiB (the carry limit is 64 MiB in all).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 dir="${1:-.gpu-check}"
@@ -26,8 +28,15 @@ strip -o "$dir/flm-edge" "$bin"
 gzip -9 "$dir/flm-edge"
 strip -o "$dir/flm-testkit" target/x86-64-v3/release/flm-testkit
 cp tests/gpu/device-check.sh "$dir/"
+rm -rf "$dir/lib"
+mkdir -p "$dir/lib"
+for lib in libasound.so.2 libgomp.so.1; do
+  path=$(ldd "$bin" | awk -v l="$lib" '$1 == l { print $3 }')
+  [ -n "$path" ] || { echo "device-prepare: $bin does not link $lib" >&2; exit 1; }
+  cp -L "$path" "$dir/lib/$lib"
+done
 du -sh "$dir"/* | sed 's/^/device-prepare: /'
 total=$(du -sm "$dir" | cut -f1)
-[ "$total" -lt 64 ] || { echo "device-prepare: $dir is $total MiB, over the 64 MiB that can be carried" >&2; exit 1; }
+[ "$total" -lt 56 ] || { echo "device-prepare: $dir is $total MiB, over the 56 MiB it may take" >&2; exit 1; }
 echo "device-prepare: $dir ready ($total MiB, flm-edge for sm_$arch)"
 echo "$dir"
