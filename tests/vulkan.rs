@@ -316,11 +316,16 @@ fn selftest_on_vulkan_passes_every_check() {
         .lines()
         .filter(|l| l.starts_with("ok ") || l.starts_with("FAIL"))
         .collect();
-    assert_eq!(checks.len(), 4, "{stdout}");
+    // The devices, Mimi's two, the f32 steps' two, two for each of q8_0, q4_k and q3_k.
+    assert_eq!(checks.len(), 11, "{stdout}");
     assert!(checks.iter().all(|l| l.starts_with("ok ")), "{stdout}");
     assert!(stdout.contains("20 of 20 steps"), "{stdout}");
     assert!(
-        stdout.ends_with("selftest: all 4 checks passed\n"),
+        stdout.contains("ok   devices: vulkan: Mimi Vulkan0, steps Vulkan0"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.ends_with("selftest: all 11 checks passed\n"),
         "{stdout}"
     );
 }
