@@ -25,13 +25,18 @@
 //! 1-4 move by some 1e-5, and greedy choices, whose margins on this model are mostly above
 //! 1e-2, do not change. A broken kernel moves all of these by orders of magnitude.
 //!
-//! Quantized weights are multiplied with activations quantized to 8 bits on both sides, but
-//! each backend quantizes them its own way (the CPU to q8_K or q8_0 blocks, CUDA to q8_1,
-//! Vulkan in f16 or integer dot products): logits move by some 1e-2 (on Mesa's software GPU,
-//! q8_0 decisions of margin up to 0.043 flipped against the CPU's, tests/vulkan.rs). So: text
-//! logits within 0.1, no text decision whose margin in the reference is 0.1 or more changed,
-//! and 80 % of the audio codes equal (the depth transformer's near-ties flip; a broken
-//! kernel leaves almost none equal: 1 in 2048 by chance).
+//! Quantized weights are multiplied with activations that each backend rounds its own way:
+//! the CPU quantizes them to 8 bits (q8_K or q8_0 blocks), CUDA to q8_1, and Mesa's
+//! software Vulkan, by what it measures, more finely. An 8-bit rounding of every activation moves the
+//! logits as much as q8_0's rounding of the weights does: on the self-test's model (seed 3,
+//! 20 steps, teacher-forced) Vulkan's logits are 0.11 (q8_0), 0.17 (q4_k) and 0.17 (q3_k)
+//! from the CPU's at most, 0.02-0.03 in root mean square, where the weights' own rounding
+//! moves them from f32's by 0.16 (q8_0), 1.0 (q4_k) and 1.7 (q3_k); on q8_0 Vulkan is the
+//! nearer to f32 (0.015 rms against the CPU's 0.025). q8_0 decisions of margin up to 0.043
+//! flip between the two (tests/vulkan.rs). So: text logits within 0.25, no text decision
+//! whose margin in the reference is 0.1 or more changed, and 80 % of the audio codes equal
+//! (the depth transformer's near-ties flip; a broken kernel moves logits by their own size,
+//! about 5, and leaves almost no code equal: 1 in 2048 by chance).
 
 use std::path::Path;
 
@@ -86,8 +91,9 @@ pub const DECODE_SNR_MIN_DB: f64 = 50.0;
 pub const LOGIT_DIFF_MAX: f32 = 1e-3;
 /// The quantized types of the board profiles (boards/jetson-*.toml).
 pub const PROFILE_QUANTS: [Quant; 3] = [Quant::Q8_0, Quant::Q4K, Quant::Q3K];
-/// Quantized weights: largest difference of a text logit against the CPU at the same type.
-pub const QUANT_LOGIT_DIFF_MAX: f32 = 0.1;
+/// Quantized weights: largest difference of a text logit against the CPU at the same type
+/// (one side's 8-bit activations: up to 0.17 measured, see the module's notes).
+pub const QUANT_LOGIT_DIFF_MAX: f32 = 0.25;
 /// Quantized weights: a text decision whose margin in the reference (its best logit less
 /// the second) is at least this must not change.
 pub const QUANT_MARGIN_KEPT: f32 = 0.1;
