@@ -309,9 +309,11 @@ fn devices_check(
     offloaded: Option<(u32, u32)>,
     [ref_mimi, ref_steps]: [&str; 2],
 ) -> Check {
+    // The CPU under test has no layers to offload: a build with a GPU backend still reports
+    // "0/N" for it, which says nothing of the CPU.
     let layers = match offloaded {
-        Some((n, of)) => format!(", backbone {n}/{of} layers"),
-        None => String::new(),
+        Some((n, of)) if opts.device != Device::Cpu => format!(", backbone {n}/{of} layers"),
+        _ => String::new(),
     };
     let value = format!(
         "{}: Mimi {mimi}, steps {steps}{layers}; {}: Mimi {ref_mimi}, steps {ref_steps}",
@@ -556,9 +558,9 @@ mod tests {
                 .iter()
                 .all(|c| c.pass)
         );
-        // Logits 0.08 apart and the near-tie's text flipped: within the bounds.
+        // Logits 0.2 apart and the near-tie's text flipped: within the bounds.
         let mut near = steps(toks.clone(), logits.clone(), "CUDA0");
-        near.logits[1][1] += 0.08;
+        near.logits[1][1] += 0.2;
         near.tokens[1][0] = 1;
         let [l, t] = quant_checks(Quant::Q3K, &near, &reference);
         assert!(l.pass && t.pass, "{l} / {t}");
@@ -575,9 +577,9 @@ mod tests {
         assert!(quant_checks(Quant::Q8_0, &audio, &reference)[1].pass);
         audio.tokens[1][1] = 99;
         assert!(!quant_checks(Quant::Q8_0, &audio, &reference)[1].pass);
-        // A logit 0.2 off, or NaN: fails.
+        // A logit 0.3 off, or NaN: fails.
         let mut off = steps(toks.clone(), logits.clone(), "CUDA0");
-        off.logits[0][2] = 0.2;
+        off.logits[0][2] = 0.3;
         assert!(!quant_checks(Quant::Q8_0, &off, &reference)[0].pass);
         off.logits[0][2] = f32::NAN;
         assert!(!quant_checks(Quant::Q8_0, &off, &reference)[0].pass);
