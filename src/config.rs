@@ -138,6 +138,10 @@ pub struct Server {
     pub max_connections: u32,
     /// A conversation whose client sends nothing for this long is closed.
     pub idle_timeout_s: u32,
+    /// Seconds of a client's audio held ahead of the model: a burst up to this is taken at
+    /// once; past it the server reads no more until the model has heard some (TCP holds
+    /// the rest at the client). Nothing the client sends is dropped.
+    pub receive_buffer_s: u32,
     /// A folder whose files replace the built-in page's (same names: index.html,
     /// style.css, app.js, ogg.js; one missing is served built-in), read at each request: a
     /// kiosk's own branding. "" serves the built-in page.
@@ -152,6 +156,7 @@ impl Default for Server {
             tls_key: String::new(),
             max_connections: 32,
             idle_timeout_s: 30,
+            receive_buffer_s: 2,
             page_dir: String::new(),
         }
     }
@@ -427,6 +432,11 @@ impl Config {
             (1..=3600).contains(&v.idle_timeout_s),
             "key `server.idle_timeout_s`: {} is outside 1..3600",
             v.idle_timeout_s
+        );
+        ensure!(
+            (2..=60).contains(&v.receive_buffer_s),
+            "key `server.receive_buffer_s`: {} is outside 2..60 (seconds of audio held per conversation)",
+            v.receive_buffer_s
         );
         let c = &self.conversation;
         ensure!(

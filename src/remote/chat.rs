@@ -3,9 +3,14 @@
 //! ready for this conversation, then 0x01 Ogg-Opus audio and 0x02 text; the client sends 0x01
 //! audio. Other kinds are ignored, as the protocol says.
 //!
-//! Limits: messages of at most 256 KiB; a client that sends nothing for the idle time, or
-//! does not take what is sent within 2 s, is closed. Audio that does not decode closes the
-//! connection with the reason; the service goes on.
+//! Nothing the client sends is lost: its audio goes on to the model as the link has room
+//! for it (`server.receive_buffer_s`), and while it has none the socket is not read, so
+//! that TCP holds the rest at the client. Every answer is sent, in order.
+//!
+//! Limits: messages of at most 256 KiB; a client that sends nothing for the idle time (not
+//! counting time in which it waits for the model), or does not take what is sent within
+//! 2 s, is closed. Audio that does not decode closes the connection with the reason (1007;
+//! a packet longer than any Opus packet 1009); the service goes on.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
@@ -17,7 +22,9 @@ use futures_util::{SinkExt, StreamExt};
 
 use super::http::{AppState, Peer};
 use super::link::{self, SocketEnd, Text};
-use super::ogg_opus::{OggOpusReader, OggOpusWriter, PACKET_SAMPLES};
+use super::ogg_opus::{
+    MAX_PACKET_SAMPLES, OggOpusReader, OggOpusWriter, PACKET_SAMPLES, PacketTooLong,
+};
 use crate::serve::metrics::Metrics;
 
 /// The largest message (and frame) taken from a client.
@@ -32,6 +39,7 @@ const TICK: Duration = Duration::from_millis(10);
 /// Close codes (RFC 6455): going away, unsupported data, try again later, internal error.
 const GOING_AWAY: u16 = 1001;
 const BAD_DATA: u16 = 1007;
+const TOO_BIG: u16 = 1009;
 const TRY_LATER: u16 = 1013;
 const INTERNAL: u16 = 1011;
 
@@ -139,17 +147,21 @@ async fn run(
     let mut heard = tokio::time::Instant::now();
     let mut carry = 0usize;
     loop {
+        hand_on(&mut reader, end, m, &mut carry)?;
+        // Audio still waiting for room: the client waits for the model, not the reverse.
+        let reading = reader.queued() == 0;
+        if !reading {
+            heard = tokio::time::Instant::now();
+        }
         tokio::select! {
-            msg = rx.next() => {
+            msg = rx.next(), if reading => {
                 heard = tokio::time::Instant::now();
                 match msg {
                     None | Some(Ok(Message::Close(_))) => return Ok(()),
                     Some(Err(e)) => {
                         return Err(Ending(BAD_DATA, format!("bad websocket message: {e}")));
                     }
-                    Some(Ok(Message::Binary(b))) => {
-                        receive(&b, &mut reader, end, m, &mut carry)?;
-                    }
+                    Some(Ok(Message::Binary(b))) => receive(&b, &mut reader, m)?,
                     // Text, ping and pong carry no audio (pings are answered by the stack).
                     Some(Ok(_)) => {}
                 }
@@ -177,38 +189,55 @@ async fn run(
     }
 }
 
-/// One message from the client: audio goes to the pipeline, other kinds are ignored.
-fn receive(
-    msg: &[u8],
+/// Audio that does not read or decode: the connection closes with the reason.
+fn bad_audio(e: anyhow::Error, m: &Metrics) -> Ending {
+    Metrics::add(&m.remote.decode_errors);
+    let code = if e.downcast_ref::<PacketTooLong>().is_some() {
+        TOO_BIG
+    } else {
+        BAD_DATA
+    };
+    Ending(code, format!("bad audio: {e}"))
+}
+
+/// Decodes received packets into the link while it has room for a whole packet's samples.
+fn hand_on(
     reader: &mut OggOpusReader,
     end: &mut SocketEnd,
     m: &Metrics,
     carry: &mut usize,
 ) -> Result<(), Ending> {
+    let mut got = 0;
+    while reader.queued() > 0 && end.audio_in.slots() >= MAX_PACKET_SAMPLES {
+        let pushed = reader.decode_next(&mut |pcm: &[f32]| {
+            let left = link::push_samples(&mut end.audio_in, pcm);
+            debug_assert_eq!(left, 0, "a packet's samples fit");
+            got += pcm.len();
+        });
+        if let Err(e) = pushed {
+            return Err(bad_audio(e, m));
+        }
+    }
+    if got > 0 {
+        // Whole frames received, counted as the samples add up.
+        *carry += got;
+        m.remote
+            .frames_in
+            .fetch_add((*carry / PACKET_SAMPLES) as u64, Relaxed);
+        *carry %= PACKET_SAMPLES;
+        end.state.wake_capture();
+    }
+    Ok(())
+}
+
+/// One message from the client: audio is read into packets (decoded as the link has room),
+/// other kinds are ignored.
+fn receive(msg: &[u8], reader: &mut OggOpusReader, m: &Metrics) -> Result<(), Ending> {
     let Some((&kind, payload)) = msg.split_first() else {
         return Ok(());
     };
     if kind != 0x01 {
         return Ok(());
     }
-    let mut dropped = 0;
-    let mut got = 0;
-    let res = reader.push(payload, &mut |pcm: &[f32]| {
-        dropped += link::push_samples(&mut end.audio_in, pcm);
-        got += pcm.len();
-    });
-    // Whole frames received and dropped, counted as the samples add up.
-    *carry += got;
-    m.remote
-        .frames_in
-        .fetch_add((*carry / PACKET_SAMPLES) as u64, Relaxed);
-    *carry %= PACKET_SAMPLES;
-    m.remote
-        .dropped
-        .fetch_add(dropped.div_ceil(PACKET_SAMPLES) as u64, Relaxed);
-    end.state.wake_capture();
-    res.map_err(|e| {
-        Metrics::add(&m.remote.decode_errors);
-        Ending(BAD_DATA, format!("bad audio: {e}"))
-    })
+    reader.read(payload).map_err(|e| bad_audio(e, m))
 }

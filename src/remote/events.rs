@@ -107,6 +107,7 @@ mod tests {
             Arc::new(Control::default()),
             Arc::new(AtomicBool::new(false)),
             std::thread::current(),
+            super::super::link::RECEIVE_SAMPLES,
         ))
     }
 

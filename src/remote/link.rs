@@ -1,15 +1,16 @@
 //! The link between a network conversation's socket (the server's runtime thread) and the
 //! pipeline's network devices (the audio threads): wait-free rings of samples and text, and a
-//! few flags. Nothing on either side waits for the other: a full ring drops (and counts), an
-//! empty one is polled.
+//! few flags. Neither side blocks the other: a side that finds a ring full or empty comes
+//! back to it (the socket's side reads no more from its client meanwhile, so that TCP holds
+//! the client's audio, and nothing is lost).
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::thread::Thread;
 
-/// Received samples waiting for the capture side: the jitter buffer, 1 s at 24 kHz. Audio
-/// that arrives while it is full is dropped and counted.
-pub const JITTER_SAMPLES: usize = 24_000;
+/// Received samples waiting for the capture side, by default: 2 s at 24 kHz
+/// (`server.receive_buffer_s`).
+pub const RECEIVE_SAMPLES: usize = 48_000;
 /// Answer samples waiting to be sent: 1 s.
 pub const OUTBOUND_SAMPLES: usize = 24_000;
 /// Text messages waiting to be sent.
@@ -70,10 +71,11 @@ impl Drop for SocketEnd {
     }
 }
 
-/// A new link for a conversation with `peer` (allocates: at the conversation's start).
-pub fn link(peer: String) -> (SocketEnd, PipelineEnd) {
+/// A new link for a conversation with `peer` that holds up to `received` samples of its
+/// audio (allocates: at the conversation's start).
+pub fn link(peer: String, received: usize) -> (SocketEnd, PipelineEnd) {
     let state = std::sync::Arc::new(LinkState::default());
-    let (in_tx, in_rx) = rtrb::RingBuffer::new(JITTER_SAMPLES);
+    let (in_tx, in_rx) = rtrb::RingBuffer::new(received);
     let (out_tx, out_rx) = rtrb::RingBuffer::new(OUTBOUND_SAMPLES);
     let (text_tx, text_rx) = rtrb::RingBuffer::new(TEXT_ITEMS);
     (
@@ -93,7 +95,7 @@ pub fn link(peer: String) -> (SocketEnd, PipelineEnd) {
     )
 }
 
-/// Pushes as many of `samples` as fit; returns how many did not.
+/// Pushes as many of `samples` as fit; returns how many did not (the caller keeps them).
 pub fn push_samples(ring: &mut rtrb::Producer<f32>, samples: &[f32]) -> usize {
     let n = samples.len().min(ring.slots());
     if let Ok(chunk) = ring.write_chunk_uninit(n) {
@@ -119,8 +121,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn rings_carry_samples_and_drop_what_does_not_fit() {
-        let (mut socket, mut pipe) = link("test".into());
+    fn rings_carry_samples_and_take_what_fits() {
+        const JITTER_SAMPLES: usize = 24_000;
+        let (mut socket, mut pipe) = link("test".into(), JITTER_SAMPLES);
         let x: Vec<f32> = (0..30_000).map(|i| i as f32).collect();
         assert_eq!(
             push_samples(&mut socket.audio_in, &x),

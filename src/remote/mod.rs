@@ -44,16 +44,19 @@ pub struct Hub {
     feed: tokio::sync::broadcast::Sender<Arc<str>>,
     /// The model's resets, mute and state (listening, speaking, muted).
     pub control: Arc<Control>,
+    /// Samples of a client's audio held ahead of the model (`server.receive_buffer_s`).
+    receive_samples: usize,
 }
 
 impl Hub {
     /// A hub whose offers interrupt the pipeline through `interrupt` and wake `serve_thread`;
-    /// `control` is the model's.
+    /// `control` is the model's; a conversation's link holds `receive_samples` of its audio.
     pub fn new(
         metrics: Arc<Metrics>,
         control: Arc<Control>,
         interrupt: Arc<AtomicBool>,
         serve_thread: Thread,
+        receive_samples: usize,
     ) -> Hub {
         Hub {
             metrics,
@@ -66,6 +69,7 @@ impl Hub {
             base: Mutex::new(None),
             feed: tokio::sync::broadcast::channel(events::FEED_LINES).0,
             control,
+            receive_samples,
         }
     }
 
@@ -76,7 +80,7 @@ impl Hub {
             Metrics::add(&self.metrics.remote.refused);
             return None;
         }
-        let (socket, pipeline) = link::link(peer);
+        let (socket, pipeline) = link::link(peer, self.receive_samples);
         *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(socket.state.clone());
         *self.offered.lock().unwrap_or_else(|e| e.into_inner()) = Some(pipeline);
         self.interrupt.store(true, Relaxed);

@@ -3,10 +3,17 @@
 //!
 //! Reading takes whatever real clients send (several packets per page, 20-120 ms packets,
 //! header pages alone or with audio, any stream serial, either granule convention: granule
-//! positions are never read) and yields decoded 24 kHz samples. Writing is what sphn 0.1.4's
-//! `OpusStreamWriter` sends, which the official clients read: stream serial 42, an OpusHead
-//! page, an OpusTags page, then one page per 80 ms packet, each page a message of its own,
-//! granule positions in 24 kHz samples.
+//! positions are never read) and yields decoded 24 kHz samples. What it holds is bounded:
+//! one page being completed, one logical stream at a time (a page that begins a new stream
+//! replaces the old one; a page of another stream in the middle of one is an error), no
+//! packet longer than any Opus packet can be, and the packets of the bytes it was last
+//! given, which the caller decodes one at a time as it has room for their samples.
+//!
+//! Writing is what sphn 0.1.4's `OpusStreamWriter` sends, which the official clients read:
+//! stream serial 42, an OpusHead page, an OpusTags page, then one page per 80 ms packet,
+//! each page a message of its own, granule positions in 24 kHz samples.
+
+use std::collections::VecDeque;
 
 use anyhow::{Result, anyhow, bail};
 use ogg::reading::{BasePacketReader, PageParser};
@@ -15,19 +22,47 @@ use ogg::writing::{PacketWriteEndInfo, PacketWriter};
 /// The codec's rate, both ways.
 pub const RATE: u32 = 24_000;
 /// The most samples one Opus packet decodes to at 24 kHz (120 ms).
-const MAX_PACKET_SAMPLES: usize = 2880;
+pub const MAX_PACKET_SAMPLES: usize = 2880;
+/// The longest Opus packet taken: 120 ms at Opus's highest bitrate (510 kbit/s) is 7,650
+/// bytes; the official clients send 80 ms packets of some 100 to 300 bytes.
+pub const MAX_PACKET_BYTES: usize = 7_680;
 /// The largest Ogg page (27 header bytes, 255 lacing values of 255 bytes).
 const MAX_PAGE: usize = 27 + 255 + 255 * 255;
 /// The stream serial sphn's writer uses.
 const SERIAL: u32 = 42;
 /// OpusHead's pre-skip as sphn writes it (in 48 kHz samples).
 const PRE_SKIP: u16 = 3840;
+/// Page header flags (RFC 3533): the page continues a packet, begins a stream.
+const CONTINUED: u8 = 0x01;
+const BEGINS: u8 = 0x02;
+
+/// A packet longer than any Opus packet: the stream is refused (websocket close 1009).
+#[derive(Debug)]
+pub struct PacketTooLong(pub usize);
+
+impl std::fmt::Display for PacketTooLong {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "an Ogg packet of {} bytes or more: no Opus packet is over {MAX_PACKET_BYTES}",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for PacketTooLong {}
 
 /// Incoming Ogg-Opus bytes to 24 kHz mono samples.
 pub struct OggOpusReader {
     /// Bytes of a page not yet complete.
     partial: Vec<u8>,
     packets: BasePacketReader,
+    /// The serial of the logical stream being read, once a page has come.
+    serial: Option<u32>,
+    /// Bytes of a packet that the next page continues.
+    continued: usize,
+    /// Packets read from pages, not yet decoded.
+    queued: VecDeque<Vec<u8>>,
     decoder: opus::Decoder,
     pcm: Vec<f32>,
     /// Opus packets decoded so far (headers not counted).
@@ -39,6 +74,9 @@ impl OggOpusReader {
         Ok(OggOpusReader {
             partial: Vec::with_capacity(MAX_PAGE),
             packets: BasePacketReader::new(),
+            serial: None,
+            continued: 0,
+            queued: VecDeque::new(),
             decoder: opus::Decoder::new(RATE, opus::Channels::Mono)
                 .map_err(|e| anyhow!("Opus decoder: {e}"))?,
             pcm: vec![0.0; MAX_PACKET_SAMPLES],
@@ -46,20 +84,45 @@ impl OggOpusReader {
         })
     }
 
-    /// Takes the next bytes of the stream (any split: part of a page, pages, or nothing) and
-    /// hands the samples of every packet completed to `out`. A stream that is not Ogg, a page
-    /// whose checksum fails or a packet that is not Opus is an error naming the problem.
-    pub fn push(&mut self, mut bytes: &[u8], out: &mut impl FnMut(&[f32])) -> Result<()> {
+    /// Takes the next bytes of the stream and decodes every packet they complete, handing
+    /// the samples to `out`: `read`, then `decode_next` until nothing is left.
+    pub fn push(&mut self, bytes: &[u8], out: &mut impl FnMut(&[f32])) -> Result<()> {
+        self.read(bytes)?;
+        while self.decode_next(out)? {}
+        Ok(())
+    }
+
+    /// Takes the next bytes of the stream (any split: part of a page, pages, or nothing)
+    /// and queues the packets they complete, undecoded. A stream that is not Ogg, a page
+    /// whose checksum fails, a page of a second stream or a packet longer than any Opus
+    /// packet (`PacketTooLong`) is an error naming the problem.
+    pub fn read(&mut self, mut bytes: &[u8]) -> Result<()> {
         while !bytes.is_empty() {
             let want = self.page_len()?.unwrap_or(27);
             let take = (want - self.partial.len()).min(bytes.len());
             self.partial.extend_from_slice(&bytes[..take]);
             bytes = &bytes[take..];
             if self.page_len()? == Some(self.partial.len()) {
-                self.take_page(out)?;
+                self.take_page()?;
             }
         }
         Ok(())
+    }
+
+    /// Packets read and not yet decoded.
+    pub fn queued(&self) -> usize {
+        self.queued.len()
+    }
+
+    /// Decodes the oldest queued packet, handing its samples (at most
+    /// `MAX_PACKET_SAMPLES`) to `out`; false when none was queued. A packet that is not Opus
+    /// is an error naming it.
+    pub fn decode_next(&mut self, out: &mut impl FnMut(&[f32])) -> Result<bool> {
+        let Some(packet) = self.queued.pop_front() else {
+            return Ok(false);
+        };
+        self.decode(&packet, out)?;
+        Ok(true)
     }
 
     /// The whole page's length once its header and lacing values are in.
@@ -79,20 +142,55 @@ impl OggOpusReader {
         Ok(Some(27 + lacing + body))
     }
 
-    fn take_page(&mut self, out: &mut impl FnMut(&[f32])) -> Result<()> {
-        let page = std::mem::take(&mut self.partial);
+    fn take_page(&mut self) -> Result<()> {
+        let page = &self.partial;
+        let flags = page[5];
+        let serial = u32::from_le_bytes(page[14..18].try_into().expect("4 bytes"));
+        let lacing = page[26] as usize;
         let mut header = [0u8; 27];
         header.copy_from_slice(&page[..27]);
-        let (mut parser, lacing) = PageParser::new(header).map_err(|e| anyhow!("Ogg page: {e}"))?;
-        parser.parse_segments(page[27..27 + lacing].to_vec());
+        let segments = page[27..27 + lacing].to_vec();
+        let body = page[27 + lacing..].to_vec();
+        self.partial.clear();
+        let new_stream = match self.serial {
+            Some(s) if s != serial && flags & BEGINS == 0 => bail!(
+                "Ogg page of stream {serial} in the middle of stream {s}: one stream at a time"
+            ),
+            Some(s) => s != serial,
+            None => false,
+        };
+        // The packets' lengths, before the packet reader keeps any of them: a packet
+        // continued from page to page grows up to MAX_PACKET_BYTES, no further.
+        let mut len = if flags & CONTINUED != 0 && !new_stream {
+            self.continued
+        } else {
+            0
+        };
+        for &v in &segments {
+            len += v as usize;
+            if len > MAX_PACKET_BYTES {
+                bail!(PacketTooLong(len));
+            }
+            if v < 255 {
+                len = 0;
+            }
+        }
+        let (mut parser, _) = PageParser::new(header).map_err(|e| anyhow!("Ogg page: {e}"))?;
+        parser.parse_segments(segments);
         let page = parser
-            .parse_packet_data(page[27 + lacing..].to_vec())
+            .parse_packet_data(body)
             .map_err(|e| anyhow!("Ogg page: {e}"))?;
+        if new_stream {
+            // A new stream replaces the last one, whatever it left unfinished.
+            self.packets = BasePacketReader::new();
+        }
+        self.serial = Some(serial);
+        self.continued = len;
         self.packets
             .push_page(page)
             .map_err(|e| anyhow!("Ogg page: {e}"))?;
         while let Some(packet) = self.packets.read_packet() {
-            self.decode(&packet.data, out)?;
+            self.queued.push_back(packet.data);
         }
         Ok(())
     }
@@ -282,5 +380,88 @@ mod tests {
             .unwrap();
         let e = decode_all(&[&pw.into_inner()]).unwrap_err();
         assert!(e.to_string().contains("Opus packet"), "{e}");
+    }
+
+    /// Pages as a client would send them: `packets` on stream `serial`, one page each.
+    fn pages(serial: u32, packets: &[Vec<u8>]) -> Vec<u8> {
+        let mut pw = PacketWriter::new(Vec::new());
+        for p in packets {
+            pw.write_packet(p.clone(), serial, PacketWriteEndInfo::EndPage, 0)
+                .unwrap();
+        }
+        pw.into_inner()
+    }
+
+    /// The length of the page `bytes` starts with.
+    fn page_bytes(bytes: &[u8]) -> usize {
+        let n = bytes[26] as usize;
+        27 + n + bytes[27..27 + n].iter().map(|&v| v as usize).sum::<usize>()
+    }
+
+    fn opus_packets(n: usize) -> Vec<Vec<u8>> {
+        let mut enc =
+            opus::Encoder::new(RATE, opus::Channels::Mono, opus::Application::Voip).unwrap();
+        tone(PACKET_SAMPLES * n, 250.0)
+            .chunks(PACKET_SAMPLES)
+            .map(|c| enc.encode_vec_float(c, 4000).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_packet_longer_than_any_opus_packet_is_refused_before_it_is_kept() {
+        // Pages with valid checksums whose packet never ends (every lacing value 255): 1 MiB
+        // of them, fed a page at a time.
+        let bytes = pages(9, &[vec![0x55; 1 << 20]]);
+        let mut r = OggOpusReader::new().unwrap();
+        let mut fed = 0;
+        let err = loop {
+            let n = (bytes.len() - fed).min(MAX_PAGE);
+            match r.read(&bytes[fed..fed + n]) {
+                Ok(()) => fed += n,
+                Err(e) => break e,
+            }
+            assert!(fed < bytes.len(), "the whole packet was taken");
+        };
+        assert!(err.downcast_ref::<PacketTooLong>().is_some(), "{err}");
+        assert!(
+            err.to_string().contains("no Opus packet is over 7680"),
+            "{err}"
+        );
+        // Refused on the first page that takes it past the bound: nothing past it was kept.
+        assert!(fed <= MAX_PACKET_BYTES + MAX_PAGE, "{fed} bytes taken");
+        assert_eq!(r.queued(), 0);
+        // A packet of exactly the bound, continued over pages, is taken.
+        let mut r = OggOpusReader::new().unwrap();
+        r.read(&pages(9, &[vec![0x55; MAX_PACKET_BYTES]])).unwrap();
+        assert_eq!(r.queued(), 1);
+    }
+
+    #[test]
+    fn one_stream_at_a_time() {
+        let packets = opus_packets(4);
+        let mut r = OggOpusReader::new().unwrap();
+        r.read(&pages(7, &packets[..2])).unwrap();
+        // A page of another stream that does not begin it: refused.
+        let other = pages(8, &packets[2..]);
+        let second = page_bytes(&other);
+        let e = r.read(&other[second..]).unwrap_err();
+        assert!(e.to_string().contains("one stream at a time"), "{e}");
+        // A new stream that begins (a client that restarts its recorder) replaces the first.
+        let mut r = OggOpusReader::new().unwrap();
+        r.read(&pages(7, &packets[..2])).unwrap();
+        r.read(&other).unwrap();
+        let mut n = 0;
+        while r.decode_next(&mut |pcm: &[f32]| n += pcm.len()).unwrap() {}
+        assert_eq!(n, 4 * PACKET_SAMPLES);
+        // A page whose checksum fails changes nothing: the stream goes on.
+        let mine = pages(7, &packets[..2]);
+        let first = page_bytes(&mine);
+        let mut r = OggOpusReader::new().unwrap();
+        r.read(&mine[..first]).unwrap();
+        let mut bad = other[..second].to_vec();
+        bad[second - 1] ^= 1;
+        assert!(r.read(&bad).unwrap_err().to_string().contains("Ogg page"));
+        r.read(&mine[first..]).unwrap();
+        assert_eq!(r.queued(), 2);
     }
 }

@@ -37,11 +37,26 @@ pub trait PlaybackDevice: Send {
     /// plays nothing for it, so that the queue ahead of it does not grow; a recording keeps
     /// the slot, silent.
     fn skip_frame(&mut self) {}
-    /// Whether frames are taken at a real-time pace. An unpaced device (a replay as fast as
-    /// possible) makes the pipeline wait for each output frame instead of playing silence.
-    fn paced(&self) -> bool {
-        true
+    /// How the device takes its frames.
+    fn pacing(&self) -> Pacing {
+        Pacing::Slots
     }
+}
+
+/// How a playback device takes the answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pacing {
+    /// A loudspeaker: output slot n is played when its answer is due, and an answer late
+    /// for its slot is silence; a model too far behind drops the oldest captured frames to
+    /// catch up with the present.
+    Slots,
+    /// A network client: every answer in order, as soon as it is ready (none replaced by
+    /// silence for lateness), every captured frame heard (the capture waits for room);
+    /// deadlines are still counted from each frame's arrival. A step that has no audio yet
+    /// (the first) sends none.
+    Stream,
+    /// A replay as fast as possible: every answer in order, one per frame, no deadlines.
+    Unpaced,
 }
 
 /// Sleeps until `t` (no-op when it is past).

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::device::{CaptureDevice, Captured, FRAME, Pcm, PlaybackDevice, sleep_until};
+use super::device::{CaptureDevice, Captured, FRAME, Pacing, Pcm, PlaybackDevice, sleep_until};
 use super::metrics::Metrics;
 
 pub const FRAME_TIME: Duration = Duration::from_millis(80);
@@ -93,7 +93,11 @@ impl PlaybackDevice for WavPlayback {
         self.slot = (self.slot + 1).min(self.slots);
     }
 
-    fn paced(&self) -> bool {
-        self.paced
+    fn pacing(&self) -> Pacing {
+        if self.paced {
+            Pacing::Slots
+        } else {
+            Pacing::Unpaced
+        }
     }
 }

@@ -104,11 +104,10 @@ pub struct Remote {
     /// Clients turned away because a conversation held the model.
     pub refused: AtomicU64,
     pub active: AtomicBool,
-    /// Frames of the current or last conversation: received (decoded), sent, dropped on the
-    /// way in (the jitter buffer was full), and packets that did not decode.
+    /// Frames of the current or last conversation: received (decoded) and sent, and packets
+    /// that did not decode.
     pub frames_in: AtomicU64,
     pub frames_out: AtomicU64,
-    pub dropped: AtomicU64,
     pub decode_errors: AtomicU64,
     /// Deadline misses before the current conversation began (its late frames are the
     /// misses since), and its late frames once it has ended.
@@ -119,12 +118,7 @@ pub struct Remote {
 impl Remote {
     /// Counts a conversation's beginning: its own counts start from zero.
     pub fn begin(&self, deadline_misses: u64) {
-        for c in [
-            &self.frames_in,
-            &self.frames_out,
-            &self.dropped,
-            &self.decode_errors,
-        ] {
+        for c in [&self.frames_in, &self.frames_out, &self.decode_errors] {
             c.store(0, Relaxed);
         }
         self.misses_before.store(deadline_misses, Relaxed);
@@ -474,11 +468,6 @@ impl Metrics {
             ("frames_in", "80 ms frames received", g(&r.frames_in)),
             ("frames_out", "80 ms frames sent", g(&r.frames_out)),
             ("late_frames", "answers that missed their deadline", late),
-            (
-                "dropped_frames",
-                "frames dropped on the way in (jitter buffer full)",
-                g(&r.dropped),
-            ),
             (
                 "decode_errors",
                 "audio packets that did not decode",

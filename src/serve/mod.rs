@@ -279,6 +279,7 @@ pub fn serve(opts: ServeOptions) -> Result<()> {
         model.control.clone(),
         signals.interrupt.clone(),
         std::thread::current(),
+        cfg.server.receive_buffer_s as usize * crate::remote::ogg_opus::RATE as usize,
     ));
     start_http(&cfg, hub.clone())?;
     let events = match cfg.status.events.as_str() {
@@ -489,11 +490,10 @@ fn converse(
     metrics.remote.end(metrics.deadline_misses.load(Relaxed));
     let r = &metrics.remote;
     eprintln!(
-        "flm-edge: conversation with {peer} ends: {} frames in, {} out, {} late, {} dropped",
+        "flm-edge: conversation with {peer} ends: {} frames in, {} out, {} late",
         r.frames_in.load(Relaxed),
         r.frames_out.load(Relaxed),
         r.late(metrics.deadline_misses.load(Relaxed)),
-        r.dropped.load(Relaxed),
     );
     events.send_line(&serde_json::json!({ "conversation": "end", "peer": peer }));
     hub.release();
@@ -641,7 +641,7 @@ impl<D: PlaybackDevice + ?Sized> PlaybackDevice for Realtime<'_, D> {
     fn skip_frame(&mut self) {
         self.inner.skip_frame()
     }
-    fn paced(&self) -> bool {
-        self.inner.paced()
+    fn pacing(&self) -> device::Pacing {
+        self.inner.pacing()
     }
 }

@@ -1,13 +1,15 @@
 //! A network conversation as the pipeline's two devices: capture takes 80 ms frames from the
 //! audio the client sends (its timeline follows the arriving audio, as ALSA capture follows
-//! the card's clock), playback hands each answer, when due, to the socket. Neither waits on
-//! the network: the rings between them and the socket are wait-free.
+//! the card's clock), playback hands every answer, in order, to the socket
+//! (`Pacing::Stream`). The rings between them and the socket are wait-free; when one is
+//! full, its side waits for the other to take from it (a client that takes nothing for 2 s
+//! is closed by the socket's side, which ends the conversation).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::Duration;
 
-use super::device::{CaptureDevice, Captured, Pcm, PlaybackDevice};
+use super::device::{CaptureDevice, Captured, Pacing, Pcm, PlaybackDevice};
 use super::metrics::Metrics;
 use crate::remote::link::{self, LinkState};
 
@@ -70,8 +72,21 @@ impl PlaybackDevice for NetworkPlayback {
     fn play_frame(&mut self, fill: &mut dyn FnMut(&mut Pcm), _m: &Metrics) -> bool {
         let mut frame = [0f32; super::device::FRAME];
         fill(&mut frame);
-        // A client that does not take its audio loses it (the socket side closes it soon).
-        let _ = link::push_samples(&mut self.audio, &frame);
-        !self.state.client_gone.load(Relaxed)
+        // Every answer goes: while the socket's side has not taken the last ones, wait.
+        let mut sent = 0;
+        loop {
+            sent += frame.len() - sent - link::push_samples(&mut self.audio, &frame[sent..]);
+            if self.state.client_gone.load(Relaxed) {
+                return false;
+            }
+            if sent == frame.len() {
+                return true;
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    fn pacing(&self) -> Pacing {
+        Pacing::Stream
     }
 }

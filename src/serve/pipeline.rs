@@ -2,14 +2,21 @@
 //! Mimi decode) and a playback thread, joined by fixed-size lock-free queues of whole 80 ms
 //! frames. The audio threads never wait on the model.
 //!
-//! Timeline. Input frame n is stamped when its capture completes; the answer to it is due
-//! `latency_frames` frames later, in output slot n. The playback thread takes slot n at that
-//! due time (the stamps reach it through a lock-free ring), so that what the deadline
-//! monitor counts and what the loudspeaker plays agree whatever the device buffers: a step
-//! that finishes after its due time counts as a deadline miss and slot n plays silence;
-//! nothing shifts. When the model falls further behind than `max_backlog_frames`, the oldest
-//! captured frames are dropped (counted) so that it catches up with the present; while it is
-//! behind by less, it works through the backlog at full speed.
+//! Timeline, for a loudspeaker (`Pacing::Slots`). Input frame n is stamped when its
+//! capture completes; the answer to it is due `latency_frames` frames later, in output slot
+//! n. The playback thread takes slot n at that due time (the stamps reach it through a
+//! lock-free ring), so that what the deadline monitor counts and what the loudspeaker plays
+//! agree whatever the device buffers: a step that finishes after its due time counts as a
+//! deadline miss and slot n plays silence; nothing shifts. When the model falls further
+//! behind than `max_backlog_frames`, the oldest captured frames are dropped (counted) so
+//! that it catches up with the present; while it is behind by less, it works through the
+//! backlog at full speed.
+//!
+//! A network client (`Pacing::Stream`) has no loudspeaker's present: its timeline follows
+//! the audio it sends. Every frame is heard, in order (the capture waits for room, and the
+//! network waits for the capture), and every answer is sent as soon as it is made, so that a
+//! client ahead of the model gets its answers as fast as the model goes; deadlines are
+//! counted all the same. A replay (`Pacing::Unpaced`) is the same without deadlines.
 
 use std::sync::atomic::{
     AtomicBool, AtomicU64,
@@ -22,7 +29,7 @@ use flm_kernels::mimi::Mimi;
 use heapless::spsc::Queue;
 
 use super::conversation::{Control, Lifecycle, NewConversation};
-use super::device::{CaptureDevice, Captured, FRAME, Pcm, PlaybackDevice, sleep_until};
+use super::device::{CaptureDevice, Captured, FRAME, Pacing, Pcm, PlaybackDevice, sleep_until};
 use super::metrics::{Metrics, Stage};
 use crate::detok::Detokenizer;
 use crate::engine::{Engine, Sampling};
@@ -172,8 +179,9 @@ pub fn run(
     // Set when the step loop ends for good (an error): the audio threads stop too, instead
     // of playing silence forever.
     let halted = AtomicBool::new(false);
-    // An unpaced replay must lose nothing: the capture side waits for room instead.
-    let lossless = !playback.paced();
+    // A network client or a replay loses nothing: the capture side waits for room instead.
+    let pacing = playback.pacing();
+    let lossless = pacing != Pacing::Slots;
     let due = FRAME_TIME * schedule.latency_frames;
     let stamps = Stamps::new();
 
@@ -185,8 +193,11 @@ pub fn run(
         let halted = &halted;
         let quit = move || stop.load(Relaxed) || halted.load(Relaxed);
         let player = s.spawn(move || {
+            if pacing == Pacing::Stream {
+                return stream_answers(playback, &mut out_rx, metrics, &quit, steps_done);
+            }
             let mut next = 0u64;
-            let paced = playback.paced();
+            let paced = pacing == Pacing::Slots;
             'slots: loop {
                 if quit() {
                     break;
@@ -317,7 +328,7 @@ pub fn run(
             &mut out_tx,
             &mut ev_tx,
             schedule,
-            (!lossless).then_some(due),
+            pacing,
             metrics,
             stop,
             capture_done,
@@ -338,11 +349,13 @@ fn step_loop(
     output: &mut heapless::spsc::Producer<'_, OutFrame>,
     events: &mut heapless::spsc::Producer<'_, Event>,
     schedule: Schedule,
-    due: Option<Duration>,
+    pacing: Pacing,
     metrics: &Metrics,
     stop: &AtomicBool,
     capture_done: &AtomicBool,
 ) -> Result<()> {
+    // Deadlines, counted from each frame's capture (a replay has no present).
+    let due = (pacing != Pacing::Unpaced).then(|| FRAME_TIME * schedule.latency_frames);
     let mut out = OutFrame {
         seq: 0,
         pcm: [0.0; FRAME],
@@ -355,9 +368,9 @@ fn step_loop(
     let control = model.control.clone();
     let mut life = Lifecycle::default();
     while !stop.load(Relaxed) {
-        // Too far behind: drop the oldest frames to catch up with the present (not in an
-        // unpaced replay, which has no present).
-        while due.is_some() && input.len() > schedule.max_backlog_frames as usize {
+        // Too far behind: drop the oldest frames to catch up with the present (a
+        // loudspeaker's only: a network client or a replay loses nothing).
+        while pacing == Pacing::Slots && input.len() > schedule.max_backlog_frames as usize {
             input.dequeue();
             Metrics::add(&metrics.capture_dropped);
         }
@@ -403,6 +416,7 @@ fn step_loop(
             .step(&codes)
             .with_context(|| format!("frame {seq}: model step"))?;
         let t2 = Instant::now();
+        let answer = step.frame.is_some() || pacing != Pacing::Stream;
         match step.frame {
             Some(f) => {
                 let mut speak = [0i32; 8];
@@ -430,8 +444,22 @@ fn step_loop(
         metrics.stage(Stage::Decode, us(t3 - t2));
         metrics.step(us(t3 - start), missed);
         out.seq = frame.seq;
-        if output.enqueue(OutFrame { ..out }).is_err() {
-            Metrics::add(&metrics.playback_silent);
+        if answer {
+            let mut item = OutFrame { ..out };
+            loop {
+                match output.enqueue(item) {
+                    Ok(()) => break,
+                    // Every answer is kept: the step waits for the player to take one.
+                    Err(back) if pacing != Pacing::Slots && !stop.load(Relaxed) => {
+                        item = back;
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    Err(_) => {
+                        Metrics::add(&metrics.playback_silent);
+                        break;
+                    }
+                }
+            }
         }
         let piece = model.detok.push(step.text);
         let text_end = in_text && step.text == wait;
@@ -456,6 +484,35 @@ fn step_loop(
     }
     life.stopped(&control);
     Ok(())
+}
+
+/// A network client's player: every answer in order, as soon as the step made it, until
+/// the steps have ended and every answer has gone, or the client takes no more.
+fn stream_answers(
+    playback: &mut dyn PlaybackDevice,
+    answers: &mut heapless::spsc::Consumer<'_, OutFrame>,
+    metrics: &Metrics,
+    quit: &dyn Fn() -> bool,
+    steps_done: &AtomicBool,
+) {
+    loop {
+        if quit() {
+            return;
+        }
+        let Some(answer) = answers.dequeue() else {
+            if steps_done.load(Relaxed) && answers.peek().is_none() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+            continue;
+        };
+        let t0 = Instant::now();
+        let more = playback.play_frame(&mut |dst: &mut Pcm| *dst = answer.pcm, metrics);
+        metrics.stage(Stage::Playback, t0.elapsed().as_micros() as u64);
+        if !more {
+            return;
+        }
+    }
 }
 
 fn rms(pcm: &Pcm) -> f32 {

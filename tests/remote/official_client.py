@@ -7,7 +7,9 @@ Gradio client does.
         [--settings http://HOST:PORT/api/settings]
 
 Prints one JSON line: whether the handshake came first, the settings' answer, the Ogg pages
-received, the length and RMS of what sphn's reader decoded of them, and the text received. Exits non-zero when the protocol is broken.
+received (everything the server sent until it had been quiet for 3 s after the last frame went
+out), the length and RMS of what sphn's reader decoded of them, and the text received. Exits
+non-zero when the protocol is broken.
 """
 
 import argparse
@@ -23,6 +25,8 @@ import sphn
 import websockets
 
 FRAME = 1920
+# Seconds without a message after the last frame was sent: the server has answered all.
+QUIET = 3.0
 
 
 def read_clip(path, frames):
@@ -66,23 +70,41 @@ async def converse(url, clip):
                     await ws.send(b"\x01" + msg)
                 await asyncio.sleep(max(0.0, start + (i + 1) * 0.08 - time.monotonic()))
 
+        sent = asyncio.Event()
+
         async def recv_loop():
-            # The server sends two header pages, then one page per frame received. (sphn's
-            # reader holds back the pre-skip and the last packets, so counting its samples
-            # would wait for ever.)
-            while pages[0] < 2 + len(clip):
-                msg = await asyncio.wait_for(ws.recv(), timeout=10)
+            # Everything the server sends, until it has been quiet for QUIET seconds after the
+            # last frame went out: the count is the server's, not a number this client
+            # stops at.
+            while True:
+                try:
+                    msg = await asyncio.wait_for(ws.recv(), timeout=QUIET if sent.is_set() else 10)
+                except asyncio.TimeoutError:
+                    if sent.is_set():
+                        return
+                    raise
                 kind, payload = msg[0], msg[1:]
                 if kind == 1:
                     pages[0] += 1
                     reader.append_bytes(payload)
-                    pcm = reader.read_pcm()
-                    if pcm.shape[-1] > 0:
-                        reply.append(pcm)
                 elif kind == 2:
                     text.append(payload.decode("utf-8"))
 
-        await asyncio.gather(send_loop(), recv_loop())
+        async def send_then_mark():
+            await send_loop()
+            sent.set()
+
+        await asyncio.gather(send_then_mark(), recv_loop())
+    # sphn's reader decodes on a thread of its own and hands out one chunk per call: read
+    # until it has had nothing more for a second.
+    quiet_since = time.monotonic()
+    while time.monotonic() - quiet_since < 1.0:
+        pcm = reader.read_pcm()
+        if pcm.shape[-1] > 0:
+            reply.append(pcm)
+            quiet_since = time.monotonic()
+        else:
+            time.sleep(0.01)
     pcm = np.concatenate(reply) if reply else np.zeros(0, dtype=np.float32)
     return handshake, pcm, text, pages[0]
 
