@@ -58,18 +58,15 @@ pub(crate) async fn chat(
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             match hub.begin(peer.to_string()) {
-                Some(end) => converse(socket, end, &hub.metrics, app.idle_timeout()).await,
-                None => {
-                    refuse(socket).await;
-                }
+                Ok(end) => converse(socket, end, &hub.metrics, app.idle_timeout()).await,
+                Err(why) => refuse(socket, why).await,
             }
         })
 }
 
-/// Another conversation holds the model: an error message (kind 0x05 of Kyutai's protocol)
-/// and a close frame, both with the reason, at once.
-async fn refuse(mut socket: WebSocket) {
-    let why = "busy: another conversation is in progress; try again later";
+/// Another conversation holds the model, or the board is draining: an error message (kind
+/// 0x05 of Kyutai's protocol) and a close frame, both with the reason, at once.
+async fn refuse(mut socket: WebSocket, why: &str) {
     let mut msg = vec![0x05];
     msg.extend_from_slice(why.as_bytes());
     let _ = tokio::time::timeout(SEND_TIME, async {

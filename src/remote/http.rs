@@ -142,6 +142,7 @@ pub fn start(opts: Options, hub: Arc<Hub>) -> Result<Vec<SocketAddr>> {
 fn routes(scope: Scope, app: App) -> Router {
     let mut r = Router::new()
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics));
     if scope == Scope::All {
         r = r
@@ -285,6 +286,15 @@ async fn healthz(State(app): State<App>) -> Response {
             StatusCode::SERVICE_UNAVAILABLE,
             "steps are not completing\n",
         )
+    }
+}
+
+/// `GET /readyz`: 200 when a conversation can start here, 503 with the reason when the board
+/// is busy, loading or draining (a load balancer's health check, a readiness probe).
+async fn readyz(State(app): State<App>) -> Response {
+    match app.hub.readiness() {
+        Ok(()) => text(StatusCode::OK, "ready\n"),
+        Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
     }
 }
 

@@ -24,6 +24,10 @@ use crate::serve::metrics::Metrics;
 use link::{LinkState, PipelineEnd, SocketEnd};
 use settings::Settings;
 
+/// Why a conversation is refused.
+pub const BUSY: &str = "busy: another conversation is in progress; try again later";
+pub const DRAINING: &str = "draining: this board takes no new conversations";
+
 /// What the server and the serve loop share.
 pub struct Hub {
     pub metrics: Arc<Metrics>,
@@ -73,19 +77,43 @@ impl Hub {
         }
     }
 
-    /// Takes the model for a conversation with `peer`: the socket's end of its link, or None
-    /// while another conversation holds it (counted).
-    pub fn begin(&self, peer: String) -> Option<SocketEnd> {
+    /// Takes the model for a conversation with `peer`: the socket's end of its link, or why
+    /// not (another conversation holds the model, or the board is draining; counted).
+    pub fn begin(&self, peer: String) -> Result<SocketEnd, &'static str> {
+        if self.control.draining() {
+            Metrics::add(&self.metrics.remote.refused);
+            return Err(DRAINING);
+        }
         if self.busy.swap(true, Relaxed) {
             Metrics::add(&self.metrics.remote.refused);
-            return None;
+            return Err(BUSY);
         }
         let (socket, pipeline) = link::link(peer, self.receive_samples);
         *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(socket.state.clone());
         *self.offered.lock().unwrap_or_else(|e| e.into_inner()) = Some(pipeline);
         self.interrupt.store(true, Relaxed);
         self.serve_thread.unpark();
-        Some(socket)
+        Ok(socket)
+    }
+
+    /// Whether a conversation can start now (`/readyz`), or why not: the board is draining,
+    /// the model is loading, or a conversation holds it.
+    pub fn readiness(&self) -> Result<(), &'static str> {
+        if self.control.draining() {
+            return Err(DRAINING);
+        }
+        let loaded = self
+            .base
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some();
+        if !loaded || self.metrics.loading.load(Relaxed) {
+            return Err("loading: the model is not ready yet");
+        }
+        if self.busy() {
+            return Err(BUSY);
+        }
+        Ok(())
     }
 
     /// The conversation waiting to be served, if any (for the serve loop).

@@ -41,6 +41,9 @@ pub fn state(muted: bool, speaking: bool) -> &'static str {
 pub struct Control {
     reset: AtomicBool,
     muted: AtomicBool,
+    /// No new network conversation is taken (`drain`): the board is on its way out of a
+    /// fleet, and its load balancer's readiness probe says so.
+    draining: AtomicBool,
     /// Quiet steps (80 ms) after which a conversation starts over; 0: never.
     idle_steps: AtomicU64,
     /// RMS below which the user counts as quiet (f32 bits).
@@ -58,6 +61,7 @@ impl Control {
         let c = Control {
             reset: AtomicBool::new(false),
             muted: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
             idle_steps: AtomicU64::new(0),
             quiet_rms: AtomicU32::new(0),
             speaking: AtomicBool::new(false),
@@ -87,6 +91,14 @@ impl Control {
 
     pub fn muted(&self) -> bool {
         self.muted.load(Relaxed)
+    }
+
+    pub fn set_draining(&self, draining: bool) {
+        self.draining.store(draining, Relaxed);
+    }
+
+    pub fn draining(&self) -> bool {
+        self.draining.load(Relaxed)
     }
 
     /// The model's state now (listening, speaking, muted).

@@ -169,27 +169,30 @@ fn serve_commands(stream: UnixStream, clients: &Mutex<Vec<UnixStream>>, control:
     }
 }
 
-/// One command (`{"command": "reset" | "mute" | "unmute" | "status"}`) and its answer.
+/// One command (`{"command": "reset" | "mute" | "unmute" | "drain" | "undrain" | "status"}`)
+/// and its answer.
 pub fn command(line: &[u8], control: &Control) -> serde_json::Value {
     let text = String::from_utf8_lossy(line);
     if text.trim().is_empty() {
         return serde_json::json!({ "error": "an empty line is no command" });
     }
     let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
-        return serde_json::json!({ "error": "not JSON: send {\"command\": \"reset\"}, \"mute\", \"unmute\" or \"status\"" });
+        return serde_json::json!({ "error": "not JSON: send {\"command\": \"reset\"}, \"mute\", \"unmute\", \"drain\", \"undrain\" or \"status\"" });
     };
     let Some(cmd) = v.get("command").and_then(|c| c.as_str()) else {
-        return serde_json::json!({ "error": "no \"command\" (reset, mute, unmute, status)" });
+        return serde_json::json!({ "error": "no \"command\" (reset, mute, unmute, drain, undrain, status)" });
     };
     match cmd {
         "reset" => control.request_reset(),
         "mute" => control.set_muted(true),
         "unmute" => control.set_muted(false),
+        "drain" => control.set_draining(true),
+        "undrain" => control.set_draining(false),
         "status" => {}
         other => {
             let shown: String = other.chars().take(32).collect();
             return serde_json::json!({
-                "error": format!("unknown command `{shown}` (reset, mute, unmute, status)")
+                "error": format!("unknown command `{shown}` (reset, mute, unmute, drain, undrain, status)")
             });
         }
     }
@@ -199,6 +202,7 @@ pub fn command(line: &[u8], control: &Control) -> serde_json::Value {
         "state": state,
         "conversation_steps": steps,
         "conversations": conversations,
+        "draining": control.draining(),
     })
 }
 
