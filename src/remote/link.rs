@@ -19,8 +19,8 @@ const TEXT_ITEMS: usize = 256;
 /// A message of text for the client.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Text {
-    /// Text of the model's tokens that became whole.
-    Piece(heapless::String<64>),
+    /// Text of the model's tokens that became whole (a longer piece comes in several).
+    Piece(heapless::String<{ crate::serve::pipeline::PIECE }>),
     /// The model returned to waiting after text: the segment ends (sent as "\n").
     End,
 }

@@ -467,12 +467,24 @@ fn converse(
     );
     state.started.store(true, Relaxed);
     let mut shown = "listening";
+    // The client's text is lossless: while its ring is full (the socket sends every 10 ms),
+    // this thread waits, unless the client has gone.
+    let text_state = state.clone();
+    let mut send_text = move |mut t: Text| {
+        while let Err(rtrb::PushError::Full(back)) = text.push(t) {
+            if text_state.client_gone.load(Relaxed) {
+                return;
+            }
+            t = back;
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    };
     let mut on_event = |e: &pipeline::Event| {
         if !e.piece.is_empty() {
-            let _ = text.push(Text::Piece(e.piece.clone()));
+            send_text(Text::Piece(e.piece.clone()));
         }
         if e.text_end {
-            let _ = text.push(Text::End);
+            send_text(Text::End);
         }
         events.send(e, e.state() != shown);
         shown = e.state();

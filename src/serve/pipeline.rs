@@ -45,6 +45,9 @@ const FRAME_TIME: Duration = Duration::from_millis(80);
 /// Output RMS above which the model counts as speaking (about -50 dBFS).
 const SPEAKING_RMS: f32 = 0.003;
 
+/// The most bytes of text one event carries (a longer piece takes several events).
+pub const PIECE: usize = 64;
+
 /// Capture stamps kept for the playback thread: far more than the frames in flight.
 const STAMPS: usize = 64;
 
@@ -105,7 +108,7 @@ struct OutFrame {
 pub struct Event {
     pub step: u64,
     /// Text that became whole at this step ("" for none).
-    pub piece: heapless::String<64>,
+    pub piece: heapless::String<PIECE>,
     /// The model returned to waiting after text: a text segment ended at this step.
     pub text_end: bool,
     pub speaking: bool,
@@ -466,24 +469,54 @@ fn step_loop(
         in_text = step.text != wait;
         let speaking = rms(&out.pcm) > SPEAKING_RMS;
         life.after_step(&control, user_rms, speaking || step.text != wait, speaking);
-        let mut e = Event {
-            step: frame.seq,
-            piece: heapless::String::new(),
-            text_end,
-            speaking,
-            muted,
-            new_conversation,
-        };
-        // A piece longer than the event holds is cut at a character boundary.
-        for ch in piece.chars() {
-            if e.piece.push(ch).is_err() {
-                break;
+        // A piece longer than an event holds goes in several events of the same step:
+        // nothing of the text is lost.
+        let chunks = chunks(piece);
+        let last = chunks.clone().count() - 1;
+        for (i, now) in chunks.enumerate() {
+            let first = i == 0;
+            let mut e = Event {
+                step: frame.seq,
+                piece: heapless::String::new(),
+                text_end: text_end && i == last,
+                speaking,
+                muted,
+                new_conversation: if first { new_conversation } else { None },
+            };
+            let _ = e.piece.push_str(now);
+            // A network client's text is lossless: the step waits for room (the event
+            // thread takes an event within 20 ms). A local screen's is best effort.
+            let mut item = e;
+            loop {
+                match events.enqueue(item) {
+                    Ok(()) => break,
+                    Err(back) if pacing == Pacing::Stream && !stop.load(Relaxed) => {
+                        item = back;
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    Err(_) => break,
+                }
             }
         }
-        let _ = events.enqueue(e);
     }
     life.stopped(&control);
     Ok(())
+}
+
+/// `text` in pieces of at most `PIECE` bytes, cut at character boundaries; one empty piece
+/// for no text.
+fn chunks(text: &str) -> impl Iterator<Item = &str> + Clone {
+    let mut rest = Some(text);
+    std::iter::from_fn(move || {
+        let r = rest?;
+        let mut cut = r.len().min(PIECE);
+        while !r.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let (now, later) = r.split_at(cut);
+        rest = (!later.is_empty()).then_some(later);
+        Some(now)
+    })
 }
 
 /// A network client's player: every answer in order, as soon as the step made it, until
@@ -517,4 +550,23 @@ fn stream_answers(
 
 fn rms(pcm: &Pcm) -> f32 {
     (pcm.iter().map(|x| x * x).sum::<f32>() / pcm.len() as f32).sqrt()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_text_goes_in_pieces_cut_at_characters() {
+        assert_eq!(chunks("").collect::<Vec<_>>(), [""]);
+        assert_eq!(chunks("hello").collect::<Vec<_>>(), ["hello"]);
+        // 70 three-byte characters: 21 to a piece, nothing lost.
+        let text = "語".repeat(70);
+        let parts: Vec<&str> = chunks(&text).collect();
+        assert_eq!(parts.len(), 4);
+        assert!(parts.iter().all(|p| p.len() <= PIECE));
+        assert_eq!(parts.concat(), text);
+        let exact = "a".repeat(2 * PIECE);
+        assert_eq!(chunks(&exact).count(), 2);
+    }
 }
