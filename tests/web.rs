@@ -29,7 +29,8 @@ fn root() -> &'static Path {
 }
 
 /// The Python of `.ci/install-deps`' environment, or None (the reason printed) where it or
-/// Chromium is missing.
+/// Chromium is missing; in CI (`CI` set), where `.ci/install-deps` has run, a missing one
+/// fails the test instead.
 fn browser_driver(test: &str) -> Option<PathBuf> {
     let py = python_env_path();
     let has_playwright = Command::new(&py)
@@ -42,13 +43,15 @@ fn browser_driver(test: &str) -> Option<PathBuf> {
         return Some(py);
     }
     let found = |b: bool| if b { "found" } else { "missing" };
-    eprintln!(
-        "SKIPPED {test}: needs {CHROMIUM} (Debian's chromium: {}) and Playwright in {} \
+    let why = format!(
+        "{test}: needs {CHROMIUM} (Debian's chromium: {}) and Playwright in {} \
          (playwright: {}); .ci/install-deps installs both",
         found(has_chromium),
         py.display(),
         found(has_playwright),
     );
+    assert!(std::env::var_os("CI").is_none(), "{why}");
+    eprintln!("SKIPPED {why}");
     None
 }
 
