@@ -748,7 +748,14 @@ fn healthz_answers_within_a_second_under_slow_huge_and_many_clients() {
         while sent < 8 << 20 {
             match c.write(&chunk) {
                 Ok(n) => sent += n,
-                Err(_) => break,
+                Err(e) => {
+                    let stalled = matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    );
+                    assert!(!stalled, "the server stopped reading but kept the connection");
+                    break;
+                }
             }
         }
         sent
