@@ -753,7 +753,10 @@ fn healthz_answers_within_a_second_under_slow_huge_and_many_clients() {
                         e.kind(),
                         std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                     );
-                    assert!(!stalled, "the server stopped reading but kept the connection");
+                    assert!(
+                        !stalled,
+                        "the server stopped reading but kept the connection"
+                    );
                     break;
                 }
             }

@@ -1,9 +1,11 @@
 //! `flm-edge serve`: the appliance.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Result;
 use flm_edge::engine::Device;
+use flm_edge::serve::conversations::{Conversations, Feed};
 use flm_edge::serve::{ServeOptions, serve};
 
 #[derive(clap::Args)]
@@ -38,7 +40,11 @@ pub struct Args {
 }
 
 pub fn exec(a: Args) -> Result<()> {
-    serve(ServeOptions {
+    // The network front: the HTTP stack of remote clients, the page and the status routes.
+    let front = |cfg: &flm_edge::config::Config,
+                 owner: Arc<Conversations>|
+     -> Result<Arc<dyn Feed>> { Ok(flm_edge::remote::start(cfg, owner)?) };
+    let opts = ServeOptions {
         board: a.board,
         config: a.config,
         model: a.model,
@@ -47,5 +53,6 @@ pub fn exec(a: Args) -> Result<()> {
         input_wav: a.input_wav,
         output_wav: a.output_wav,
         realtime: a.realtime,
-    })
+    };
+    serve(opts, &front)
 }

@@ -21,10 +21,10 @@ use axum::response::Response;
 use futures_util::{SinkExt, StreamExt};
 
 use super::http::{AppState, Peer};
-use super::link::{self, SocketEnd, Text};
 use super::ogg_opus::{
     MAX_PACKET_SAMPLES, OggOpusReader, OggOpusWriter, PACKET_SAMPLES, PacketTooLong,
 };
+use crate::serve::link::{self, SocketEnd, Text};
 use crate::serve::metrics::Metrics;
 
 /// The largest message (and frame) taken from a client.
@@ -53,10 +53,17 @@ pub(crate) async fn chat(
         .on_upgrade(move |socket| async move {
             let hub = app.hub().clone();
             // The last conversation's client has gone: its answers still due play out first.
-            let t0 = tokio::time::Instant::now();
-            while hub.ending() && t0.elapsed() < START_TIME {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
+            let conversations = &hub.conversations;
+            let _ = tokio::time::timeout(START_TIME, async {
+                loop {
+                    let released = conversations.released.notified();
+                    if !conversations.ending() {
+                        break;
+                    }
+                    released.await;
+                }
+            })
+            .await;
             match hub.begin(peer.to_string()) {
                 Ok(end) => converse(socket, end, &hub.metrics, app.idle_timeout()).await,
                 Err(why) => refuse(socket, why).await,
@@ -124,12 +131,19 @@ async fn run(
     idle: Duration,
 ) -> Result<(), Ending> {
     // The model is handed over when the running step ends and the state is reset.
-    let t0 = tokio::time::Instant::now();
-    while !end.state.started.load(Relaxed) {
-        if t0.elapsed() > START_TIME || end.state.finished.load(Relaxed) {
-            return Err(Ending(INTERNAL, "the model was not handed over".into()));
+    let state = end.state.clone();
+    let handed = tokio::time::timeout(START_TIME, async {
+        loop {
+            let news = state.handed.notified();
+            if state.started.load(Relaxed) || state.finished.load(Relaxed) {
+                break;
+            }
+            news.await;
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+    })
+    .await;
+    if handed.is_err() || !state.started.load(Relaxed) {
+        return Err(Ending(INTERNAL, "the model was not handed over".into()));
     }
     let internal = |e: anyhow::Error| Ending(INTERNAL, e.to_string());
     let mut reader = OggOpusReader::new().map_err(internal)?;

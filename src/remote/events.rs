@@ -65,7 +65,7 @@ fn stream_lines<P: Send + 'static>(
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, Infallible>>(4);
     tokio::spawn(async move {
         let _place = place;
-        let state = serde_json::json!({ "step": null, "text": "", "state": hub.control.state() });
+        let state = serde_json::json!({ "step": null, "text": "", "state": hub.conversations.control.state() });
         let mut first = Some(state.to_string());
         let mut tick = tokio::time::interval(HEALTH_EVERY);
         loop {
@@ -102,13 +102,15 @@ mod tests {
     use crate::serve::metrics::Metrics;
 
     fn hub() -> Arc<Hub> {
-        Arc::new(Hub::new(
-            Arc::new(Metrics::new()),
-            Arc::new(Control::default()),
-            Arc::new(AtomicBool::new(false)),
-            std::thread::current(),
-            super::super::link::RECEIVE_SAMPLES,
-        ))
+        Arc::new(Hub::new(Arc::new(
+            crate::serve::conversations::Conversations::new(
+                Arc::new(Metrics::new()),
+                Arc::new(Control::default()),
+                Arc::new(AtomicBool::new(false)),
+                std::thread::current(),
+                crate::serve::link::RECEIVE_SAMPLES,
+            ),
+        )))
     }
 
     /// A client that stops taking lines (its socket full, so the response body is no longer

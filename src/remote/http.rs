@@ -292,7 +292,7 @@ async fn healthz(State(app): State<App>) -> Response {
 /// `GET /readyz`: 200 when a conversation can start here, 503 with the reason when the board
 /// is busy, loading or draining (a load balancer's health check, a readiness probe).
 async fn readyz(State(app): State<App>) -> Response {
-    match app.hub.readiness() {
+    match app.hub.conversations.readiness() {
         Ok(()) => text(StatusCode::OK, "ready\n"),
         Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
     }

@@ -3,147 +3,62 @@
 //! status routes (`/metrics`, `/healthz`), on one HTTP stack that runs on a thread of its own,
 //! away from the audio and step threads.
 //!
-//! The hub hands a network conversation to the serve loop: one at a time; a second client is
-//! turned away at once with a reason. It also carries the event stream to the web page.
+//! The hub asks the model's owner (`crate::serve::conversations`) for a network
+//! conversation with the sampling the client set; one at a time, a second client is turned
+//! away at once with a reason. It also carries the event stream to the web page. The serve
+//! side knows nothing of this module: it is handed the hub as a `Feed` of page events.
 
 pub mod chat;
 pub mod events;
 pub mod http;
-pub mod link;
 pub mod ogg_opus;
 pub mod page;
 pub mod settings;
 
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::thread::Thread;
+use std::time::Duration;
 
-use crate::engine::Sampling;
-use crate::serve::conversation::Control;
+use anyhow::Result;
+
+use crate::config::Config;
+use crate::serve::conversations::{Conversations, Feed};
+use crate::serve::link::SocketEnd;
 use crate::serve::metrics::Metrics;
-use link::{LinkState, PipelineEnd, SocketEnd};
 use settings::Settings;
 
-/// Why a conversation is refused.
-pub const BUSY: &str = "busy: another conversation is in progress; try again later";
-pub const DRAINING: &str = "draining: this board takes no new conversations";
-
-/// What the server and the serve loop share.
+/// What the HTTP stack shares: the model's owner, the settings clients posted, the page's
+/// event streams.
 pub struct Hub {
     pub metrics: Arc<Metrics>,
-    /// A network conversation holds (or is about to hold) the model.
-    busy: AtomicBool,
-    /// A conversation waiting for the serve loop to take it.
-    offered: Mutex<Option<PipelineEnd>>,
-    /// The link of the conversation that holds the model.
-    current: Mutex<Option<Arc<LinkState>>>,
-    /// Ends whatever pipeline runs, so that the serve loop takes the offer.
-    interrupt: Arc<AtomicBool>,
-    serve_thread: Thread,
+    pub conversations: Arc<Conversations>,
     /// Sampling set through `/api/settings`, for the next conversation.
     settings: Mutex<Settings>,
-    /// The sampling the settings apply to (the model's and the configuration's).
-    base: Mutex<Option<Sampling>>,
     /// The event stream's lines (JSON), for the page's `/api/events`.
     feed: tokio::sync::broadcast::Sender<Arc<str>>,
-    /// The model's resets, mute and state (listening, speaking, muted).
-    pub control: Arc<Control>,
-    /// Samples of a client's audio held ahead of the model (`server.receive_buffer_s`).
-    receive_samples: usize,
 }
 
 impl Hub {
-    /// A hub whose offers interrupt the pipeline through `interrupt` and wake `serve_thread`;
-    /// `control` is the model's; a conversation's link holds `receive_samples` of its audio.
-    pub fn new(
-        metrics: Arc<Metrics>,
-        control: Arc<Control>,
-        interrupt: Arc<AtomicBool>,
-        serve_thread: Thread,
-        receive_samples: usize,
-    ) -> Hub {
+    pub fn new(conversations: Arc<Conversations>) -> Hub {
         Hub {
-            metrics,
-            busy: AtomicBool::new(false),
-            offered: Mutex::new(None),
-            current: Mutex::new(None),
-            interrupt,
-            serve_thread,
+            metrics: conversations.metrics.clone(),
+            conversations,
             settings: Mutex::new(Settings::default()),
-            base: Mutex::new(None),
             feed: tokio::sync::broadcast::channel(events::FEED_LINES).0,
-            control,
-            receive_samples,
         }
     }
 
-    /// Takes the model for a conversation with `peer`: the socket's end of its link, or why
-    /// not (another conversation holds the model, or the board is draining; counted).
+    /// Asks for the model for a conversation with `peer`, at the settings posted so far: the
+    /// socket's end of its link, or why not.
     pub fn begin(&self, peer: String) -> Result<SocketEnd, &'static str> {
-        if self.control.draining() {
-            Metrics::add(&self.metrics.remote.refused);
-            return Err(DRAINING);
-        }
-        if self.busy.swap(true, Relaxed) {
-            Metrics::add(&self.metrics.remote.refused);
-            return Err(BUSY);
-        }
-        let (socket, pipeline) = link::link(peer, self.receive_samples);
-        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(socket.state.clone());
-        *self.offered.lock().unwrap_or_else(|e| e.into_inner()) = Some(pipeline);
-        self.interrupt.store(true, Relaxed);
-        self.serve_thread.unpark();
-        Ok(socket)
-    }
-
-    /// Whether a conversation can start now (`/readyz`), or why not: the board is draining,
-    /// the model is loading, or a conversation holds it.
-    pub fn readiness(&self) -> Result<(), &'static str> {
-        if self.control.draining() {
-            return Err(DRAINING);
-        }
-        let loaded = self
-            .base
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some();
-        if !loaded || self.metrics.loading.load(Relaxed) {
+        let Some(base) = self.conversations.base() else {
             return Err("loading: the model is not ready yet");
-        }
-        if self.busy() {
-            return Err(BUSY);
-        }
-        Ok(())
-    }
-
-    /// The conversation waiting to be served, if any (for the serve loop).
-    pub fn take_offer(&self) -> Option<PipelineEnd> {
-        self.offered
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-    }
-
-    /// The serve loop has finished the conversation: the next client may have the model.
-    pub fn release(&self) {
-        self.busy.store(false, Relaxed);
+        };
+        self.conversations.begin(peer, self.settings().apply(base))
     }
 
     pub fn busy(&self) -> bool {
-        self.busy.load(Relaxed)
-    }
-
-    /// The conversation that holds the model is ending: its client has gone, and the
-    /// pipeline plays out the answers still due (a client that reconnects at once waits for
-    /// that rather than being turned away).
-    pub fn ending(&self) -> bool {
-        self.busy()
-            && self
-                .current
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .as_ref()
-                .is_some_and(|s| s.client_gone.load(Relaxed))
+        self.conversations.busy()
     }
 
     pub fn settings(&self) -> Settings {
@@ -161,27 +76,84 @@ impl Hub {
         Ok(())
     }
 
-    /// The sampling that settings apply to, set by the serve loop.
-    pub fn set_base(&self, base: Sampling) {
-        *self.base.lock().unwrap_or_else(|e| e.into_inner()) = Some(base);
-    }
-
     /// The settings in force for the next conversation, every key (for `GET /api/settings`);
     /// None before the model is loaded.
     pub fn effective_settings(&self) -> Option<serde_json::Value> {
-        let base = (*self.base.lock().unwrap_or_else(|e| e.into_inner()))?;
+        let base = self.conversations.base()?;
         Some(self.settings().effective(base))
-    }
-
-    /// Hands an event line to the page's event streams; never waits (a stream that falls
-    /// behind loses lines, and is told).
-    pub fn publish(&self, line: &str) {
-        if self.feed.receiver_count() > 0 {
-            let _ = self.feed.send(Arc::from(line));
-        }
     }
 
     pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<str>> {
         self.feed.subscribe()
     }
+}
+
+impl Feed for Hub {
+    /// Hands an event line to the page's event streams; never waits (a stream that falls
+    /// behind loses lines, and is told).
+    fn publish(&self, line: &str) {
+        if self.feed.receiver_count() > 0 {
+            let _ = self.feed.send(Arc::from(line));
+        }
+    }
+}
+
+/// The HTTP stack: the status routes on `[status] metrics`, everything on `[server] listen`
+/// (one address serving both when they are the same). Returns the hub, whose page events the
+/// serve side feeds.
+pub fn start(cfg: &Config, conversations: Arc<Conversations>) -> Result<Arc<Hub>> {
+    use http::{Listen, Scope};
+    let v = &cfg.server;
+    let mut listen = vec![];
+    if !v.listen.is_empty() {
+        let tls = (!v.tls_cert.is_empty())
+            .then(|| (PathBuf::from(&v.tls_cert), PathBuf::from(&v.tls_key)));
+        listen.push(Listen {
+            addr: v.listen.clone(),
+            scope: Scope::All,
+            key: "server.listen",
+            tls,
+        });
+    }
+    if !cfg.status.metrics.is_empty() && cfg.status.metrics != v.listen {
+        listen.push(Listen {
+            addr: cfg.status.metrics.clone(),
+            scope: Scope::Status,
+            key: "status.metrics",
+            tls: None,
+        });
+    }
+    let hub = Arc::new(Hub::new(conversations));
+    if listen.is_empty() {
+        return Ok(hub);
+    }
+    let bound = http::start(
+        http::Options {
+            listen,
+            max_connections: v.max_connections as usize,
+            idle: Duration::from_secs(v.idle_timeout_s as u64),
+            page_dir: (!v.page_dir.is_empty()).then(|| PathBuf::from(&v.page_dir)),
+        },
+        hub.clone(),
+    )?;
+    if !v.listen.is_empty() {
+        let scheme = if v.tls_cert.is_empty() { "ws" } else { "wss" };
+        let page = if scheme == "ws" { "http" } else { "https" };
+        eprintln!(
+            "flm-edge: remote clients at {scheme}://{0}/api/chat, the page at {page}://{0}/",
+            bound[0]
+        );
+        if !bound[0].ip().is_loopback() {
+            eprintln!(
+                "flm-edge: warning: `server.listen` {} is not a loopback address: anyone who can reach it can talk to the model{}",
+                bound[0],
+                if v.tls_cert.is_empty() {
+                    ", unencrypted"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
+    Ok(hub)
 }

@@ -6,6 +6,8 @@ use std::time::Instant;
 
 use super::metrics::Metrics;
 
+/// The pipeline's sample rate: 24 kHz mono.
+pub const RATE: u32 = 24_000;
 /// Samples per 80 ms frame at 24 kHz.
 pub const FRAME: usize = 1920;
 pub type Pcm = [f32; FRAME];

@@ -6,10 +6,12 @@ pub mod abort;
 pub mod alsa_io;
 pub mod clock_match;
 pub mod conversation;
+pub mod conversations;
 pub mod device;
 pub mod echo_path;
 pub mod file_io;
 pub mod jetson;
+pub mod link;
 pub mod metrics;
 pub mod network_io;
 pub mod page_cache;
@@ -32,10 +34,10 @@ use crate::config::{Config, Source};
 use crate::detok::Detokenizer;
 use crate::engine::{Engine, EngineOptions, Sampling, SamplingOverrides};
 use crate::model_dir::ModelDir;
-use crate::remote::Hub;
-use crate::remote::link::{PipelineEnd, Text};
 use alsa_io::{AlsaCapture, AlsaPlayback, DeviceSpec};
+use conversations::{Conversations, Feed};
 use device::{CaptureDevice, PlaybackDevice};
+use link::{PipelineEnd, Text};
 use metrics::Metrics;
 use pipeline::{Model, Schedule};
 
@@ -197,65 +199,12 @@ impl Signals {
     }
 }
 
-/// The HTTP stack: the status routes on `[status] metrics`, everything on `[server] listen`
-/// (one address serving both when they are the same).
-fn start_http(cfg: &Config, hub: Arc<Hub>) -> Result<()> {
-    use crate::remote::http::{self, Listen, Scope};
-    let v = &cfg.server;
-    let mut listen = vec![];
-    if !v.listen.is_empty() {
-        let tls = (!v.tls_cert.is_empty())
-            .then(|| (PathBuf::from(&v.tls_cert), PathBuf::from(&v.tls_key)));
-        listen.push(Listen {
-            addr: v.listen.clone(),
-            scope: Scope::All,
-            key: "server.listen",
-            tls,
-        });
-    }
-    if !cfg.status.metrics.is_empty() && cfg.status.metrics != v.listen {
-        listen.push(Listen {
-            addr: cfg.status.metrics.clone(),
-            scope: Scope::Status,
-            key: "status.metrics",
-            tls: None,
-        });
-    }
-    if listen.is_empty() {
-        return Ok(());
-    }
-    let bound = http::start(
-        http::Options {
-            listen,
-            max_connections: v.max_connections as usize,
-            idle: Duration::from_secs(v.idle_timeout_s as u64),
-            page_dir: (!v.page_dir.is_empty()).then(|| PathBuf::from(&v.page_dir)),
-        },
-        hub,
-    )?;
-    if !v.listen.is_empty() {
-        let scheme = if v.tls_cert.is_empty() { "ws" } else { "wss" };
-        let page = if scheme == "ws" { "http" } else { "https" };
-        eprintln!(
-            "flm-edge: remote clients at {scheme}://{0}/api/chat, the page at {page}://{0}/",
-            bound[0]
-        );
-        if !bound[0].ip().is_loopback() {
-            eprintln!(
-                "flm-edge: warning: `server.listen` {} is not a loopback address: anyone who can reach it can talk to the model{}",
-                bound[0],
-                if v.tls_cert.is_empty() {
-                    ", unencrypted"
-                } else {
-                    ""
-                }
-            );
-        }
-    }
-    Ok(())
-}
+/// The network front (the HTTP stack of `crate::remote`), started once the model is loaded:
+/// given the configuration and the owner of the model, it serves the remote clients and
+/// returns where the page's events go.
+pub type StartFront<'a> = &'a dyn Fn(&Config, Arc<Conversations>) -> Result<Arc<dyn Feed>>;
 
-pub fn serve(opts: ServeOptions) -> Result<()> {
+pub fn serve(opts: ServeOptions, start_front: StartFront) -> Result<()> {
     let mut cfg = load_config(&opts)?;
     // A device that is not there is one line, before the model is read.
     flm_kernels::device::Device::check(cfg.backend.parse()?)?;
@@ -274,19 +223,19 @@ pub fn serve(opts: ServeOptions) -> Result<()> {
         t0.elapsed().as_secs_f64()
     );
     let metrics = Arc::new(Metrics::new());
-    let hub = Arc::new(Hub::new(
+    let owner = Arc::new(Conversations::new(
         metrics.clone(),
         model.control.clone(),
         signals.interrupt.clone(),
         std::thread::current(),
-        cfg.server.receive_buffer_s as usize * crate::remote::ogg_opus::RATE as usize,
+        cfg.server.receive_buffer_s as usize * device::RATE as usize,
     ));
-    start_http(&cfg, hub.clone())?;
+    let feed = start_front(&cfg, owner.clone())?;
     let events = match cfg.status.events.as_str() {
         "" => status::EventStream::without_socket(),
         p => status::EventStream::listen(Path::new(p), model.control.clone())?,
     }
-    .feeding(hub.clone());
+    .feeding(feed);
     status::supervise(
         metrics.clone(),
         signals.stop.clone(),
@@ -294,7 +243,7 @@ pub fn serve(opts: ServeOptions) -> Result<()> {
     );
     let replay = opts.input_wav.is_some() || opts.output_wav.is_some();
     let mut base = model.engine.sampling();
-    hub.set_base(base);
+    owner.set_base(base);
     loop {
         // Cleared first: whatever happens from here on ends the next pipeline at once.
         signals.interrupt.store(false, Relaxed);
@@ -302,23 +251,15 @@ pub fn serve(opts: ServeOptions) -> Result<()> {
             eprintln!("flm-edge: stopped after {}", metrics.totals());
             break;
         }
-        if let Some(conversation) = hub.take_offer() {
-            converse(
-                &cfg,
-                &mut model,
-                base,
-                conversation,
-                &hub,
-                &signals,
-                &events,
-            )?;
+        if let Some(conversation) = owner.take_offer() {
+            converse(&cfg, &mut model, conversation, &owner, &signals, &events)?;
             continue;
         }
         if signals.reload.swap(false, Relaxed) {
             status::notify(&[NotifyState::Reloading]);
             reload(&opts, &mut cfg, &mut model, &metrics);
             base = model.engine.sampling();
-            hub.set_base(base);
+            owner.set_base(base);
             continue;
         }
         let schedule = schedule(&cfg);
@@ -329,7 +270,9 @@ pub fn serve(opts: ServeOptions) -> Result<()> {
         };
         let on_event: Option<&mut (dyn FnMut(&pipeline::Event) + Send)> = Some(&mut on_event);
         if replay {
-            replay_wav(&opts, &mut model, schedule, &metrics, &signals, on_event)?;
+            replay_wav(
+                &opts, &mut model, base, schedule, &metrics, &signals, on_event,
+            )?;
             break;
         }
         match cfg.source() {
@@ -345,14 +288,17 @@ pub fn serve(opts: ServeOptions) -> Result<()> {
             Source::Alsa => {
                 // Steps are owed from here on.
                 metrics.idle.store(false, Relaxed);
-                model.engine.set_sampling(hub.settings().apply(base))?;
                 let (mut cap, mut play) = open_devices(&cfg, &metrics)?;
                 let prio = cfg.audio.rt_priority;
                 let mut cap = Realtime::new(&mut cap, prio);
                 let mut play = Realtime::new(&mut play, prio);
                 status::notify(&[NotifyState::Ready]);
-                pipeline::run(
+                // The local microphone's conversation keeps the configuration's sampling:
+                // `/api/settings` is for network conversations.
+                conversations::hold(
                     &mut model,
+                    base,
+                    || {},
                     &mut cap,
                     &mut play,
                     schedule,
@@ -389,9 +335,11 @@ fn schedule(cfg: &Config) -> Schedule {
 
 /// `--input-wav` / `--output-wav`: the file stands for the microphone, the reply is written
 /// time-aligned with it.
+#[allow(clippy::too_many_arguments)]
 fn replay_wav(
     opts: &ServeOptions,
     model: &mut Model,
+    sampling: Sampling,
     schedule: Schedule,
     metrics: &Metrics,
     signals: &Signals,
@@ -413,8 +361,10 @@ fn replay_wav(
     metrics.capture_present.store(true, Relaxed);
     metrics.playback_present.store(true, Relaxed);
     status::notify(&[NotifyState::Ready]);
-    pipeline::run(
+    conversations::hold(
         model,
+        sampling,
+        || {},
         &mut cap,
         &mut play,
         schedule,
@@ -429,29 +379,28 @@ fn replay_wav(
     Ok(())
 }
 
-/// One network conversation: a fresh model state with the settings of `/api/settings`, the
-/// pipeline between the client's audio and its socket, then the model is free again.
+/// One network conversation: a fresh model state with the client's settings, the pipeline
+/// between the client's audio and its socket, then the model is free again.
 fn converse(
     cfg: &Config,
     model: &mut Model,
-    base: Sampling,
     conversation: PipelineEnd,
-    hub: &Hub,
+    owner: &Conversations,
     signals: &Signals,
     events: &status::EventStream,
 ) -> Result<()> {
-    let metrics = &hub.metrics;
+    let metrics = &owner.metrics;
     let PipelineEnd {
         audio_in,
         audio_out,
         mut text,
         state,
         peer,
+        sampling,
     } = conversation;
-    let sampling = hub.settings().apply(base);
-    if let Err(e) = model.start_over_with(sampling) {
-        state.finished.store(true, Relaxed);
-        hub.release();
+    if let Err(e) = sampling.check() {
+        state.finish();
+        owner.release();
         eprintln!("flm-edge: conversation with {peer} refused: {e:#}");
         return Ok(());
     }
@@ -465,7 +414,6 @@ fn converse(
         state.clone(),
         signals.interrupt.clone(),
     );
-    state.started.store(true, Relaxed);
     let mut shown = "listening";
     // The client's text is lossless: while its ring is full (the socket sends every 10 ms),
     // this thread waits, unless the client has gone.
@@ -489,8 +437,10 @@ fn converse(
         events.send(e, e.state() != shown);
         shown = e.state();
     };
-    let result = pipeline::run(
+    let result = conversations::hold(
         model,
+        sampling,
+        || state.start(),
         &mut cap,
         &mut play,
         schedule(cfg),
@@ -498,7 +448,7 @@ fn converse(
         &signals.interrupt,
         Some(&mut on_event),
     );
-    state.finished.store(true, Relaxed);
+    state.finish();
     metrics.remote.end(metrics.deadline_misses.load(Relaxed));
     let r = &metrics.remote;
     eprintln!(
@@ -508,7 +458,7 @@ fn converse(
         r.late(metrics.deadline_misses.load(Relaxed)),
     );
     events.send_line(&serde_json::json!({ "conversation": "end", "peer": peer }));
-    hub.release();
+    owner.release();
     result
 }
 

@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::Duration;
 
 use super::device::{CaptureDevice, Captured, Pacing, Pcm, PlaybackDevice};
+use super::link::{self, LinkState};
 use super::metrics::Metrics;
-use crate::remote::link::{self, LinkState};
 
 /// How often a capture that waits for audio looks again (it is also woken as audio arrives).
 const POLL: Duration = Duration::from_millis(5);

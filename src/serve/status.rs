@@ -1,6 +1,6 @@
 //! Reporting, off the real-time path: the JSON-lines event stream on a Unix socket, the
 //! periodic log line, and systemd's READY / STATUS / WATCHDOG messages. (`/metrics` and
-//! `/healthz` are served by the HTTP stack, `crate::remote::http`.)
+//! `/healthz` are served by the HTTP stack of the network front.)
 
 use std::io::Write;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -13,14 +13,14 @@ use anyhow::{Context, Result};
 use sd_notify::NotifyState;
 
 use super::conversation::Control;
+use super::conversations::Feed;
 use super::metrics::Metrics;
 use super::pipeline::Event;
-use crate::remote::Hub;
 
 /// Clients of the event socket, and the web page's event streams.
 pub struct EventStream {
     clients: Arc<Mutex<Vec<UnixStream>>>,
-    page: Option<Arc<Hub>>,
+    page: Option<Arc<dyn Feed>>,
 }
 
 /// The most event clients served at once (a kiosk screen or two, a logger); more are
@@ -38,10 +38,10 @@ impl EventStream {
         }
     }
 
-    /// The same events also go to the page's `/api/events` through `hub`.
-    pub fn feeding(self, hub: Arc<Hub>) -> EventStream {
+    /// The same events also go to the page's `/api/events` through `feed`.
+    pub fn feeding(self, feed: Arc<dyn Feed>) -> EventStream {
         EventStream {
-            page: Some(hub),
+            page: Some(feed),
             ..self
         }
     }
@@ -121,8 +121,8 @@ impl EventStream {
     /// dropped.
     pub fn send_line(&self, v: &serde_json::Value) {
         let line = v.to_string() + "\n";
-        if let Some(hub) = &self.page {
-            hub.publish(line.trim_end());
+        if let Some(feed) = &self.page {
+            feed.publish(line.trim_end());
         }
         if let Ok(mut v) = self.clients.lock() {
             v.retain_mut(|s| s.write_all(line.as_bytes()).is_ok());

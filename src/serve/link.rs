@@ -20,7 +20,7 @@ const TEXT_ITEMS: usize = 256;
 #[derive(Clone, Debug, PartialEq)]
 pub enum Text {
     /// Text of the model's tokens that became whole (a longer piece comes in several).
-    Piece(heapless::String<{ crate::serve::pipeline::PIECE }>),
+    Piece(heapless::String<{ super::pipeline::PIECE }>),
     /// The model returned to waiting after text: the segment ends (sent as "\n").
     End,
 }
@@ -34,11 +34,25 @@ pub struct LinkState {
     pub started: AtomicBool,
     /// The pipeline has ended the conversation: the socket closes.
     pub finished: AtomicBool,
+    /// Notified when `started` or `finished` is set (the socket's side waits on it).
+    pub handed: tokio::sync::Notify,
     /// The capture thread, woken when audio arrives.
     pub capture: OnceLock<Thread>,
 }
 
 impl LinkState {
+    /// The pipeline has taken the conversation.
+    pub fn start(&self) {
+        self.started.store(true, Relaxed);
+        self.handed.notify_waiters();
+    }
+
+    /// The pipeline has ended the conversation.
+    pub fn finish(&self) {
+        self.finished.store(true, Relaxed);
+        self.handed.notify_waiters();
+    }
+
     pub fn wake_capture(&self) {
         if let Some(t) = self.capture.get() {
             t.unpark();
@@ -62,6 +76,8 @@ pub struct PipelineEnd {
     pub state: std::sync::Arc<LinkState>,
     /// The client's address, for the log and the event stream.
     pub peer: String,
+    /// The conversation's sampling (the network settings over the model's).
+    pub sampling: crate::engine::Sampling,
 }
 
 impl Drop for SocketEnd {
@@ -71,9 +87,13 @@ impl Drop for SocketEnd {
     }
 }
 
-/// A new link for a conversation with `peer` that holds up to `received` samples of its
-/// audio (allocates: at the conversation's start).
-pub fn link(peer: String, received: usize) -> (SocketEnd, PipelineEnd) {
+/// A new link for a conversation with `peer` at `sampling` that holds up to `received`
+/// samples of its audio (allocates: at the conversation's start).
+pub fn link(
+    peer: String,
+    sampling: crate::engine::Sampling,
+    received: usize,
+) -> (SocketEnd, PipelineEnd) {
     let state = std::sync::Arc::new(LinkState::default());
     let (in_tx, in_rx) = rtrb::RingBuffer::new(received);
     let (out_tx, out_rx) = rtrb::RingBuffer::new(OUTBOUND_SAMPLES);
@@ -91,6 +111,7 @@ pub fn link(peer: String, received: usize) -> (SocketEnd, PipelineEnd) {
             text: text_tx,
             state,
             peer,
+            sampling,
         },
     )
 }
@@ -123,7 +144,19 @@ mod tests {
     #[test]
     fn rings_carry_samples_and_take_what_fits() {
         const JITTER_SAMPLES: usize = 24_000;
-        let (mut socket, mut pipe) = link("test".into(), JITTER_SAMPLES);
+        let greedy = flm_kernels::sampling::SamplingParams {
+            temperature: 0.0,
+            top_p: 1.0,
+            top_k: 0,
+            repetition_penalty: 1.0,
+            repetition_window: 0,
+        };
+        let sampling = crate::engine::Sampling {
+            text: greedy,
+            audio: greedy,
+            audio_penalty_codebooks: 4,
+        };
+        let (mut socket, mut pipe) = link("test".into(), sampling, JITTER_SAMPLES);
         let x: Vec<f32> = (0..30_000).map(|i| i as f32).collect();
         assert_eq!(
             push_samples(&mut socket.audio_in, &x),

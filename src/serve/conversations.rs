@@ -1,0 +1,175 @@
+//! Who has the model. One owner at a time: the local microphone and loudspeaker, a network
+//! client, or a replayed file. A network client asks through `begin` (from the HTTP stack's
+//! thread); the serve loop, which alone holds the model, takes the offer, runs the
+//! conversation through `hold` and gives the model back. `hold` is the one place a pipeline
+//! is built: every owner starts from a fresh model state (engine, Mimi, detokenizer) with its
+//! own sampling.
+//!
+//! The network side never polls: it waits on `handed` (the conversation started or ended)
+//! and `released` (the model is free again), notified as those happen.
+
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::thread::Thread;
+
+use anyhow::Result;
+
+use super::conversation::Control;
+use super::device::{CaptureDevice, PlaybackDevice};
+use super::link::{self, LinkState, PipelineEnd, SocketEnd};
+use super::metrics::Metrics;
+use super::pipeline::{self, Event, Model, Schedule};
+use crate::engine::Sampling;
+
+/// Why a network conversation is refused.
+pub const BUSY: &str = "busy: another conversation is in progress; try again later";
+pub const DRAINING: &str = "draining: this board takes no new conversations";
+
+/// Where the page's events go (the HTTP stack's event streams).
+pub trait Feed: Send + Sync {
+    fn publish(&self, line: &str);
+}
+
+/// The model's owner and the network conversation waiting for it.
+pub struct Conversations {
+    pub metrics: Arc<Metrics>,
+    /// The model's resets, mute, drain and state.
+    pub control: Arc<Control>,
+    /// A network conversation holds (or is about to hold) the model.
+    busy: AtomicBool,
+    /// A conversation waiting for the serve loop to take it.
+    offered: Mutex<Option<PipelineEnd>>,
+    /// The link of the network conversation that holds the model.
+    current: Mutex<Option<Arc<LinkState>>>,
+    /// Ends whatever pipeline runs, so that the serve loop takes the offer.
+    interrupt: Arc<AtomicBool>,
+    serve_thread: Thread,
+    /// The sampling of the model and the configuration (what network settings apply to).
+    base: Mutex<Option<Sampling>>,
+    /// Samples of a client's audio held ahead of the model (`server.receive_buffer_s`).
+    receive_samples: usize,
+    /// The model is free again.
+    pub released: tokio::sync::Notify,
+}
+
+impl Conversations {
+    /// The owner of the model stepped on `serve_thread`; an offer interrupts the pipeline
+    /// through `interrupt`; a network conversation's link holds `receive_samples` of its audio.
+    pub fn new(
+        metrics: Arc<Metrics>,
+        control: Arc<Control>,
+        interrupt: Arc<AtomicBool>,
+        serve_thread: Thread,
+        receive_samples: usize,
+    ) -> Conversations {
+        Conversations {
+            metrics,
+            control,
+            busy: AtomicBool::new(false),
+            offered: Mutex::new(None),
+            current: Mutex::new(None),
+            interrupt,
+            serve_thread,
+            base: Mutex::new(None),
+            receive_samples,
+            released: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Asks for the model for a conversation with `peer` at `sampling`: the socket's end of
+    /// its link, or why not (another conversation holds the model, or the board is
+    /// draining; counted).
+    pub fn begin(&self, peer: String, sampling: Sampling) -> Result<SocketEnd, &'static str> {
+        if self.control.draining() {
+            Metrics::add(&self.metrics.remote.refused);
+            return Err(DRAINING);
+        }
+        if self.busy.swap(true, Relaxed) {
+            Metrics::add(&self.metrics.remote.refused);
+            return Err(BUSY);
+        }
+        let (socket, pipeline) = link::link(peer, sampling, self.receive_samples);
+        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(socket.state.clone());
+        *self.offered.lock().unwrap_or_else(|e| e.into_inner()) = Some(pipeline);
+        self.interrupt.store(true, Relaxed);
+        self.serve_thread.unpark();
+        Ok(socket)
+    }
+
+    /// The conversation waiting to be served, if any (for the serve loop).
+    pub fn take_offer(&self) -> Option<PipelineEnd> {
+        self.offered
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
+
+    /// The serve loop has finished the network conversation: the next client may have the
+    /// model.
+    pub fn release(&self) {
+        self.busy.store(false, Relaxed);
+        self.released.notify_waiters();
+    }
+
+    pub fn busy(&self) -> bool {
+        self.busy.load(Relaxed)
+    }
+
+    /// The conversation that holds the model is ending: its client has gone, and the
+    /// pipeline plays out the answers still due (a client that reconnects at once waits for
+    /// that rather than being turned away).
+    pub fn ending(&self) -> bool {
+        self.busy()
+            && self
+                .current
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+                .is_some_and(|s| s.client_gone.load(Relaxed))
+    }
+
+    /// Whether a conversation can start now (`/readyz`), or why not: the board is draining,
+    /// the model is loading, or a conversation holds it.
+    pub fn readiness(&self) -> Result<(), &'static str> {
+        if self.control.draining() {
+            return Err(DRAINING);
+        }
+        if self.base().is_none() || self.metrics.loading.load(Relaxed) {
+            return Err("loading: the model is not ready yet");
+        }
+        if self.busy() {
+            return Err(BUSY);
+        }
+        Ok(())
+    }
+
+    /// The sampling network settings apply to, set by the serve loop at each load.
+    pub fn set_base(&self, base: Sampling) {
+        *self.base.lock().unwrap_or_else(|e| e.into_inner()) = Some(base);
+    }
+
+    /// None before the model is loaded.
+    pub fn base(&self) -> Option<Sampling> {
+        *self.base.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Runs one owner's conversation on `model`: a fresh state with `sampling`, `begun` told,
+/// then the pipeline between `capture` and `playback` until `stop` or the source's end.
+/// Sampling the engine refuses is an error, and the pipeline does not start.
+#[allow(clippy::too_many_arguments)]
+pub fn hold(
+    model: &mut Model,
+    sampling: Sampling,
+    begun: impl FnOnce(),
+    capture: &mut dyn CaptureDevice,
+    playback: &mut dyn PlaybackDevice,
+    schedule: Schedule,
+    metrics: &Metrics,
+    stop: &AtomicBool,
+    on_event: Option<&mut (dyn FnMut(&Event) + Send)>,
+) -> Result<()> {
+    model.start_over_with(sampling)?;
+    begun();
+    pipeline::run(model, capture, playback, schedule, metrics, stop, on_event)
+}
