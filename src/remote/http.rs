@@ -264,13 +264,62 @@ fn text(code: StatusCode, body: impl Into<String>) -> Response {
         .into_response()
 }
 
+/// A JSON answer as aiohttp's `web.json_response` writes it (Python's `json.dumps`).
 fn json(code: StatusCode, v: serde_json::Value) -> Response {
     (
         code,
-        [(header::CONTENT_TYPE, "application/json")],
-        v.to_string(),
+        [(header::CONTENT_TYPE, "application/json; charset=utf-8")],
+        python_json(&v),
     )
         .into_response()
+}
+
+/// `json.dumps(v)` with its defaults: `", "` and `": "` between items, and every character
+/// beyond ASCII escaped (`\u2265`, surrogate pairs beyond the BMP).
+pub fn python_json(v: &serde_json::Value) -> String {
+    use serde::Serialize;
+    use std::io::Write;
+    struct Python;
+    impl serde_json::ser::Formatter for Python {
+        fn begin_array_value<W: ?Sized + Write>(
+            &mut self,
+            w: &mut W,
+            first: bool,
+        ) -> std::io::Result<()> {
+            if first { Ok(()) } else { w.write_all(b", ") }
+        }
+        fn begin_object_key<W: ?Sized + Write>(
+            &mut self,
+            w: &mut W,
+            first: bool,
+        ) -> std::io::Result<()> {
+            if first { Ok(()) } else { w.write_all(b", ") }
+        }
+        fn begin_object_value<W: ?Sized + Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+            w.write_all(b": ")
+        }
+        fn write_string_fragment<W: ?Sized + Write>(
+            &mut self,
+            w: &mut W,
+            fragment: &str,
+        ) -> std::io::Result<()> {
+            for c in fragment.chars() {
+                if c.is_ascii() {
+                    w.write_all(&[c as u8])?;
+                } else {
+                    for unit in c.encode_utf16(&mut [0; 2]) {
+                        write!(w, "\\u{unit:04x}")?;
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+    let mut out = Vec::new();
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, Python);
+    // Writing to memory cannot fail, and what is written is ASCII.
+    let _ = v.serialize(&mut ser);
+    String::from_utf8(out).unwrap_or_default()
 }
 
 async fn metrics(State(app): State<App>) -> Response {
@@ -367,3 +416,34 @@ impl Health {
 }
 
 pub(crate) use App as AppState;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `json.dumps` writes (Python 3.12), byte for byte.
+    #[test]
+    fn json_is_written_as_pythons_json_dumps() {
+        let cases = [
+            (
+                serde_json::json!({ "status": "success" }),
+                r#"{"status": "success"}"#,
+            ),
+            (
+                serde_json::json!({ "error": "Server is busy, please try again later." }),
+                r#"{"error": "Server is busy, please try again later."}"#,
+            ),
+            (
+                serde_json::json!({ "error": "≥ 0 \"x\"\n\u{1f600}" }),
+                r#"{"error": "\u2265 0 \"x\"\n\ud83d\ude00"}"#,
+            ),
+            (
+                serde_json::json!([1, [true, null], {}]),
+                "[1, [true, null], {}]",
+            ),
+        ];
+        for (v, python) in cases {
+            assert_eq!(python_json(&v), python);
+        }
+    }
+}

@@ -342,9 +342,10 @@ pub fn serve(opts: ServeOptions) -> Result<()> {
                 metrics.idle.store(false, Relaxed);
             }
             Source::Alsa => {
-                // Steps are owed from here on.
+                // Steps are owed from here on. The local microphone's conversation keeps the
+                // configuration's sampling: `/api/settings` is for network conversations.
                 metrics.idle.store(false, Relaxed);
-                model.engine.set_sampling(hub.settings().apply(base))?;
+                model.engine.set_sampling(base)?;
                 let (mut cap, mut play) = open_devices(&cfg, &metrics)?;
                 let prio = cfg.audio.rt_priority;
                 let mut cap = Realtime::new(&mut cap, prio);

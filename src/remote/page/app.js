@@ -653,7 +653,8 @@ function renderSettings(values) {
     } else {
       input.type = 'number';
       input.step = WHOLE.test(key) ? '1' : 'any';
-      input.min = '0';
+      // A penalty window of -1 is none, as in the official client.
+      input.min = /window/.test(key) ? '-1' : '0';
       input.value = v;
     }
     input.title = key;
