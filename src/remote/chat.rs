@@ -4,7 +4,8 @@
 //! audio. Other kinds are ignored, as the protocol says.
 //!
 //! Limits: messages of at most 256 KiB; a client that sends nothing for the idle time, or
-//! does not take what is sent within 2 s, is closed. Audio that does not decode closes the
+//! does not take what is sent within 2 s, is closed; so is a conversation that reaches
+//! `server.max_conversation_s` (code 1008, policy). Audio that does not decode closes the
 //! connection with the reason; the service goes on.
 
 use std::sync::atomic::Ordering::Relaxed;
@@ -29,8 +30,10 @@ const SEND_TIME: Duration = Duration::from_secs(2);
 /// How often what the pipeline produced is sent.
 const TICK: Duration = Duration::from_millis(10);
 
-/// Close codes (RFC 6455): going away, unsupported data, try again later, internal error.
+/// Close codes (RFC 6455): going away, unsupported data, policy, try again later, internal
+/// error.
 const GOING_AWAY: u16 = 1001;
+const POLICY: u16 = 1008;
 const BAD_DATA: u16 = 1007;
 const TRY_LATER: u16 = 1013;
 const INTERNAL: u16 = 1011;
@@ -50,7 +53,10 @@ pub(crate) async fn chat(
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             match hub.begin(peer.to_string()) {
-                Some(end) => converse(socket, end, &hub.metrics, app.idle_timeout()).await,
+                Some(end) => {
+                    let limits = (app.idle_timeout(), app.max_conversation());
+                    converse(socket, end, &hub.metrics, limits).await
+                }
                 None => {
                     refuse(socket).await;
                 }
@@ -86,9 +92,15 @@ fn close(code: u16, reason: &str) -> Message {
 /// Why a conversation ended, when the server ends it.
 struct Ending(u16, String);
 
-async fn converse(socket: WebSocket, mut end: SocketEnd, m: &Metrics, idle: Duration) {
+/// `limits`: the idle time, and the longest conversation (`server.max_conversation_s`).
+async fn converse(
+    socket: WebSocket,
+    mut end: SocketEnd,
+    m: &Metrics,
+    limits: (Duration, Option<Duration>),
+) {
     let (mut tx, mut rx) = socket.split();
-    let ending = run(&mut tx, &mut rx, &mut end, m, idle).await;
+    let ending = run(&mut tx, &mut rx, &mut end, m, limits).await;
     end.state.client_gone.store(true, Relaxed);
     end.state.wake_capture();
     if let Err(Ending(code, why)) = ending {
@@ -116,7 +128,7 @@ async fn run(
     rx: &mut Rx,
     end: &mut SocketEnd,
     m: &Metrics,
-    idle: Duration,
+    (idle, longest): (Duration, Option<Duration>),
 ) -> Result<(), Ending> {
     // The model is handed over when the running step ends and the state is reset.
     let t0 = tokio::time::Instant::now();
@@ -138,6 +150,7 @@ async fn run(
     let mut frame = [0f32; PACKET_SAMPLES];
     let mut heard = tokio::time::Instant::now();
     let mut carry = 0usize;
+    let began = tokio::time::Instant::now();
     loop {
         tokio::select! {
             msg = rx.next() => {
@@ -157,6 +170,9 @@ async fn run(
             _ = tick.tick() => {
                 if heard.elapsed() > idle {
                     return Err(Ending(GOING_AWAY, format!("nothing received for {} s", idle.as_secs())));
+                }
+                if let Some(longest) = longest.filter(|l| began.elapsed() > *l) {
+                    return Err(Ending(POLICY, format!("time is up: a conversation lasts at most {} s", longest.as_secs())));
                 }
                 while link::pop_samples(&mut end.audio_out, &mut frame) {
                     let page = writer.frame(&frame).map_err(internal)?;

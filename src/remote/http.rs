@@ -6,7 +6,7 @@
 //! 503), 1 s for each request head (a kept-alive connection that sends none is closed after
 //! it), 16 KiB for it,
 //! 5 s for a TLS handshake, 16 KiB and 2 s for a request body; websocket limits in `chat`,
-//! event-stream limits in `events`.
+//! event-stream limits in `events`. Who may use the remote-client routes: `access`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -24,6 +24,7 @@ use axum::routing::{get, post};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Semaphore;
 
+use super::access::Access;
 use super::{Hub, page};
 use crate::serve::metrics::Metrics;
 
@@ -64,6 +65,10 @@ pub struct Options {
     pub idle: Duration,
     /// `server.page_dir`: files that replace the built-in page's.
     pub page_dir: Option<PathBuf>,
+    /// `server.token` and `server.allowed_origins`.
+    pub access: Access,
+    /// `server.max_conversation_s`: a conversation is closed after this long.
+    pub max_conversation: Option<Duration>,
 }
 
 #[derive(Clone)]
@@ -73,6 +78,10 @@ pub(crate) struct App {
     idle: Duration,
     page_dir: Option<Arc<Path>>,
     event_streams: Arc<Semaphore>,
+    access: Arc<Access>,
+    max_conversation: Option<Duration>,
+    /// Whether this listener serves https (the scheme of its own origin).
+    tls: bool,
 }
 
 /// Closes the connection it was handed with (a handler's way to drop a client that does not
@@ -114,6 +123,9 @@ pub fn start(opts: Options, hub: Arc<Hub>) -> Result<Vec<SocketAddr>> {
         idle: opts.idle,
         page_dir: opts.page_dir.map(Arc::from),
         event_streams: Arc::new(Semaphore::new(super::events::MAX_STREAMS)),
+        access: Arc::new(opts.access),
+        max_conversation: opts.max_conversation,
+        tls: false,
     };
     let places = Arc::new(Semaphore::new(opts.max_connections.max(1)));
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -126,7 +138,11 @@ pub fn start(opts: Options, hub: Arc<Hub>) -> Result<Vec<SocketAddr>> {
             runtime.block_on(async move {
                 let mut tasks = vec![];
                 for (std, scope, tls) in listeners {
-                    let router = routes(scope, app.clone());
+                    let app = App {
+                        tls: tls.is_some(),
+                        ..app.clone()
+                    };
+                    let router = routes(scope, app);
                     let places = places.clone();
                     tasks.push(tokio::spawn(accept_loop(std, router, tls, places)));
                 }
@@ -140,14 +156,19 @@ pub fn start(opts: Options, hub: Arc<Hub>) -> Result<Vec<SocketAddr>> {
 }
 
 fn routes(scope: Scope, app: App) -> Router {
-    let mut r = Router::new()
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics));
+    let mut r = Router::new();
     if scope == Scope::All {
+        // The guard applies to the routes above it alone.
         r = r
             .route("/api/chat", get(super::chat::chat))
             .route("/api/settings", post(settings).get(current_settings))
-            .route("/api/events", get(super::events::events));
+            .route("/api/events", get(super::events::events))
+            .route_layer(axum::middleware::from_fn_with_state(app.clone(), guard));
+    }
+    r = r
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics));
+    if scope == Scope::All {
         for asset in &page::ASSETS {
             let dir = app.page_dir.clone();
             r = r.route(
@@ -262,6 +283,38 @@ fn text(code: StatusCode, body: impl Into<String>) -> Response {
         body.into(),
     )
         .into_response()
+}
+
+/// Who may use the remote-client routes (`access`): a refusal answers with its status and
+/// reason, as JSON `{"error": …}` on `/api/settings` (as its other errors), else as text.
+async fn guard(
+    State(app): State<App>,
+    req: Request<Body>,
+    next: axum::middleware::Next,
+) -> Response {
+    let checked = app
+        .access
+        .check(req.method(), req.uri(), req.headers(), app.tls);
+    let Err(refusal) = checked else {
+        return next.run(req).await;
+    };
+    let mut r = if req.uri().path() == "/api/settings" {
+        json(refusal.status, serde_json::json!({ "error": refusal.why }))
+    } else {
+        (
+            refusal.status,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            format!("{}\n", refusal.why),
+        )
+            .into_response()
+    };
+    if refusal.status == StatusCode::UNAUTHORIZED {
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+    }
+    r
 }
 
 /// A JSON answer as aiohttp's `web.json_response` writes it (Python's `json.dumps`).
@@ -382,6 +435,9 @@ impl App {
     }
     pub fn idle_timeout(&self) -> Duration {
         self.idle
+    }
+    pub fn max_conversation(&self) -> Option<Duration> {
+        self.max_conversation
     }
     pub fn hub(&self) -> &Arc<Hub> {
         &self.hub

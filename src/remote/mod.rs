@@ -6,6 +6,7 @@
 //! The hub hands a network conversation to the serve loop: one at a time; a second client is
 //! turned away at once with a reason. It also carries the event stream to the web page.
 
+pub mod access;
 pub mod chat;
 pub mod events;
 pub mod http;
