@@ -122,6 +122,9 @@ pub struct Status {
     pub events: String,
     /// Seconds between two summary lines in the log.
     pub log_interval_s: u32,
+    /// Whether the event lines of a network conversation's begin and end (the event socket's
+    /// and the page's `/api/events`) carry the client's address; the log always does.
+    pub show_peers: bool,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -146,6 +149,14 @@ pub struct Server {
     /// style.css, app.js, ogg.js; one missing is served built-in), read at each request: a
     /// kiosk's own branding. "" serves the built-in page.
     pub page_dir: String,
+    /// A shared secret that programs and the page give (`Authorization: Bearer …` or
+    /// `?token=…`) on the remote-client routes; "" asks for none.
+    pub token: String,
+    /// Origins, besides the server's own, whose pages may use the remote-client routes
+    /// (exact, such as "https://kiosk.example"; "*" any).
+    pub allowed_origins: Vec<String>,
+    /// A network conversation is closed after this many seconds; 0 never.
+    pub max_conversation_s: u32,
 }
 
 impl Default for Server {
@@ -158,6 +169,9 @@ impl Default for Server {
             idle_timeout_s: 30,
             receive_buffer_s: 2,
             page_dir: String::new(),
+            token: String::new(),
+            allowed_origins: vec![],
+            max_conversation_s: 600,
         }
     }
 }
@@ -268,8 +282,42 @@ impl Default for Status {
             metrics: "127.0.0.1:9464".into(),
             events: String::new(),
             log_interval_s: 60,
+            show_peers: false,
         }
     }
+}
+
+/// The bounds of `server.token`'s length.
+pub const MIN_TOKEN: usize = 16;
+pub const MAX_TOKEN: usize = 256;
+
+/// The bytes a token may have: URL-safe as they are (RFC 3986's unreserved characters).
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+/// An entry of `server.allowed_origins`: "*", or an origin as browsers send it,
+/// `http(s)://host[:port]` with no path.
+fn check_origin(o: &str) -> std::result::Result<(), &'static str> {
+    if o == "*" {
+        return Ok(());
+    }
+    let Some(rest) = o
+        .strip_prefix("http://")
+        .or_else(|| o.strip_prefix("https://"))
+    else {
+        return Err("not \"*\" nor an origin such as https://kiosk.example (http or https)");
+    };
+    if rest.is_empty() {
+        return Err("no host");
+    }
+    if rest.contains(['/', '?', '#', '@', ' ']) {
+        return Err("an origin is scheme://host[:port], with no path, query or user");
+    }
+    if rest.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Err("browsers send origins in lower case");
+    }
+    Ok(())
 }
 
 /// Parses TOML text into `base`'s type, naming the offending key on error. Keys absent from
@@ -438,6 +486,22 @@ impl Config {
             "key `server.receive_buffer_s`: {} is outside 2..60 (seconds of audio held per conversation)",
             v.receive_buffer_s
         );
+        ensure!(
+            v.max_conversation_s <= 86_400,
+            "key `server.max_conversation_s`: {} is over a day (0 turns the limit off)",
+            v.max_conversation_s
+        );
+        ensure!(
+            v.token.is_empty()
+                || (v.token.len() >= MIN_TOKEN
+                    && v.token.len() <= MAX_TOKEN
+                    && v.token.bytes().all(is_token_byte)),
+            "key `server.token`: use {MIN_TOKEN} to {MAX_TOKEN} letters, digits, `-`, `.`, `_` or `~` (it travels in URLs; `openssl rand -hex 16` makes one)"
+        );
+        for o in &v.allowed_origins {
+            check_origin(o)
+                .map_err(|why| anyhow::anyhow!("key `server.allowed_origins`: `{o}`: {why}"))?;
+        }
         let c = &self.conversation;
         ensure!(
             c.idle_reset_s <= 86_400,
@@ -472,5 +536,58 @@ impl Config {
             _ if !self.audio_configured && !self.server.listen.is_empty() => Source::Network,
             _ => Source::Alsa,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(edit: impl FnOnce(&mut Server)) -> Result<()> {
+        let mut c = Config::default();
+        edit(&mut c.server);
+        c.check()
+    }
+
+    #[test]
+    fn the_access_keys_are_checked_naming_the_key() {
+        assert!(server(|_| {}).is_ok());
+        assert!(server(|s| s.token = "0123456789abcdef".into()).is_ok());
+        assert!(server(|s| s.token = "a-b.c_d~e-f.g_h~".into()).is_ok());
+        for bad in ["0123456789abcde", "0123456789abcdef ", "0123456789abcdef%"] {
+            let e = server(|s| s.token = bad.into()).unwrap_err().to_string();
+            assert!(e.starts_with("key `server.token`"), "{bad}: {e}");
+        }
+        let e = server(|s| s.token = "x".repeat(MAX_TOKEN + 1)).unwrap_err();
+        assert!(e.to_string().contains("server.token"));
+        let origins =
+            |o: &[&str]| server(|s| s.allowed_origins = o.iter().map(|o| o.to_string()).collect());
+        assert!(
+            origins(&[
+                "*",
+                "https://kiosk.example",
+                "http://10.0.0.2:8990",
+                "http://[::1]:80"
+            ])
+            .is_ok()
+        );
+        for bad in [
+            "kiosk.example",
+            "https://",
+            "https://kiosk.example/",
+            "https://kiosk.example/page",
+            "ftp://kiosk.example",
+            "https://Kiosk.example",
+            "",
+        ] {
+            let e = origins(&[bad]).unwrap_err().to_string();
+            assert!(
+                e.starts_with("key `server.allowed_origins`") && !e.contains('\n'),
+                "{bad}: {e}"
+            );
+        }
+        assert!(server(|s| s.max_conversation_s = 0).is_ok());
+        let e = server(|s| s.max_conversation_s = 86_401).unwrap_err();
+        assert!(e.to_string().starts_with("key `server.max_conversation_s`"));
     }
 }

@@ -46,6 +46,11 @@ struct Daemon {
 
 impl Daemon {
     fn start(name: &str, server: &str) -> Daemon {
+        Daemon::start_with(name, "", server)
+    }
+
+    /// With keys of `[status]` too.
+    fn start_with(name: &str, status: &str, server: &str) -> Daemon {
         let dir = scratch(name);
         std::fs::create_dir_all(&*dir).unwrap();
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -53,7 +58,7 @@ impl Daemon {
         std::fs::write(
             &cfg,
             format!(
-                "threads = 2\n[status]\nmetrics = \"\"\nevents = \"{}\"\n[server]\nlisten = \"{addr}\"\n{server}",
+                "threads = 2\n[status]\nmetrics = \"\"\nevents = \"{}\"\n{status}[server]\nlisten = \"{addr}\"\n{server}",
                 s(&dir.join("events.sock"))
             ),
         )
@@ -350,7 +355,8 @@ fn a_whole_conversation_over_a_websocket_answers_as_the_offline_run() {
         .take_while(|v: &serde_json::Value| v["conversation"] != "end")
         .collect();
     assert_eq!(lines[0]["conversation"], "begin");
-    assert!(lines[0]["peer"].as_str().unwrap().starts_with("127.0.0.1:"));
+    // The client's address stays in the log unless `status.show_peers` is set.
+    assert!(lines[0].get("peer").is_none(), "{}", lines[0]);
     assert!(lines.len() > 1, "{lines:?}");
     let err = d.stop();
     assert!(err.contains("conversation with 127.0.0.1"), "{err}");
@@ -561,17 +567,18 @@ fn a_second_client_is_refused_at_once_and_settings_wait_for_the_next_conversatio
     // Settings as the official server answers them.
     let ok = post_settings(addr, r#"{"temp_text": 0.5, "use_sampling": true}"#);
     assert!(
-        ok.contains(" 200 ") && ok.ends_with(r#"{"status":"success"}"#),
+        ok.contains(" 200 ") && ok.ends_with(r#"{"status": "success"}"#),
         "{ok}"
     );
     let bad = post_settings(addr, "{oops");
     assert!(
-        bad.contains(" 400 ") && bad.ends_with(r#"{"error":"Invalid JSON"}"#),
+        bad.contains(" 400 ") && bad.ends_with(r#"{"error": "Invalid JSON"}"#),
         "{bad}"
     );
+    // Unknown keys are ignored, as the official server ignores them.
     let unknown = post_settings(addr, r#"{"temperature": 1}"#);
     assert!(
-        unknown.contains(" 400 ") && unknown.contains("unknown key"),
+        unknown.contains(" 200 ") && unknown.ends_with(r#"{"status": "success"}"#),
         "{unknown}"
     );
     let range = post_settings(addr, r#"{"top_p_text": 2}"#);
@@ -597,12 +604,15 @@ fn a_second_client_is_refused_at_once_and_settings_wait_for_the_next_conversatio
         let busy = post_settings(addr, r#"{"temp_text": 0.7}"#);
         assert!(
             busy.contains(" 503 ")
-                && busy.ends_with(r#"{"error":"Server is busy, please try again later."}"#),
+                && busy.ends_with(r#"{"error": "Server is busy, please try again later."}"#),
             "{busy}"
         );
         first.close(None).await.unwrap();
     });
     assert_eq!(d.metric("conversations_refused_total"), 1);
+    // Invalid JSON is answered first, busy or not, as the official server does.
+    let bad = post_settings(addr, "{oops");
+    assert!(bad.contains(" 400 "), "{bad}");
     // Once the conversation has ended, settings are taken again.
     let t0 = Instant::now();
     loop {
@@ -613,7 +623,11 @@ fn a_second_client_is_refused_at_once_and_settings_wait_for_the_next_conversatio
         assert!(t0.elapsed() < Duration::from_secs(5), "{r}");
         std::thread::sleep(Duration::from_millis(50));
     }
-    d.stop();
+    let err = d.stop();
+    assert!(
+        err.contains("unknown keys ignored: \"temperature\""),
+        "{err}"
+    );
 }
 
 #[test]
@@ -940,6 +954,8 @@ fn the_page_and_its_event_stream_are_served_within_their_limits() {
     });
     let during = read_for(&mut streams[0], Duration::from_secs(5), "\"end\"");
     assert!(during.contains("\"conversation\":\"begin\""), "{during}");
+    // Client addresses stay off the page unless `status.show_peers` is set.
+    assert!(!during.contains("peer"), "{during}");
     assert!(during.contains("\"conversation\":\"end\""), "{during}");
     let texts = during
         .lines()
@@ -965,4 +981,243 @@ fn the_page_and_its_event_stream_are_served_within_their_limits() {
     drop(after);
     drop(streams);
     let _ = d.stop();
+}
+
+/// The answer's status line, its headers (lower case) and its body.
+fn answer(reply: &str) -> (u16, String, String) {
+    let (head, body) = reply.split_once("\r\n\r\n").unwrap_or((reply, ""));
+    let code = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, head.to_ascii_lowercase(), body.to_string())
+}
+
+/// A websocket handshake with these headers: the server's status when it refused the
+/// upgrade, or the open socket.
+async fn connect_with(url: &str, headers: &[(&str, &str)]) -> Result<Ws, u16> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = url.into_client_request().unwrap();
+    for (k, v) in headers {
+        req.headers_mut().insert(
+            tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
+    match tokio_tungstenite::connect_async(req).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => Err(r.status().as_u16()),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// `server.token`, `server.allowed_origins`, the settings' content type and
+/// `server.max_conversation_s`, over real sockets: programs without a token are refused
+/// (401) and with it served, by header or query; browsers' pages of other origins are
+/// refused (403), the server's own and the allowed ones served; a form post is refused
+/// (415); the status routes stay open; every end of the official Gradio client's sliders is
+/// taken, answered with aiohttp's bytes; and a conversation is closed at its time limit.
+#[test]
+fn who_may_talk_to_the_board() {
+    let _t = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    const TOKEN: &str = "kiosk-0123456789abcdef";
+    let d = Daemon::start_with(
+        "remote-access",
+        "show_peers = true\n",
+        &format!(
+            "token = \"{TOKEN}\"\nallowed_origins = [\"https://kiosk.example\"]\nmax_conversation_s = 2\n"
+        ),
+    );
+    let addr = d.addr;
+    let host = format!("Host: {addr}\r\n");
+    let get = |path: &str, extra: &str| {
+        answer(&d.http(&format!("GET {path} HTTP/1.1\r\n{host}{extra}\r\n")))
+    };
+    // The status routes and the page stay open.
+    for open in ["/healthz", "/metrics", "/", "/app.js"] {
+        assert_eq!(get(open, "").0, 200, "{open}");
+    }
+    // No token, a wrong one: 401 with the reason; the header or the query: served.
+    let (code, head, body) = get("/api/settings", "");
+    assert_eq!(code, 401, "{body}");
+    assert!(head.contains("www-authenticate: bearer"), "{head}");
+    assert!(body.contains("token"), "{body}");
+    assert_eq!(get("/api/settings?token=kiosk-0123456789abcdeX", "").0, 401);
+    assert_eq!(
+        get(
+            "/api/settings",
+            "Authorization: Bearer wrong-token-0123456789\r\n"
+        )
+        .0,
+        401
+    );
+    assert_eq!(get(&format!("/api/settings?token={TOKEN}"), "").0, 200);
+    let bearer = format!("Authorization: Bearer {TOKEN}\r\n");
+    assert_eq!(get("/api/settings", &bearer).0, 200);
+    let (code, _, body) = get("/api/events", "");
+    assert_eq!(code, 401, "{body}");
+    assert_eq!(
+        get(
+            "/api/events",
+            &format!("{bearer}Origin: http://evil.example\r\n")
+        )
+        .0,
+        403
+    );
+
+    let post = |ty: &str, extra: &str, body: &str| {
+        answer(&d.http(&format!(
+            "POST /api/settings HTTP/1.1\r\n{host}{extra}Content-Type: {ty}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )))
+    };
+    // A cross-site form can post only these types: refused before the body is read.
+    for ty in [
+        "application/x-www-form-urlencoded",
+        "text/plain",
+        "multipart/form-data; boundary=x",
+    ] {
+        let (code, _, body) = post(ty, &bearer, "temp_text=2");
+        assert_eq!(code, 415, "{ty}: {body}");
+        assert!(body.contains("application/json"), "{body}");
+    }
+    let (code, _, _) = post("application/json", "", r#"{"temp_text": 0.5}"#);
+    assert_eq!(code, 401);
+    let (code, _, body) = post(
+        "application/json",
+        &format!("{bearer}Origin: http://evil.example\r\n"),
+        r#"{"temp_text": 0.5}"#,
+    );
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("evil.example"), "{body}");
+    // Every end of every slider of the official Gradio client, posted as it posts them
+    // (requests' `json=`: `application/json`, no Origin), gets aiohttp's exact answer.
+    let sliders: [(&str, &str, &str); 10] = [
+        ("temp_audio", "0", "2"),
+        ("top_k_audio", "0", "1000"),
+        ("top_p_audio", "0", "1"),
+        ("repetition_penalty_audio", "0", "2"),
+        ("repetition_penalty_window_audio", "-1", "100"),
+        ("temp_text", "0", "2"),
+        ("top_k_text", "0", "100"),
+        ("top_p_text", "0", "1"),
+        ("repetition_penalty_text", "0", "2"),
+        ("repetition_penalty_window_text", "-1", "100"),
+    ];
+    for (key, lo, hi) in sliders {
+        for end in [lo, hi] {
+            let body = format!(
+                r#"{{"use_sampling": true, "temp_audio": 0.1, "temp_text": 0.01, "{key}": {end}}}"#
+            );
+            let (code, head, got) = post("application/json", &bearer, &body);
+            assert_eq!(code, 200, "{key} = {end}: {got}");
+            assert_eq!(got, r#"{"status": "success"}"#);
+            assert!(
+                head.contains("content-type: application/json; charset=utf-8"),
+                "{head}"
+            );
+        }
+    }
+    let (code, _, _) = post(
+        "application/json; charset=utf-8",
+        &format!("{bearer}Origin: https://kiosk.example\r\n"),
+        r#"{"repetition_penalty_window_text": -1}"#,
+    );
+    assert_eq!(code, 200);
+    let (code, _, body) = get(&format!("/api/settings?token={TOKEN}"), "");
+    assert_eq!(code, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        v["repetition_penalty_window_text"], 0,
+        "-1 is no window: {v}"
+    );
+
+    // With `status.show_peers`, the page's event stream names the client.
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    {
+        use std::io::Write;
+        write!(
+            stream,
+            "GET /api/events?token={TOKEN} HTTP/1.1\r\n{host}\r\n"
+        )
+        .unwrap();
+    }
+    let url = d.url();
+    let with_token = format!("{url}?token={TOKEN}");
+    let own = format!("http://{addr}");
+    runtime().block_on(async {
+        // Programs: no Origin; the token by header or query.
+        assert_eq!(connect_with(&url, &[]).await.err(), Some(401));
+        let wrong = format!("{url}?token=kiosk-0123456789abcdeX");
+        assert_eq!(connect_with(&wrong, &[]).await.err(), Some(401));
+        let bearer = format!("Bearer {TOKEN}");
+        for (u, h) in [
+            (url.as_str(), vec![("Authorization", bearer.as_str())]),
+            (with_token.as_str(), vec![]),
+            // Browsers: their page's own origin, or an allowed one.
+            (with_token.as_str(), vec![("Origin", own.as_str())]),
+            (
+                with_token.as_str(),
+                vec![("Origin", "https://kiosk.example")],
+            ),
+        ] {
+            let mut ws = connect_with(u, &h)
+                .await
+                .unwrap_or_else(|c| panic!("{h:?}: {c}"));
+            assert_eq!(next(&mut ws).await.unwrap(), [0u8], "{h:?}");
+            ws.close(None).await.unwrap();
+            while next(&mut ws).await.is_some() {}
+        }
+        // Another site's page, even with the token: 403 before any upgrade.
+        for origin in ["http://evil.example", "https://kiosk.example.evil", "null"] {
+            assert_eq!(
+                connect_with(&with_token, &[("Origin", origin)]).await.err(),
+                Some(403),
+                "{origin}"
+            );
+        }
+        assert_eq!(
+            connect_with(&with_token, &[("Origin", &format!("https://{addr}"))])
+                .await
+                .err(),
+            Some(403),
+            "https is not this listener's scheme"
+        );
+        // A conversation that reaches `max_conversation_s` (2 s) is closed by policy, with
+        // the reason.
+        let mut ws = connect_with(&with_token, &[]).await.unwrap();
+        assert_eq!(next(&mut ws).await.unwrap(), [0u8]);
+        let t0 = Instant::now();
+        let mut w = OggOpusWriter::new().unwrap();
+        for h in w.headers().unwrap() {
+            send(&mut ws, 1, &h).await;
+        }
+        let (code, why) = closed_with(&mut ws).await;
+        assert_eq!(code, 1008, "{why}");
+        assert!(why.contains("at most 2 s"), "{why}");
+        let took = t0.elapsed();
+        assert!(
+            took > Duration::from_millis(1500) && took < Duration::from_secs(4),
+            "{took:?}"
+        );
+    });
+    let mut seen = String::new();
+    let t0 = Instant::now();
+    stream
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    while t0.elapsed() < Duration::from_secs(5) && !seen.contains("\"end\"") {
+        use std::io::Read;
+        let mut buf = [0u8; 4096];
+        if let Ok(n) = stream.read(&mut buf) {
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    }
+    assert!(seen.starts_with("HTTP/1.1 200"), "{seen}");
+    assert!(seen.contains("\"peer\":\"127.0.0.1:"), "{seen}");
+    drop(stream);
+    let err = d.stop();
+    // The log keeps the address.
+    assert!(err.contains("conversation with 127.0.0.1:"), "{err}");
 }

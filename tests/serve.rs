@@ -723,6 +723,24 @@ fn a_bad_configuration_gets_one_line_naming_the_key() {
             "schedule.max_backlog_frames",
         ),
         ("backend = \"tpu\"\n", "key `backend`"),
+        ("[server]\ntoken = \"short\"\n", "server.token"),
+        (
+            "[server]\ntoken = \"a token with spaces in it\"\n",
+            "server.token",
+        ),
+        (
+            "[server]\nallowed_origins = [\"https://kiosk.example/\"]\n",
+            "server.allowed_origins",
+        ),
+        (
+            "[server]\nallowed_origins = \"https://kiosk.example\"\n",
+            "server.allowed_origins",
+        ),
+        (
+            "[server]\nmax_conversation_s = 100000\n",
+            "server.max_conversation_s",
+        ),
+        ("[status]\nshow_peers = \"yes\"\n", "status.show_peers"),
         ("[status]\nmetrics = \"0.0.0.0:9464\"\n", "status.metrics"),
         ("threads = -1\n", "threads"),
         ("[audio\n", "config.toml"),

@@ -2,7 +2,8 @@
 //! driven by Playwright (`tests/web/page_test.py`) against `flm-edge serve` with the small
 //! model: the talk view with the network as the audio source and the golden speech clip as
 //! the fake microphone, and the captions view during a replay through `serve` (stepping as it
-//! does on ALSA devices). Skipped, saying so, where Chromium or Playwright is not installed.
+//! does on ALSA devices), and the page on a board with a token. Skipped, saying so, where
+//! Chromium or Playwright is not installed.
 //! The screenshots are left in `target/page-shots/` (README shows them from
 //! `tests/web/screenshots/`).
 
@@ -55,8 +56,9 @@ fn browser_driver(test: &str) -> Option<PathBuf> {
     None
 }
 
-/// `serve` with the seed-3 small model and `[server]` on a free port; `args` added.
-fn serve(name: &str, args: &[&str]) -> (Reaped, u16, Scratch) {
+/// `serve` with the seed-3 small model and `[server]` on a free port, with the keys
+/// `server`; `args` added.
+fn serve(name: &str, args: &[&str], server: &str) -> (Reaped, u16, Scratch) {
     let dir = scratch(name);
     std::fs::create_dir_all(&*dir).unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -69,7 +71,7 @@ fn serve(name: &str, args: &[&str]) -> (Reaped, u16, Scratch) {
         &cfg,
         format!(
             "threads = 2\n[schedule]\nlatency_frames = 6\nmax_backlog_frames = 15\n[status]\n\
-             metrics = \"\"\nevents = \"{}\"\n[server]\nlisten = \"127.0.0.1:{port}\"\n",
+             metrics = \"\"\nevents = \"{}\"\n[server]\nlisten = \"127.0.0.1:{port}\"\n{server}",
             s(&dir.join("events.sock"))
         ),
     )
@@ -130,7 +132,7 @@ fn the_page_talks_and_shows_captions_in_chromium() {
         return;
     };
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let (daemon, port, _dir) = serve("web-talk", &[]);
+    let (daemon, port, _dir) = serve("web-talk", &[], "");
     let wav = format!("{GOLDEN_MIMI}/speech.wav");
     println!("{}", page_test(&py, daemon, port, &["--wav", &wav]));
 }
@@ -149,6 +151,18 @@ fn the_captions_view_shows_a_replay_through_serve() {
     let (daemon, port, _dir) = serve(
         "web-replay",
         &["--input-wav", &wav, "--output-wav", s(&reply), "--realtime"],
+        "",
     );
     println!("{}", page_test(&py, daemon, port, &["--captions-only"]));
+}
+
+#[test]
+fn the_page_asks_once_for_the_boards_token() {
+    let Some(py) = browser_driver("the_page_asks_once_for_the_boards_token") else {
+        return;
+    };
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    const TOKEN: &str = "page-0123456789abcdef";
+    let (daemon, port, _dir) = serve("web-token", &[], &format!("token = \"{TOKEN}\"\n"));
+    println!("{}", page_test(&py, daemon, port, &["--token", TOKEN]));
 }

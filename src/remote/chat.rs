@@ -9,7 +9,8 @@
 //!
 //! Limits: messages of at most 256 KiB; a client that sends nothing for the idle time (not
 //! counting time in which it waits for the model), or does not take what is sent within
-//! 2 s, is closed. Audio that does not decode closes the connection with the reason (1007;
+//! 2 s, is closed; so is a conversation that reaches `server.max_conversation_s` (code
+//! 1008, policy). Audio that does not decode closes the connection with the reason (1007;
 //! a packet longer than any Opus packet 1009); the service goes on.
 
 use std::sync::atomic::Ordering::Relaxed;
@@ -36,8 +37,10 @@ const SEND_TIME: Duration = Duration::from_secs(2);
 /// How often what the pipeline produced is sent.
 const TICK: Duration = Duration::from_millis(10);
 
-/// Close codes (RFC 6455): going away, unsupported data, try again later, internal error.
+/// Close codes (RFC 6455): going away, unsupported data, policy, try again later, internal
+/// error.
 const GOING_AWAY: u16 = 1001;
+const POLICY: u16 = 1008;
 const BAD_DATA: u16 = 1007;
 const TOO_BIG: u16 = 1009;
 const TRY_LATER: u16 = 1013;
@@ -65,7 +68,10 @@ pub(crate) async fn chat(
             })
             .await;
             match hub.begin(peer.to_string()) {
-                Ok(end) => converse(socket, end, &hub.metrics, app.idle_timeout()).await,
+                Ok(end) => {
+                    let limits = (app.idle_timeout(), app.max_conversation());
+                    converse(socket, end, &hub.metrics, limits).await
+                }
                 Err(why) => refuse(socket, why).await,
             }
         })
@@ -98,9 +104,15 @@ fn close(code: u16, reason: &str) -> Message {
 /// Why a conversation ended, when the server ends it.
 struct Ending(u16, String);
 
-async fn converse(socket: WebSocket, mut end: SocketEnd, m: &Metrics, idle: Duration) {
+/// `limits`: the idle time, and the longest conversation (`server.max_conversation_s`).
+async fn converse(
+    socket: WebSocket,
+    mut end: SocketEnd,
+    m: &Metrics,
+    limits: (Duration, Option<Duration>),
+) {
     let (mut tx, mut rx) = socket.split();
-    let ending = run(&mut tx, &mut rx, &mut end, m, idle).await;
+    let ending = run(&mut tx, &mut rx, &mut end, m, limits).await;
     end.state.client_gone.store(true, Relaxed);
     end.state.wake_capture();
     if let Err(Ending(code, why)) = ending {
@@ -128,7 +140,7 @@ async fn run(
     rx: &mut Rx,
     end: &mut SocketEnd,
     m: &Metrics,
-    idle: Duration,
+    (idle, longest): (Duration, Option<Duration>),
 ) -> Result<(), Ending> {
     // The model is handed over when the running step ends and the state is reset.
     let state = end.state.clone();
@@ -157,6 +169,7 @@ async fn run(
     let mut frame = [0f32; PACKET_SAMPLES];
     let mut heard = tokio::time::Instant::now();
     let mut carry = 0usize;
+    let began = tokio::time::Instant::now();
     loop {
         hand_on(&mut reader, end, m, &mut carry)?;
         // Audio still waiting for room: the client waits for the model, not the reverse.
@@ -180,6 +193,9 @@ async fn run(
             _ = tick.tick() => {
                 if heard.elapsed() > idle {
                     return Err(Ending(GOING_AWAY, format!("nothing received for {} s", idle.as_secs())));
+                }
+                if let Some(longest) = longest.filter(|l| began.elapsed() > *l) {
+                    return Err(Ending(POLICY, format!("time is up: a conversation lasts at most {} s", longest.as_secs())));
                 }
                 while link::pop_samples(&mut end.audio_out, &mut frame) {
                     let page = writer.frame(&frame).map_err(internal)?;

@@ -6,7 +6,7 @@
 //! 503), 1 s for each request head (a kept-alive connection that sends none is closed after
 //! it), 16 KiB for it,
 //! 5 s for a TLS handshake, 16 KiB and 2 s for a request body; websocket limits in `chat`,
-//! event-stream limits in `events`.
+//! event-stream limits in `events`. Who may use the remote-client routes: `access`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -24,6 +24,7 @@ use axum::routing::{get, post};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Semaphore;
 
+use super::access::Access;
 use super::{Hub, page};
 use crate::serve::metrics::Metrics;
 
@@ -64,6 +65,10 @@ pub struct Options {
     pub idle: Duration,
     /// `server.page_dir`: files that replace the built-in page's.
     pub page_dir: Option<PathBuf>,
+    /// `server.token` and `server.allowed_origins`.
+    pub access: Access,
+    /// `server.max_conversation_s`: a conversation is closed after this long.
+    pub max_conversation: Option<Duration>,
 }
 
 #[derive(Clone)]
@@ -73,6 +78,10 @@ pub(crate) struct App {
     idle: Duration,
     page_dir: Option<Arc<Path>>,
     event_streams: Arc<Semaphore>,
+    access: Arc<Access>,
+    max_conversation: Option<Duration>,
+    /// Whether this listener serves https (the scheme of its own origin).
+    tls: bool,
 }
 
 /// Closes the connection it was handed with (a handler's way to drop a client that does not
@@ -114,6 +123,9 @@ pub fn start(opts: Options, hub: Arc<Hub>) -> Result<Vec<SocketAddr>> {
         idle: opts.idle,
         page_dir: opts.page_dir.map(Arc::from),
         event_streams: Arc::new(Semaphore::new(super::events::MAX_STREAMS)),
+        access: Arc::new(opts.access),
+        max_conversation: opts.max_conversation,
+        tls: false,
     };
     let places = Arc::new(Semaphore::new(opts.max_connections.max(1)));
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -126,7 +138,11 @@ pub fn start(opts: Options, hub: Arc<Hub>) -> Result<Vec<SocketAddr>> {
             runtime.block_on(async move {
                 let mut tasks = vec![];
                 for (std, scope, tls) in listeners {
-                    let router = routes(scope, app.clone());
+                    let app = App {
+                        tls: tls.is_some(),
+                        ..app.clone()
+                    };
+                    let router = routes(scope, app);
                     let places = places.clone();
                     tasks.push(tokio::spawn(accept_loop(std, router, tls, places)));
                 }
@@ -140,15 +156,20 @@ pub fn start(opts: Options, hub: Arc<Hub>) -> Result<Vec<SocketAddr>> {
 }
 
 fn routes(scope: Scope, app: App) -> Router {
-    let mut r = Router::new()
+    let mut r = Router::new();
+    if scope == Scope::All {
+        // The guard applies to the routes above it alone.
+        r = r
+            .route("/api/chat", get(super::chat::chat))
+            .route("/api/settings", post(settings).get(current_settings))
+            .route("/api/events", get(super::events::events))
+            .route_layer(axum::middleware::from_fn_with_state(app.clone(), guard));
+    }
+    r = r
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics));
     if scope == Scope::All {
-        r = r
-            .route("/api/chat", get(super::chat::chat))
-            .route("/api/settings", post(settings).get(current_settings))
-            .route("/api/events", get(super::events::events));
         for asset in &page::ASSETS {
             let dir = app.page_dir.clone();
             r = r.route(
@@ -265,13 +286,94 @@ fn text(code: StatusCode, body: impl Into<String>) -> Response {
         .into_response()
 }
 
+/// Who may use the remote-client routes (`access`): a refusal answers with its status and
+/// reason, as JSON `{"error": …}` on `/api/settings` (as its other errors), else as text.
+async fn guard(
+    State(app): State<App>,
+    req: Request<Body>,
+    next: axum::middleware::Next,
+) -> Response {
+    let checked = app
+        .access
+        .check(req.method(), req.uri(), req.headers(), app.tls);
+    let Err(refusal) = checked else {
+        return next.run(req).await;
+    };
+    let mut r = if req.uri().path() == "/api/settings" {
+        json(refusal.status, serde_json::json!({ "error": refusal.why }))
+    } else {
+        (
+            refusal.status,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            format!("{}\n", refusal.why),
+        )
+            .into_response()
+    };
+    if refusal.status == StatusCode::UNAUTHORIZED {
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+    }
+    r
+}
+
+/// A JSON answer as aiohttp's `web.json_response` writes it (Python's `json.dumps`).
 fn json(code: StatusCode, v: serde_json::Value) -> Response {
     (
         code,
-        [(header::CONTENT_TYPE, "application/json")],
-        v.to_string(),
+        [(header::CONTENT_TYPE, "application/json; charset=utf-8")],
+        python_json(&v),
     )
         .into_response()
+}
+
+/// `json.dumps(v)` with its defaults: `", "` and `": "` between items, and every character
+/// beyond ASCII escaped (`\u2265`, surrogate pairs beyond the BMP).
+pub fn python_json(v: &serde_json::Value) -> String {
+    use serde::Serialize;
+    use std::io::Write;
+    struct Python;
+    impl serde_json::ser::Formatter for Python {
+        fn begin_array_value<W: ?Sized + Write>(
+            &mut self,
+            w: &mut W,
+            first: bool,
+        ) -> std::io::Result<()> {
+            if first { Ok(()) } else { w.write_all(b", ") }
+        }
+        fn begin_object_key<W: ?Sized + Write>(
+            &mut self,
+            w: &mut W,
+            first: bool,
+        ) -> std::io::Result<()> {
+            if first { Ok(()) } else { w.write_all(b", ") }
+        }
+        fn begin_object_value<W: ?Sized + Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+            w.write_all(b": ")
+        }
+        fn write_string_fragment<W: ?Sized + Write>(
+            &mut self,
+            w: &mut W,
+            fragment: &str,
+        ) -> std::io::Result<()> {
+            for c in fragment.chars() {
+                if c.is_ascii() {
+                    w.write_all(&[c as u8])?;
+                } else {
+                    for unit in c.encode_utf16(&mut [0; 2]) {
+                        write!(w, "\\u{unit:04x}")?;
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+    let mut out = Vec::new();
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, Python);
+    // Writing to memory cannot fail, and what is written is ASCII.
+    let _ = v.serialize(&mut ser);
+    String::from_utf8(out).unwrap_or_default()
 }
 
 async fn metrics(State(app): State<App>) -> Response {
@@ -344,6 +446,9 @@ impl App {
     pub fn idle_timeout(&self) -> Duration {
         self.idle
     }
+    pub fn max_conversation(&self) -> Option<Duration> {
+        self.max_conversation
+    }
     pub fn hub(&self) -> &Arc<Hub> {
         &self.hub
     }
@@ -377,3 +482,34 @@ impl Health {
 }
 
 pub(crate) use App as AppState;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `json.dumps` writes (Python 3.12), byte for byte.
+    #[test]
+    fn json_is_written_as_pythons_json_dumps() {
+        let cases = [
+            (
+                serde_json::json!({ "status": "success" }),
+                r#"{"status": "success"}"#,
+            ),
+            (
+                serde_json::json!({ "error": "Server is busy, please try again later." }),
+                r#"{"error": "Server is busy, please try again later."}"#,
+            ),
+            (
+                serde_json::json!({ "error": "≥ 0 \"x\"\n\u{1f600}" }),
+                r#"{"error": "\u2265 0 \"x\"\n\ud83d\ude00"}"#,
+            ),
+            (
+                serde_json::json!([1, [true, null], {}]),
+                "[1, [true, null], {}]",
+            ),
+        ];
+        for (v, python) in cases {
+            assert_eq!(python_json(&v), python);
+        }
+    }
+}

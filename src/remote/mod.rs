@@ -8,6 +8,7 @@
 //! away at once with a reason. It also carries the event stream to the web page. The serve
 //! side knows nothing of this module: it is handed the hub as a `Feed` of page events.
 
+pub mod access;
 pub mod chat;
 pub mod events;
 pub mod http;
@@ -65,14 +66,38 @@ impl Hub {
         *self.settings.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Applies a settings body (a JSON object) for the next conversation. Refused while a
-    /// conversation runs (Err(None)), or for a bad body (Err(Some(why))).
+    /// Applies a settings body (a JSON object) for the next conversation. Refused, in the
+    /// official server's order, for a body that is no JSON object (Err(Some(why))), while a
+    /// conversation runs (Err(None)), then for a bad value (Err(Some(why))). Unknown keys
+    /// are ignored, named in one warning on stderr.
     pub fn set_settings(&self, body: &[u8]) -> Result<(), Option<String>> {
+        if !matches!(
+            serde_json::from_slice::<serde_json::Value>(body),
+            Ok(serde_json::Value::Object(_))
+        ) {
+            return Err(Some("Invalid JSON".into()));
+        }
         if self.busy() {
             return Err(None);
         }
         let mut s = self.settings.lock().unwrap_or_else(|e| e.into_inner());
-        *s = s.with(body).map_err(|e| Some(e.to_string()))?;
+        let (new, unknown) = s.with_unknown(body).map_err(|e| Some(e.to_string()))?;
+        if !unknown.is_empty() {
+            const SHOWN: usize = 8;
+            let mut names: Vec<String> = unknown
+                .iter()
+                .take(SHOWN)
+                .map(|k| format!("{k:?}"))
+                .collect();
+            if unknown.len() > SHOWN {
+                names.push(format!("and {} more", unknown.len() - SHOWN));
+            }
+            eprintln!(
+                "flm-edge: warning: /api/settings: unknown keys ignored: {}",
+                names.join(", ")
+            );
+        }
+        *s = new;
         Ok(())
     }
 
@@ -133,6 +158,9 @@ pub fn start(cfg: &Config, conversations: Arc<Conversations>) -> Result<Arc<Hub>
             max_connections: v.max_connections as usize,
             idle: Duration::from_secs(v.idle_timeout_s as u64),
             page_dir: (!v.page_dir.is_empty()).then(|| PathBuf::from(&v.page_dir)),
+            access: access::Access::new(&v.token, &v.allowed_origins),
+            max_conversation: (v.max_conversation_s > 0)
+                .then(|| Duration::from_secs(v.max_conversation_s as u64)),
         },
         hub.clone(),
     )?;

@@ -1,7 +1,14 @@
 //! `POST /api/settings`: the official server's sampling keys (attributes of its `LMGen`),
-//! applied from the next conversation on. Unlike the official server, which sets whatever it
-//! is sent and prints the errors, a body with an unknown key, a wrong type or a value out of
-//! range is refused whole, with the key named.
+//! applied from the next conversation on. Every position of the official Gradio client's
+//! sliders is taken. Unknown keys are ignored (and named in a warning), as the official
+//! server ignores them. Unlike the official server, which sets whatever it is sent (and a
+//! value its sampler cannot use breaks the next conversation), a wrong type or a value out
+//! of range is refused, the whole body, with the key named.
+//!
+//! Two values mean what they mean in the official sampler:
+//! - a repetition-penalty window of -1 (or 0) keeps no earlier tokens: no penalty;
+//! - a repetition penalty below 1 (the sliders go down to 0) is no penalty (1): the official
+//!   sampler asserts a penalty ≥ 1 once it has earlier tokens, which ends its conversation.
 
 use anyhow::{Result, bail};
 use serde_json::{Map, Value};
@@ -27,6 +34,8 @@ pub struct Settings {
 
 /// The longest repetition window (the engine's bound).
 const MAX_WINDOW: u64 = 4096;
+/// The longest key name a warning shows.
+const SHOWN_KEY: usize = 64;
 /// The largest top-k taken (larger is the whole vocabulary anyway).
 const MAX_TOP_K: u64 = 1 << 20;
 /// The largest temperature and penalty taken: far past any useful value.
@@ -55,17 +64,49 @@ fn integer(key: &str, v: &Value, max: u64) -> Result<u64> {
     }
 }
 
+/// A window: -1 (the official "none") is 0, the engine's none.
+fn window(key: &str, v: &Value) -> Result<usize> {
+    if v.as_f64() == Some(-1.0) {
+        return Ok(0);
+    }
+    match integer(key, v, MAX_WINDOW) {
+        Ok(w) => Ok(w as usize),
+        Err(_) => bail!("`{key}`: -1 (no window) or a whole number 0..{MAX_WINDOW}"),
+    }
+}
+
+/// A penalty: below 1 is none (1).
+fn penalty(key: &str, v: &Value) -> Result<f32> {
+    Ok(number(key, v, 0.0..=MAX_PENALTY)?.max(1.0))
+}
+
+/// A key name as a warning shows it: at most `SHOWN_KEY` characters.
+fn shown(key: &str) -> String {
+    let mut s: String = key.chars().take(SHOWN_KEY).collect();
+    if s.len() < key.len() {
+        s.push('…');
+    }
+    s
+}
+
 impl Settings {
-    /// `self` with the keys of the JSON object `body` set; the error names the first bad key.
+    /// `self` with the keys of the JSON object `body` set (unknown keys ignored); the error
+    /// names the first bad key.
     pub fn with(&self, body: &[u8]) -> Result<Settings> {
+        Ok(self.with_unknown(body)?.0)
+    }
+
+    /// As `with`, and the unknown keys, each cut to 64 characters (for a warning).
+    pub fn with_unknown(&self, body: &[u8]) -> Result<(Settings, Vec<String>)> {
         let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(body) else {
             bail!("Invalid JSON");
         };
         self.with_keys(&map)
     }
 
-    fn with_keys(&self, map: &Map<String, Value>) -> Result<Settings> {
+    fn with_keys(&self, map: &Map<String, Value>) -> Result<(Settings, Vec<String>)> {
         let mut s = *self;
+        let mut unknown = vec![];
         for (key, v) in map {
             let k = key.as_str();
             match k {
@@ -79,28 +120,18 @@ impl Settings {
                 "top_p_audio" => s.top_p_audio = Some(number(k, v, 0.0..=1.0)?),
                 "top_k_text" => s.top_k_text = Some(integer(k, v, MAX_TOP_K)? as u32),
                 "top_k_audio" => s.top_k_audio = Some(integer(k, v, MAX_TOP_K)? as u32),
-                "repetition_penalty_text" => {
-                    s.repetition_penalty_text = Some(number(k, v, 1.0..=MAX_PENALTY)?)
-                }
-                "repetition_penalty_audio" => {
-                    s.repetition_penalty_audio = Some(number(k, v, 1.0..=MAX_PENALTY)?)
-                }
+                "repetition_penalty_text" => s.repetition_penalty_text = Some(penalty(k, v)?),
+                "repetition_penalty_audio" => s.repetition_penalty_audio = Some(penalty(k, v)?),
                 "repetition_penalty_window_text" => {
-                    s.repetition_penalty_window_text = Some(integer(k, v, MAX_WINDOW)? as usize)
+                    s.repetition_penalty_window_text = Some(window(k, v)?)
                 }
                 "repetition_penalty_window_audio" => {
-                    s.repetition_penalty_window_audio = Some(integer(k, v, MAX_WINDOW)? as usize)
+                    s.repetition_penalty_window_audio = Some(window(k, v)?)
                 }
-                other => {
-                    let mut shown: String = other.chars().take(64).collect();
-                    if shown.len() < other.len() {
-                        shown.push('…');
-                    }
-                    bail!("unknown key `{shown}`")
-                }
+                other => unknown.push(shown(other)),
             }
         }
-        Ok(s)
+        Ok((s, unknown))
     }
 
     /// Every key's value in force: these settings over `base`, under the official names.
@@ -206,18 +237,22 @@ mod tests {
         for (body, says) in [
             (&b"{not json"[..], "Invalid JSON"),
             (b"[1, 2]", "Invalid JSON"),
-            (b"{\"temp_txt\": 1}", "unknown key `temp_txt`"),
             (b"{\"temp_text\": -1}", "`temp_text`: -1 is outside"),
             (b"{\"temp_text\": \"hot\"}", "`temp_text`: not a number"),
             (b"{\"top_p_audio\": 1.5}", "`top_p_audio`"),
             (b"{\"top_k_text\": 2.5}", "`top_k_text`: not a whole number"),
             (
-                b"{\"repetition_penalty_text\": 0.5}",
+                b"{\"repetition_penalty_text\": -0.5}",
                 "`repetition_penalty_text`",
             ),
+            (b"{\"repetition_penalty_window_audio\": 100000}", "0..4096"),
             (
-                b"{\"repetition_penalty_window_audio\": 100000}",
-                "is over 4096",
+                b"{\"repetition_penalty_window_text\": -2}",
+                "`repetition_penalty_window_text`: -1 (no window)",
+            ),
+            (
+                b"{\"repetition_penalty_window_text\": 2.5}",
+                "`repetition_penalty_window_text`",
             ),
             (b"{\"use_sampling\": 1}", "`use_sampling`"),
         ] {
@@ -225,7 +260,84 @@ mod tests {
             assert!(e.contains(says), "{}: {e}", String::from_utf8_lossy(body));
         }
         // A refused body changes nothing, even where its other keys were good.
-        assert!(s.with(br#"{"temp_text": 0.5, "bad": 1}"#).is_err());
+        assert!(s.with(br#"{"temp_text": 0.5, "top_p_text": 2}"#).is_err());
+    }
+
+    #[test]
+    fn unknown_keys_are_ignored_and_named_cut_short() {
+        let long = "k".repeat(100);
+        let body = format!(r#"{{"temp_txt": 1, "temp_text": 0.5, "{long}": [1]}}"#);
+        let (s, unknown) = Settings::default().with_unknown(body.as_bytes()).unwrap();
+        assert_eq!(s.temp_text, Some(0.5));
+        assert_eq!(unknown.len(), 2, "{unknown:?}");
+        assert!(unknown.contains(&"temp_txt".to_string()));
+        assert!(
+            unknown.contains(&format!("{}…", "k".repeat(64))),
+            "{unknown:?}"
+        );
+        assert_eq!(s.apply(base()).text.temperature, 0.5);
+    }
+
+    /// Every end of every slider of the official Gradio client (`client_gradio.py`), posted
+    /// whole as it posts them (ints where its slider steps by 1, else floats), is taken, and
+    /// gives sampling the engine runs.
+    #[test]
+    fn every_end_of_the_official_sliders_is_taken() {
+        // key, minimum, maximum
+        let sliders: [(&str, f64, f64); 10] = [
+            ("temp_audio", 0.0, 2.0),
+            ("top_k_audio", 0.0, 1000.0),
+            ("top_p_audio", 0.0, 1.0),
+            ("repetition_penalty_audio", 0.0, 2.0),
+            ("repetition_penalty_window_audio", -1.0, 100.0),
+            ("temp_text", 0.0, 2.0),
+            ("top_k_text", 0.0, 100.0),
+            ("top_p_text", 0.0, 1.0),
+            ("repetition_penalty_text", 0.0, 2.0),
+            ("repetition_penalty_window_text", -1.0, 100.0),
+        ];
+        let defaults = [0.1, 0.0, 0.9, 1.2, 50.0, 0.01, 0.0, 1.0, 1.1, 50.0];
+        for (i, (key, lo, hi)) in sliders.iter().enumerate() {
+            for end in [*lo, *hi] {
+                for use_sampling in [true, false] {
+                    let mut body = serde_json::Map::new();
+                    body.insert("use_sampling".into(), use_sampling.into());
+                    for (j, (k, _, _)) in sliders.iter().enumerate() {
+                        let x = if i == j { end } else { defaults[j] };
+                        let v: Value = if k.contains("top_k") || k.contains("window") {
+                            (x as i64).into()
+                        } else {
+                            x.into()
+                        };
+                        body.insert(k.to_string(), v);
+                    }
+                    let text = Value::Object(body).to_string();
+                    let s = Settings::default()
+                        .with(text.as_bytes())
+                        .unwrap_or_else(|e| panic!("{key} = {end}: {e}"));
+                    s.apply(base())
+                        .check()
+                        .unwrap_or_else(|e| panic!("{key} = {end}: {e}"));
+                }
+            }
+        }
+        // -1: no window; a penalty below 1: none.
+        let s = Settings::default()
+            .with(
+                br#"{"repetition_penalty_window_text": -1, "repetition_penalty_window_audio": -1.0,
+                "repetition_penalty_text": 0, "repetition_penalty_audio": 0.5}"#,
+            )
+            .unwrap();
+        let a = s.apply(base());
+        assert_eq!(
+            (a.text.repetition_window, a.audio.repetition_window),
+            (0, 0)
+        );
+        assert_eq!(
+            (a.text.repetition_penalty, a.audio.repetition_penalty),
+            (1.0, 1.0)
+        );
+        assert!(!a.text.penalises() && !a.audio.penalises());
     }
 
     #[test]

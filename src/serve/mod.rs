@@ -286,7 +286,8 @@ pub fn serve(opts: ServeOptions, start_front: StartFront) -> Result<()> {
                 metrics.idle.store(false, Relaxed);
             }
             Source::Alsa => {
-                // Steps are owed from here on.
+                // Steps are owed from here on. The local microphone's conversation keeps the
+                // configuration's sampling: `/api/settings` is for network conversations.
                 metrics.idle.store(false, Relaxed);
                 let (mut cap, mut play) = open_devices(&cfg, &metrics)?;
                 let prio = cfg.audio.rt_priority;
@@ -406,7 +407,15 @@ fn converse(
     }
     metrics.remote.begin(metrics.deadline_misses.load(Relaxed));
     eprintln!("flm-edge: conversation with {peer} begins");
-    events.send_line(&serde_json::json!({ "conversation": "begin", "peer": peer }));
+    // The client's address is in the event lines (and the page's) only when asked for.
+    let line = |what: &str| {
+        let mut l = serde_json::json!({ "conversation": what });
+        if cfg.status.show_peers {
+            l["peer"] = peer.as_str().into();
+        }
+        l
+    };
+    events.send_line(&line("begin"));
     status::notify(&[NotifyState::Ready]);
     let (mut cap, mut play) = network_io::devices(
         audio_in,
@@ -457,7 +466,7 @@ fn converse(
         r.frames_out.load(Relaxed),
         r.late(metrics.deadline_misses.load(Relaxed)),
     );
-    events.send_line(&serde_json::json!({ "conversation": "end", "peer": peer }));
+    events.send_line(&line("end"));
     owner.release();
     result
 }
@@ -477,6 +486,37 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     // The compute threads, started at the first load, keep the value they were started with.
     if old.compute_nice != new.compute_nice {
         keys.push("compute_nice");
+    }
+    // The HTTP server is started once, with these.
+    let (o, n) = (&old.server, &new.server);
+    for (changed, key) in [
+        (o.listen != n.listen, "server.listen"),
+        (
+            o.tls_cert != n.tls_cert || o.tls_key != n.tls_key,
+            "server.tls_cert/tls_key",
+        ),
+        (
+            o.max_connections != n.max_connections,
+            "server.max_connections",
+        ),
+        (
+            o.idle_timeout_s != n.idle_timeout_s,
+            "server.idle_timeout_s",
+        ),
+        (o.page_dir != n.page_dir, "server.page_dir"),
+        (o.token != n.token, "server.token"),
+        (
+            o.allowed_origins != n.allowed_origins,
+            "server.allowed_origins",
+        ),
+        (
+            o.max_conversation_s != n.max_conversation_s,
+            "server.max_conversation_s",
+        ),
+    ] {
+        if changed {
+            keys.push(key);
+        }
     }
     keys
 }

@@ -22,6 +22,12 @@ Checks, each with a time limit:
 - Nothing the pages load comes from another origin; no script error.
 Screenshots of both views (kiosk and phone sizes) go to DIR. Prints one summary line; exits
 non-zero with the failed check's message.
+
+With --token TOKEN (serve with that `server.token`): the page asks for the token once the
+server answers 401 (again after a wrong one), then reads the settings, follows the event
+stream and holds a conversation with it; a kiosk opened at `/?token=…` is
+never asked, and the token leaves its address bar; a person who cancels the prompt is told
+the board needs its token, and is not asked again.
 """
 
 import argparse
@@ -296,6 +302,77 @@ async def run_captions(a):
             await browser.close()
 
 
+async def run_token(a):
+    """The page on a board with a token."""
+    base = a.url if a.url.endswith("/") else a.url + "/"
+    token = a.token
+    wav = os.path.join(a.shots, "mic.wav")
+    os.makedirs(a.shots, exist_ok=True)
+    make_wav(wav, seconds=3.0)
+    args = BROWSER_ARGS + [
+        "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-audio-capture={os.path.abspath(wav)}",
+        "--autoplay-policy=no-user-gesture-required",
+    ]
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=CHROMIUM, args=args)
+        try:
+            errors = []
+
+            async def open_page(url, answers):
+                """A page in a context of its own whose prompts get `answers` in turn (None:
+                cancel); returns it and the prompts it showed."""
+                ctx = await browser.new_context()
+                page = await ctx.new_page()
+                asked = []
+
+                async def on_dialog(d):
+                    asked.append(d.message)
+                    answer = answers[len(asked) - 1] if len(asked) <= len(answers) else None
+                    if answer is None:
+                        await d.dismiss()
+                    else:
+                        await d.accept(answer)
+
+                page.on("dialog", on_dialog)
+                page.on("pageerror", lambda e: errors.append(str(e)))
+                await page.goto(url, wait_until="load")
+                return page, asked
+
+            # A wrong token first, then the right one.
+            talk, asked = await open_page(base + "#talk", ["wrong-token-0123456789", token])
+            await wait_for(talk, "flm.eventsConnected && flm.healthSeen > 0 && flm.settings && "
+                                 "'temp_text' in flm.settings",
+                           "with the token: the event stream and the settings", 10)
+            check(len(asked) == 2 and "refused" in asked[1],
+                  f"asked for the token twice (after a wrong one): {asked}")
+            await talk.click("#connect")
+            await wait_for(talk, "flm.handshake", "with the token: the conversation's handshake", 15)
+            await talk.click("#connect")
+            await wait_for(talk, "!flm.connected && !flm.handshake", "disconnected", 5)
+            check(len(asked) == 2, f"asked again: {asked}")
+
+            # A kiosk started at /?token=…: never asked; the token leaves the address bar.
+            kiosk, kiosk_asked = await open_page(base + f"?token={token}#captions", [])
+            await wait_for(kiosk, "flm.eventsConnected && flm.healthSeen > 0",
+                           "a kiosk at /?token=: the event stream", 10)
+            check(not kiosk_asked, f"a kiosk at /?token= was asked: {kiosk_asked}")
+            address = await kiosk.evaluate("location.href")
+            check("token" not in address, f"the token stays in the address bar: {address}")
+
+            # Cancelled: told so, and not asked again.
+            gone, gone_asked = await open_page(base + "#captions", [None])
+            await wait_for(gone, "/needs its token/.test(document.querySelector('#cap-health').textContent)",
+                           "cancelled: the page says the board needs its token", 10)
+            await asyncio.sleep(4)
+            check(len(gone_asked) == 1, f"asked again after a cancel: {gone_asked}")
+            check(not await gone.evaluate("flm.eventsConnected"), "events without the token")
+            check(not errors, f"script errors: {errors}")
+            return {"prompts": len(asked) + len(kiosk_asked) + len(gone_asked)}
+        finally:
+            await browser.close()
+
+
 def finish(coro, limit_s):
     """Runs the checks within `limit_s`: their result, or None with the failure printed."""
     try:
@@ -326,12 +403,22 @@ def main():
     ap.add_argument("--shots", required=True, help="folder for the screenshots")
     ap.add_argument("--captions-only", action="store_true",
                     help="only the captions view, during a replay through serve")
+    ap.add_argument("--token", help="the board's server.token: the token checks alone")
     a = ap.parse_args()
     if not os.path.exists(CHROMIUM):
         print(f"page test: {CHROMIUM} is missing", file=sys.stderr)
         return 2
     if a.captions_only:
         return main_captions(a)
+    if a.token:
+        t0 = time.monotonic()
+        r = finish(run_token(a), 90)
+        if r is None:
+            return 1
+        print(f"token test ok in {time.monotonic() - t0:.1f} s: asked after 401, again after a "
+              f"wrong token, settings, events and a conversation with it, a kiosk at /?token= not asked, a "
+              f"cancel told and not asked again ({r['prompts']} prompts)")
+        return 0
     t0 = time.monotonic()
     r = finish(run(a), 100)
     if r is None:

@@ -47,6 +47,84 @@ const flm = (window.flm = {
 const $ = (id) => document.getElementById(id);
 
 // ---------------------------------------------------------------------------------------
+// The board's token (`server.token`), when it asks for one: given once, in a prompt after
+// the server answers 401 or in the page's address (`/?token=…#captions`, for a kiosk that
+// starts by itself), kept for this tab (sessionStorage), and sent as the `token` parameter
+// of every request to /api/.
+
+const TOKEN_KEY = 'flm-edge-token';
+
+function token() {
+  try {
+    return sessionStorage.getItem(TOKEN_KEY) || '';
+  } catch {
+    return '';
+  }
+}
+
+function keepToken(t) {
+  try {
+    if (t) sessionStorage.setItem(TOKEN_KEY, t);
+    else sessionStorage.removeItem(TOKEN_KEY);
+  } catch {
+    // No storage: the token is asked for again.
+  }
+}
+
+// A token in the page's address is kept, and taken out of the address bar.
+(function tokenFromAddress() {
+  const url = new URL(location.href);
+  const t = url.searchParams.get('token');
+  if (t === null) return;
+  keepToken(t);
+  url.searchParams.delete('token');
+  history.replaceState(null, '', url);
+})();
+
+/** An /api/ path with the token, when there is one. */
+function api(path) {
+  const url = new URL(path, location.href);
+  if (token()) url.searchParams.set('token', token());
+  url.hash = '';
+  return url;
+}
+
+let declined = false; // the person cancelled the prompt: not asked again until a reload
+
+let authorizing = null; // the check under way: one prompt at a time
+
+/** Whether the server takes this tab's token (or needs none): asks for one on 401. */
+function authorized() {
+  if (!authorizing) authorizing = checkToken().finally(() => (authorizing = null));
+  return authorizing;
+}
+
+async function checkToken() {
+  for (;;) {
+    let r;
+    try {
+      r = await fetch(api('api/settings'), { cache: 'no-store' });
+    } catch {
+      return true; // unreachable: what comes next says so
+    }
+    if (r.status !== 401) return true;
+    if (declined) return false;
+    const t = window.prompt(
+      token() ? 'That token was refused. This board’s token:' : 'This board asks for its token (server.token):',
+      '',
+    );
+    if (t === null || t.trim() === '') {
+      declined = true;
+      keepToken('');
+      return false;
+    }
+    keepToken(t.trim());
+  }
+}
+
+const NO_TOKEN = 'this board needs its token: reload the page to give it';
+
+// ---------------------------------------------------------------------------------------
 // Captions: lines of text as pieces arrive; a "\n" piece ends a line. Only the last few
 // lines are kept; older ones fade (CSS, by data-age).
 
@@ -195,8 +273,13 @@ function onEvent(e) {
 
 let events = null;
 
-function openEvents() {
-  events = new EventSource('api/events');
+async function openEvents() {
+  if (!(await authorized())) {
+    $('cap-health').textContent = NO_TOKEN;
+    $('cap-health').className = 'health bad';
+    return;
+  }
+  events = new EventSource(api('api/events'));
   events.onopen = () => {
     flm.eventsConnected = true;
     showHealth();
@@ -338,6 +421,8 @@ async function connect() {
     hangUp(why, 0, t);
     return;
   }
+  if (!(await authorized())) return hangUp(NO_TOKEN, 0, t);
+  if (t.closed) return release(t);
   openSocket(t);
 }
 
@@ -455,7 +540,7 @@ function sendPackets(t) {
 }
 
 function openSocket(t) {
-  const url = new URL('api/chat', location.href);
+  const url = api('api/chat');
   url.protocol = location.protocol === 'https:' ? 'wss:' : 'ws:';
   url.hash = '';
   setTalkStatus('connecting…');
@@ -480,6 +565,7 @@ function openSocket(t) {
       1001: 'the server ended the conversation',
       1006: 'the connection was lost',
       1007: 'the server refused our audio',
+      1008: 'the server ended the conversation',
       1011: 'the server failed',
       1013: 'the model is busy with another conversation',
     }[e.code] || `closed (${e.code})`;
@@ -625,7 +711,8 @@ function settingsMessage(text, kind) {
 
 async function loadSettings() {
   try {
-    const r = await fetch('api/settings', { cache: 'no-store' });
+    if (!(await authorized())) throw new Error(NO_TOKEN);
+    const r = await fetch(api('api/settings'), { cache: 'no-store' });
     const body = await r.json().catch(() => ({}));
     if (!r.ok) throw new Error(body.error || `HTTP ${r.status}`);
     flm.settings = body;
@@ -653,7 +740,8 @@ function renderSettings(values) {
     } else {
       input.type = 'number';
       input.step = WHOLE.test(key) ? '1' : 'any';
-      input.min = '0';
+      // A penalty window of -1 is none, as in the official client.
+      input.min = /window/.test(key) ? '-1' : '0';
       input.value = v;
     }
     input.title = key;
@@ -675,7 +763,8 @@ async function applySettings(ev) {
   }
   if (Object.keys(changed).length === 0) return settingsMessage('nothing changed');
   try {
-    const r = await fetch('api/settings', {
+    if (!(await authorized())) throw new Error(NO_TOKEN);
+    const r = await fetch(api('api/settings'), {
       method: 'POST',
       headers: { 'Content-Type': 'application/json' },
       body: JSON.stringify(changed),
