@@ -1,12 +1,13 @@
 //! The one HTTP stack of the service (hyper and axum on a tokio runtime of one thread of its
 //! own): the status routes and, on the server's address, the remote-client routes.
 //!
-//! Limits, so that slow, huge or many clients cannot keep `/healthz` from answering: at most
-//! `max_connections` connections (a connection beyond waits 200 ms for a place, then gets
-//! 503), 1 s for each request head (a kept-alive connection that sends none is closed after
-//! it), 16 KiB for it,
-//! 5 s for a TLS handshake, 16 KiB and 2 s for a request body; websocket limits in `chat`,
-//! event-stream limits in `events`. Who may use the remote-client routes: `access`.
+//! Limits, so that slow, huge or many clients cannot keep `/healthz` from answering: per
+//! listener (the status address has its own), at most `max_connections` connections served
+//! (a connection beyond waits 200 ms for a place, then gets 503; as many may wait or be
+//! refused at once, and any beyond those are closed as they come), 1 s for each request head
+//! (a kept-alive connection that sends none is closed after it), 16 KiB for it, 5 s for a TLS
+//! handshake, 16 KiB and 2 s for a request body; websocket limits in `chat`, event-stream
+//! limits in `events`. Who may use the remote-client routes: `access`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -127,7 +128,7 @@ pub fn start(opts: Options, hub: Arc<Hub>) -> Result<Vec<SocketAddr>> {
         max_conversation: opts.max_conversation,
         tls: false,
     };
-    let places = Arc::new(Semaphore::new(opts.max_connections.max(1)));
+    let budget = opts.max_connections.max(1);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -143,8 +144,7 @@ pub fn start(opts: Options, hub: Arc<Hub>) -> Result<Vec<SocketAddr>> {
                         ..app.clone()
                     };
                     let router = routes(scope, app);
-                    let places = places.clone();
-                    tasks.push(tokio::spawn(accept_loop(std, router, tls, places)));
+                    tasks.push(tokio::spawn(accept_loop(std, router, tls, budget)));
                 }
                 for t in tasks {
                     let _ = t.await;
@@ -181,25 +181,37 @@ fn routes(scope: Scope, app: App) -> Router {
     r.with_state(app)
 }
 
+/// One listener's sockets: `budget` served at once, as many more waiting for a place or
+/// being told 503, and any beyond those closed as they are accepted. Each listener has a
+/// budget of its own: clients of the public address never take the status address's places.
 async fn accept_loop(
     std: std::net::TcpListener,
     router: Router,
     tls: Option<tokio_rustls::TlsAcceptor>,
-    places: Arc<Semaphore>,
+    budget: usize,
 ) {
     let Ok(listener) = tokio::net::TcpListener::from_std(std) else {
         eprintln!("flm-edge: HTTP server: cannot use the listening socket");
         return;
     };
+    let places = Arc::new(Semaphore::new(budget));
+    // Every socket of this listener that is open: served, waiting or being refused.
+    let open = Arc::new(Semaphore::new(2 * budget));
     loop {
         let Ok((tcp, peer)) = listener.accept().await else {
             // Out of descriptors and the like: pause rather than spin.
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
+        let Ok(held) = open.clone().try_acquire_owned() else {
+            // Past what this listener holds: closed at once, nothing spawned.
+            drop(tcp);
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let (router, tls, places) = (router.clone(), tls.clone(), places.clone());
         tokio::spawn(async move {
+            let _held = held;
             let place = match tokio::time::timeout(FULL_GRACE, places.acquire_owned()).await {
                 Ok(Ok(p)) => p,
                 _ => return refuse_full(tcp).await,
