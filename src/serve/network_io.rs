@@ -52,14 +52,14 @@ impl CaptureDevice for NetworkCapture {
     fn next_frame(&mut self, out: &mut Pcm, m: &Metrics) -> Captured {
         let _ = self.state.capture.set(std::thread::current());
         loop {
+            // A client that has gone is heard no more: its answers could not reach it. (Idle
+            // stays as it was: nothing new is owed.)
+            if self.state.client_gone.load(Relaxed) || self.stop.load(Relaxed) {
+                return Captured::End;
+            }
             if link::pop_samples(&mut self.audio, out) {
                 m.idle.store(false, Relaxed);
                 return Captured::Audio;
-            }
-            // A part frame left when the client goes is not a frame. (Idle stays as it was:
-            // nothing new is owed while the answers still due play out.)
-            if self.state.client_gone.load(Relaxed) || self.stop.load(Relaxed) {
-                return Captured::End;
             }
             // Waiting for the client's audio: nothing is owed meanwhile.
             m.idle.store(true, Relaxed);

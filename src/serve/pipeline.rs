@@ -182,6 +182,9 @@ pub fn run(
     // Set when the step loop ends for good (an error): the audio threads stop too, instead
     // of playing silence forever.
     let halted = AtomicBool::new(false);
+    // Set when the player has ended (its device takes no more: a network client gone): a
+    // network conversation's steps stop there, and nothing waits for it.
+    let player_gone = AtomicBool::new(false);
     // A network client or a replay loses nothing: the capture side waits for room instead.
     let pacing = playback.pacing();
     let lossless = pacing != Pacing::Slots;
@@ -194,8 +197,10 @@ pub fn run(
         let steps_done = &steps_done;
         let stamps = &stamps;
         let halted = &halted;
+        let player_gone = &player_gone;
         let quit = move || stop.load(Relaxed) || halted.load(Relaxed);
         let player = s.spawn(move || {
+            let _gone = SetOnDrop(player_gone);
             if pacing == Pacing::Stream {
                 return stream_answers(playback, &mut out_rx, metrics, &quit, steps_done);
             }
@@ -295,7 +300,7 @@ pub fn run(
                 loop {
                     match in_tx.enqueue(item) {
                         Ok(()) => break,
-                        Err(back) if lossless && !quit() => {
+                        Err(back) if lossless && !quit() && !steps_done.load(Relaxed) => {
                             item = back;
                             std::thread::sleep(Duration::from_millis(1));
                         }
@@ -335,6 +340,7 @@ pub fn run(
             metrics,
             stop,
             capture_done,
+            player_gone,
         );
         steps_done.store(true, Relaxed);
         if result.is_err() {
@@ -356,6 +362,7 @@ fn step_loop(
     metrics: &Metrics,
     stop: &AtomicBool,
     capture_done: &AtomicBool,
+    player_gone: &AtomicBool,
 ) -> Result<()> {
     // Deadlines, counted from each frame's capture (a replay has no present).
     let due = (pacing != Pacing::Unpaced).then(|| FRAME_TIME * schedule.latency_frames);
@@ -371,6 +378,10 @@ fn step_loop(
     let control = model.control.clone();
     let mut life = Lifecycle::default();
     while !stop.load(Relaxed) {
+        // A network client that has gone is answered no more.
+        if pacing == Pacing::Stream && player_gone.load(Relaxed) {
+            break;
+        }
         // Too far behind: drop the oldest frames to catch up with the present (a
         // loudspeaker's only: a network client or a replay loses nothing).
         while pacing == Pacing::Slots && input.len() > schedule.max_backlog_frames as usize {
@@ -453,7 +464,11 @@ fn step_loop(
                 match output.enqueue(item) {
                     Ok(()) => break,
                     // Every answer is kept: the step waits for the player to take one.
-                    Err(back) if pacing != Pacing::Slots && !stop.load(Relaxed) => {
+                    Err(back)
+                        if pacing != Pacing::Slots
+                            && !stop.load(Relaxed)
+                            && !player_gone.load(Relaxed) =>
+                    {
                         item = back;
                         std::thread::sleep(Duration::from_millis(1));
                     }
@@ -501,6 +516,15 @@ fn step_loop(
     }
     life.stopped(&control);
     Ok(())
+}
+
+/// Sets its flag when dropped (a thread's end, however it ends).
+struct SetOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for SetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Relaxed);
+    }
 }
 
 /// `text` in pieces of at most `PIECE` bytes, cut at character boundaries; one empty piece
