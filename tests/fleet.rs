@@ -24,24 +24,9 @@ const CHECKS: Duration = Duration::from_millis(300);
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// One HTTP/1.1 request, its whole answer (5 s at most).
-fn http(addr: SocketAddr, path: &str) -> String {
-    use std::io::Read;
-    let mut c = std::net::TcpStream::connect(addr).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    c.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .unwrap();
-    let mut reply = String::new();
-    let _ = c.read_to_string(&mut reply);
-    reply
+/// `GET path`, its whole answer.
+fn get(addr: SocketAddr, path: &str) -> String {
+    http(addr, &format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n"))
 }
 
 /// A `serve` daemon with the network as its only audio source and a control socket.
@@ -87,7 +72,7 @@ impl Board {
     }
 
     fn ready(&self) -> String {
-        http(self.addr, "/readyz")
+        get(self.addr, "/readyz")
     }
 
     fn wait_ready(&self) {
@@ -106,7 +91,7 @@ impl Board {
     }
 
     fn metric(&self, name: &str) -> u64 {
-        let m = http(self.addr, "/metrics");
+        let m = get(self.addr, "/metrics");
         m.lines()
             .find_map(|l| l.strip_prefix(&format!("flm_edge_{name} ")))
             .unwrap_or_else(|| panic!("no {name} in {m}"))
@@ -173,13 +158,6 @@ fn haproxy(dir: &Path, port: u16, boards: &[&Board]) -> Reaped {
             .spawn()
             .unwrap(),
     )
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 /// A conversation through the balancer: the socket once the handshake (0x00) came, or the
@@ -283,7 +261,7 @@ fn haproxy_routes_to_free_boards_skips_busy_ones_and_takes_out_a_killed_one() {
     let mut proxy = haproxy(&dir, lb, &boards.iter().collect::<Vec<_>>());
     let lb_addr: SocketAddr = format!("127.0.0.1:{lb}").parse().unwrap();
     wait_for("the balancer answers /readyz", || {
-        std::net::TcpStream::connect(lb_addr).is_ok() && http(lb_addr, "/readyz").contains(" 200 ")
+        std::net::TcpStream::connect(lb_addr).is_ok() && get(lb_addr, "/readyz").contains(" 200 ")
     });
     let rt = runtime();
     rt.block_on(async {

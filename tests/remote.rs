@@ -29,14 +29,6 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A `serve` daemon with the network as its only audio source; killed when dropped.
 struct Daemon {
     child: Reaped,
@@ -117,18 +109,6 @@ impl Daemon {
     }
 }
 
-/// One HTTP/1.1 request (the connection closed after it), its whole answer (5 s at most).
-fn http(addr: SocketAddr, request: &str) -> String {
-    use std::io::{Read, Write};
-    let request = request.replacen("\r\n", "\r\nConnection: close\r\n", 1);
-    let mut c = std::net::TcpStream::connect(addr).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    c.write_all(request.as_bytes()).unwrap();
-    let mut reply = String::new();
-    let _ = c.read_to_string(&mut reply);
-    reply
-}
-
 fn post_settings(addr: SocketAddr, body: &str) -> String {
     http(
         addr,
@@ -142,13 +122,6 @@ fn post_settings(addr: SocketAddr, body: &str) -> String {
 /// The seed-3 small model at f32, as the serve tests use it.
 fn model() -> &'static Path {
     converted(3, "f32")
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 async fn connect(url: &str) -> Ws {
@@ -756,8 +729,12 @@ fn healthz_answers_within_a_second_under_slow_huge_and_many_clients() {
         (t0.elapsed(), r)
     };
     let get = |path: &str| get_at(addr, path);
-    // 30 clients holding half a request line, one sending an 8 MiB line, bursts of 100
-    // connections opened and dropped, and a conversation going on.
+    // A conversation going on, then 30 clients holding half a request line, one sending an
+    // 8 MiB line, and bursts of 100 connections opened and dropped. (The conversation comes
+    // first: while such a burst churns, a new connection past the listener's budget is
+    // closed as it comes, by design.)
+    let rt = runtime();
+    let mut ws = rt.block_on(connect(&d.url()));
     let slow: Vec<TcpStream> = (0..30)
         .map(|_| {
             let mut c = TcpStream::connect(addr).unwrap();
@@ -792,8 +769,6 @@ fn healthz_answers_within_a_second_under_slow_huge_and_many_clients() {
     for _ in 0..100 {
         drop(TcpStream::connect(addr));
     }
-    let rt = runtime();
-    let mut ws = rt.block_on(connect(&d.url()));
     // 100 more that send nothing: past the 32 served and the 32 that may wait or be refused,
     // the listener closes them as they come.
     let idle: Vec<TcpStream> = (0..100)

@@ -352,11 +352,7 @@ fn a_running_daemon_serves_metrics_healthz_and_events() {
     let dir = scratch("status-live");
     std::fs::create_dir_all(&*dir).unwrap();
     let input = clip(&dir, 100);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let events = dir.join("events.sock");
     let cfg = dir.join("live.toml");
     std::fs::write(

@@ -61,11 +61,7 @@ fn browser_driver(test: &str) -> Option<PathBuf> {
 fn serve(name: &str, args: &[&str], server: &str) -> (Reaped, u16, Scratch) {
     let dir = scratch(name);
     std::fs::create_dir_all(&*dir).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let cfg = dir.join("config.toml");
     std::fs::write(
         &cfg,

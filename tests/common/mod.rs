@@ -529,3 +529,32 @@ pub fn fit_two(out: &[f32], x: &[f32], y: &[f32]) -> (f64, f64) {
     let det = xx * yy - xy * xy;
     ((xo * yy - yo * xy) / det, (yo * xx - xo * xy) / det)
 }
+
+/// A loopback port nobody listens on now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A tokio runtime on this thread, for a test's clients.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// One HTTP/1.1 request (the connection closed after it), its whole answer (5 s at most).
+pub fn http(addr: std::net::SocketAddr, request: &str) -> String {
+    use std::io::{Read, Write};
+    let request = request.replacen("\r\n", "\r\nConnection: close\r\n", 1);
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.write_all(request.as_bytes()).unwrap();
+    let mut reply = String::new();
+    let _ = c.read_to_string(&mut reply);
+    reply
+}
