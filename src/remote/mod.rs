@@ -53,7 +53,7 @@ impl Hub {
     /// socket's end of its link, or why not.
     pub fn begin(&self, peer: String) -> Result<SocketEnd, &'static str> {
         let Some(base) = self.conversations.base() else {
-            return Err("loading: the model is not ready yet");
+            return Err(crate::serve::conversations::LOADING);
         };
         self.conversations.begin(peer, self.settings().apply(base))
     }

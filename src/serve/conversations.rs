@@ -24,6 +24,7 @@ use crate::engine::Sampling;
 /// Why a network conversation is refused.
 pub const BUSY: &str = "busy: another conversation is in progress; try again later";
 pub const DRAINING: &str = "draining: this board takes no new conversations";
+pub const LOADING: &str = "loading: the model is not ready yet";
 
 /// Where the page's events go (the HTTP stack's event streams).
 pub trait Feed: Send + Sync {
@@ -135,7 +136,7 @@ impl Conversations {
             return Err(DRAINING);
         }
         if self.base().is_none() || self.metrics.loading.load(Relaxed) {
-            return Err("loading: the model is not ready yet");
+            return Err(LOADING);
         }
         if self.busy() {
             return Err(BUSY);

@@ -296,19 +296,9 @@ pub fn run(
                 };
                 stamps.record(frame.seq, frame.at);
                 player.unpark();
-                let mut item = InFrame { ..frame };
-                loop {
-                    match in_tx.enqueue(item) {
-                        Ok(()) => break,
-                        Err(back) if lossless && !quit() && !steps_done.load(Relaxed) => {
-                            item = back;
-                            std::thread::sleep(Duration::from_millis(1));
-                        }
-                        Err(_) => {
-                            Metrics::add(&metrics.capture_dropped);
-                            break;
-                        }
-                    }
+                let wait = || lossless && !quit() && !steps_done.load(Relaxed);
+                if !enqueue_waiting(&mut in_tx, InFrame { ..frame }, wait) {
+                    Metrics::add(&metrics.capture_dropped);
                 }
                 step_thread.unpark();
                 frame.seq += 1;
@@ -459,24 +449,11 @@ fn step_loop(
         metrics.step(us(t3 - start), missed);
         out.seq = frame.seq;
         if answer {
-            let mut item = OutFrame { ..out };
-            loop {
-                match output.enqueue(item) {
-                    Ok(()) => break,
-                    // Every answer is kept: the step waits for the player to take one.
-                    Err(back)
-                        if pacing != Pacing::Slots
-                            && !stop.load(Relaxed)
-                            && !player_gone.load(Relaxed) =>
-                    {
-                        item = back;
-                        std::thread::sleep(Duration::from_millis(1));
-                    }
-                    Err(_) => {
-                        Metrics::add(&metrics.playback_silent);
-                        break;
-                    }
-                }
+            // Every answer is kept but a loudspeaker's: the step waits for the player.
+            let wait =
+                || pacing != Pacing::Slots && !stop.load(Relaxed) && !player_gone.load(Relaxed);
+            if !enqueue_waiting(output, OutFrame { ..out }, wait) {
+                Metrics::add(&metrics.playback_silent);
             }
         }
         let piece = model.detok.push(step.text);
@@ -501,21 +478,32 @@ fn step_loop(
             let _ = e.piece.push_str(now);
             // A network client's text is lossless: the step waits for room (the event
             // thread takes an event within 20 ms). A local screen's is best effort.
-            let mut item = e;
-            loop {
-                match events.enqueue(item) {
-                    Ok(()) => break,
-                    Err(back) if pacing == Pacing::Stream && !stop.load(Relaxed) => {
-                        item = back;
-                        std::thread::sleep(Duration::from_millis(1));
-                    }
-                    Err(_) => break,
-                }
-            }
+            enqueue_waiting(events, e, || {
+                pacing == Pacing::Stream && !stop.load(Relaxed)
+            });
         }
     }
     life.stopped(&control);
     Ok(())
+}
+
+/// Enqueues `item`; while the queue is full and `wait()` holds, waits for room (1 ms at a
+/// time). False when the item was not enqueued.
+fn enqueue_waiting<T>(
+    queue: &mut heapless::spsc::Producer<'_, T>,
+    mut item: T,
+    wait: impl Fn() -> bool,
+) -> bool {
+    loop {
+        match queue.enqueue(item) {
+            Ok(()) => return true,
+            Err(back) if wait() => {
+                item = back;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(_) => return false,
+        }
+    }
 }
 
 /// Sets its flag when dropped (a thread's end, however it ends).
