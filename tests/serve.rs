@@ -736,6 +736,14 @@ fn a_bad_configuration_gets_one_line_naming_the_key() {
             "[server]\nmax_conversation_s = 100000\n",
             "server.max_conversation_s",
         ),
+        (
+            "[server]\nreceive_buffer_s = 1\n",
+            "server.receive_buffer_s",
+        ),
+        (
+            "[server]\nreceive_buffer_s = 3600\n",
+            "server.receive_buffer_s",
+        ),
         ("[status]\nshow_peers = \"yes\"\n", "status.show_peers"),
         ("[status]\nmetrics = \"0.0.0.0:9464\"\n", "status.metrics"),
         ("threads = -1\n", "threads"),
