@@ -6,7 +6,10 @@ use anyhow::Result;
 use flm_kernels::ggml::Traffic;
 use flm_kernels::mimi::{FRAME, Mimi};
 
-use crate::engine::Engine;
+use flm_conversion::model_files::BACKBONE_FILE;
+
+use crate::engine::{Device, Engine};
+use crate::llama::{BackboneParams, LlamaBackbone};
 use crate::model_dir::ModelDir;
 
 /// Median, 99th percentile and maximum of a set of durations, in milliseconds.
@@ -175,23 +178,20 @@ pub struct StepBench {
     pub depth: Stats,
     pub sample: Stats,
     pub total: Stats,
-    /// Median ms of the final norm and text head inside the backbone decode.
-    pub text_head: f64,
-    /// llama.cpp decoding one ordinary text token of the same backbone.
-    pub llama_decode: Stats,
+    /// The backbone's graph alone, waited for, on the same embedding as `peer`.
+    pub backbone_alone: Stats,
+    /// llama.cpp's decode of the same backbone file on the same device, one embedding per
+    /// decode (None when not asked for).
+    pub peer: Option<Peer>,
     pub weight_bytes_per_step: u64,
     pub peak_rss_bytes: u64,
-    /// Graph computes and host-device copies of our own graphs over the timed steps (the
-    /// backbone's are llama.cpp's: one decode per step, in `graph_splits` pieces).
+    /// Graph computes and host-device copies of the timed steps: the backbone's graph, the
+    /// depth transformer's, and the host's text draw on the CPU (which reads the logit row).
     pub traffic: Traffic,
-    pub graph_splits: Option<u32>,
-    /// Host synchronisations of one llama_decode on a device, at most (from the input
-    /// tensors llama.cpp reports for a one-token graph); None on the CPU.
-    pub decode_syncs: Option<u32>,
     /// Whether the text token was drawn in the backbone's graph (only it comes back).
     pub text_on_device: bool,
     /// The backbone's time in the steps that shifted the context (dropped the oldest half
-    /// of the KV cache: llama.cpp re-rotates every key left in the next decode), if any did.
+    /// of the KV cache, re-rotated and moved the keys left), if any did.
     pub shift_backbone: Option<Stats>,
     pub shifts: usize,
 }
@@ -238,8 +238,18 @@ pub fn peak_rss_bytes() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
+/// llama.cpp's decode of the backbone: the peer the backbone's graph is timed beside.
+pub struct Peer {
+    pub decode: Stats,
+    /// Graph splits of its one-position graph, and at most how many host synchronisations
+    /// a decode costs on a device (None on the CPU).
+    pub splits: Option<u32>,
+    pub syncs: Option<u32>,
+}
+
 /// Runs `steps` engine steps after `warmup`, with pseudo-random user codes, then times the
-/// text head (decode with and without output) and llama.cpp's own one-token decode.
+/// backbone's graph alone and, with `peer`, llama.cpp's decode of the same file and input
+/// on the same device, alternated.
 pub fn step(
     engine: &mut Engine,
     model: &ModelDir,
@@ -247,6 +257,7 @@ pub fn step(
     warmup: usize,
     threads: usize,
     shift_every: Option<usize>,
+    peer: Option<Device>,
 ) -> Result<StepBench> {
     let mut seed = 0x9e3779b97f4a7c15u64;
     let mut next = move || {
@@ -286,29 +297,41 @@ pub fn step(
         }
     }
     let traffic = Traffic::now().since(&before);
-    let on_cpu = engine.device_name() == "CPU";
-    // The head: the same decode with and without output rows, alternated.
     let reps = n.min(20);
-    let width = engine.backbone().n_embd();
+    let width = engine.backbone().shape().embd;
     let embd: Vec<f32> = (0..width).map(|i| ((i % 7) as f32 - 3.0) * 0.01).collect();
-    let mut pos = engine.position();
-    let (mut with, mut without, mut llama) = (vec![], vec![], vec![]);
-    let vocab = engine.backbone().n_vocab() as u64;
-    for _ in 0..reps {
-        let b = engine.backbone();
+    let mut llama = match peer {
+        Some(device) => Some(LlamaBackbone::load(
+            &model.path(BACKBONE_FILE),
+            &BackboneParams {
+                n_ctx: 64,
+                n_threads: threads as i32,
+                device,
+                kv_f32: engine.backbone().kv_f32(),
+                flash_attn: false,
+            },
+        )?),
+        None => None,
+    };
+    let (mut ours, mut theirs) = (vec![], vec![]);
+    engine.reset();
+    for r in 0..reps {
         let t0 = Instant::now();
-        b.step(&embd, pos)?;
-        let t1 = Instant::now();
-        b.step_without_head(&embd, pos + 1)?;
-        let t2 = Instant::now();
-        b.decode_token((next() % vocab.min(151_643)) as i32, pos + 2)?;
-        let t3 = Instant::now();
-        with.push(t1 - t0);
-        without.push(t2 - t1);
-        llama.push(t3 - t2);
-        pos += 3;
+        engine.backbone_alone(&embd)?;
+        ours.push(t0.elapsed());
+        if let Some(l) = llama.as_mut() {
+            let t0 = Instant::now();
+            l.step(&embd, r as i32)?;
+            theirs.push(t0.elapsed());
+        }
     }
-    let text_head = (stats(&mut with).median - stats(&mut without).median).max(0.0);
+    engine.reset();
+    let on_cpu = engine.device_name() == "CPU";
+    let peer = llama.map(|l| Peer {
+        decode: stats(&mut theirs),
+        splits: l.placement().splits,
+        syncs: l.placement().decode_synchronisations().filter(|_| !on_cpu),
+    });
     Ok(StepBench {
         steps: n,
         threads,
@@ -317,17 +340,11 @@ pub fn step(
         depth: stats_ms(&mut depth),
         sample: stats_ms(&mut sample),
         total: stats_ms(&mut total),
-        text_head,
-        llama_decode: stats(&mut llama),
+        backbone_alone: stats(&mut ours),
+        peer,
         weight_bytes_per_step: weight_bytes_per_step(model),
         peak_rss_bytes: peak_rss_bytes(),
         traffic,
-        graph_splits: engine.backbone().placement().splits,
-        decode_syncs: engine
-            .backbone()
-            .placement()
-            .decode_synchronisations()
-            .filter(|_| !on_cpu),
         text_on_device: engine.backbone().draws_text(),
         shifts: shifted.len(),
         shift_backbone: (!shifted.is_empty()).then(|| stats_ms(&mut shifted)),

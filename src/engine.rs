@@ -1,26 +1,27 @@
 //! One 80 ms step of FLM-Audio: the user's 8 codes in, the model's text token and 8 speaking
 //! codes out.
 //!
-//! embed (sum of 17 rows) → backbone (llama.cpp, KV-cached) → text token and hidden state →
-//! depth transformer, 8 positions in one graph → speaking codes. Everything a step touches
-//! is sized at load: the step allocates nothing.
+//! embed (sum of 17 rows, on the host) → backbone (one graph, KV-cached) → hidden state and
+//! text logits → depth transformer (one graph, 8 positions) → speaking codes. Both graphs run
+//! on one backend, and the depth transformer reads the hidden state where the backbone left
+//! it: on a device a step is one upload per graph, two queued computes, the logit row down
+//! (one wait) and the codes down (one wait). Everything a step touches is sized at load: the
+//! step allocates nothing.
 //!
-//! The tokens are drawn where their logits are: the 8 codes inside the depth transformer's
-//! graph, and the text token inside the backbone's graph on a device (on the CPU the host
-//! draws it from the logit row, which is then in host memory anyway). Each step draws 9
-//! uniform numbers from the conversation's seeded generator, greedy or not, so that the
-//! draws of a seed are the same on every device.
+//! The 8 codes are drawn inside the depth transformer's graph; the text token by the host
+//! from the logit row. Each step draws 9 uniform numbers from the conversation's seeded
+//! generator, greedy or not, so that the draws of a seed are the same on every device.
 
 use std::time::Instant;
 
 use anyhow::{Context, Result, ensure};
 use flm_conversion::Gguf;
 use flm_conversion::model_files::{AUDIO_FILE, BACKBONE_FILE, audio_keys};
+use flm_kernels::backbone::{Backbone, BackboneOptions};
 use flm_kernels::depformer::{CodeSampling, Depformer};
 pub use flm_kernels::ggml::Device;
 use flm_kernels::sampling::{SampleRng, Sampler, SamplingParams};
 
-use crate::backbone::{Backbone, BackboneParams, TextDraw};
 use crate::embed::Embedder;
 use crate::model_dir::ModelDir;
 use crate::token_ring::{CODEBOOKS, InitialTokens, TokenRing};
@@ -149,10 +150,6 @@ pub struct EngineOptions {
     pub sink: u32,
     /// KV cache in f32; None: f32 when the backbone's weights are f32, else f16.
     pub kv_f32: Option<bool>,
-    /// Keep the text logit row in host memory at every step even where the token is drawn
-    /// on the device (tests and tools read it through `backbone().logits()`; it costs the
-    /// copy of the row that drawing on the device saves).
-    pub keep_text_logits: bool,
 }
 
 /// Milliseconds per stage of one step.
@@ -160,8 +157,7 @@ pub struct EngineOptions {
 pub struct StageTimes {
     /// Sum of the 17 embedding rows.
     pub embed: f64,
-    /// llama.cpp's decode of one position, text head included (and the text draw on a
-    /// device).
+    /// The backbone's graph, text head included, and its logit row read back.
     pub backbone: f64,
     /// The depth transformer's step: 8 positions and their draws.
     pub depth: f64,
@@ -245,6 +241,7 @@ pub struct Engine {
     n_codes: usize,
     embd: Vec<f32>,
     text_logits: Vec<f32>,
+    hidden: Vec<f32>,
 }
 
 impl Engine {
@@ -276,37 +273,42 @@ impl Engine {
         let ring = TokenRing::new(&delays, init).with_context(|| label.clone())?;
         let f32_weights = model.backbone.get_u64("general.file_type").ok() == Some(0);
         let kv_f32 = opts.kv_f32.unwrap_or(f32_weights);
-        // On a device the text token is drawn in the backbone's graph; on the CPU the logit
-        // row is in host memory already, and the host draws it.
-        let on_device = !opts.device.resolve()?.is_cpu();
-        let backbone = Backbone::load(
+        let mut depformer = Depformer::load(&audio_path, opts.device, opts.threads)?;
+        let mut backbone = Backbone::load(
             &backbone_path,
-            &BackboneParams {
-                n_ctx: positions,
-                n_threads: opts.threads as i32,
-                device: opts.device,
+            depformer.backend(),
+            BackboneOptions {
+                positions: positions as usize,
                 kv_f32,
-                flash_attn: false,
-                text_draw: on_device.then_some(TextDraw {
-                    params: opts.sampling.text,
-                    keep_logits: opts.keep_text_logits,
-                }),
+                streams: 1,
             },
         )?;
-        report_placement(&backbone, &model.backbone, opts.device);
-        let mut depformer = Depformer::load(&audio_path, opts.device, opts.threads)?;
         let shape = *depformer.shape();
+        let bshape = *backbone.shape();
         ensure!(
-            shape.codebooks == CODEBOOKS && shape.hidden == backbone.n_embd(),
+            shape.codebooks == CODEBOOKS && shape.hidden == bshape.embd,
             "{label}: depth transformer for {} codebooks and width {}, backbone width {}",
             shape.codebooks,
             shape.hidden,
-            backbone.n_embd()
+            bshape.embd
+        );
+        // The host draws the text token from the logit row, on every backend: the draw in the
+        // graph (`Backbone::configure` with a sampling) finds no token on Mesa's software
+        // Vulkan device at the official text temperature (0.01; it does at 0.03 and above),
+        // for a reason not yet found.
+        backbone.configure(depformer.backend(), None)?;
+        depformer.read_hidden_from(backbone.hidden_tensor())?;
+        eprintln!(
+            "backbone on {}: {:.0} MiB of weights, KV cache {:.0} MiB ({positions} positions, {})",
+            depformer.backend_name(),
+            mib(backbone.weight_bytes()),
+            mib(backbone.cache_bytes()),
+            if kv_f32 { "f32" } else { "f16" }
         );
         let embedder = Embedder::open(
             (&backbone_path, &model.backbone),
             (&audio_path, &model.audio),
-            backbone.n_embd(),
+            bshape.embd,
             shape.vocab,
             CODEBOOKS,
         )?;
@@ -321,17 +323,17 @@ impl Engine {
             shape.empty
         );
         ensure!(
-            (0..backbone.n_vocab() as i64).contains(&(init.text_wait as i64)),
+            (0..bshape.vocab as i64).contains(&(init.text_wait as i64)),
             "{label}: `{}` is {}, outside the text vocabulary 0..{}",
             audio_keys::TEXT_WAIT,
             init.text_wait,
-            backbone.n_vocab()
+            bshape.vocab
         );
         let n_codes = init.audio_pad.min(shape.empty) as usize;
         let s = opts.sampling;
         depformer.configure(code_sampling(&s, n_codes))?;
         Ok(Engine {
-            text_sampler: Sampler::new(backbone.n_vocab(), s.text),
+            text_sampler: Sampler::new(bshape.vocab, s.text),
             rng: SampleRng::new(opts.seed),
             seed: opts.seed,
             text_window: Window::new(s.text.repetition_window),
@@ -345,8 +347,9 @@ impl Engine {
             },
             shift_pending: false,
             n_codes,
-            embd: vec![0.0; backbone.n_embd()],
-            text_logits: vec![0.0; backbone.n_vocab()],
+            embd: vec![0.0; bshape.embd],
+            text_logits: vec![0.0; bshape.vocab],
+            hidden: vec![0.0; bshape.embd],
             sampling: s,
             backbone,
             embedder,
@@ -365,13 +368,26 @@ impl Engine {
         self.pos
     }
 
-    /// Highest position in the backbone's KV cache.
+    /// Highest position in the backbone's KV cache (-1 when empty).
     pub fn max_cached_position(&self) -> i32 {
-        self.backbone.max_pos()
+        self.backbone.used(0) as i32 - 1
     }
 
-    pub fn backbone(&mut self) -> &mut Backbone {
-        &mut self.backbone
+    pub fn backbone(&self) -> &Backbone {
+        &self.backbone
+    }
+
+    /// The text logits of the last step (a blocking read, for tests and tools).
+    pub fn text_logits(&mut self) -> Result<&[f32]> {
+        self.backbone.read_logits(&mut self.text_logits)?;
+        Ok(&self.text_logits)
+    }
+
+    /// The backbone's hidden state of the last step, after its final norm (a blocking read,
+    /// for tests and tools).
+    pub fn hidden(&mut self) -> Result<&[f32]> {
+        self.backbone.read_hidden(&mut self.hidden)?;
+        Ok(&self.hidden)
     }
 
     pub fn depformer(&mut self) -> &mut Depformer {
@@ -398,8 +414,7 @@ impl Engine {
     pub fn set_sampling(&mut self, s: Sampling) -> Result<()> {
         s.check()?;
         self.depformer.configure(code_sampling(&s, self.n_codes))?;
-        self.backbone.set_text_draw(s.text)?;
-        self.text_sampler = Sampler::new(self.backbone.n_vocab(), s.text);
+        self.text_sampler = Sampler::new(self.backbone.shape().vocab, s.text);
         self.text_window = Window::new(s.text.repetition_window);
         self.audio_windows = (0..CODEBOOKS)
             .map(|_| Window::new(s.audio.repetition_window))
@@ -411,7 +426,7 @@ impl Engine {
 
     /// Starts a new conversation.
     pub fn reset(&mut self) {
-        self.backbone.clear();
+        self.backbone.clear(0);
         self.ring.reset(self.init);
         self.text_window.clear();
         for w in &mut self.audio_windows {
@@ -470,24 +485,25 @@ impl Engine {
         let t1 = Instant::now();
         times.embed = ms(t1 - t0);
 
-        self.backbone.set_text_inputs(&self.text_window.ids, u_text);
-        self.backbone.step(&self.embd, self.pos)?;
+        let backend = self.depformer.backend();
+        self.backbone.submit(
+            backend,
+            &self.embd,
+            &[self.pos as usize],
+            &[&self.text_window.ids],
+            &[u_text],
+        )?;
         self.pos += 1;
-        let text = if self.backbone.draws_text() {
-            self.backbone.drawn_text()?
-        } else {
-            let t = Instant::now();
-            self.text_logits.copy_from_slice(self.backbone.logits()?);
-            let text =
-                self.text_sampler
-                    .sample(&mut self.text_logits, &self.text_window.ids, u_text);
-            times.sample = ms(t.elapsed());
-            text
-        };
+        // The row comes down (on a device: a wait for the backbone's graph).
+        self.backbone.read_logits(&mut self.text_logits)?;
         let t2 = Instant::now();
-        times.backbone = ms(t2 - t1) - times.sample;
-        let text_in = forced.map_or(text, |f| f[0]);
-        self.text_window.push(text_in);
+        times.backbone = ms(t2 - t1);
+        let text = self
+            .text_sampler
+            .sample(&mut self.text_logits, &self.text_window.ids, u_text);
+        let t3 = Instant::now();
+        times.sample = ms(t3 - t2);
+        let text_in = forced.map(|f| f[0]);
 
         let windows: [&[i32]; CODEBOOKS] = std::array::from_fn(|c| {
             if c < self.sampling.audio_penalty_codebooks {
@@ -496,15 +512,14 @@ impl Engine {
                 &[]
             }
         });
-        let codes = self.depformer.step(
-            self.backbone.hidden()?,
-            &windows,
-            &u_audio,
-            forced.map(|f| &f[1..]),
-        )?;
+        let codes = self
+            .depformer
+            .step(None, &windows, &u_audio, forced.map(|f| &f[1..]))?;
+        let text_in = text_in.unwrap_or(text);
+        self.text_window.push(text_in);
         let mut audio = [0i32; CODEBOOKS];
         audio.copy_from_slice(codes);
-        times.depth = ms(t2.elapsed());
+        times.depth = ms(t3.elapsed());
         let fed: [i32; CODEBOOKS] = match forced {
             Some(f) => std::array::from_fn(|c| f[1 + c]),
             None => audio,
@@ -522,10 +537,25 @@ impl Engine {
         })
     }
 
+    /// One backbone step alone at the next position, waited for (benchmarks: the backbone's
+    /// own time on a device, where a whole step waits once for both graphs). The
+    /// conversation is not continued: `reset` before stepping it again.
+    pub fn backbone_alone(&mut self, embd: &[f32]) -> Result<()> {
+        ensure!(
+            (self.pos as u32) < self.policy.positions,
+            "backbone: the context is full"
+        );
+        let backend = self.depformer.backend();
+        self.backbone
+            .submit(backend, embd, &[self.pos as usize], &[&[]], &[0.5])?;
+        backend.synchronize();
+        self.pos += 1;
+        Ok(())
+    }
+
     /// Shifts the context now, as when it is full, by half of what it holds past the sink:
-    /// the next step re-rotates every cached key. llama.cpp rotates the whole cache, used or
-    /// not, so such a step costs what a shift of a full context costs; `bench step` measures
-    /// that without first stepping through the whole context.
+    /// the kept keys are re-rotated and moved down (`bench step` measures a shift this way
+    /// without first stepping through the whole context).
     /// False (and nothing done) while no step past the sink would be dropped.
     pub fn shift_context_now(&mut self) -> Result<bool> {
         let sink = self.policy.sink as i32;
@@ -533,7 +563,8 @@ impl Engine {
         if n <= 0 {
             return Ok(false);
         }
-        self.backbone.discard(sink, n)?;
+        self.backbone
+            .discard(self.depformer.backend(), 0, sink as usize, n as usize)?;
         self.pos -= n;
         self.shift_pending = true;
         Ok(true)
@@ -546,7 +577,8 @@ impl Engine {
             return Ok(false);
         }
         let n = (positions - sink) / 2;
-        self.backbone.discard(sink as i32, n as i32)?;
+        self.backbone
+            .discard(self.depformer.backend(), 0, sink as usize, n as usize)?;
         self.pos -= n as i32;
         Ok(true)
     }
@@ -561,33 +593,8 @@ fn code_sampling(s: &Sampling, codes: usize) -> CodeSampling {
     }
 }
 
-/// Says on stderr where llama.cpp put the backbone, and warns when a GPU load left weights
-/// beyond the input embedding table (which flm-edge reads itself) in host memory: the CPU
-/// would read them at every step.
-fn report_placement(backbone: &Backbone, file: &Gguf, device: Device) {
-    let p = backbone.placement();
-    eprintln!("backbone on {device}: {}", p.summary());
-    let Some(name) = device
-        .resolve()
-        .ok()
-        .filter(|d| !d.is_cpu())
-        .map(|d| d.info().name.clone())
-    else {
-        return;
-    };
-    let embd_mib = file
-        .tensor("token_embd.weight")
-        .map_or(0.0, |t| t.n_bytes() as f64 / (1024.0 * 1024.0));
-    if let Some(extra) = p.host_weights_beyond(&name, embd_mib) {
-        let which = p
-            .moved
-            .as_ref()
-            .map(|(name, others, to)| format!(" ({name} and {others} others went to {to})"))
-            .unwrap_or_default();
-        eprintln!(
-            "warning: backbone: {extra:.0} MiB of weights beyond the input embedding stay in host memory{which}; the CPU reads them at every step"
-        );
-    }
+fn mib(bytes: usize) -> f64 {
+    bytes as f64 / (1u64 << 20) as f64
 }
 
 fn ms(d: std::time::Duration) -> f64 {

@@ -1,6 +1,5 @@
 //! flm-edge: the FLM-Audio full-duplex spoken-dialog model on edge boards.
 
-pub mod backbone;
 pub mod bench;
 pub mod codes_npy;
 pub mod config;
@@ -10,6 +9,7 @@ pub mod embed;
 pub mod engine;
 pub mod files;
 pub mod inspect;
+pub mod llama;
 pub mod model_dir;
 pub mod placement;
 pub mod remote;
@@ -17,7 +17,6 @@ pub mod resident;
 pub mod run;
 pub mod selftest;
 pub mod serve;
-pub mod text_sampler;
 pub mod token_ring;
 pub mod wav;
 

@@ -71,7 +71,6 @@ fn a_context_past_the_trained_one_is_refused() {
             context: Some(9000),
             sink: 16,
             kv_f32: None,
-            keep_text_logits: false,
         },
     );
     let err = format!("{:#}", r.err().expect("must fail"));

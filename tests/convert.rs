@@ -7,7 +7,7 @@ use std::path::Path;
 use common::*;
 use flm_conversion::model_files::{AUDIO_FILE, BACKBONE_FILE, MIMI_FILE};
 use flm_conversion::{GgmlType, Gguf, gguf::read_tensor_bytes};
-use flm_edge::backbone::{Backbone, BackboneParams};
+use flm_edge::llama::{BackboneParams, LlamaBackbone};
 use flm_edge::model_dir::ModelDir;
 
 /// Source values of a bf16/f32 safetensors tensor, as f32.
@@ -49,7 +49,7 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 
 /// llama.cpp loads the backbone file and returns finite logits and hidden state for one step.
 fn llama_cpp_step(model: &Path) -> (Vec<f32>, Vec<f32>) {
-    let mut bb = Backbone::load(
+    let mut bb = LlamaBackbone::load(
         &model.join(BACKBONE_FILE),
         // One thread: tests run side by side on a 2-core machine.
         &BackboneParams {

@@ -56,7 +56,7 @@ fn lists_all_three_files_of_a_model_folder() {
 
 /// Loads our backbone with llama.cpp and saves it with llama.cpp's own GGUF writer.
 fn resave_with_llama_cpp(src: &Path, dst: &Path) {
-    let _ = flm_edge::backbone::Backbone::load(src, &Default::default()).unwrap(); // initialises the backend
+    let _ = flm_edge::llama::LlamaBackbone::load(src, &Default::default()).unwrap(); // initialises the backend
     let (s, d) = (
         CString::new(src.to_str().unwrap()).unwrap(),
         CString::new(dst.to_str().unwrap()).unwrap(),

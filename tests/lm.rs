@@ -81,9 +81,9 @@ fn f32_greedy_tokens_and_values_match_the_reference() {
     let (mut err_h, mut err_l) = (0f32, 0f32);
     for (t, u) in user.iter().enumerate().take(want.len()) {
         let out = engine.step(u).unwrap();
-        let h = &engine.backbone().hidden().unwrap()[..16];
+        let h = &engine.hidden().unwrap()[..16];
         err_h = err_h.max(max_err(h, &hidden[t * 16..(t + 1) * 16]));
-        let logits = engine.backbone().logits().unwrap();
+        let logits = engine.text_logits().unwrap();
         let ours: Vec<f32> = top_ids[t * 8..(t + 1) * 8]
             .iter()
             .map(|&i| logits[i as usize])
@@ -103,19 +103,17 @@ fn f32_greedy_tokens_and_values_match_the_reference() {
 }
 
 #[test]
-fn a_step_without_output_has_no_logits_to_read() {
+fn before_any_step_there_are_no_logits_or_hidden_state_to_read() {
     let (_dir, dir) = model("f32", "no-output");
     let mut engine = greedy_engine(&dir);
-    let width = engine.backbone().n_embd();
-    // Before any step, and after one without its head: an error, never a slice of null.
-    assert!(engine.backbone().logits().is_err());
-    let b = engine.backbone();
-    b.step_without_head(&vec![0.01; width], 0).unwrap();
-    let e = b.logits().unwrap_err().to_string();
+    // An error, never the zeros or leftovers of a buffer.
+    let e = engine.text_logits().unwrap_err().to_string();
     assert!(e.contains("no logits"), "{e}");
-    assert!(b.hidden().is_err());
-    b.step(&vec![0.01; width], 1).unwrap();
-    assert_eq!(b.logits().unwrap().len(), b.n_vocab());
+    let e = engine.hidden().unwrap_err().to_string();
+    assert!(e.contains("no hidden state"), "{e}");
+    engine.step(&user_codes()[0]).unwrap();
+    let vocab = engine.backbone().shape().vocab;
+    assert_eq!(engine.text_logits().unwrap().len(), vocab);
 }
 
 #[test]
@@ -127,12 +125,12 @@ fn f32_depth_transformer_logits_match_the_reference() {
     engine.step(&user_codes()[0]).unwrap();
     // Run the 8 positions of step 0 again on the same hidden state, fed with the reference
     // tokens (teacher forcing: position p+1 embeds the reference's code p).
-    let hidden = engine.backbone().hidden().unwrap().to_vec();
+    let hidden = engine.hidden().unwrap().to_vec();
     let dep = engine.depformer();
     let v = dep.shape().vocab;
     let forced = &tokens[0][1..];
     let none: &[i32] = &[];
-    dep.step(&hidden, &[none; 8], &[0.5; 8], Some(forced))
+    dep.step(Some(&hidden), &[none; 8], &[0.5; 8], Some(forced))
         .unwrap();
     let mut worst = 0f32;
     for p in 0..8 {
@@ -245,7 +243,7 @@ fn two_conversations_in_one_depth_step_draw_what_each_draws_alone() {
     for (t, u) in user_codes().iter().enumerate().take(6) {
         engine.step(u).unwrap();
         if t == 0 || t == 5 {
-            hidden.extend_from_slice(engine.backbone().hidden().unwrap());
+            hidden.extend_from_slice(engine.hidden().unwrap());
         }
     }
     let width = hidden.len() / 2;
@@ -271,7 +269,10 @@ fn two_conversations_in_one_depth_step_draw_what_each_draws_alone() {
         let mut w: Vec<&[i32]> = vec![&[]; 2 * p];
         w[0] = &windows[0];
         w[p] = &windows[1];
-        let together = both.step(&hidden, &w, &uniforms, None).unwrap().to_vec();
+        let together = both
+            .step(Some(&hidden), &w, &uniforms, None)
+            .unwrap()
+            .to_vec();
         let mut alone = vec![];
         let mut one = Depformer::load(&path, Device::Cpu, 1).unwrap();
         one.configure(sampling).unwrap();
@@ -279,7 +280,7 @@ fn two_conversations_in_one_depth_step_draw_what_each_draws_alone() {
             let w: Vec<&[i32]> = vec![&windows[s]];
             let codes = one
                 .step(
-                    &hidden[s * width..(s + 1) * width],
+                    Some(&hidden[s * width..(s + 1) * width]),
                     &w,
                     &uniforms[s * 8..(s + 1) * 8],
                     None,

@@ -91,7 +91,6 @@ fn greedy_engine(model: &Path, device: Device) -> Engine {
         context: None,
         sink: 16,
         kv_f32: None,
-        keep_text_logits: true,
     };
     Engine::load(&dir, &opts).unwrap()
 }
@@ -186,9 +185,9 @@ fn f32_greedy_tokens_hidden_state_and_logits_match_the_reference() {
     for t in 0..STEPS {
         let u: &[i32; 8] = user[t * 8..(t + 1) * 8].try_into().unwrap();
         let out = engine.step(u).unwrap();
-        let h = &engine.backbone().hidden().unwrap()[..16];
+        let h = &engine.hidden().unwrap()[..16];
         err_h = err_h.max(max_err(h, &hidden[t * 16..(t + 1) * 16]));
-        let logits = engine.backbone().logits().unwrap();
+        let logits = engine.text_logits().unwrap();
         let ours: Vec<f32> = top_ids[t * 8..(t + 1) * 8]
             .iter()
             .map(|&i| logits[i as usize])
@@ -283,7 +282,6 @@ fn sampled_steps_draw_what_the_cpu_draws_with_the_same_seed() {
             context: None,
             sink: 16,
             kv_f32: None,
-            keep_text_logits: false,
         };
         let mut engine = Engine::load(&dir, &opts).unwrap();
         (0..steps)
@@ -363,11 +361,12 @@ fn a_vulkan_device_that_is_not_there_is_one_line() {
     }
 }
 
-// Where llama.cpp put the backbone: every layer and the KV cache on the device (the text
-// head may stay in host memory where the device's buffers are too small for it, as on
-// lavapipe; flm-edge then warns, and that line is printed here for the log).
+// The step on the device: the backbone's weights and KV cache there, and per step two graphs
+// queued, one upload each (the embedding with its position, cache slots and mask cell; the
+// uniform numbers and penalty windows), the text logit row down (594 KiB: the host draws the
+// text token) and the 8 codes with their check values (64 bytes), each with one wait.
 #[test]
-fn the_backbone_layers_and_kv_cache_are_on_the_device() {
+fn the_step_on_the_device_is_two_graphs_and_two_waits() {
     vulkan();
     let model = converted(3, "f32");
     let out = flm_edge(&[
@@ -378,21 +377,29 @@ fn the_backbone_layers_and_kv_cache_are_on_the_device() {
         "--backend",
         "vulkan",
         "--steps",
-        "1",
+        "4",
     ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    eprint!("{stderr}");
-    let line = stderr
-        .lines()
-        .find(|l| l.starts_with("backbone on vulkan: "))
-        .unwrap_or_else(|| panic!("{stderr}"));
     assert!(
-        line.contains("3/3 layers on the device") && line.contains("KV cache: Vulkan0"),
-        "{line}"
+        stderr
+            .lines()
+            .any(|l| l.starts_with("backbone on Vulkan0: ")),
+        "{stderr}"
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
+    eprint!("{stdout}");
     assert!(stdout.contains("LM step, Vulkan0"), "{stdout}");
+    let line = stdout
+        .lines()
+        .find(|l| l.contains("graph computes"))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(
+        line.contains("2.0 graph computes, 2.0 uploads")
+            && line.contains("2.0 downloads (594.1 KiB), 2.0 host synchronisations")
+            && line.contains("the host draws the text token"),
+        "{line}"
+    );
 }
 
 /// A model the device has no room for: one line with the device, the size asked for and

@@ -150,6 +150,9 @@ pub struct Depformer {
     free: Option<StepGraph>,
     forced: Option<StepGraph>,
     cache: Cache,
+    /// The hidden states as another graph on the same backend leaves them (the backbone's),
+    /// read in place instead of uploaded.
+    hidden_src: Option<T>,
     /// Host-side scratch, sized at load: the uniform numbers and forced tokens codebook-major
     /// as the graph takes them, the codes and check values as it gives them, and the codes
     /// stream-major as `step` returns them.
@@ -166,6 +169,31 @@ impl Depformer {
     /// ggml's name of the device the graphs run on ("CPU", "CUDA0", …).
     pub fn backend_name(&self) -> String {
         self.backend.name()
+    }
+
+    /// The backend the graphs run on: a graph that feeds this one (the backbone's) runs on
+    /// it too, so that the device keeps their order without the host waiting between them.
+    pub fn backend(&self) -> &Backend {
+        &self.backend
+    }
+
+    /// Reads the hidden states from `t` (F32 [hidden, streams], allocated on this backend and
+    /// written by a graph queued before each step) instead of uploading them.
+    pub fn read_hidden_from(&mut self, t: T) -> Result<()> {
+        let s = self.shape;
+        ensure!(
+            t.ty() == ggml::F32 && t.ne() == [s.hidden as i64, self.streams as i64, 1, 1],
+            "depth transformer: hidden states of shape {:?}, expected [{}, {}]",
+            t.ne(),
+            s.hidden,
+            self.streams
+        );
+        self.hidden_src = Some(t);
+        if self.free.is_some() {
+            self.forced = None;
+            self.free = Some(self.build(false)?);
+        }
+        Ok(())
     }
 
     /// Loads the depth transformer of `audio.gguf` onto `device` (with `threads` threads on
@@ -239,6 +267,7 @@ impl Depformer {
             free: None,
             forced: None,
             cache,
+            hidden_src: None,
             by_codebook_f32: vec![0.0; n],
             by_codebook_i32: vec![0; n],
             checks: vec![0.0; n],
@@ -356,7 +385,7 @@ impl Depformer {
 
     /// One step: from the backbone's hidden state (after its final norm) of each stream, the
     /// 8 codes of each, drawn with one uniform number each. Slices are stream-major:
-    /// `hidden` holds `streams` states, `uniforms` 8 numbers per stream; `windows[s · P + c]`
+    /// `hidden` holds `streams` states (None: those that `read_hidden_from`'s tensor holds), `uniforms` 8 numbers per stream; `windows[s · P + c]`
     /// holds the earlier codes of codebook c of stream s for the penalty, P being the
     /// penalised codebooks (missing or short windows are padded; ids beyond the window's
     /// size are ignored). With `forced` (8 per stream), position c+1 is fed `forced[c]`
@@ -364,7 +393,7 @@ impl Depformer {
     /// way, 8 per stream.
     pub fn step(
         &mut self,
-        hidden: &[f32],
+        hidden: Option<&[f32]>,
         windows: &[&[i32]],
         uniforms: &[f32],
         forced: Option<&[i32]>,
@@ -374,18 +403,22 @@ impl Depformer {
         let (Some(io), Some(sampling)) = (self.io.as_mut(), self.sampling) else {
             bail!("depth transformer: no sampling configured")
         };
-        ensure!(
-            hidden.len() == s.hidden * b,
-            "depth transformer: hidden states of {} values, expected {} for {b} streams",
-            hidden.len(),
-            s.hidden * b
-        );
+        match (hidden, self.hidden_src) {
+            (Some(h), _) if h.len() != s.hidden * b => bail!(
+                "depth transformer: hidden states of {} values, expected {} for {b} streams",
+                h.len(),
+                s.hidden * b
+            ),
+            (Some(h), Some(src)) => src.write(h),
+            (Some(h), None) => io.inputs.put(io.hidden, 0, h),
+            (None, Some(_)) => {}
+            (None, None) => bail!("depth transformer: no hidden states to read"),
+        }
         ensure!(
             uniforms.len() == cbs * b,
             "depth transformer: {} uniform numbers for {cbs} codebooks of {b} streams",
             uniforms.len()
         );
-        io.inputs.put(io.hidden, 0, hidden);
         // Codebook-major on the graph's side: [streams] per codebook.
         for (i, &u) in uniforms.iter().enumerate() {
             self.by_codebook_f32[(i % cbs) * b + i / cbs] = u;
@@ -506,7 +539,7 @@ impl Depformer {
             let wpe_p = g.view(wpe, &[ei, 1], &[wpe.nb()[1]], p * wpe.nb()[1]);
             let mut x = g.add(
                 g.add(g.get_rows(wte, prev), wpe_p),
-                g.mul_mat(wp(DEP_IN), io.hidden),
+                g.mul_mat(wp(DEP_IN), self.hidden_src.unwrap_or(io.hidden)),
             );
             let slot = by_codebook(slots, p);
             for l in 0..s.layers {

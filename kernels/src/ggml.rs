@@ -107,14 +107,6 @@ impl T {
         }
     }
 
-    /// A handle to a tensor made elsewhere (llama.cpp's graph context, for the text sampler).
-    ///
-    /// # Safety
-    /// `raw` must be a valid tensor that outlives every use of the handle.
-    pub unsafe fn from_raw(raw: *mut sys::ggml_tensor) -> T {
-        T::new(raw)
-    }
-
     pub fn raw(self) -> *mut sys::ggml_tensor {
         self.raw.as_ptr()
     }
@@ -207,6 +199,12 @@ impl T {
         // SAFETY: the tensor is allocated and `out` has exactly its size.
         unsafe { sys::ggml_backend_tensor_get(self.raw(), out.as_mut_ptr().cast(), 0, bytes) };
     }
+}
+
+/// Bytes of one element of `t` (of one block, for quantized types).
+pub fn type_size(t: Type) -> usize {
+    // SAFETY: ggml answers for every type id.
+    unsafe { sys::ggml_type_size(t) }
 }
 
 /// A metadata-only ggml context: tensors and graphs are described here, their data lives in
@@ -618,23 +616,8 @@ fn first_unsupported(
     None
 }
 
-impl Graph {
-    /// The first node that the device `dev` (a ggml device handle) cannot run, described;
-    /// None when it runs them all. For graphs that another library computes (the text
-    /// sampler's nodes in llama.cpp's graph), asked of the device before it is used.
-    ///
-    /// # Safety
-    /// `dev` must be a device of ggml's registry.
-    pub unsafe fn first_unsupported_on(&self, dev: sys::ggml_backend_dev_t) -> Option<String> {
-        // SAFETY: a registered device (the caller's contract) and a valid node; a query only.
-        let supports =
-            |node: *mut sys::ggml_tensor| unsafe { sys::ggml_backend_dev_supports_op(dev, node) };
-        first_unsupported(self.graph.as_ptr(), supports)
-    }
-}
-
 /// ggml's name of a type ("f32", "q8_0", …).
-fn type_name(t: Type) -> String {
+pub fn type_name(t: Type) -> String {
     // SAFETY: ggml returns a static string for every type id.
     unsafe { std::ffi::CStr::from_ptr(sys::ggml_type_name(t)) }
         .to_string_lossy()
@@ -857,6 +840,17 @@ impl Backend {
 
     pub(crate) fn raw(&self) -> *mut sys::ggml_backend {
         self.raw.as_ptr()
+    }
+
+    /// Whether the backend multiplies a weight of type `ty` and shape [ne0, rows] with a
+    /// vector (a device may refuse a weight larger than the buffers its kernels can address).
+    pub fn supports_matmul(&self, ty: Type, ne0: i64, rows: i64) -> bool {
+        let scratch = Ctx::new(4, 0);
+        let w = scratch.new_tensor(ty, &[ne0, rows]);
+        let x = scratch.new_tensor(F32, &[ne0, 1]);
+        let y = scratch.mul_mat(w, x);
+        // SAFETY: a valid backend and an unallocated op; a query of its types and shapes only.
+        unsafe { sys::ggml_backend_supports_op(self.raw(), y.raw()) }
     }
 
     /// Waits until everything queued on the backend has run.

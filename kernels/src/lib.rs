@@ -1,5 +1,6 @@
-//! flm-edge compute on ggml: the Mimi codec, the depth transformer, sampling.
+//! flm-edge compute on ggml: the backbone, the depth transformer, sampling, the Mimi codec.
 
+pub mod backbone;
 pub mod depformer;
 pub mod device;
 pub mod ggml;

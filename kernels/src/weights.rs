@@ -119,6 +119,41 @@ impl WeightsBuilder {
         Ok(t.ty)
     }
 
+    /// Declares `name` as rows `first .. first + n` of file matrix `of` (rows of `ne0`
+    /// values), used only as a matrix-vector weight.
+    pub fn matrix_rows(
+        &mut self,
+        name: &str,
+        of: &str,
+        ne0: i64,
+        first: usize,
+        n: usize,
+    ) -> Result<()> {
+        let t = self
+            .gguf
+            .tensor(of)
+            .with_context(|| format!("{}: tensor `{of}` is missing", self.path.display()))?;
+        ensure!(
+            t.ne.len() == 2 && t.ne[0] as i64 == ne0 && first + n <= t.ne[1] as usize,
+            "{}: tensor `{of}` has shape {:?}, expected [{ne0}, at least {}]",
+            self.path.display(),
+            t.ne,
+            first + n
+        );
+        let row = t.ty.row_bytes(t.ne[0]) as usize;
+        self.decl.push(Decl {
+            name: name.to_string(),
+            ty: t.ty.id(),
+            ne: vec![ne0, n as i64],
+            src: Source::File {
+                offset: (self.gguf.data_offset + t.offset) as usize + first * row,
+                len: n * row,
+            },
+            matrix: true,
+        });
+        Ok(())
+    }
+
     /// Raw bytes of a file tensor (for deriving tensors on the host).
     pub fn bytes(&self, name: &str) -> Result<(&[u8], GgmlType)> {
         let t = self

@@ -29,7 +29,7 @@ pub enum Args {
         ops: bool,
     },
     /// One step of the language model (embed, backbone, depth transformer, sampling), ms per
-    /// 80 ms step, next to llama.cpp's own decode of one token of the same backbone.
+    /// 80 ms step, and the backbone's graph next to llama.cpp's decode of the same file.
     Step {
         #[arg(long, value_name = "MODEL_DIR")]
         model: PathBuf,
@@ -39,11 +39,14 @@ pub enum Args {
         /// Also time each node of the depth transformer's step graph alone.
         #[arg(long)]
         ops: bool,
-        /// Shift the context every N timed steps, as when it is full (llama.cpp re-rotates
-        /// the whole cache, so this costs what a full context's shift costs): the cost of a
-        /// shift at any `--context` without stepping through it first.
+        /// Shift the context every N timed steps, as when it is full: the cost of a shift at
+        /// any `--context` without stepping through it first.
         #[arg(long, value_name = "N")]
         shift_every: Option<usize>,
+        /// Leave out llama.cpp's decode beside the backbone's graph (it loads the backbone a
+        /// second time).
+        #[arg(long)]
+        no_peer: bool,
         #[command(flatten)]
         engine: EngineArgs,
     },
@@ -66,8 +69,9 @@ pub fn exec(a: Args) -> Result<()> {
             steps,
             ops,
             shift_every,
+            no_peer,
             engine: args,
-        } => step(model, steps, ops, shift_every, args),
+        } => step(model, steps, ops, shift_every, no_peer, args),
         Args::Mimi {
             model,
             frames,
@@ -83,13 +87,15 @@ fn step(
     steps: usize,
     ops: bool,
     shift_every: Option<usize>,
+    no_peer: bool,
     args: EngineArgs,
 ) -> Result<()> {
     let dir = ModelDir::open(&model)?;
     let opts = args.options(&dir)?;
     let threads = opts.threads;
     let mut engine = flm_edge::engine::Engine::load(&dir, &opts)?;
-    let r = bench::step(&mut engine, &dir, steps, 5, threads, shift_every)?;
+    let peer = (!no_peer).then_some(opts.device);
+    let r = bench::step(&mut engine, &dir, steps, 5, threads, shift_every, peer)?;
     if ops {
         bench::print_ops(engine.depformer().profile(20)?);
     }
@@ -98,7 +104,7 @@ fn step(
         .get_str(flm_conversion::model_files::audio_keys::QUANT)
         .unwrap_or("?");
     println!(
-        "LM step, {}, {} threads, {quant} weights (mmap), {} steps (warm)",
+        "LM step, {}, {} threads, {quant} weights, {} steps (warm)",
         engine.device_name(),
         r.threads,
         r.steps
@@ -111,49 +117,48 @@ fn step(
     };
     row("embed", &r.embed);
     row("backbone", &r.backbone);
-    println!(
-        "    of which text head (final norm + lm_head) ≈ {:.2} ms",
-        r.text_head
-    );
     if let Some(sh) = &r.shift_backbone {
         println!(
-            "    {} steps shifted the context (the oldest half of the KV cache dropped, every key left re-rotated): backbone median {:.2} ms, max {:.2} ms",
+            "    {} steps shifted the context (the oldest half of the KV cache dropped, every key left re-rotated and moved): backbone median {:.2} ms, max {:.2} ms",
             r.shifts, sh.median, sh.max
         );
     }
     row("depth", &r.depth);
     row("sampling", &r.sample);
     row("total", &r.total);
-    row("llama.cpp", &r.llama_decode);
-    println!("    (llama_decode of one text token, same backbone, same run)");
-    let around = r.embed.median + r.sample.median;
-    let base = r.llama_decode.median;
+    if r.text_on_device {
+        println!(
+            "    (on a device both graphs are queued and waited for once: backbone is the time to queue, depth the wait for both)"
+        );
+    }
     println!(
-        "  around the backbone (embed + sampling): {:.2} % of llama.cpp's decode; depth transformer {:.1} %",
-        100.0 * around / base,
-        100.0 * r.depth.median / base
+        "  the backbone's graph alone, and llama.cpp's decode of the same file and embedding, alternated:"
     );
+    row("graph", &r.backbone_alone);
+    if let Some(p) = &r.peer {
+        row("llama.cpp", &p.decode);
+        println!(
+            "    llama.cpp: {} graph split(s){}",
+            p.splits.map_or("?".to_string(), |n| n.to_string()),
+            p.syncs.map_or(String::new(), |n| format!(
+                "; on the device at most {n} host synchronisations per decode (its scheduler waits and copies each of the graph's {} input tensors, and the outputs are read once)",
+                (n - 1) / 2
+            ))
+        );
+    }
     println!(
         "  weights read per step {:.1} MiB; peak RSS {:.0} MiB",
         r.weight_bytes_per_step as f64 / (1 << 20) as f64,
         r.peak_rss_bytes as f64 / (1 << 20) as f64
     );
-    println!(
-        "  depth transformer and sampling: {}",
-        bench::traffic_line(&r.traffic, r.steps, "step")
-    );
-    let down = if r.text_on_device {
-        "text token and hidden state down: the token drawn on the device"
+    let how = if r.text_on_device {
+        "the text token drawn in the backbone's graph"
     } else {
-        "logits and hidden state down: the host draws the text token"
+        "the host draws the text token from the logit row"
     };
     println!(
-        "  backbone: 1 llama_decode per step in {} graph split(s) (input embedding up, {down}){}",
-        r.graph_splits.map_or("?".to_string(), |n| n.to_string()),
-        r.decode_syncs.map_or(String::new(), |n| format!(
-            "; on the device at most {n} host synchronisations per decode (its scheduler waits and copies each of the graph's {} input tensors, and the outputs are read once)",
-            (n - 1) / 2
-        ))
+        "  backbone, depth transformer and sampling: {} ({how})",
+        bench::traffic_line(&r.traffic, r.steps, "step")
     );
     Ok(())
 }

@@ -106,7 +106,6 @@ impl EngineArgs {
             context: self.context,
             sink: self.sink,
             kv_f32: self.kv_f32.then_some(true),
-            keep_text_logits: false,
         })
     }
 }

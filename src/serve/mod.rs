@@ -88,7 +88,6 @@ pub fn engine_options(cfg: &Config, model: &ModelDir) -> Result<EngineOptions> {
         context: (cfg.context.positions > 0).then_some(cfg.context.positions),
         sink: cfg.context.sink,
         kv_f32: None,
-        keep_text_logits: false,
         device: cfg
             .backend
             .parse()

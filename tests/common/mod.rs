@@ -199,7 +199,6 @@ pub fn engine(
         context,
         sink,
         kv_f32: None,
-        keep_text_logits: true,
     };
     Engine::load(dir, &opts).unwrap()
 }

@@ -1,5 +1,8 @@
-//! The Qwen2 backbone through llama.cpp: one step feeds the summed input embedding of one
-//! 80 ms frame and returns the text logits and the hidden state after the final norm.
+//! The backbone file through llama.cpp's own decode: one step feeds the summed input embedding
+//! of one 80 ms frame and returns the text logits and the hidden state after the final norm.
+//! The runtime steps its own graph (`flm_kernels::backbone`); llama.cpp is the reference it is
+//! tested against (the converted file is llama.cpp's `qwen2`, and stock llama.cpp must load
+//! it) and the peer `bench step` times beside it.
 //!
 //! The safe `llama-cpp-2` wrapper cannot feed embeddings (its batch is token-only), so this
 //! module wraps the raw C API. It is the only place in the runtime that calls llama.cpp.
@@ -11,19 +14,9 @@ use std::sync::Once;
 use anyhow::{Context, Result, bail, ensure};
 use flm_kernels::device::Device;
 use flm_kernels::log;
-use flm_kernels::sampling::SamplingParams;
 use llama_cpp_sys_2 as sys;
 
 use crate::placement::Placement;
-use crate::text_sampler::TextSampler;
-
-/// The text token drawn on the backbone's device (see `text_sampler`).
-#[derive(Clone, Copy, Debug)]
-pub struct TextDraw {
-    pub params: SamplingParams,
-    /// Also copy the logit row back (tests and tools read it through `logits`).
-    pub keep_logits: bool,
-}
 
 pub struct BackboneParams {
     /// KV cache positions (steps).
@@ -36,9 +29,6 @@ pub struct BackboneParams {
     /// f32-weight outputs by about 1e-3).
     pub kv_f32: bool,
     pub flash_attn: bool,
-    /// Draw the text token inside the backbone's graph, on its device: only the token comes
-    /// back. None: the caller draws from the logit row.
-    pub text_draw: Option<TextDraw>,
 }
 
 impl Default for BackboneParams {
@@ -49,12 +39,11 @@ impl Default for BackboneParams {
             device: Device::Cpu,
             kv_f32: false,
             flash_attn: false,
-            text_draw: None,
         }
     }
 }
 
-pub struct Backbone {
+pub struct LlamaBackbone {
     model: *mut sys::llama_model,
     ctx: *mut sys::llama_context,
     batch: sys::llama_batch,
@@ -62,13 +51,11 @@ pub struct Backbone {
     n_embd: usize,
     n_vocab: usize,
     placement: Placement,
-    /// The text draw in llama.cpp's graph; dropped after the context (see Drop).
-    text: Option<TextSampler>,
 }
 
 // SAFETY: the llama.cpp model and context are used from one thread at a time (&mut self for
 // every call that touches the context); llama.cpp keeps no thread-local state for them.
-unsafe impl Send for Backbone {}
+unsafe impl Send for LlamaBackbone {}
 
 static INIT: Once = Once::new();
 
@@ -83,8 +70,8 @@ fn init_backend() {
     });
 }
 
-impl Backbone {
-    pub fn load(path: &Path, params: &BackboneParams) -> Result<Backbone> {
+impl LlamaBackbone {
+    pub fn load(path: &Path, params: &BackboneParams) -> Result<LlamaBackbone> {
         init_backend();
         let label = path.display().to_string();
         ensure!(path.is_file(), "{label}: no such file");
@@ -98,7 +85,6 @@ impl Backbone {
         if !device.is_cpu() {
             devices[0] = device.raw();
         }
-        let mut text = None;
         let ((model, ctx), messages) = log::capture(|| {
             // SAFETY: default params are plain data; the path and the device list are valid
             // for the call (llama.cpp copies the list).
@@ -114,12 +100,7 @@ impl Backbone {
             if model.is_null() {
                 return (model, std::ptr::null_mut());
             }
-            text = params.text_draw.map(|d| {
-                // SAFETY: model is valid; getters.
-                let vocab = unsafe { sys::llama_vocab_n_tokens(sys::llama_model_get_vocab(model)) };
-                TextSampler::new(d.params, vocab as usize, d.keep_logits)
-            });
-            (model, Self::new_context(model, params, text.as_ref()))
+            (model, Self::new_context(model, params))
         });
         // On failure llama.cpp's own last error is the reason, in the one line.
         let why = log::last_error(&messages)
@@ -137,17 +118,6 @@ impl Backbone {
             );
         }
         log::pass_on(&messages);
-        if let Some(op) = text.as_mut().and_then(|t| t.unsupported()) {
-            // SAFETY: both valid and owned here; the context goes before the model.
-            unsafe {
-                sys::llama_free(ctx);
-                sys::llama_model_free(model);
-            }
-            bail!(
-                "{label}: {} cannot draw the text token: the device cannot run {op}",
-                device.info().name
-            );
-        }
         // SAFETY: model is valid; these are getters.
         let (n_embd, n_vocab) = unsafe {
             (
@@ -162,7 +132,7 @@ impl Backbone {
         let batch = unsafe { sys::llama_batch_init(1, n_embd as i32, 1) };
         // SAFETY: a plain token batch of one, for `decode_token` (benchmarks).
         let token_batch = unsafe { sys::llama_batch_init(1, 0, 1) };
-        Ok(Backbone {
+        Ok(LlamaBackbone {
             model,
             ctx,
             batch,
@@ -170,24 +140,15 @@ impl Backbone {
             n_embd,
             n_vocab,
             placement: Placement::from_log(&messages),
-            text,
         })
     }
 
-    /// A context of `params` on `model` (null when llama.cpp refuses), drawing the text token
-    /// with `text` when given.
+    /// A context of `params` on `model` (null when llama.cpp refuses).
     fn new_context(
         model: *mut sys::llama_model,
         params: &BackboneParams,
-        text: Option<&TextSampler>,
     ) -> *mut sys::llama_context {
-        let mut samplers = text.map(|t| sys::llama_sampler_seq_config {
-            seq_id: 0,
-            sampler: t.chain(),
-        });
-        // SAFETY: model is a valid, non-null model; context params are plain data; the
-        // sampler configuration is read during the call and its chain outlives the context
-        // (the Backbone drops the context first).
+        // SAFETY: model is a valid, non-null model; context params are plain data.
         unsafe {
             let mut cp = sys::llama_context_default_params();
             cp.n_ctx = params.n_ctx;
@@ -209,10 +170,6 @@ impl Backbone {
             if params.kv_f32 {
                 cp.type_k = sys::GGML_TYPE_F32;
                 cp.type_v = sys::GGML_TYPE_F32;
-            }
-            if let Some(config) = samplers.as_mut() {
-                cp.samplers = config;
-                cp.n_samplers = 1;
             }
             sys::llama_init_from_model(model, cp)
         }
@@ -348,80 +305,11 @@ impl Backbone {
         Ok(())
     }
 
-    /// Whether the text token is drawn on the device (`drawn_text` reads it).
-    pub fn draws_text(&self) -> bool {
-        self.text.is_some()
-    }
-
-    /// The inputs of the next step's text draw on the device: the penalty window and the
-    /// uniform number. Nothing to do when the caller draws from the logits.
-    pub fn set_text_inputs(&mut self, window: &[i32], u: f32) {
-        if let Some(t) = self.text.as_mut() {
-            t.set_inputs(window, u);
-        }
-    }
-
-    /// Draws the text token with `params` on the device from the next step on (a new sampler
-    /// chain; llama.cpp rebuilds its graph for it).
-    pub fn set_text_draw(&mut self, params: SamplingParams) -> Result<()> {
-        let Some(old) = self.text.as_mut() else {
-            return Ok(());
-        };
-        if old.params() == params {
-            return Ok(());
-        }
-        let keep = self.logits_kept();
-        let mut new = TextSampler::new(params, self.n_vocab, keep);
-        // SAFETY: ctx is valid; the new chain outlives its use (stored below, dropped after
-        // the context); the old one is dropped only once llama.cpp holds the new one.
-        let ok = unsafe { sys::llama_set_sampler(self.ctx, 0, new.chain()) };
-        ensure!(ok, "llama.cpp refused the text sampler");
-        if let Some(op) = new.unsupported() {
-            bail!("the device cannot draw the text token: it cannot run {op}");
-        }
-        self.text = Some(new);
-        Ok(())
-    }
-
-    fn logits_kept(&mut self) -> bool {
-        self.text.as_mut().is_some_and(|t| t.keeps_logits())
-    }
-
-    /// The text token drawn on the device at the last step; an error when its logits had
-    /// no candidate (all -inf or NaN) or no draw ran.
-    pub fn drawn_text(&mut self) -> Result<i32> {
-        let Some(t) = self.text.as_mut() else {
-            bail!("backbone: the text token is not drawn on the device")
-        };
-        let greedy = t.params().is_greedy();
-        // SAFETY: ctx is valid; the getters synchronise and return the last decode's values
-        // (null or LLAMA_TOKEN_NULL when there are none).
-        let (token, check) = unsafe {
-            let token = sys::llama_get_sampled_token_ith(self.ctx, 0);
-            let p = sys::llama_get_sampled_probs_ith(self.ctx, 0);
-            let n = sys::llama_get_sampled_probs_count_ith(self.ctx, 0);
-            (token, (!p.is_null() && n >= 1).then(|| *p))
-        };
-        let valid = check.is_some_and(|k| k.is_finite() && (greedy || k > 0.0));
-        ensure!(
-            valid && token >= 0 && (token as usize) < self.n_vocab,
-            "backbone: the text logits have no token to draw (all -inf or NaN, or no draw ran)"
-        );
-        Ok(token)
-    }
-
     /// Text logits of the last step; an error when it had no output row (a step without
-    /// its head, or none yet), or when the token is drawn on the device without keeping
-    /// them.
+    /// its head, or none yet).
     pub fn logits(&self) -> Result<&[f32]> {
         // SAFETY: ctx is valid; llama.cpp returns null (and logs) when row 0 has no output.
-        let p = unsafe {
-            if self.text.is_some() {
-                sys::llama_get_sampled_logits_ith(self.ctx, 0)
-            } else {
-                sys::llama_get_logits_ith(self.ctx, 0)
-            }
-        };
+        let p = unsafe { sys::llama_get_logits_ith(self.ctx, 0) };
         ensure!(!p.is_null(), "backbone: the last step produced no logits");
         // SAFETY: non-null: n_vocab logits of output row 0, valid until the next decode
         // (which needs &mut self).
@@ -447,7 +335,7 @@ impl Backbone {
     }
 }
 
-impl Drop for Backbone {
+impl Drop for LlamaBackbone {
     fn drop(&mut self) {
         // SAFETY: each was created in load() and is freed exactly once, context before model.
         unsafe {
