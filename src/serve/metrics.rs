@@ -87,8 +87,8 @@ pub struct Metrics {
     /// dB; i64::MIN before the first) and the echo's delay (ms; -1 before the first).
     pub echo_erle_millibel: AtomicI64,
     pub echo_delay_ms: AtomicI32,
-    /// Times the far end was re-aligned with the microphone (each a jump in the canceller's
-    /// reference: the two devices' reports drifted apart).
+    /// Times the far end was re-aligned with the microphone, either way (each a jump in the
+    /// canceller's reference: the two devices' reports drifted apart, or playback restarted).
     pub echo_realignments: AtomicU64,
     buckets: [AtomicU64; BUCKETS_MS.len()],
     step_sum_us: AtomicU64,
@@ -439,7 +439,7 @@ impl Metrics {
             counter(
                 &mut o,
                 "echo_realignments_total",
-                "Times the far end was re-aligned with the microphone (the devices' delay reports drifted apart).",
+                "Times the far end was re-aligned with the microphone, either way (the devices' delay reports drifted apart, or playback restarted).",
                 g(&self.echo_realignments),
             );
         }
