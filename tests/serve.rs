@@ -439,6 +439,52 @@ fn replay_unpaced(
 }
 
 #[test]
+fn events_the_event_thread_could_not_take_are_counted() {
+    let _t = TIMED.lock().unwrap_or_else(|e| e.into_inner());
+    let frames = 40;
+    let pcm = speech()[..frames * FRAME].to_vec();
+    let mut model = pipeline_model();
+    // Every event taken: the run's events, none dropped.
+    let metrics = Metrics::new();
+    let mut all = 0u64;
+    replay_unpaced(&mut model, pcm.clone(), &metrics, &mut |_| all += 1);
+    assert_eq!(metrics.events_dropped.load(Relaxed), 0);
+    assert!(all >= frames as u64, "{all} events");
+    // The same run (a replay is the same each time) with an event thread that stops at the
+    // first event until every step is done: the queue fills and the rest are dropped, each
+    // counted.
+    let mut model = pipeline_model();
+    let metrics = Metrics::new();
+    let mut taken = 0u64;
+    let m = &metrics;
+    replay_unpaced(&mut model, pcm, m, &mut |_| {
+        taken += 1;
+        let t0 = Instant::now();
+        while taken == 1
+            && m.steps.load(Relaxed) < frames as u64
+            && t0.elapsed() < Duration::from_secs(120)
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    });
+    assert_eq!(metrics.steps.load(Relaxed), frames as u64);
+    let dropped = metrics.events_dropped.load(Relaxed);
+    eprintln!("{all} events; with the event thread held: {taken} taken, {dropped} dropped");
+    assert!(
+        dropped > 0 && taken + dropped == all,
+        "{taken} taken, {dropped} dropped of {all}"
+    );
+    assert!(
+        metrics
+            .render()
+            .lines()
+            .any(|l| l == format!("flm_edge_events_dropped_total {dropped}")),
+        "{}",
+        metrics.render()
+    );
+}
+
+#[test]
 fn a_reset_starts_a_new_conversation_and_mute_makes_the_model_hear_silence() {
     use flm_edge::serve::conversation::NewConversation;
     let _t = TIMED.lock().unwrap_or_else(|e| e.into_inner());

@@ -61,6 +61,9 @@ pub struct Metrics {
     pub capture_dropped: AtomicU64,
     /// Output slots played as silence because their frame was late or missing.
     pub playback_silent: AtomicU64,
+    /// Events (text and state, for the event socket and the page) the step thread dropped
+    /// because the event thread was behind and its queue full.
+    pub events_dropped: AtomicU64,
     pub capture_xruns: AtomicU64,
     pub playback_xruns: AtomicU64,
     /// Successful recoveries from xruns and suspends.
@@ -162,6 +165,7 @@ impl Default for Metrics {
             consecutive_misses: z(),
             capture_dropped: z(),
             playback_silent: z(),
+            events_dropped: z(),
             capture_xruns: z(),
             playback_xruns: z(),
             recoveries: z(),
@@ -328,6 +332,12 @@ impl Metrics {
             "playback_silent_frames_total",
             "Output frames played as silence (late or missing).",
             g(&self.playback_silent),
+        );
+        counter(
+            &mut o,
+            "events_dropped_total",
+            "Events (text, state) dropped because the event thread was behind.",
+            g(&self.events_dropped),
         );
         counter(
             &mut o,
