@@ -50,6 +50,9 @@ enum Cmd {
     /// Does a device compute what the CPU computes? Writes a small seeded model, runs Mimi
     /// and greedy steps on both, prints one line per check; exits non-zero when one fails.
     Selftest(selftest::Args),
+    /// The licenses and notices of the code built into flm-edge (WebRTC's AEC3, libopus,
+    /// llama.cpp and ggml, the Rust crates).
+    Licenses,
     /// Benchmarks of the real-time stages.
     Bench {
         #[command(subcommand)]
@@ -84,6 +87,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Devices => devices::exec(),
         Cmd::Aec(a) => aec::exec(a),
         Cmd::Selftest(a) => selftest::exec(a),
+        Cmd::Licenses => licenses::exec(),
         Cmd::Bench { cmd } => bench::exec(cmd),
     }
 }

@@ -62,12 +62,12 @@ fn echo_is_removed_in_every_room_and_a_near_voice_survives() {
     let mean = erle.iter().sum::<f64>() / 3.0;
     assert!(erle.iter().all(|&e| e >= 20.0) && mean >= 25.0, "{erle:?}");
     // Double talk: the near voice is not suppressed with the echo: its energy stays within
-    // 3 dB while both talk (achieved: -0.7, -0.7 and -0.3 dB), and it comes out as itself:
+    // 3 dB while both talk (achieved: -0.8, -0.8 and -0.4 dB), and it comes out as itself:
     // the output's correlation with the clean near voice, the output time-aligned with the
-    // microphone, is at least 0.9 in each room, as the issue asks (achieved: 0.925, 0.933
-    // and 0.938; 0.82-0.86 with WebRTC's default suppressor settings, `src/echo/mod.rs`).
+    // microphone, is at least 0.9 in each room, as the issue asks (achieved: 0.923, 0.931
+    // and 0.936; 0.82-0.86 with WebRTC's default suppressor settings, `src/echo/mod.rs`).
     // The echo stays down meanwhile: a least-squares fit of the output on the near voice and
-    // the echo puts the echo's part 48, 43 and 39 dB under the echo.
+    // the echo puts the echo's part 49, 43 and 40 dB under the echo.
     let (_, near) = read_wav(&dir.join("near.wav"));
     let talk = 8 * 24_000 + 2400..15 * 24_000;
     let e = |x: &[f32]| -> f64 { x[talk.clone()].iter().map(|&v| (v as f64).powi(2)).sum() };
@@ -221,5 +221,42 @@ fn bad_files_get_one_error_line_and_no_output() {
         ]);
         assert_one_line_error(&run, &[needle]);
         assert!(!out.exists(), "a failed run left {}", out.display());
+    }
+}
+
+/// The double-talk tuning never buys its figures with echo let through: with nobody near the
+/// microphone, the tuned canceller removes at least as much echo as one with WebRTC's default
+/// configuration in every room, within 1 dB (the issue's bound; the tuning changes only the
+/// suppressor while the near end dominates, which a changed echo path can mimic for a moment:
+/// achieved 0.0, 0.0 and -0.5 dB).
+#[test]
+fn the_tuning_removes_as_much_echo_alone_as_webrtcs_defaults() {
+    use flm_edge::echo::{cancel_with, tuned_config};
+    use flm_edge::wav::resample;
+    use sonora_aec3::config::EchoCanceller3Config;
+    let dir = scratch("aec-defaults");
+    std::fs::create_dir_all(&*dir).unwrap();
+    simulated_rooms(&dir);
+    // As `flm-edge aec` runs it: at 48 kHz.
+    let up = |x: &[f32]| resample(x, 24_000, 48_000).unwrap();
+    let far = up(&read_wav(&dir.join("far.wav")).1);
+    for i in 0..3 {
+        let mic = read_wav(&dir.join(format!("mic-{i}.wav"))).1;
+        let erle = |c: &EchoCanceller3Config| {
+            let out = cancel_with(&far, &up(&mic), 48_000, c).unwrap();
+            let out = resample(&out, 48_000, 24_000).unwrap();
+            erle_db(&mic, &out[..mic.len()])
+        };
+        let (tuned, default) = (
+            erle(&tuned_config()),
+            erle(&EchoCanceller3Config::default()),
+        );
+        eprintln!(
+            "room {i}: echo alone, ERLE as tuned {tuned:.2} dB, WebRTC's defaults {default:.2} dB"
+        );
+        assert!(
+            tuned >= default - 1.0,
+            "room {i}: as tuned {tuned:.2} dB, WebRTC's defaults {default:.2} dB"
+        );
     }
 }

@@ -52,6 +52,10 @@ check "the package holds the binary, the unit, the configuration and the profile
     dpkg-deb -c '$deb' | grep -q ' ./etc/flm-edge/config.toml$' &&
     dpkg-deb -c '$deb' | grep -q ' ./usr/share/flm-edge/boards/jetson-orin-nano.toml$' &&
     dpkg-deb -I '$deb' conffiles | grep -qx /etc/flm-edge/config.toml"
+check "the package holds the notices of the code built into the binary" \
+  sh -c "dpkg-deb --fsys-tarfile '$deb' | tar -xO ./usr/share/doc/flm-edge/copyright >'$out/copyright' &&
+    grep -q 'The WebRTC Project Authors' '$out/copyright' && grep -q 'Xiph.Org' '$out/copyright' &&
+    grep -q 'The ggml authors' '$out/copyright' && grep -q '^sonora-aec3 0.2.0: BSD-3-Clause' '$out/copyright'"
 check "dpkg -i installs it" dpkg -i "$deb"
 check "the installed unit verifies (systemd-analyze verify)" \
   sh -c 'err=$(systemd-analyze verify /lib/systemd/system/flm-edge.service 2>&1) && [ -z "$err" ] || { echo "$err"; false; }'

@@ -202,6 +202,155 @@ fn the_event_socket_replaces_only_its_own_stale_socket_and_bounds_its_clients() 
     drop(conns);
 }
 
+/// Asks `status` as `echo '{"command": "status"}' | socat - UNIX-CONNECT:…` does (the line,
+/// then the end of what it sends) and returns the reply line, passing over event lines
+/// (empty if closed without a reply).
+fn ask_once(path: &Path) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let mut c = std::os::unix::net::UnixStream::connect(path).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.write_all(b"{\"command\": \"status\"}\n").unwrap();
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut r = BufReader::new(c);
+    loop {
+        let mut a = String::new();
+        if r.read_line(&mut a).unwrap_or(0) == 0 || a.contains("\"ok\"") || a.contains("\"error\"")
+        {
+            return a;
+        }
+    }
+}
+
+#[test]
+fn the_control_socket_answers_one_short_lived_client_after_another() {
+    use flm_edge::serve::conversation::Control;
+    use flm_edge::serve::status::{EventStream, MAX_EVENT_CLIENTS};
+    use std::sync::Arc;
+    let dir = scratch("control-many");
+    std::fs::create_dir_all(&*dir).unwrap();
+    let path = dir.join("events.sock");
+    // No events are sent: the model is quiet, so no failed write ever drops a client. A
+    // client that has gone frees its place at once (its read ends), so none of the 100 finds
+    // the socket full (before, the 9th and every later one was closed without a word).
+    let events = EventStream::listen(&path, Arc::new(Control::default())).unwrap();
+    for i in 0..100 {
+        let a = ask_once(&path);
+        assert!(a.contains("\"ok\":\"status\""), "client {i}: `{a}`");
+    }
+    // Their places are free again (each thread ends as its client's read does).
+    let t0 = Instant::now();
+    while events.clients() > 0 && t0.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(events.clients(), 0);
+    const { assert!(MAX_EVENT_CLIENTS < 100) };
+}
+
+#[test]
+fn the_control_socket_answers_the_client_past_its_limit_with_an_error_line() {
+    use flm_edge::serve::conversation::Control;
+    use flm_edge::serve::status::{EventStream, MAX_EVENT_CLIENTS};
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::net::UnixStream;
+    use std::sync::Arc;
+    let dir = scratch("control-full");
+    std::fs::create_dir_all(&*dir).unwrap();
+    let path = dir.join("events.sock");
+    let events = EventStream::listen(&path, Arc::new(Control::default())).unwrap();
+    let held: Vec<UnixStream> = (0..MAX_EVENT_CLIENTS)
+        .map(|_| UnixStream::connect(&path).unwrap())
+        .collect();
+    let t0 = Instant::now();
+    while events.clients() < MAX_EVENT_CLIENTS && t0.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(events.clients(), MAX_EVENT_CLIENTS);
+    // One more: one JSON error line saying why, then the end.
+    let extra = UnixStream::connect(&path).unwrap();
+    extra
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut r = BufReader::new(extra);
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    let e: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|_| panic!("not JSON: `{line}`"));
+    let e = e["error"].as_str().unwrap_or_default();
+    assert!(
+        e.contains("busy") && e.contains(&MAX_EVENT_CLIENTS.to_string()),
+        "{line}"
+    );
+    let mut rest = String::new();
+    assert_eq!(r.read_line(&mut rest).unwrap(), 0, "{rest}");
+    assert_eq!(events.clients(), MAX_EVENT_CLIENTS);
+    // Clients that leave free their places at once, for the next ones.
+    let mut held = held;
+    drop(held.split_off(1));
+    let t0 = Instant::now();
+    while events.clients() > 1 && t0.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(events.clients(), 1);
+    let a = ask_once(&path);
+    assert!(a.contains("\"ok\":\"status\""), "`{a}`");
+    drop(held);
+}
+
+#[test]
+fn a_silent_control_client_is_closed_after_the_idle_time_and_frees_its_place() {
+    use flm_edge::serve::conversation::Control;
+    use flm_edge::serve::status::{EventStream, MAX_EVENT_CLIENTS};
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::unix::net::UnixStream;
+    use std::sync::Arc;
+    let dir = scratch("control-idle");
+    std::fs::create_dir_all(&*dir).unwrap();
+    let path = dir.join("events.sock");
+    // A short idle time stands in for the daemon's 60 s.
+    let idle = Duration::from_millis(600);
+    let events = EventStream::listen_idle(&path, Arc::new(Control::default()), idle).unwrap();
+    // Every place is taken: one client that keeps sending commands, the others silent.
+    let mut talker = UnixStream::connect(&path).unwrap();
+    talker
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut talker_r = BufReader::new(talker.try_clone().unwrap());
+    let silent: Vec<UnixStream> = (1..MAX_EVENT_CLIENTS)
+        .map(|_| UnixStream::connect(&path).unwrap())
+        .collect();
+    let t0 = Instant::now();
+    while events.clients() < MAX_EVENT_CLIENTS && t0.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(events.clients(), MAX_EVENT_CLIENTS);
+    assert!(ask_once(&path).contains("busy"));
+    // For twice the idle time the talker asks every idle/3 and stays; the silent ones go.
+    let t0 = Instant::now();
+    while t0.elapsed() < 2 * idle {
+        talker.write_all(b"{\"command\": \"status\"}\n").unwrap();
+        let mut a = String::new();
+        talker_r.read_line(&mut a).unwrap();
+        assert!(
+            a.contains("\"ok\":\"status\""),
+            "the talker was closed: `{a}`"
+        );
+        std::thread::sleep(idle / 3);
+    }
+    // Each silent client was told why, then closed (its read ends).
+    for s in silent {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut r = BufReader::new(s);
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        assert!(line.contains("no command in 0.6 s"), "`{line}`");
+        line.clear();
+        assert_eq!(r.read_line(&mut line).unwrap(), 0, "{line}");
+    }
+    assert_eq!(events.clients(), 1);
+    // Their places serve new clients.
+    assert!(ask_once(&path).contains("\"ok\":\"status\""));
+}
+
 #[test]
 fn the_event_socket_takes_commands_and_answers_bad_ones_with_errors() {
     use flm_edge::serve::conversation::Control;
@@ -287,6 +436,52 @@ fn replay_unpaced(
     )
     .unwrap();
     play.into_pcm()
+}
+
+#[test]
+fn events_the_event_thread_could_not_take_are_counted() {
+    let _t = TIMED.lock().unwrap_or_else(|e| e.into_inner());
+    let frames = 40;
+    let pcm = speech()[..frames * FRAME].to_vec();
+    let mut model = pipeline_model();
+    // Every event taken: the run's events, none dropped.
+    let metrics = Metrics::new();
+    let mut all = 0u64;
+    replay_unpaced(&mut model, pcm.clone(), &metrics, &mut |_| all += 1);
+    assert_eq!(metrics.events_dropped.load(Relaxed), 0);
+    assert!(all >= frames as u64, "{all} events");
+    // The same run (a replay is the same each time) with an event thread that stops at the
+    // first event until every step is done: the queue fills and the rest are dropped, each
+    // counted.
+    let mut model = pipeline_model();
+    let metrics = Metrics::new();
+    let mut taken = 0u64;
+    let m = &metrics;
+    replay_unpaced(&mut model, pcm, m, &mut |_| {
+        taken += 1;
+        let t0 = Instant::now();
+        while taken == 1
+            && m.steps.load(Relaxed) < frames as u64
+            && t0.elapsed() < Duration::from_secs(120)
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    });
+    assert_eq!(metrics.steps.load(Relaxed), frames as u64);
+    let dropped = metrics.events_dropped.load(Relaxed);
+    eprintln!("{all} events; with the event thread held: {taken} taken, {dropped} dropped");
+    assert!(
+        dropped > 0 && taken + dropped == all,
+        "{taken} taken, {dropped} dropped of {all}"
+    );
+    assert!(
+        metrics
+            .render()
+            .lines()
+            .any(|l| l == format!("flm_edge_events_dropped_total {dropped}")),
+        "{}",
+        metrics.render()
+    );
 }
 
 #[test]
@@ -422,6 +617,12 @@ fn a_running_daemon_serves_metrics_healthz_and_events() {
         matches!(e["state"].as_str(), Some("listening" | "speaking")),
         "{line}"
     );
+    // The daemon answers one short-lived control client after another, far more than its
+    // limit of clients at once, while this event client stays.
+    for i in 0..100 {
+        let a = ask_once(&events);
+        assert!(a.contains("\"ok\":\"status\""), "client {i}: `{a}`");
+    }
     let status = child.wait().unwrap();
     let mut err = String::new();
     child

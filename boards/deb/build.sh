@@ -13,6 +13,8 @@
 #   (FLM_EDGE_OPTS: the board profile, e.g. `--board jetson-orin-nano`); both are conffiles,
 #   which dpkg keeps, edited, when the package is removed, and asks about on upgrade;
 # - the board profiles and the documented configuration under /usr/share/flm-edge/boards;
+# - the licenses and notices of the code built into the binary (`flm-edge licenses`) as
+#   /usr/share/doc/flm-edge/copyright;
 # - the system user `flm-edge` (home /var/lib/flm-edge, where the model goes), made by the
 #   postinst in the groups `audio` (ALSA) and `video` (a Jetson's GPU nodes).
 # Depends: the packages that own the shared libraries the binary needs (dpkg -S), besides
@@ -57,6 +59,9 @@ cat >"$pkg/etc/default/flm-edge" <<'EOT'
 FLM_EDGE_OPTS=""
 EOT
 install -D -m 0644 README.md "$pkg/usr/share/doc/flm-edge/README.md"
+# The licenses and notices of the code built into the binary (`flm-edge licenses`), where
+# Debian keeps a package's.
+"$bin" licenses >"$pkg/usr/share/doc/flm-edge/copyright"
 
 # Depends: the owners of the shared libraries the binary needs.
 deps=(adduser)

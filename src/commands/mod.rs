@@ -6,6 +6,7 @@ pub mod bench;
 pub mod convert;
 pub mod devices;
 pub mod inspect;
+pub mod licenses;
 pub mod mimi;
 pub mod run;
 pub mod selftest;

@@ -101,6 +101,13 @@ pub struct EchoStage {
     run: Option<Stamp>,
     /// Far-end index of the ring's front sample.
     front: u64,
+    /// Samples of silence still owed before the front sample (a far end re-aligned to play
+    /// later).
+    gap: usize,
+    /// The far end is being re-aligned (counted once, when it starts).
+    realigning: bool,
+    /// The far end has been placed once: its first placement is no re-alignment.
+    placed: bool,
     block: usize,
     /// Microphone samples waiting for a whole block, and their capture time.
     mic: Vec<f32>,
@@ -137,6 +144,9 @@ pub fn link(rate: u32, metrics: Arc<Metrics>) -> Result<(FarEnd, EchoStage)> {
             stamps: tc,
             run: None,
             front: 0,
+            gap: 0,
+            realigning: false,
+            placed: false,
             block,
             mic: Vec::with_capacity(block),
             mic_at: None,
@@ -202,39 +212,55 @@ impl EchoStage {
     }
 
     /// The far end that plays from `at` on, one block of it, into `self.far`: zeros where
-    /// nothing plays.
+    /// nothing plays. A far end more than SLACK off is re-aligned to 0 offset: one that
+    /// played before this block's time is passed over, one that plays later is preceded by
+    /// as much silence; either is counted once.
     fn far_block(&mut self, at: Instant) {
         let b = self.block;
         self.far.fill(0.0);
-        self.update_run();
-        let Some(run) = self.run else {
-            return;
-        };
-        let avail = self.samples.slots();
-        if avail == 0 {
-            return;
-        }
-        // When the front sample plays, against when it should.
-        let front_at =
-            run.at + Duration::from_secs_f64((self.front - run.index) as f64 / self.rate);
-        let ahead = if front_at >= at {
-            (front_at - at).as_secs_f64()
-        } else {
-            -(at - front_at).as_secs_f64()
-        };
-        let slack = SLACK.as_secs_f64();
         let mut start = 0;
-        if ahead < -slack {
-            // Played before this block's time: passed over.
-            let late = (-ahead * self.rate).round() as usize;
-            self.drop_front(late.min(avail));
-            Metrics::add(&self.metrics.echo_realignments);
-        } else if ahead > slack {
-            // Plays later: silence until then (counted once, in the block where it starts).
-            start = ((ahead * self.rate).round() as usize).min(b);
-            if start < b {
-                Metrics::add(&self.metrics.echo_realignments);
+        if self.gap == 0 {
+            let slack = SLACK.as_secs_f64();
+            // Passing over late samples can reach a run stamped otherwise: placed again.
+            // (Each pass takes samples, so this ends.)
+            loop {
+                self.update_run();
+                let Some(run) = self.run else {
+                    return;
+                };
+                let avail = self.samples.slots();
+                if avail == 0 {
+                    return;
+                }
+                // When the front sample plays, against when it should.
+                let front_at =
+                    run.at + Duration::from_secs_f64((self.front - run.index) as f64 / self.rate);
+                let ahead = if front_at >= at {
+                    (front_at - at).as_secs_f64()
+                } else {
+                    -(at - front_at).as_secs_f64()
+                };
+                if ahead < -slack {
+                    // Played before this block's time: passed over.
+                    let late = (-ahead * self.rate).round() as usize;
+                    self.count_realignment();
+                    self.drop_front(late.min(avail));
+                    continue;
+                }
+                if ahead > slack {
+                    // Plays later: silence until then.
+                    self.count_realignment();
+                    self.gap = (ahead * self.rate).round() as usize;
+                } else {
+                    self.realigning = false;
+                }
+                self.placed = true;
+                break;
             }
+        }
+        if self.gap > 0 {
+            start = self.gap.min(b);
+            self.gap -= start;
         }
         let want = b - start;
         if let Ok(chunk) = self.samples.read_chunk(want.min(self.samples.slots())) {
@@ -245,6 +271,15 @@ impl EchoStage {
             chunk.commit_all();
             self.front += n as u64;
         }
+    }
+
+    /// A re-alignment begins: counted, unless it is the far end's first placement or goes on
+    /// from the block before.
+    fn count_realignment(&mut self) {
+        if self.placed && !self.realigning {
+            Metrics::add(&self.metrics.echo_realignments);
+        }
+        self.realigning = true;
     }
 
     /// The run that the ring's front sample belongs to: the last stamp at or before it.
@@ -270,5 +305,109 @@ impl EchoStage {
 impl Drop for EchoStage {
     fn drop(&mut self) {
         self.metrics.echo_active.store(false, Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RATE: u32 = 16_000;
+    /// Far-end sample `k` is (k + 1) µ: each sample names its index, and none is silence.
+    fn ramp(from: usize, n: usize) -> Vec<f32> {
+        (from..from + n).map(|k| (k + 1) as f32 * 1e-6).collect()
+    }
+    fn index(v: f32) -> Option<usize> {
+        (v != 0.0).then(|| (v as f64 * 1e6).round() as usize - 1)
+    }
+    fn ms(x: f64) -> Duration {
+        Duration::from_secs_f64(x / 1e3)
+    }
+
+    /// The stage's next far-end block for the block that plays at `at`: the index of each
+    /// of its samples (None: silence).
+    fn block_at(stage: &mut EchoStage, at: Instant) -> Vec<Option<usize>> {
+        stage.far_block(at);
+        stage.far.iter().map(|&v| index(v)).collect()
+    }
+
+    fn stage() -> (FarEnd, EchoStage, Arc<Metrics>) {
+        let metrics = Arc::new(Metrics::new());
+        let (far, stage) = link(RATE, metrics.clone()).unwrap();
+        assert_eq!(stage.block, 160);
+        (far, stage, metrics)
+    }
+
+    #[test]
+    fn a_far_end_that_plays_later_is_realigned_to_0_offset_and_counted() {
+        let (mut far, mut stage, m) = stage();
+        let t0 = Instant::now() + Duration::from_secs(1);
+        // 100 ms that play from t0, then (a playback xrun) 100 ms that play 45 ms after them.
+        far.played(&ramp(0, 1600), t0);
+        far.played(&ramp(1600, 1600), t0 + ms(145.0));
+        // The first placement, 50 ms later than the first block's time: silence until then,
+        // and no re-alignment (nothing was playing before).
+        for k in 0..5 {
+            let b = block_at(&mut stage, t0 - ms(50.0 - 10.0 * k as f64));
+            assert!(b.iter().all(|x| x.is_none()), "block {k}: {b:?}");
+        }
+        for k in 0..10 {
+            let b = block_at(&mut stage, t0 + ms(10.0 * k as f64));
+            assert_eq!(b, (160 * k..160 * (k + 1)).map(Some).collect::<Vec<_>>());
+        }
+        assert_eq!(m.echo_realignments.load(Relaxed), 0);
+        // 45 ms of silence (before, 10 ms, and the far end ran on 25 ms off, uncounted) ...
+        for k in 10..14 {
+            let b = block_at(&mut stage, t0 + ms(10.0 * k as f64));
+            assert!(b.iter().all(|x| x.is_none()), "block {k}: {b:?}");
+        }
+        // ... then the second run from its time on, exactly: at t0 + 145 ms.
+        let b = block_at(&mut stage, t0 + ms(140.0));
+        assert!(b[..80].iter().all(|x| x.is_none()), "{b:?}");
+        assert_eq!(b[80..], (1600..1680).map(Some).collect::<Vec<_>>());
+        let b = block_at(&mut stage, t0 + ms(150.0));
+        assert_eq!(b, (1680..1840).map(Some).collect::<Vec<_>>());
+        assert_eq!(m.echo_realignments.load(Relaxed), 1);
+    }
+
+    #[test]
+    fn a_far_end_that_played_earlier_is_realigned_to_0_offset_and_counted() {
+        let (mut far, mut stage, m) = stage();
+        let t0 = Instant::now() + Duration::from_secs(1);
+        // 100 ms that play from t0, then 100 ms said to play 45 ms before they end (the
+        // device's queue shrank).
+        far.played(&ramp(0, 1600), t0);
+        far.played(&ramp(1600, 1600), t0 + ms(55.0));
+        for k in 0..10 {
+            let b = block_at(&mut stage, t0 + ms(10.0 * k as f64));
+            assert_eq!(b, (160 * k..160 * (k + 1)).map(Some).collect::<Vec<_>>());
+        }
+        assert_eq!(m.echo_realignments.load(Relaxed), 0);
+        // At t0 + 100 ms the second run has played 45 ms (720 samples): passed over.
+        for k in 10..13 {
+            let from = 1600 + 720 + 160 * (k - 10);
+            let b = block_at(&mut stage, t0 + ms(10.0 * k as f64));
+            assert_eq!(
+                b,
+                (from..from + 160).map(Some).collect::<Vec<_>>(),
+                "block {k}"
+            );
+        }
+        assert_eq!(m.echo_realignments.load(Relaxed), 1);
+    }
+
+    #[test]
+    fn a_drift_within_the_slack_runs_on_unbroken() {
+        let (mut far, mut stage, m) = stage();
+        let t0 = Instant::now() + Duration::from_secs(1);
+        // 20 ms later and then 20 ms earlier than back to back: within 30 ms, not re-aligned.
+        far.played(&ramp(0, 1600), t0);
+        far.played(&ramp(1600, 1600), t0 + ms(120.0));
+        far.played(&ramp(3200, 1600), t0 + ms(200.0));
+        for k in 0..30 {
+            let b = block_at(&mut stage, t0 + ms(10.0 * k as f64));
+            assert_eq!(b, (160 * k..160 * (k + 1)).map(Some).collect::<Vec<_>>());
+        }
+        assert_eq!(m.echo_realignments.load(Relaxed), 0);
     }
 }

@@ -61,6 +61,9 @@ pub struct Metrics {
     pub capture_dropped: AtomicU64,
     /// Output slots played as silence because their frame was late or missing.
     pub playback_silent: AtomicU64,
+    /// Events (text and state, for the event socket and the page) the step thread dropped
+    /// because the event thread was behind and its queue full.
+    pub events_dropped: AtomicU64,
     pub capture_xruns: AtomicU64,
     pub playback_xruns: AtomicU64,
     /// Successful recoveries from xruns and suspends.
@@ -87,8 +90,8 @@ pub struct Metrics {
     /// dB; i64::MIN before the first) and the echo's delay (ms; -1 before the first).
     pub echo_erle_millibel: AtomicI64,
     pub echo_delay_ms: AtomicI32,
-    /// Times the far end was re-aligned with the microphone (each a jump in the canceller's
-    /// reference: the two devices' reports drifted apart).
+    /// Times the far end was re-aligned with the microphone, either way (each a jump in the
+    /// canceller's reference: the two devices' reports drifted apart, or playback restarted).
     pub echo_realignments: AtomicU64,
     buckets: [AtomicU64; BUCKETS_MS.len()],
     step_sum_us: AtomicU64,
@@ -162,6 +165,7 @@ impl Default for Metrics {
             consecutive_misses: z(),
             capture_dropped: z(),
             playback_silent: z(),
+            events_dropped: z(),
             capture_xruns: z(),
             playback_xruns: z(),
             recoveries: z(),
@@ -331,6 +335,12 @@ impl Metrics {
         );
         counter(
             &mut o,
+            "events_dropped_total",
+            "Events (text, state) dropped because the event thread was behind.",
+            g(&self.events_dropped),
+        );
+        counter(
+            &mut o,
             "capture_silence_frames_total",
             "Silent frames standing in for capture (xrun, device missing).",
             g(&self.capture_silence_frames),
@@ -439,7 +449,7 @@ impl Metrics {
             counter(
                 &mut o,
                 "echo_realignments_total",
-                "Times the far end was re-aligned with the microphone (the devices' delay reports drifted apart).",
+                "Times the far end was re-aligned with the microphone, either way (the devices' delay reports drifted apart, or playback restarted).",
                 g(&self.echo_realignments),
             );
         }

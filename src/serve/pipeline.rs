@@ -177,6 +177,7 @@ pub fn run(
     let (mut in_tx, mut in_rx) = input.split();
     let (mut out_tx, mut out_rx) = output.split();
     let (mut ev_tx, mut ev_rx) = events.split();
+    let on_event_given = on_event.is_some();
     let capture_done = AtomicBool::new(false);
     let steps_done = AtomicBool::new(false);
     // Set when the step loop ends for good (an error): the audio threads stop too, instead
@@ -324,7 +325,7 @@ pub fn run(
             model,
             &mut in_rx,
             &mut out_tx,
-            &mut ev_tx,
+            (&mut ev_tx, on_event_given),
             schedule,
             pacing,
             metrics,
@@ -346,7 +347,7 @@ fn step_loop(
     model: &mut Model,
     input: &mut heapless::spsc::Consumer<'_, InFrame>,
     output: &mut heapless::spsc::Producer<'_, OutFrame>,
-    events: &mut heapless::spsc::Producer<'_, Event>,
+    (events, listened): (&mut heapless::spsc::Producer<'_, Event>, bool),
     schedule: Schedule,
     pacing: Pacing,
     metrics: &Metrics,
@@ -478,9 +479,13 @@ fn step_loop(
             let _ = e.piece.push_str(now);
             // A network client's text is lossless: the step waits for room (the event
             // thread takes an event within 20 ms). A local screen's is best effort.
-            enqueue_waiting(events, e, || {
+            let queued = enqueue_waiting(events, e, || {
                 pacing == Pacing::Stream && !stop.load(Relaxed)
             });
+            // Counted where something takes the events (without, none is ever taken).
+            if !queued && listened {
+                Metrics::add(&metrics.events_dropped);
+            }
         }
     }
     life.stopped(&control);

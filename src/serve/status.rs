@@ -19,15 +19,27 @@ use super::pipeline::Event;
 
 /// Clients of the event socket, and the web page's event streams.
 pub struct EventStream {
-    clients: Arc<Mutex<Vec<UnixStream>>>,
+    clients: Arc<Mutex<Vec<Client>>>,
     page: Option<Arc<dyn Feed>>,
 }
 
-/// The most event clients served at once (a kiosk screen or two, a logger); more are
-/// closed as they connect.
+/// A connected client of the event socket: its number, and its socket for the events.
+struct Client {
+    id: u64,
+    stream: UnixStream,
+}
+
+/// The most event clients served at once (a kiosk screen or two, a logger); one more is
+/// answered with an error line and closed.
 pub const MAX_EVENT_CLIENTS: usize = 8;
 /// The longest command line; a longer one is answered with an error and the client closed.
 pub const MAX_COMMAND: usize = 1024;
+/// A client that sends no command line for this long is told so and closed, which frees its
+/// place: a client that hangs cannot hold one for ever. A screen that only listens sends a
+/// command (`status`) at least this often.
+pub const CLIENT_IDLE: Duration = Duration::from_secs(60);
+/// How long a line (event or answer) may wait for a client that does not read.
+const SEND_TIME: Duration = Duration::from_millis(50);
 
 impl EventStream {
     /// No event socket (`status.events = ""`): the events reach only the page, if fed.
@@ -49,8 +61,14 @@ impl EventStream {
     /// Listens on the Unix socket `path` (mode 0660: the service's user and group). A socket
     /// left there by an earlier run is replaced; anything else at that path (a file, a
     /// folder, a socket another process serves) is an error naming it, and is left alone.
-    /// Clients read the events and may send commands (`control`), one JSON line each.
+    /// Clients read the events and may send commands (`control`), one JSON line each; at
+    /// most `MAX_EVENT_CLIENTS` at once, each closed after `CLIENT_IDLE` without a command.
     pub fn listen(path: &Path, control: Arc<Control>) -> Result<EventStream> {
+        EventStream::listen_idle(path, control, CLIENT_IDLE)
+    }
+
+    /// `listen`, with clients closed after `idle` without a command line.
+    pub fn listen_idle(path: &Path, control: Arc<Control>, idle: Duration) -> Result<EventStream> {
         use std::os::unix::fs::{FileTypeExt, PermissionsExt};
         let label = || format!("key `status.events`: {}", path.display());
         if let Ok(meta) = std::fs::symlink_metadata(path) {
@@ -66,24 +84,43 @@ impl EventStream {
             UnixListener::bind(path).with_context(|| format!("{}: cannot listen", label()))?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
             .with_context(|| format!("{}: permissions", label()))?;
-        let clients: Arc<Mutex<Vec<UnixStream>>> = Arc::default();
+        let clients: Arc<Mutex<Vec<Client>>> = Arc::default();
         let c = clients.clone();
         std::thread::Builder::new()
             .name("flm-events".into())
             .spawn(move || {
-                for s in listener.incoming().flatten() {
-                    let _ = s.set_write_timeout(Some(Duration::from_millis(50)));
+                let mut next_id = 0;
+                for s in listener.incoming() {
+                    let s = match s {
+                        Ok(s) => s,
+                        Err(_) => {
+                            // Out of descriptors, say: not a loop that spins.
+                            std::thread::sleep(Duration::from_millis(10));
+                            continue;
+                        }
+                    };
+                    let _ = s.set_write_timeout(Some(SEND_TIME));
                     let Ok(mut v) = c.lock() else { continue };
                     if v.len() >= MAX_EVENT_CLIENTS {
-                        continue; // dropped here, which closes it
+                        drop(v);
+                        refuse(s);
+                        continue;
                     }
                     let Ok(reader) = s.try_clone() else { continue };
-                    v.push(s);
+                    next_id += 1;
+                    let id = next_id;
+                    v.push(Client { id, stream: s });
                     drop(v);
-                    let (c, control) = (c.clone(), control.clone());
-                    let _ = std::thread::Builder::new()
+                    let (mine, control) = (c.clone(), control.clone());
+                    let spawned = std::thread::Builder::new()
                         .name("flm-control".into())
-                        .spawn(move || serve_commands(reader, &c, &control));
+                        .spawn(move || {
+                            serve_commands(reader, &mine, &control, idle);
+                            leave(&mine, id);
+                        });
+                    if spawned.is_err() {
+                        leave(&c, id);
+                    }
                 }
             })?;
         Ok(EventStream {
@@ -118,53 +155,109 @@ impl EventStream {
     }
 
     /// Sends one JSON value as a line to every client; a client that cannot keep up is
-    /// dropped.
+    /// dropped (and its socket shut, which ends its command thread).
     pub fn send_line(&self, v: &serde_json::Value) {
         let line = v.to_string() + "\n";
         if let Some(feed) = &self.page {
             feed.publish(line.trim_end());
         }
         if let Ok(mut v) = self.clients.lock() {
-            v.retain_mut(|s| s.write_all(line.as_bytes()).is_ok());
+            v.retain_mut(|c| {
+                let sent = c.stream.write_all(line.as_bytes()).is_ok();
+                if !sent {
+                    let _ = c.stream.shutdown(std::net::Shutdown::Both);
+                }
+                sent
+            });
         }
     }
 }
 
+/// The client past the limit: one error line, then closed.
+fn refuse(mut s: UnixStream) {
+    let e = serde_json::json!({
+        "error": format!("busy: {MAX_EVENT_CLIENTS} clients are connected, the most at once; try again later")
+    });
+    let _ = s.write_all((e.to_string() + "\n").as_bytes());
+    let _ = s.shutdown(std::net::Shutdown::Both);
+}
+
+/// Frees client `id`'s place and shuts its socket.
+fn leave(clients: &Mutex<Vec<Client>>, id: u64) {
+    if let Ok(mut v) = clients.lock()
+        && let Some(i) = v.iter().position(|c| c.id == id)
+    {
+        let c = v.swap_remove(i);
+        let _ = c.stream.shutdown(std::net::Shutdown::Both);
+    }
+}
+
 /// Reads a client's command lines and answers each on the same socket (under the clients'
-/// lock, so that an answer and an event never interleave).
-fn serve_commands(stream: UnixStream, clients: &Mutex<Vec<UnixStream>>, control: &Control) {
-    use std::io::Read;
+/// lock, so that an answer and an event never interleave). Returns when the client has gone
+/// (its read ends: the last line, even without its newline, is answered first), after a line
+/// that is too long, and when no line came within `idle` (the client is told).
+fn serve_commands(
+    mut stream: UnixStream,
+    clients: &Mutex<Vec<Client>>,
+    control: &Control,
+    idle: Duration,
+) {
+    use std::io::{ErrorKind, Read};
     let Ok(mut answer_to) = stream.try_clone() else {
         return;
     };
-    let mut line = Vec::with_capacity(MAX_COMMAND);
-    for byte in std::io::BufReader::new(stream).bytes() {
-        let Ok(b) = byte else { return };
-        if b != b'\n' {
-            line.push(b);
-            if line.len() <= MAX_COMMAND {
-                continue;
-            }
-        }
-        let (reply, close) = if line.len() > MAX_COMMAND {
-            (
-                serde_json::json!({ "error": format!("a command is one line of at most {MAX_COMMAND} bytes") }),
-                true,
-            )
-        } else {
-            (command(&line, control), false)
-        };
-        line.clear();
-        if let Ok(_held) = clients.lock()
-            && answer_to
+    let mut answer = |reply: serde_json::Value| -> bool {
+        clients.lock().is_ok_and(|_held| {
+            answer_to
                 .write_all((reply.to_string() + "\n").as_bytes())
-                .is_err()
-        {
-            return;
-        }
-        if close {
-            let _ = answer_to.shutdown(std::net::Shutdown::Both);
-            return;
+                .is_ok()
+        })
+    };
+    let mut line = Vec::with_capacity(MAX_COMMAND);
+    let mut buf = [0u8; 512];
+    let mut deadline = Instant::now() + idle;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let read = if left.is_zero() {
+            Err(ErrorKind::TimedOut.into())
+        } else {
+            let _ = stream.set_read_timeout(Some(left));
+            stream.read(&mut buf)
+        };
+        let n = match read {
+            Ok(0) => {
+                if !line.is_empty() {
+                    answer(command(&line, control));
+                }
+                return;
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                answer(serde_json::json!({
+                    "error": format!("closed: no command in {} s (send one, e.g. status, at least that often to stay)", idle.as_secs_f64())
+                }));
+                return;
+            }
+            Err(_) => return,
+        };
+        for &b in &buf[..n] {
+            if b != b'\n' {
+                line.push(b);
+                if line.len() <= MAX_COMMAND {
+                    continue;
+                }
+                answer(serde_json::json!({
+                    "error": format!("a command is one line of at most {MAX_COMMAND} bytes")
+                }));
+                return;
+            }
+            let reply = command(&line, control);
+            line.clear();
+            deadline = Instant::now() + idle;
+            if !answer(reply) {
+                return;
+            }
         }
     }
 }
