@@ -42,7 +42,7 @@ fi
 name="${1:?usage: tests/gpu/inputs.sh [--paths] cuda|aarch64}"
 common=(Cargo.toml Cargo.lock .cargo src kernels conversion tests/testkit tests/data/qwen2-tokenizer
   boards/flm-edge.toml boards/jetson-agx-orin.toml boards/jetson-orin-nano.toml boards/jetson-orin-nx.toml
-  boards/x86-dev.toml tests/gpu/inputs.sh)
+  boards/x86-dev.toml licenses tests/gpu/inputs.sh)
 case "$name" in
   cuda) own=(tests/gpu/cuda-toolkit.sh tests/gpu/cuda-build.sh) ;;
   aarch64) own=(tests/gpu/aarch64-build.sh tests/golden/mimi tests/echo_alloc.rs) ;;
