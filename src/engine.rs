@@ -2,15 +2,16 @@
 //! codes out.
 //!
 //! embed (sum of 17 rows, on the host) → backbone (one graph, KV-cached) → hidden state and
-//! text logits → depth transformer (one graph, 8 positions) → speaking codes. Both graphs run
+//! text token → depth transformer (one graph, 8 positions) → speaking codes. Both graphs run
 //! on one backend, and the depth transformer reads the hidden state where the backbone left
-//! it: on a device a step is one upload per graph, two queued computes, the logit row down
-//! (one wait) and the codes down (one wait). Everything a step touches is sized at load: the
-//! step allocates nothing.
+//! it: on a device a step is one upload per graph, two queued computes, one download per graph
+//! and one wait. Everything a step touches is sized at load: the step allocates nothing.
 //!
-//! The 8 codes are drawn inside the depth transformer's graph; the text token by the host
-//! from the logit row. Each step draws 9 uniform numbers from the conversation's seeded
-//! generator, greedy or not, so that the draws of a seed are the same on every device.
+//! The tokens are drawn where their logits are: the 8 codes inside the depth transformer's
+//! graph, and the text token inside the backbone's graph on a device (on the CPU the host
+//! draws it from the logit row, which is then in host memory anyway). Each step draws 9
+//! uniform numbers from the conversation's seeded generator, greedy or not, so that the
+//! draws of a seed are the same on every device.
 
 use std::time::Instant;
 
@@ -157,7 +158,9 @@ pub struct EngineOptions {
 pub struct StageTimes {
     /// Sum of the 17 embedding rows.
     pub embed: f64,
-    /// The backbone's graph, text head included, and its logit row read back.
+    /// The backbone's graph, text head included (and the text draw on a device). On a device
+    /// the graphs are queued and waited for once: this is the time to queue them, and
+    /// `depth` holds the wait for both.
     pub backbone: f64,
     /// The depth transformer's step: 8 positions and their draws.
     pub depth: f64,
@@ -242,6 +245,8 @@ pub struct Engine {
     embd: Vec<f32>,
     text_logits: Vec<f32>,
     hidden: Vec<f32>,
+    /// Whether the step runs on a device (the text token is then drawn in the graph).
+    on_device: bool,
 }
 
 impl Engine {
@@ -292,11 +297,11 @@ impl Engine {
             shape.hidden,
             bshape.embd
         );
-        // The host draws the text token from the logit row, on every backend: the draw in the
-        // graph (`Backbone::configure` with a sampling) finds no token on Mesa's software
-        // Vulkan device at the official text temperature (0.01; it does at 0.03 and above),
-        // for a reason not yet found.
-        backbone.configure(depformer.backend(), None)?;
+        // On a device the text token is drawn in the backbone's graph and only it comes back;
+        // on the CPU the logit row is in host memory already, and the host draws it faster
+        // than the graph's sort of the vocabulary would.
+        let on_device = !opts.device.resolve()?.is_cpu();
+        backbone.configure(depformer.backend(), on_device.then_some(opts.sampling.text))?;
         depformer.read_hidden_from(backbone.hidden_tensor())?;
         eprintln!(
             "backbone on {}: {:.0} MiB of weights, KV cache {:.0} MiB ({positions} positions, {})",
@@ -350,6 +355,7 @@ impl Engine {
             embd: vec![0.0; bshape.embd],
             text_logits: vec![0.0; bshape.vocab],
             hidden: vec![0.0; bshape.embd],
+            on_device,
             sampling: s,
             backbone,
             embedder,
@@ -414,6 +420,8 @@ impl Engine {
     pub fn set_sampling(&mut self, s: Sampling) -> Result<()> {
         s.check()?;
         self.depformer.configure(code_sampling(&s, self.n_codes))?;
+        self.backbone
+            .configure(self.depformer.backend(), self.on_device.then_some(s.text))?;
         self.text_sampler = Sampler::new(self.backbone.shape().vocab, s.text);
         self.text_window = Window::new(s.text.repetition_window);
         self.audio_windows = (0..CODEBOOKS)
@@ -494,15 +502,18 @@ impl Engine {
             &[u_text],
         )?;
         self.pos += 1;
-        // The row comes down (on a device: a wait for the backbone's graph).
-        self.backbone.read_logits(&mut self.text_logits)?;
+        let mut text = [0i32];
+        if !self.on_device {
+            // The CPU ran the graph before `submit` returned: the row is in host memory.
+            let t = Instant::now();
+            self.backbone.read_logits(&mut self.text_logits)?;
+            text[0] =
+                self.text_sampler
+                    .sample(&mut self.text_logits, &self.text_window.ids, u_text);
+            times.sample = ms(t.elapsed());
+        }
         let t2 = Instant::now();
-        times.backbone = ms(t2 - t1);
-        let text = self
-            .text_sampler
-            .sample(&mut self.text_logits, &self.text_window.ids, u_text);
-        let t3 = Instant::now();
-        times.sample = ms(t3 - t2);
+        times.backbone = ms(t2 - t1) - times.sample;
         let text_in = forced.map(|f| f[0]);
 
         let windows: [&[i32]; CODEBOOKS] = std::array::from_fn(|c| {
@@ -512,14 +523,19 @@ impl Engine {
                 &[]
             }
         });
+        // On a device: waits for both graphs.
         let codes = self
             .depformer
             .step(None, &windows, &u_audio, forced.map(|f| &f[1..]))?;
+        if self.on_device {
+            self.backbone.drawn_text(&mut text)?;
+        }
+        let text = text[0];
         let text_in = text_in.unwrap_or(text);
         self.text_window.push(text_in);
         let mut audio = [0i32; CODEBOOKS];
         audio.copy_from_slice(codes);
-        times.depth = ms(t3.elapsed());
+        times.depth = ms(t2.elapsed());
         let fed: [i32; CODEBOOKS] = match forced {
             Some(f) => std::array::from_fn(|c| f[1 + c]),
             None => audio,

@@ -362,11 +362,12 @@ fn a_vulkan_device_that_is_not_there_is_one_line() {
 }
 
 // The step on the device: the backbone's weights and KV cache there, and per step two graphs
-// queued, one upload each (the embedding with its position, cache slots and mask cell; the
-// uniform numbers and penalty windows), the text logit row down (594 KiB: the host draws the
-// text token) and the 8 codes with their check values (64 bytes), each with one wait.
+// queued, one upload each (the embedding with its position, cache slots, mask cell and the
+// text draw's inputs; the uniform numbers and penalty windows), one download each (the text
+// token and its check value: 8 bytes; the 8 codes and their check values: 64 bytes), and one
+// wait for all of it. No logit row comes back.
 #[test]
-fn the_step_on_the_device_is_two_graphs_and_two_waits() {
+fn the_step_on_the_device_is_two_graphs_two_copies_each_way_and_one_wait() {
     vulkan();
     let model = converted(3, "f32");
     let out = flm_edge(&[
@@ -396,8 +397,8 @@ fn the_step_on_the_device_is_two_graphs_and_two_waits() {
         .unwrap_or_else(|| panic!("{stdout}"));
     assert!(
         line.contains("2.0 graph computes, 2.0 uploads")
-            && line.contains("2.0 downloads (594.1 KiB), 2.0 host synchronisations")
-            && line.contains("the host draws the text token"),
+            && line.contains("2.0 downloads (0.1 KiB), 1.0 host synchronisations")
+            && line.contains("the text token drawn in the backbone's graph"),
         "{line}"
     );
 }
@@ -416,4 +417,71 @@ fn a_buffer_the_device_cannot_hold_is_one_line() {
         e.starts_with("Vulkan0: cannot allocate 16777216 MiB ("),
         "{e}"
     );
+}
+
+/// The text token drawn in a graph at the official text temperature (0.01): the softmax of a
+/// row of the text vocabulary must subtract the row's true maximum wherever it lies (the
+/// pinned ggml's Vulkan soft_max for rows over 16,384 ids can miss it, and the exp overflows:
+/// `sample_graph::softmax`). 32 rows, each with its largest logit (3.5, the others in -2..2:
+/// at T = 0.01 a maximum missed by more than 0.89 overflows exp) in another of the shader's
+/// blocks of 512 ids; on the CPU and on the device, each row draws its largest logit. Row 1
+/// found no token before the fix.
+#[test]
+fn a_text_draw_at_the_official_temperature_finds_the_maximum_wherever_it_lies() {
+    use flm_kernels::ggml::{Backend, Buffer, Ctx, F32, Graph};
+    use flm_kernels::sample_graph::{self, DrawInputs};
+    use flm_kernels::sampling::SamplingParams;
+    let (v, rows) = (152_064usize, 32usize);
+    let top = |r: usize| (r * 4_751 + 97) % v;
+    let mut logits = vec![0f32; v * rows];
+    for r in 0..rows {
+        for i in 0..v {
+            logits[r * v + i] = ((i * 7_919 + r * 31) % 1_000) as f32 / 250.0 - 2.0;
+        }
+        logits[r * v + top(r)] = 3.5;
+    }
+    for dev in [Device::Cpu, vulkan()] {
+        let be = Backend::new(dev, 1).unwrap();
+        let c = Ctx::new(4, 0);
+        let l = c.new_tensor(F32, &[v as i64, rows as i64]);
+        let u = c.new_tensor(F32, &[1, rows as i64]);
+        let _b = Buffer::alloc(&c, &be).unwrap();
+        l.write(&logits);
+        u.write(&vec![0.5f32; rows]);
+        let params = SamplingParams {
+            temperature: 0.01,
+            top_p: 0.9,
+            top_k: 1,
+            repetition_penalty: 1.0,
+            repetition_window: 0,
+        };
+        let mut graph = Graph::new(256);
+        let g = &graph.ctx;
+        let inputs = DrawInputs {
+            window: None,
+            uniform: u,
+            penalty: None,
+            mask: None,
+        };
+        let d = sample_graph::build(g, l, &params, &inputs);
+        let (token, check) = (d.token.set_output(), d.check.set_output());
+        graph.expand(token);
+        graph.expand(check);
+        graph.allocate(&be).unwrap();
+        graph.compute(&be).unwrap();
+        let mut t = vec![0i32; rows];
+        token.read(&mut t);
+        let mut k = vec![0f32; rows];
+        check.read(&mut k);
+        for r in 0..rows {
+            assert!(
+                t[r] as usize == top(r) && k[r] > 0.99,
+                "{}: row {r}: token {} (largest at {}), check {}",
+                be.name(),
+                t[r],
+                top(r),
+                k[r]
+            );
+        }
+    }
 }

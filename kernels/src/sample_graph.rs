@@ -63,7 +63,7 @@ pub fn build(g: &Ctx, logits: T, params: &SamplingParams, inputs: &DrawInputs) -
             check,
         };
     }
-    let probs = g.soft_max_ext(l, None, 1.0 / params.temperature);
+    let probs = softmax(g, l, 1.0 / params.temperature);
     // The candidates in walking order, their cumulative weights, and the position of the
     // last that counts (its cumulative weight is the total the draw scales).
     let (order, cum, last): (Option<T>, T, Option<T>) = match params.mode() {
@@ -112,6 +112,27 @@ pub fn build(g: &Ctx, logits: T, params: &SamplingParams, inputs: &DrawInputs) -
         token,
         check: g.reshape(g.cont(total), &[1, 1, b]),
     }
+}
+
+/// Rows longer than this go through ggml's soft_max only up to it (see `softmax`).
+const SOFT_MAX_ROW: i64 = 16_384;
+
+/// softmax(l · scale) over each row of `l` ([V, B]). Up to 16,384 ids (the depth transformer's
+/// codes) this is ggml's soft_max. Longer rows (the text vocabulary) are written out: the
+/// row's maximum (argmax, gathered) subtracted, scaled, exp, divided by the sum. The pinned
+/// ggml's Vulkan shaders for rows over 16,384 reduce the row's maximum across workgroups
+/// with a slip (`max(max_val, vals[tid + s])` where `vals[tid]` is meant, in
+/// `soft_max_large2` and `_large3`), so they may subtract less than the maximum; at the
+/// official text temperature (0.01) the exp then overflows and the draw finds no token.
+fn softmax(g: &Ctx, l: T, scale: f32) -> T {
+    let [v, b, ..] = l.ne();
+    if v <= SOFT_MAX_ROW {
+        return g.soft_max_ext(l, None, scale);
+    }
+    let top = g.reshape(g.argmax(l), &[1, b]);
+    let max = g.reshape(g.get_rows(g.reshape(l, &[1, v, b]), top), &[1, b]);
+    let e = g.exp(g.scale(g.sub(l, max), scale));
+    g.div(e, g.sum_rows(e))
 }
 
 /// The repetition penalty of `window` applied to `logits`: each id's logit l becomes l / p
