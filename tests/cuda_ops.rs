@@ -1,4 +1,4 @@
-//! The graphs of Mimi and the depth transformer use only op types that the CUDA backend of
+//! The graphs of Mimi, the backbone and the depth transformer use only op types that the CUDA backend of
 //! the pinned ggml implements, so that the same graphs run on a Jetson GPU (`--features
 //! cuda`). Checked on the CPU: the list in `flm_kernels::ggml::CUDA_OPS` is read off
 //! ggml-cuda.cu.
@@ -27,7 +27,7 @@ fn our_graphs_use_only_ops_the_cuda_backend_implements() {
             ops.extend(engine.depformer().op_names());
         }
     }
-    ops.extend(text_draw_ops());
+    ops.extend(backbone_ops(&dir));
     let mut missing: Vec<&String> = ops
         .iter()
         .filter(|o| !CUDA_OPS.contains(&o.as_str()))
@@ -40,7 +40,7 @@ fn our_graphs_use_only_ops_the_cuda_backend_implements() {
     );
     // The graphs were really walked: their main ops are there.
     for op in [
-        "MUL_MAT", "SET_ROWS", "ROPE", "SOFT_MAX", "IM2COL", "ARGMAX", "ARGSORT", "CUMSUM",
+        "MUL_MAT", "SET_ROWS", "ROPE", "SOFT_MAX", "IM2COL", "ARGMAX", "ARGSORT", "CUMSUM", "EXP",
     ] {
         assert!(
             ops.iter().any(|o| o == op),
@@ -50,35 +50,19 @@ fn our_graphs_use_only_ops_the_cuda_backend_implements() {
     }
 }
 
-/// The ops of the text draw (`sample_graph` over a row of the text vocabulary, with the
-/// official defaults: top-p and the penalty), as llama.cpp's graph holds them on a device.
-fn text_draw_ops() -> Vec<String> {
-    use flm_kernels::ggml::{F32, Graph, I32};
-    use flm_kernels::sample_graph::{self, DrawInputs};
-    use flm_kernels::sampling::SamplingParams;
-    let graph = Graph::new(256);
-    let g = &graph.ctx;
-    let logits = g.new_tensor(F32, &[151_666, 1]);
-    let input = g.new_tensor(F32, &[52]);
-    let params = SamplingParams {
-        temperature: 0.01,
-        top_p: 0.9,
-        top_k: 1,
-        repetition_penalty: 1.03,
-        repetition_window: 50,
+/// The ops of the backbone's step graph with the text draw of the model's defaults (top-p and
+/// the penalty), as a device runs it.
+fn backbone_ops(dir: &flm_edge::model_dir::ModelDir) -> Vec<String> {
+    use flm_kernels::backbone::{Backbone, BackboneOptions};
+    use flm_kernels::ggml::Backend;
+    let cpu = Backend::new(Device::Cpu, 1).unwrap();
+    let opts = BackboneOptions {
+        positions: 512,
+        kv_f32: false,
+        streams: 1,
     };
-    let draw = sample_graph::build(
-        g,
-        logits,
-        &params,
-        &DrawInputs {
-            window: Some(g.reshape(g.cast(g.view(input, &[50], &[], 0), I32), &[50, 1])),
-            uniform: g.view(input, &[1, 1], &[4], 200),
-            penalty: Some(g.view(input, &[1], &[], 204)),
-            mask: None,
-        },
-    );
-    graph.expand(draw.token);
-    graph.expand(draw.check);
-    graph.op_names()
+    let mut backbone = Backbone::load(&dir.path("backbone.gguf"), &cpu, opts).unwrap();
+    let s = flm_edge::engine::Sampling::from_model(&dir.audio, "audio.gguf").unwrap();
+    backbone.configure(&cpu, Some(s.text)).unwrap();
+    backbone.op_names()
 }
