@@ -247,7 +247,8 @@ pub struct Peer {
     pub syncs: Option<u32>,
 }
 
-/// Runs `steps` engine steps after `warmup`, with pseudo-random user codes, then times the
+/// Runs `steps` engine steps (of all its conversations) after `warmup`, with pseudo-random
+/// user codes, then times the
 /// backbone's graph alone and, with `peer`, llama.cpp's decode of the same file and input
 /// on the same device, alternated.
 pub fn step(
@@ -276,14 +277,16 @@ pub fn step(
         if s == warmup {
             before = Traffic::now();
         }
-        let user: [i32; 8] = std::array::from_fn(|_| (next() % 2048) as i32);
+        let users: Vec<[i32; 8]> = (0..engine.conversations())
+            .map(|_| std::array::from_fn(|_| (next() % 2048) as i32))
+            .collect();
         if let Some(k) = shift_every
             && s >= warmup
             && (s - warmup + 1).is_multiple_of(k.max(1))
         {
             engine.shift_context_now()?;
         }
-        let out = engine.step(&user)?;
+        let out = engine.step_all(&users)?[0];
         if out.context_shifted {
             shifted.push(out.times.backbone);
         }

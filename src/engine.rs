@@ -222,35 +222,76 @@ impl Window {
     }
 }
 
-pub struct Engine {
-    backbone: Backbone,
-    embedder: Embedder,
-    depformer: Depformer,
+/// One conversation's part of the step: its streams, draws and position.
+struct Conversation {
     ring: TokenRing,
-    init: InitialTokens,
-    sampling: Sampling,
-    /// The host's text draw (when the backbone's device does not draw it).
-    text_sampler: Sampler,
     rng: SampleRng,
-    seed: u64,
     text_window: Window,
     audio_windows: Vec<Window>,
     /// Backbone position of the next step.
     pos: i32,
-    policy: ContextPolicy,
     /// A shift asked for by `shift_context_now`, reported by the next step.
     shift_pending: bool,
+}
+
+impl Conversation {
+    fn new(ring: TokenRing, seed: u64, s: &Sampling) -> Conversation {
+        Conversation {
+            ring,
+            rng: SampleRng::new(seed),
+            text_window: Window::new(s.text.repetition_window),
+            audio_windows: (0..CODEBOOKS)
+                .map(|_| Window::new(s.audio.repetition_window))
+                .collect(),
+            pos: 0,
+            shift_pending: false,
+        }
+    }
+}
+
+/// Most conversations stepped together.
+pub const MAX_CONVERSATIONS: usize = 16;
+
+pub struct Engine {
+    backbone: Backbone,
+    embedder: Embedder,
+    depformer: Depformer,
+    convs: Vec<Conversation>,
+    init: InitialTokens,
+    sampling: Sampling,
+    /// The host's text draw (when the backbone's device does not draw it).
+    text_sampler: Sampler,
+    seed: u64,
+    policy: ContextPolicy,
     /// Codes the speaking heads may emit: 0..this (pad and empty are masked).
     n_codes: usize,
+    // Scratch sized at load, for every conversation.
     embd: Vec<f32>,
     text_logits: Vec<f32>,
     hidden: Vec<f32>,
+    u_text: Vec<f32>,
+    u_audio: Vec<f32>,
+    positions: Vec<usize>,
+    texts: Vec<i32>,
+    outputs: Vec<StepOutput>,
     /// Whether the step runs on a device (the text token is then drawn in the graph).
     on_device: bool,
 }
 
 impl Engine {
+    /// The engine of one conversation.
     pub fn load(model: &ModelDir, opts: &EngineOptions) -> Result<Engine> {
+        Engine::with_conversations(model, opts, 1)
+    }
+
+    /// The engine of `n` conversations stepped together (`step_all`): one backbone and one
+    /// depth transformer step for all of them, each with its own streams, draws (seeded
+    /// alike), positions and context shifts.
+    pub fn with_conversations(model: &ModelDir, opts: &EngineOptions, n: usize) -> Result<Engine> {
+        ensure!(
+            (1..=MAX_CONVERSATIONS).contains(&n),
+            "{n} conversations in one step: 1 to {MAX_CONVERSATIONS}"
+        );
         opts.device.check()?;
         let audio_path = model.path(AUDIO_FILE);
         let backbone_path = model.path(BACKBONE_FILE);
@@ -278,14 +319,14 @@ impl Engine {
         let ring = TokenRing::new(&delays, init).with_context(|| label.clone())?;
         let f32_weights = model.backbone.get_u64("general.file_type").ok() == Some(0);
         let kv_f32 = opts.kv_f32.unwrap_or(f32_weights);
-        let mut depformer = Depformer::load(&audio_path, opts.device, opts.threads)?;
+        let mut depformer = Depformer::with_streams(&audio_path, opts.device, opts.threads, n)?;
         let mut backbone = Backbone::load(
             &backbone_path,
             depformer.backend(),
             BackboneOptions {
                 positions: positions as usize,
                 kv_f32,
-                streams: 1,
+                streams: n,
             },
         )?;
         let shape = *depformer.shape();
@@ -337,30 +378,37 @@ impl Engine {
         let n_codes = init.audio_pad.min(shape.empty) as usize;
         let s = opts.sampling;
         depformer.configure(code_sampling(&s, n_codes))?;
+        let empty = StepOutput {
+            text: 0,
+            audio: [0; CODEBOOKS],
+            frame: None,
+            times: StageTimes::default(),
+            context_shifted: false,
+        };
         Ok(Engine {
             text_sampler: Sampler::new(bshape.vocab, s.text),
-            rng: SampleRng::new(opts.seed),
-            seed: opts.seed,
-            text_window: Window::new(s.text.repetition_window),
-            audio_windows: (0..CODEBOOKS)
-                .map(|_| Window::new(s.audio.repetition_window))
+            convs: (0..n)
+                .map(|_| Conversation::new(ring.clone(), opts.seed, &s))
                 .collect(),
-            pos: 0,
+            seed: opts.seed,
             policy: ContextPolicy {
                 positions,
                 sink: opts.sink,
             },
-            shift_pending: false,
             n_codes,
-            embd: vec![0.0; bshape.embd],
-            text_logits: vec![0.0; bshape.vocab],
-            hidden: vec![0.0; bshape.embd],
+            embd: vec![0.0; bshape.embd * n],
+            text_logits: vec![0.0; bshape.vocab * n],
+            hidden: vec![0.0; bshape.embd * n],
+            u_text: vec![0.0; n],
+            u_audio: vec![0.0; CODEBOOKS * n],
+            positions: vec![0; n],
+            texts: vec![0; n],
+            outputs: vec![empty; n],
             on_device,
             sampling: s,
             backbone,
             embedder,
             depformer,
-            ring,
             init,
         })
     }
@@ -369,9 +417,19 @@ impl Engine {
         self.policy
     }
 
-    /// Backbone position of the next step.
+    /// Conversations stepped together.
+    pub fn conversations(&self) -> usize {
+        self.convs.len()
+    }
+
+    /// Backbone position of the next step (of the first conversation).
     pub fn position(&self) -> i32 {
-        self.pos
+        self.convs[0].pos
+    }
+
+    /// Backbone position of conversation `c`'s next step.
+    pub fn position_of(&self, c: usize) -> i32 {
+        self.convs[c].pos
     }
 
     /// Highest position in the backbone's KV cache (-1 when empty).
@@ -383,14 +441,15 @@ impl Engine {
         &self.backbone
     }
 
-    /// The text logits of the last step (a blocking read, for tests and tools).
+    /// The text logits of the last step, [vocab] per conversation (a blocking read, for
+    /// tests and tools).
     pub fn text_logits(&mut self) -> Result<&[f32]> {
         self.backbone.read_logits(&mut self.text_logits)?;
         Ok(&self.text_logits)
     }
 
-    /// The backbone's hidden state of the last step, after its final norm (a blocking read,
-    /// for tests and tools).
+    /// The backbone's hidden state of the last step, after its final norm, [width] per
+    /// conversation (a blocking read, for tests and tools).
     pub fn hidden(&mut self) -> Result<&[f32]> {
         self.backbone.read_hidden(&mut self.hidden)?;
         Ok(&self.hidden)
@@ -423,30 +482,41 @@ impl Engine {
         self.backbone
             .configure(self.depformer.backend(), self.on_device.then_some(s.text))?;
         self.text_sampler = Sampler::new(self.backbone.shape().vocab, s.text);
-        self.text_window = Window::new(s.text.repetition_window);
-        self.audio_windows = (0..CODEBOOKS)
-            .map(|_| Window::new(s.audio.repetition_window))
-            .collect();
+        for c in &mut self.convs {
+            c.text_window = Window::new(s.text.repetition_window);
+            c.audio_windows = (0..CODEBOOKS)
+                .map(|_| Window::new(s.audio.repetition_window))
+                .collect();
+        }
         self.sampling = s;
         self.reset();
         Ok(())
     }
 
-    /// Starts a new conversation.
+    /// Starts every conversation anew.
     pub fn reset(&mut self) {
-        self.backbone.clear(0);
-        self.ring.reset(self.init);
-        self.text_window.clear();
-        for w in &mut self.audio_windows {
-            w.clear();
+        for c in 0..self.convs.len() {
+            self.reset_conversation(c);
         }
-        self.rng = SampleRng::new(self.seed);
-        self.pos = 0;
     }
 
-    /// One step with the user's codes of the current frame.
+    /// Starts conversation `c` anew; the others go on.
+    pub fn reset_conversation(&mut self, c: usize) {
+        self.backbone.clear(c);
+        let conv = &mut self.convs[c];
+        conv.ring.reset(self.init);
+        conv.text_window.clear();
+        for w in &mut conv.audio_windows {
+            w.clear();
+        }
+        conv.rng = SampleRng::new(self.seed);
+        conv.pos = 0;
+        conv.shift_pending = false;
+    }
+
+    /// One step with the user's codes of the current frame (one conversation).
     pub fn step(&mut self, user: &[i32; CODEBOOKS]) -> Result<StepOutput> {
-        self.run_step(user, None)
+        self.one(user, None)
     }
 
     /// Teacher forcing: computes this step's choices as `step` does, but continues the
@@ -457,115 +527,172 @@ impl Engine {
         user: &[i32; CODEBOOKS],
         forced: &[i32; 1 + CODEBOOKS],
     ) -> Result<StepOutput> {
-        self.run_step(user, Some(forced))
+        self.one(user, Some(forced))
     }
 
-    fn run_step(
+    fn one(
         &mut self,
         user: &[i32; CODEBOOKS],
         forced: Option<&[i32; 1 + CODEBOOKS]>,
     ) -> Result<StepOutput> {
-        for (q, &c) in user.iter().enumerate() {
-            ensure!(
-                c >= 0 && (c as usize) < self.n_codes,
-                "user code {c} of codebook {q} is outside 0..{}",
-                self.n_codes
-            );
+        ensure!(
+            self.convs.len() == 1,
+            "one step of {} conversations: use step_all",
+            self.convs.len()
+        );
+        self.run_step(std::slice::from_ref(user), forced)?;
+        Ok(self.outputs[0])
+    }
+
+    /// One step of every conversation, `users[c]` the user's codes of conversation c; the
+    /// outputs in the same order.
+    pub fn step_all(&mut self, users: &[[i32; CODEBOOKS]]) -> Result<&[StepOutput]> {
+        self.run_step(users, None)?;
+        Ok(&self.outputs)
+    }
+
+    fn run_step(
+        &mut self,
+        users: &[[i32; CODEBOOKS]],
+        forced: Option<&[i32; 1 + CODEBOOKS]>,
+    ) -> Result<()> {
+        let n = self.convs.len();
+        ensure!(
+            users.len() == n,
+            "{} users' codes for {n} conversations",
+            users.len()
+        );
+        for user in users {
+            for (q, &c) in user.iter().enumerate() {
+                ensure!(
+                    c >= 0 && (c as usize) < self.n_codes,
+                    "user code {c} of codebook {q} is outside 0..{}",
+                    self.n_codes
+                );
+            }
         }
         let mut times = StageTimes::default();
-        let context_shifted = self.make_room()? | std::mem::take(&mut self.shift_pending);
-        // One uniform number per token, whether or not it is used.
-        let u_text = self.rng.uniform();
-        let mut u_audio = [0f32; CODEBOOKS];
-        for u in &mut u_audio {
-            *u = self.rng.uniform();
-        }
-
+        let width = self.backbone.shape().embd;
+        let vocab = self.backbone.shape().vocab;
         let t0 = Instant::now();
-        self.ring.push_user(user);
-        let col = self.ring.input();
-        self.embedder.sum(
-            col[0],
-            &col[1..=CODEBOOKS],
-            &col[1 + CODEBOOKS..],
-            &mut self.embd,
-        )?;
+        for c in 0..n {
+            let shifted = self.make_room(c)? | std::mem::take(&mut self.convs[c].shift_pending);
+            self.outputs[c].context_shifted = shifted;
+            let conv = &mut self.convs[c];
+            // One uniform number per token, whether or not it is used.
+            self.u_text[c] = conv.rng.uniform();
+            for u in &mut self.u_audio[c * CODEBOOKS..(c + 1) * CODEBOOKS] {
+                *u = conv.rng.uniform();
+            }
+            conv.ring.push_user(&users[c]);
+            let col = conv.ring.input();
+            self.embedder.sum(
+                col[0],
+                &col[1..=CODEBOOKS],
+                &col[1 + CODEBOOKS..],
+                &mut self.embd[c * width..(c + 1) * width],
+            )?;
+            self.positions[c] = conv.pos as usize;
+            conv.pos += 1;
+        }
         let t1 = Instant::now();
         times.embed = ms(t1 - t0);
 
+        let text_windows: [&[i32]; MAX_CONVERSATIONS] =
+            std::array::from_fn(|c| self.convs.get(c).map_or(&[][..], |v| &v.text_window.ids));
         let backend = self.depformer.backend();
         self.backbone.submit(
             backend,
             &self.embd,
-            &[self.pos as usize],
-            &[&self.text_window.ids],
-            &[u_text],
+            &self.positions,
+            &text_windows[..n],
+            &self.u_text,
         )?;
-        self.pos += 1;
-        let mut text = [0i32];
         if !self.on_device {
-            // The CPU ran the graph before `submit` returned: the row is in host memory.
+            // The CPU ran the graph before `submit` returned: the rows are in host memory.
             let t = Instant::now();
             self.backbone.read_logits(&mut self.text_logits)?;
-            text[0] =
-                self.text_sampler
-                    .sample(&mut self.text_logits, &self.text_window.ids, u_text);
+            for c in 0..n {
+                self.texts[c] = self.text_sampler.sample(
+                    &mut self.text_logits[c * vocab..(c + 1) * vocab],
+                    &self.convs[c].text_window.ids,
+                    self.u_text[c],
+                );
+            }
             times.sample = ms(t.elapsed());
         }
         let t2 = Instant::now();
         times.backbone = ms(t2 - t1) - times.sample;
-        let text_in = forced.map(|f| f[0]);
 
-        let windows: [&[i32]; CODEBOOKS] = std::array::from_fn(|c| {
-            if c < self.sampling.audio_penalty_codebooks {
-                self.audio_windows[c].ids.as_slice()
-            } else {
-                &[]
+        // Conversation c, codebook k at c · P + k (P the penalised codebooks).
+        let p = self.sampling.audio_penalty_codebooks;
+        let windows: [&[i32]; MAX_CONVERSATIONS * CODEBOOKS] = std::array::from_fn(|i| {
+            let (c, k) = (i / p.max(1), i % p.max(1));
+            match self.convs.get(c) {
+                Some(conv) if k < p => conv.audio_windows[k].ids.as_slice(),
+                _ => &[],
             }
         });
         // On a device: waits for both graphs.
-        let codes = self
-            .depformer
-            .step(None, &windows, &u_audio, forced.map(|f| &f[1..]))?;
+        let codes = self.depformer.step(
+            None,
+            &windows[..n * p],
+            &self.u_audio,
+            forced.map(|f| &f[1..]),
+        )?;
         if self.on_device {
-            self.backbone.drawn_text(&mut text)?;
+            self.backbone.drawn_text(&mut self.texts)?;
         }
-        let text = text[0];
-        let text_in = text_in.unwrap_or(text);
-        self.text_window.push(text_in);
-        let mut audio = [0i32; CODEBOOKS];
-        audio.copy_from_slice(codes);
         times.depth = ms(t2.elapsed());
-        let fed: [i32; CODEBOOKS] = match forced {
-            Some(f) => std::array::from_fn(|c| f[1 + c]),
-            None => audio,
-        };
-        for (w, &a) in self.audio_windows.iter_mut().zip(&fed) {
-            w.push(a);
+        for c in 0..n {
+            let conv = &mut self.convs[c];
+            let text = self.texts[c];
+            let text_in = forced.map_or(text, |f| f[0]);
+            conv.text_window.push(text_in);
+            let mut audio = [0i32; CODEBOOKS];
+            audio.copy_from_slice(&codes[c * CODEBOOKS..(c + 1) * CODEBOOKS]);
+            let fed: [i32; CODEBOOKS] = match forced {
+                Some(f) => std::array::from_fn(|k| f[1 + k]),
+                None => audio,
+            };
+            for (w, &a) in conv.audio_windows.iter_mut().zip(&fed) {
+                w.push(a);
+            }
+            let out = &mut self.outputs[c];
+            out.frame = conv.ring.push_model(text_in, &fed);
+            out.text = text;
+            out.audio = audio;
+            out.times = times;
         }
-        let frame = self.ring.push_model(text_in, &fed);
-        Ok(StepOutput {
-            text,
-            audio,
-            frame,
-            times,
-            context_shifted,
-        })
+        Ok(())
     }
 
     /// One backbone step alone at the next position, waited for (benchmarks: the backbone's
     /// own time on a device, where a whole step waits once for both graphs). The
     /// conversation is not continued: `reset` before stepping it again.
     pub fn backbone_alone(&mut self, embd: &[f32]) -> Result<()> {
-        ensure!(
-            (self.pos as u32) < self.policy.positions,
-            "backbone: the context is full"
-        );
+        let n = self.convs.len();
+        for c in 0..n {
+            ensure!(
+                (self.convs[c].pos as u32) < self.policy.positions,
+                "backbone: the context is full"
+            );
+            self.positions[c] = self.convs[c].pos as usize;
+            self.convs[c].pos += 1;
+            let w = embd.len();
+            self.embd[c * w..(c + 1) * w].copy_from_slice(embd);
+        }
         let backend = self.depformer.backend();
-        self.backbone
-            .submit(backend, embd, &[self.pos as usize], &[&[]], &[0.5])?;
+        let none: [&[i32]; MAX_CONVERSATIONS] = [&[]; MAX_CONVERSATIONS];
+        self.u_text.fill(0.5);
+        self.backbone.submit(
+            backend,
+            &self.embd,
+            &self.positions,
+            &none[..n],
+            &self.u_text,
+        )?;
         backend.synchronize();
-        self.pos += 1;
         Ok(())
     }
 
@@ -575,27 +702,31 @@ impl Engine {
     /// False (and nothing done) while no step past the sink would be dropped.
     pub fn shift_context_now(&mut self) -> Result<bool> {
         let sink = self.policy.sink as i32;
-        let n = (self.pos - sink) / 2;
-        if n <= 0 {
-            return Ok(false);
+        let mut any = false;
+        for c in 0..self.convs.len() {
+            let n = (self.convs[c].pos - sink) / 2;
+            if n <= 0 {
+                continue;
+            }
+            self.backbone
+                .discard(self.depformer.backend(), c, sink as usize, n as usize)?;
+            self.convs[c].pos -= n;
+            self.convs[c].shift_pending = true;
+            any = true;
         }
-        self.backbone
-            .discard(self.depformer.backend(), 0, sink as usize, n as usize)?;
-        self.pos -= n;
-        self.shift_pending = true;
-        Ok(true)
+        Ok(any)
     }
 
-    /// Applies the context policy before a step that would not fit.
-    fn make_room(&mut self) -> Result<bool> {
+    /// Applies the context policy to conversation `c` before a step that would not fit.
+    fn make_room(&mut self, c: usize) -> Result<bool> {
         let ContextPolicy { positions, sink } = self.policy;
-        if (self.pos as u32) < positions {
+        if (self.convs[c].pos as u32) < positions {
             return Ok(false);
         }
         let n = (positions - sink) / 2;
         self.backbone
-            .discard(self.depformer.backend(), 0, sink as usize, n as usize)?;
-        self.pos -= n as i32;
+            .discard(self.depformer.backend(), c, sink as usize, n as usize)?;
+        self.convs[c].pos -= n as i32;
         Ok(true)
     }
 }

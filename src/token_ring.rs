@@ -22,6 +22,7 @@ pub struct InitialTokens {
     pub audio_pad: i32,
 }
 
+#[derive(Clone)]
 pub struct TokenRing {
     delays: [usize; STREAMS],
     max_delay: usize,

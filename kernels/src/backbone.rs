@@ -150,7 +150,9 @@ struct Io {
     uniform: T,
     /// The text penalty window, [W, streams]; absent when the penalty is off or the host draws.
     window: Option<T>,
-    /// 0 for cells in use, -inf for the others, [positions, streams].
+    /// 0 for cells in use, -inf for the others, [streams, positions]: cell-major, so that the
+    /// cells of one position in every stream lie side by side and a step's new cells go up
+    /// in a short range.
     mask: T,
     penalty: T,
     outputs: Staging,
@@ -159,7 +161,7 @@ struct Io {
     check: T,
     /// Window slots per stream.
     w: usize,
-    /// Host scratch: one stream's mask row.
+    /// Host copy of the whole mask.
     row: Vec<f32>,
 }
 
@@ -370,7 +372,7 @@ impl Backbone {
         let uniform = ib.tensor(ggml::F32, &[1, b], "uniform");
         let window = (w > 0).then(|| ib.tensor(ggml::I32, &[w as i64, b], "window"));
         let penalty = ib.tensor(ggml::F32, &[1], "penalty");
-        let mask = ib.tensor(ggml::F32, &[self.opts.positions as i64, b], "mask");
+        let mask = ib.tensor(ggml::F32, &[b, self.opts.positions as i64], "mask");
         let mut inputs = ib.build(backend)?;
         inputs.put(penalty, 0, &[text.map_or(1.0, |p| p.repetition_penalty)]);
         if let Some(window) = window {
@@ -394,7 +396,7 @@ impl Backbone {
             token,
             check,
             w,
-            row: vec![0.0; self.opts.positions],
+            row: vec![f32::NEG_INFINITY; self.opts.positions * self.opts.streams],
         };
         for st in 0..self.opts.streams {
             write_mask(&mut io, self.opts.positions, st, self.used[st]);
@@ -472,7 +474,8 @@ impl Backbone {
             if p < self.used[st] {
                 write_mask(io, n, st, p);
             }
-            io.inputs.put(io.mask, st * n + p, &[0f32]);
+            io.row[p * b + st] = 0.0;
+            io.inputs.put(io.mask, p * b + st, &[0f32]);
             self.used[st] = p + 1;
         }
         let need = self.used.iter().copied().max().unwrap_or(1);
@@ -640,12 +643,8 @@ impl Backbone {
         let es = ggml::type_size(self.cache.ty);
         let span_i = span as i64;
         // The mask of the cells attended to: [span, 1, 1, streams].
-        let mask = g.cont(g.view(
-            io.mask,
-            &[span_i, 1, 1, bi],
-            &[npos * 4, npos * 4, npos * 4],
-            0,
-        ));
+        let mask = g.view(io.mask, &[bi, span_i], &[b * 4], 0);
+        let mask = g.reshape(g.cont(g.transpose(mask)), &[span_i, 1, 1, bi]);
         let mut x = io.embd;
         let mut writes = vec![];
         for l in 0..s.layers {
@@ -745,10 +744,11 @@ fn head_part(p: usize) -> String {
 
 /// Marks cells `0 .. used` of `stream` in use, the others not.
 fn write_mask(io: &mut Io, positions: usize, stream: usize, used: usize) {
-    for (c, m) in io.row.iter_mut().enumerate() {
-        *m = if c < used { 0.0 } else { f32::NEG_INFINITY };
+    let streams = io.row.len() / positions;
+    for c in 0..positions {
+        io.row[c * streams + stream] = if c < used { 0.0 } else { f32::NEG_INFINITY };
     }
-    io.inputs.put(io.mask, stream * positions, &io.row);
+    io.inputs.put(io.mask, 0, &io.row);
 }
 
 fn new_cache(s: &BackboneShape, o: &BackboneOptions, ty: Type, backend: &Backend) -> Result<Cache> {

@@ -47,6 +47,10 @@ pub enum Args {
         /// second time).
         #[arg(long)]
         no_peer: bool,
+        /// Step this many conversations together (1 to 16), and one alone before them for
+        /// the ratio of the step times.
+        #[arg(long, default_value_t = 1)]
+        conversations: usize,
         #[command(flatten)]
         engine: EngineArgs,
     },
@@ -70,8 +74,9 @@ pub fn exec(a: Args) -> Result<()> {
             ops,
             shift_every,
             no_peer,
+            conversations,
             engine: args,
-        } => step(model, steps, ops, shift_every, no_peer, args),
+        } => step(model, steps, ops, shift_every, no_peer, conversations, args),
         Args::Mimi {
             model,
             frames,
@@ -88,12 +93,21 @@ fn step(
     ops: bool,
     shift_every: Option<usize>,
     no_peer: bool,
+    conversations: usize,
     args: EngineArgs,
 ) -> Result<()> {
+    use flm_edge::engine::Engine;
     let dir = ModelDir::open(&model)?;
     let opts = args.options(&dir)?;
     let threads = opts.threads;
-    let mut engine = flm_edge::engine::Engine::load(&dir, &opts)?;
+    // One conversation alone first (its engine dropped before the others load).
+    let alone = if conversations > 1 {
+        let mut one = Engine::load(&dir, &opts)?;
+        Some(bench::step(&mut one, &dir, steps, 5, threads, None, None)?)
+    } else {
+        None
+    };
+    let mut engine = Engine::with_conversations(&dir, &opts, conversations)?;
     let peer = (!no_peer).then_some(opts.device);
     let r = bench::step(&mut engine, &dir, steps, 5, threads, shift_every, peer)?;
     if ops {
@@ -104,9 +118,10 @@ fn step(
         .get_str(flm_conversion::model_files::audio_keys::QUANT)
         .unwrap_or("?");
     println!(
-        "LM step, {}, {} threads, {quant} weights, {} steps (warm)",
+        "LM step, {}, {} threads, {quant} weights, {} conversation(s) together, {} steps (warm)",
         engine.device_name(),
         r.threads,
+        conversations,
         r.steps
     );
     let row = |name: &str, s: &bench::Stats| {
@@ -160,6 +175,15 @@ fn step(
         "  backbone, depth transformer and sampling: {} ({how})",
         bench::traffic_line(&r.traffic, r.steps, "step")
     );
+    if let Some(one) = alone {
+        println!(
+            "  {conversations} conversations together: step median {:.2} ms, one alone {:.2} ms in the same run: {:.2}× the time for {conversations}× the conversations; one alone: {}",
+            r.total.median,
+            one.total.median,
+            r.total.median / one.total.median,
+            bench::traffic_line(&one.traffic, one.steps, "step")
+        );
+    }
     Ok(())
 }
 
