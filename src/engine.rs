@@ -575,7 +575,7 @@ impl Engine {
         let width = self.backbone.shape().embd;
         let vocab = self.backbone.shape().vocab;
         let t0 = Instant::now();
-        for c in 0..n {
+        for (c, user) in users.iter().enumerate() {
             let shifted = self.make_room(c)? | std::mem::take(&mut self.convs[c].shift_pending);
             self.outputs[c].context_shifted = shifted;
             let conv = &mut self.convs[c];
@@ -584,7 +584,7 @@ impl Engine {
             for u in &mut self.u_audio[c * CODEBOOKS..(c + 1) * CODEBOOKS] {
                 *u = conv.rng.uniform();
             }
-            conv.ring.push_user(&users[c]);
+            conv.ring.push_user(user);
             let col = conv.ring.input();
             self.embedder.sum(
                 col[0],
