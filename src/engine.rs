@@ -540,7 +540,7 @@ impl Engine {
             "one step of {} conversations: use step_all",
             self.convs.len()
         );
-        self.run_step(std::slice::from_ref(user), forced)?;
+        self.run_step(std::slice::from_ref(user), forced.map(std::slice::from_ref))?;
         Ok(self.outputs[0])
     }
 
@@ -551,16 +551,28 @@ impl Engine {
         Ok(&self.outputs)
     }
 
+    /// `step_all` with teacher forcing: conversation c continues with `forced[c]` (text, then
+    /// 8 speaking codes) instead of its own choices, which the outputs report.
+    pub fn step_all_forced(
+        &mut self,
+        users: &[[i32; CODEBOOKS]],
+        forced: &[[i32; 1 + CODEBOOKS]],
+    ) -> Result<&[StepOutput]> {
+        self.run_step(users, Some(forced))?;
+        Ok(&self.outputs)
+    }
+
     fn run_step(
         &mut self,
         users: &[[i32; CODEBOOKS]],
-        forced: Option<&[i32; 1 + CODEBOOKS]>,
+        forced: Option<&[[i32; 1 + CODEBOOKS]]>,
     ) -> Result<()> {
         let n = self.convs.len();
         ensure!(
-            users.len() == n,
-            "{} users' codes for {n} conversations",
-            users.len()
+            users.len() == n && forced.is_none_or(|f| f.len() == n),
+            "{} users' codes and {} forced choices for {n} conversations",
+            users.len(),
+            forced.map_or(0, |f| f.len())
         );
         for user in users {
             for (q, &c) in user.iter().enumerate() {
@@ -633,12 +645,17 @@ impl Engine {
                 _ => &[],
             }
         });
+        let forced_codes: [i32; MAX_CONVERSATIONS * CODEBOOKS] = std::array::from_fn(|i| {
+            forced
+                .and_then(|f| f.get(i / CODEBOOKS))
+                .map_or(0, |f| f[1 + i % CODEBOOKS])
+        });
         // On a device: waits for both graphs.
         let codes = self.depformer.step(
             None,
             &windows[..n * p],
             &self.u_audio,
-            forced.map(|f| &f[1..]),
+            forced.map(|_| &forced_codes[..n * CODEBOOKS]),
         )?;
         if self.on_device {
             self.backbone.drawn_text(&mut self.texts)?;
@@ -647,6 +664,7 @@ impl Engine {
         for c in 0..n {
             let conv = &mut self.convs[c];
             let text = self.texts[c];
+            let forced = forced.map(|f| &f[c]);
             let text_in = forced.map_or(text, |f| f[0]);
             conv.text_window.push(text_in);
             let mut audio = [0i32; CODEBOOKS];
