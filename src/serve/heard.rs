@@ -74,7 +74,6 @@ impl Recorder {
             .with_context(|| format!("recording what the model hears: {}", path.display()))?;
         let (producer, consumer) = rtrb::RingBuffer::new(RING_FRAMES);
         let stop = Arc::new(AtomicBool::new(false));
-        metrics.heard_active.store(true, Relaxed);
         let writer = {
             let (stop, metrics, label) =
                 (stop.clone(), metrics.clone(), path.display().to_string());
@@ -83,6 +82,7 @@ impl Recorder {
                 .spawn(move || write_loop(file, consumer, &stop, &metrics, &label))
                 .context("starting the thread that records what the model hears")?
         };
+        metrics.heard_active.store(true, Relaxed);
         Ok((
             Recorder {
                 stop,
