@@ -23,7 +23,10 @@ use std::io::{BufWriter, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicBool,
+    Ordering::{Acquire, Relaxed, Release},
+};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -103,7 +106,9 @@ impl Recorder {
 
 impl Drop for Recorder {
     fn drop(&mut self) {
-        self.stop.store(true, Relaxed);
+        // Release: the frames pushed before (the step thread joined before this) are seen by
+        // the writer once it sees the flag.
+        self.stop.store(true, Release);
         if let Some(w) = self.writer.take() {
             let _ = w.join();
         }
@@ -175,7 +180,7 @@ fn write_loop(
     };
     let mut last_header = Instant::now();
     loop {
-        let closing = stop.load(Relaxed);
+        let closing = stop.load(Acquire);
         while let Ok(frame) = ring.pop() {
             if written + FRAME as u64 > MAX_SAMPLES {
                 fail(&"the file holds as much as a WAV can (4 GiB, 12.4 hours)");
