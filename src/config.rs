@@ -120,6 +120,9 @@ pub struct Status {
     pub metrics: String,
     /// Unix socket of the JSON-lines event stream (text, listening/speaking); "" turns it off.
     pub events: String,
+    /// What the model hears (every frame Mimi's encoder is given, after echo cancellation,
+    /// mute and resampling) into this 24 kHz mono float WAV; "" records nothing.
+    pub record_heard: String,
     /// Seconds between two summary lines in the log.
     pub log_interval_s: u32,
     /// Whether the event lines of a network conversation's begin and end (the event socket's
@@ -281,6 +284,7 @@ impl Default for Status {
         Status {
             metrics: "127.0.0.1:9464".into(),
             events: String::new(),
+            record_heard: String::new(),
             log_interval_s: 60,
             show_peers: false,
         }

@@ -1,7 +1,9 @@
 //! Echo cancellation (`flm-edge aec`, the canceller of `src/echo/`) on simulated rooms
 //! made by `tests/aec/rooms.py` (pyroomacoustics, in the environment `.ci/install-deps`
 //! makes): a loudspeaker 8 cm from the microphone, reverberation 0.2-0.6 s, extra delays
-//! 10-150 ms, noise at -60 dBFS, the speech clip as the far end.
+//! 10-150 ms, noise at -60 dBFS, the speech clip as the far end; and harder rooms: a small
+//! loudspeaker that distorts, fan noise at -45 dBFS, the volume turned up 10 dB mid-clip,
+//! speech with pauses (espeak-ng) and the random model's noise as the far end.
 
 mod common;
 
@@ -23,11 +25,16 @@ fn erle_db(mic: &[f32], out: &[f32]) -> f64 {
 }
 
 fn cancel_files(dir: &Path, mic: &str) -> (Vec<f32>, Vec<f32>) {
+    cancel_against(dir, "far.wav", mic)
+}
+
+/// `flm-edge aec` on the microphone file `mic` against the far end `far`, both in `dir`.
+fn cancel_against(dir: &Path, far: &str, mic: &str) -> (Vec<f32>, Vec<f32>) {
     let out: PathBuf = dir.join(format!("out-{mic}"));
     let run = flm_edge(&[
         "aec",
         "--far",
-        s(&dir.join("far.wav")),
+        s(&dir.join(far)),
         "--mic",
         s(&dir.join(mic)),
         "--output",
@@ -259,4 +266,280 @@ fn the_tuning_removes_as_much_echo_alone_as_webrtcs_defaults() {
             "room {i}: as tuned {tuned:.2} dB, WebRTC's defaults {default:.2} dB"
         );
     }
+}
+
+/// What one room's canceller did: echo alone, and around and during the double talk.
+#[derive(Clone, Copy, Debug)]
+struct RoomFigures {
+    /// ERLE with nobody near the microphone, from 2 s on (dB).
+    alone: f64,
+    /// ERLE in the double-talk run before the near voice (2-8 s) and after it (16 s on).
+    before: f64,
+    after: f64,
+    /// While both talk (8.1-15 s): the output's energy against the near voice's (dB), its
+    /// correlation with the clean near voice, and how far under the echo its part of the
+    /// output is (least squares on the near voice and the echo alone; dB).
+    near_db: f64,
+    correlation: f64,
+    echo_part_db: f64,
+    /// The echo's part from 11 s to 15 s only (the volume room's change is at 11 s).
+    echo_part_late_db: f64,
+}
+
+/// `flm-edge aec`'s processing (24 kHz files through the canceller at 48 kHz, the output
+/// time-aligned with the microphone) with `config`.
+fn cancel_24k(
+    far: &[f32],
+    mic: &[f32],
+    config: &sonora_aec3::config::EchoCanceller3Config,
+) -> Vec<f32> {
+    use flm_edge::wav::resample;
+    let up = |x: &[f32]| resample(x, 24_000, 48_000).unwrap();
+    let out = flm_edge::echo::cancel_with(&up(far), &up(mic), 48_000, config).unwrap();
+    let mut out = resample(&out, 48_000, 24_000).unwrap();
+    out.resize(mic.len(), 0.0);
+    out
+}
+
+fn room_figures(
+    dir: &Path,
+    far: &str,
+    name: &str,
+    echo: &[f32],
+    config: &sonora_aec3::config::EchoCanceller3Config,
+) -> RoomFigures {
+    let r = 24_000;
+    let window = |mic: &[f32], out: &[f32], from: f64, to: f64| {
+        let w = (from * r as f64) as usize..((to * r as f64) as usize).min(mic.len());
+        10.0 * (energy_of(&mic[w.clone()]) / energy_of(&out[w])).log10()
+    };
+    let far = read_wav(&dir.join(far)).1;
+    let mic = read_wav(&dir.join(format!("mic-{name}.wav"))).1;
+    let out = cancel_24k(&far, &mic, config);
+    let alone = window(&mic, &out, 2.0, f64::INFINITY);
+    let dt = read_wav(&dir.join(format!("dt-{name}.wav"))).1;
+    let out = cancel_24k(&far, &dt, config);
+    let (before, after) = (
+        window(&dt, &out, 2.0, 8.0),
+        window(&dt, &out, 16.0, f64::INFINITY),
+    );
+    let near = read_wav(&dir.join("near.wav")).1;
+    let talk = 8 * r + 2400..15 * r;
+    let near_db = 10.0 * (energy_of(&out[talk.clone()]) / energy_of(&near[talk.clone()])).log10();
+    let correlation = correlation(&out[talk.clone()], &near[talk.clone()]);
+    let echo_part_db = echo_removed_db(&out[talk.clone()], &near[talk.clone()], &echo[talk]);
+    let late = 11 * r..15 * r;
+    let echo_part_late_db = echo_removed_db(&out[late.clone()], &near[late.clone()], &echo[late]);
+    RoomFigures {
+        alone,
+        before,
+        after,
+        near_db,
+        correlation,
+        echo_part_db,
+        echo_part_late_db,
+    }
+}
+
+/// The harder rooms of `tests/aec/rooms.py` (room 1's geometry: 0.4 s, 60 ms): a small
+/// loudspeaker that distorts, fan noise at -45 dBFS, the volume turned up 10 dB at 11 s
+/// (while both talk), speech with pauses (espeak-ng) as the far end, and the random small
+/// model's noise as the far end (its answer to the speech clip, as the closed loop of
+/// tests/echo_loop.rs plays it). Each: ERLE alone, before and after the double talk, and
+/// while both talk the near voice's level and correlation and the echo's part; as tuned and
+/// with WebRTC's default settings (printed beside; README's rooms table).
+///
+/// The rooms and the canceller are deterministic (seeded; espeak-ng's output is the same
+/// for a version): the bounds sit 2-5 dB (0.02-0.03 of correlation) under what is achieved,
+/// the margin for other versions of pyroomacoustics, scipy and espeak-ng.
+#[test]
+fn harder_rooms_distortion_noise_a_louder_volume_and_other_far_ends() {
+    use flm_edge::echo::tuned_config;
+    use sonora_aec3::config::EchoCanceller3Config;
+    let dir = scratch("aec-more");
+    std::fs::create_dir_all(&*dir).unwrap();
+    let reply = dir.join("reply.wav");
+    let run = flm_edge(&[
+        "run",
+        "--model",
+        s(converted(3, "f32")),
+        "--threads",
+        "2",
+        "--input",
+        s(&Path::new(GOLDEN_MIMI).join("speech.wav")),
+        "--output",
+        s(&reply),
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    simulated_rooms_with(&dir, Some(&reply));
+    let info: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("rooms.json")).unwrap()).unwrap();
+    // Rooms 0-2 as they were, for comparison (their echo files hold -60 dBFS of noise too:
+    // nothing to the fit).
+    let mut rooms: Vec<(&str, String, String)> = ["0", "1", "2"]
+        .map(|n| (n, "far.wav".to_string(), format!("mic-{n}.wav")))
+        .into();
+    for m in info["more"].as_array().unwrap() {
+        let name = m["name"].as_str().unwrap();
+        rooms.push((
+            name,
+            m["far"].as_str().unwrap().into(),
+            format!("echo-{name}.wav"),
+        ));
+    }
+    let names: Vec<&str> = rooms.iter().map(|r| r.0).collect();
+    assert_eq!(
+        names,
+        ["0", "1", "2", "small", "fan", "louder", "tts", "model"]
+    );
+    let (tuned, default) = (tuned_config(), EchoCanceller3Config::default());
+    let mut got = std::collections::HashMap::new();
+    for (name, far, echo) in &rooms {
+        let echo = read_wav(&dir.join(echo)).1;
+        let f = room_figures(&dir, far, name, &echo, &tuned);
+        let d = room_figures(&dir, far, name, &echo, &default);
+        eprintln!(
+            "room {name}: ERLE alone {:.1} dB ({:.1}), before the double talk {:.1} ({:.1}), after \
+             {:.1} ({:.1}); while both talk: near voice {:+.1} dB ({:+.1}), correlation {:.3} \
+             ({:.3}), the echo's part {:.1} dB under the echo ({:.1}), from 11 s {:.1} ({:.1}) \
+             [as tuned (WebRTC's defaults)]",
+            f.alone,
+            d.alone,
+            f.before,
+            d.before,
+            f.after,
+            d.after,
+            f.near_db,
+            d.near_db,
+            f.correlation,
+            d.correlation,
+            f.echo_part_db,
+            d.echo_part_db,
+            f.echo_part_late_db,
+            d.echo_part_late_db,
+        );
+        got.insert(*name, (f, d));
+    }
+    // Bounds, as tuned: ERLE alone, before and after the double talk (dB), the near voice's
+    // correlation, the echo's part while both talk (dB under the echo). Achieved:
+    //   0, 1, 2 36.9, 35.7, 37.1; 0.923; 49.1 / 37.0, 35.7, 37.3; 0.931; 42.9 / 36.0, 34.0,
+    //           36.0; 0.936; 40.3 (the rooms as they were).
+    //   small   34.6, 34.8, 36.0; 0.815; 43.3. A distorting loudspeaker leaves an echo no
+    //           linear filter of the far end explains (-17 dB of its output): the suppressor
+    //           takes it when nobody talks, and in double talk reshapes the near voice
+    //           (0.815; WebRTC's defaults 0.760) while the echo stays 43 dB down.
+    //   fan     23.4, 23.6, 23.1; 0.931; 47.1. The fan passes the canceller (it is not the
+    //           echo): what the microphone gets over what comes out is bounded by the echo's
+    //           level over the fan (19.0 dB at the microphone, a little more where the
+    //           suppressor takes the fan with the echo); the echo itself is 47 dB down.
+    //   louder  28.6, 27.0, 37.2; 0.904; 11.5. See below.
+    //   tts     34.5, 35.2, 32.8; 0.960; 40.5. Pauses cost nothing: the near voice comes
+    //           through best of all (the far end is silent 56 % of the time).
+    //   model   25.6, 27.9, 21.5; 0.802; 32.7. Loud unbroken noise with no pause, the closed
+    //           loop's far end: the hardest to converge on and to talk over.
+    let bounds = [
+        ("0", 33.0, 32.0, 34.0, 0.9, 44.0),
+        ("1", 33.0, 32.0, 34.0, 0.9, 39.0),
+        ("2", 32.0, 31.0, 33.0, 0.9, 36.0),
+        ("small", 31.0, 31.0, 32.0, 0.78, 38.0),
+        ("fan", 20.0, 20.0, 20.0, 0.9, 42.0),
+        ("louder", 25.0, 24.0, 34.0, 0.88, 9.0),
+        ("tts", 31.0, 31.0, 29.0, 0.93, 36.0),
+        ("model", 22.0, 24.0, 18.0, 0.77, 28.0),
+    ];
+    for (name, alone, before, after, correlation, part) in bounds {
+        let (f, d) = got[name];
+        assert!(f.alone >= alone, "{name}: ERLE alone {:.1} dB", f.alone);
+        assert!(f.before >= before, "{name}: before {:.1} dB", f.before);
+        assert!(f.after >= after, "{name}: after {:.1} dB", f.after);
+        // The near voice's level within 3 dB while both talk, as in every room (achieved:
+        // -1.1 to +1.2 dB).
+        assert!(
+            f.near_db.abs() <= 3.0,
+            "{name}: near voice {:+.1} dB",
+            f.near_db
+        );
+        assert!(
+            f.correlation >= correlation,
+            "{name}: correlation {:.3}",
+            f.correlation
+        );
+        assert!(
+            f.echo_part_db >= part,
+            "{name}: the echo's part {:.1} dB down",
+            f.echo_part_db
+        );
+        // The tuning removes as much echo alone as WebRTC's defaults, within 1 dB, in every
+        // room but one: a volume turned up (below).
+        if name != "louder" {
+            assert!(
+                f.alone >= d.alone - 1.0,
+                "{name}: ERLE alone {:.1} dB as tuned, {:.1} dB with WebRTC's defaults",
+                f.alone,
+                d.alone
+            );
+        }
+    }
+    // The volume turned up: ERLE of the echo alone each second around the change.
+    let far = read_wav(&dir.join("far.wav")).1;
+    let mic = read_wav(&dir.join("mic-louder.wav")).1;
+    let each_second = |out: &[f32]| -> Vec<f64> {
+        (9..22)
+            .map(|t| {
+                let w = t * 24_000..(t + 1) * 24_000;
+                10.0 * (energy_of(&mic[w.clone()]) / energy_of(&out[w])).log10()
+            })
+            .collect()
+    };
+    let seconds = each_second(&cancel_24k(&far, &mic, &tuned));
+    let seconds_default = each_second(&cancel_24k(&far, &mic, &default));
+    eprintln!(
+        "louder: ERLE of the echo alone, each second from 9 s: {seconds:.1?} dB as tuned, \
+         {seconds_default:.1?} dB with WebRTC's defaults"
+    );
+    // And while both talk: the echo's part, each second from 11 s.
+    let dt = read_wav(&dir.join("dt-louder.wav")).1;
+    let near = read_wav(&dir.join("near.wav")).1;
+    let echo = read_wav(&dir.join("echo-louder.wav")).1;
+    let part = |c: &EchoCanceller3Config| -> Vec<f64> {
+        let out = cancel_24k(&far, &dt, c);
+        (11..15)
+            .map(|t| {
+                let w = t * 24_000..(t + 1) * 24_000;
+                echo_removed_db(&out[w.clone()], &near[w.clone()], &echo[w])
+            })
+            .collect()
+    };
+    let (part_tuned, part_default) = (part(&tuned), part(&default));
+    eprintln!(
+        "louder: the echo's part while both talk, each second from 11 s: {part_tuned:.1?} dB as \
+         tuned, {part_default:.1?} dB with WebRTC's defaults"
+    );
+    // The volume turned up 10 dB: the tuning's price, as for a moved loudspeaker (README).
+    // Echo alone, the second of the change keeps 19.0 dB (WebRTC's defaults: 37.0): the
+    // tuned detector takes an echo suddenly 10 dB over what the filters predict for a near
+    // voice and the suppressor lets it through until the filters follow, within the second;
+    // from 1 s after, the two are equal (34.7-40.6 dB). Over the clip that is 28.6 dB against
+    // 35.2. While both talk it is worse: the echo's part 7.7, 11.9, 11.5 and 19.9 dB down in
+    // the four seconds after the change (WebRTC's defaults: 11.2, 24.7, 22.6, 28.6): the
+    // filters adapt slowly under the near voice, and the tuned suppressor passes what they
+    // miss. Asserted as achieved, a known weakness of the tuning rather than a goal.
+    assert!(
+        seconds[2] >= 16.0,
+        "the change's second: {:.1} dB",
+        seconds[2]
+    );
+    assert!(
+        seconds[3..].iter().all(|&e| e >= 32.0),
+        "from 1 s after the change: {:.1?} dB",
+        &seconds[3..]
+    );
+    assert!(
+        part_tuned.iter().all(|&p| p >= 6.0) && part_tuned[3] >= 17.0,
+        "the echo's part after the change: {part_tuned:.1?} dB"
+    );
 }

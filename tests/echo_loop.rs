@@ -5,7 +5,7 @@
 //! noise-like audio all the time) comes back to the microphone through a room's impulse
 //! response (tests/aec/rooms.py, room 1: 0.4 s of reverberation, the loudspeaker 8 cm away),
 //! with the user's voice (the golden clip, from 2 s on) on top. The frames the model hears
-//! are recorded and compared with the user's clip alone: with the canceller the model hears
+//! are recorded (as `serve --record-heard` records them) and compared with the user's clip alone: with the canceller the model hears
 //! the user, without it the echo buries the user. A third run, the canceller on and no echo
 //! at all, shows what the canceller itself costs the user's voice.
 //!
@@ -26,8 +26,9 @@ use common::*;
 use flm_edge::serve::alsa_io::{AlsaCapture, AlsaPlayback};
 use flm_edge::serve::device::{CaptureDevice, Captured, FRAME, Pcm, sleep_until};
 use flm_edge::serve::echo_path;
+use flm_edge::serve::heard::Recorder;
 use flm_edge::serve::metrics::Metrics;
-use flm_edge::serve::pipeline::Model;
+use flm_edge::serve::pipeline::{MAX_BACKLOG_FRAMES, Model};
 use flm_edge::wav::resample;
 
 const RATE: u32 = 16_000;
@@ -129,7 +130,7 @@ impl<C: CaptureDevice> CaptureDevice for Recorded<C> {
 
 /// One run of the loop.
 struct Run {
-    /// What the model heard, 24 kHz.
+    /// What the model heard, 24 kHz (the `--record-heard` file).
     heard: Vec<f32>,
     room: Room,
     metrics: Arc<Metrics>,
@@ -173,11 +174,45 @@ fn run_loop(dir: &Path, model: &mut Model, setup: Setup, user: &[f32], rir: &[f3
         dev: capture,
         pcm: Vec::with_capacity(((SECONDS + 2.0) * 24_000.0) as usize),
     };
+    // What the model hears, also as `serve --record-heard` writes it.
+    let file = dir.join(format!(
+        "heard-{}-{}.wav",
+        if cancel { "aec3" } else { "off" },
+        if setup.echo { "echo" } else { "none" }
+    ));
+    let (recorder, tap) = Recorder::start(&file, metrics.clone()).unwrap();
+    model.heard = Some(tap);
     model.start_over();
     run_pipeline_for(model, &mut capture, &mut playback, &metrics, SECONDS);
+    model.heard = None;
+    drop(recorder);
     // Read before the canceller goes with the capture device.
     let echo_active = metrics.echo_active.load(Relaxed);
     let heard = std::mem::take(&mut capture.pcm);
+    // The file holds the frames the capture side handed the pipeline (after the canceller
+    // and the resampling; none muted here), sample for sample, in order: all of them but those
+    // still queued for the model when it stopped (a few; up to the backlog's bound on a
+    // machine that fell behind) and any the backlog dropped.
+    let recorded = read_wav(&file).1;
+    assert_eq!(metrics.heard_dropped.load(Relaxed), 0);
+    let dropped = metrics.capture_dropped.load(Relaxed) as usize;
+    let (n, m) = (recorded.len() / FRAME, heard.len() / FRAME);
+    assert!(
+        recorded.len() == n * FRAME
+            && n + dropped <= m
+            && m <= n + dropped + MAX_BACKLOG_FRAMES as usize,
+        "{n} frames recorded, {m} given to the pipeline, {dropped} dropped"
+    );
+    let mut from = 0;
+    for (k, f) in recorded.chunks_exact(FRAME).enumerate() {
+        let at = (from..m).find(|&j| heard[j * FRAME..(j + 1) * FRAME] == *f);
+        from =
+            at.unwrap_or_else(|| panic!("recorded frame {k} is not one the model was given")) + 1;
+    }
+    // What the model heard, as the file says (measured from outside the pipeline); with
+    // frames dropped (a machine that fell behind) the file's timeline has gaps, and the
+    // frames as captured keep it.
+    let heard = if dropped == 0 { recorded } else { heard };
     // Closing the devices ends the pipes: the drainer sees the end, the room its reader go.
     drop((capture, playback));
     stop_room.store(true, Relaxed);

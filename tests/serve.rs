@@ -541,6 +541,157 @@ fn a_reset_starts_a_new_conversation_and_mute_makes_the_model_hear_silence() {
     assert_eq!(muted_run, replay(silent, None).0);
 }
 
+/// `--record-heard`: the file holds exactly the frames the step thread hands the model, in
+/// order: the clip, silence while muted, the clip again after unmuting; and the model, given
+/// the recording, answers exactly as it did.
+#[test]
+fn the_recorded_file_holds_exactly_the_frames_the_model_was_given() {
+    use flm_edge::serve::heard::Recorder;
+    use std::sync::Arc;
+    let _t = TIMED.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = scratch("heard-frames");
+    std::fs::create_dir_all(&*dir).unwrap();
+    let frames = 30;
+    let pcm = speech()[..frames * FRAME].to_vec();
+    let path = dir.join("heard.wav");
+    let metrics = Arc::new(Metrics::new());
+    let (recorder, tap) = Recorder::start(&path, metrics.clone()).unwrap();
+    let mut model = pipeline_model();
+    model.heard = Some(tap);
+    let control = model.control.clone();
+    let mut muted = vec![None; frames];
+    let answers = replay_unpaced(&mut model, pcm.clone(), &metrics, &mut |e| {
+        muted[e.step as usize] = Some(e.muted);
+        // As the control socket would, from the event thread: effective at a later step.
+        match e.step {
+            8 => control.set_muted(true),
+            16 => control.set_muted(false),
+            _ => {}
+        }
+    });
+    drop(model);
+    drop(recorder);
+    assert_eq!(metrics.events_dropped.load(Relaxed), 0);
+    let muted: Vec<bool> = muted.into_iter().map(Option::unwrap).collect();
+    let from = muted.iter().position(|&m| m).unwrap();
+    let to = from + muted[from..].iter().position(|&m| !m).unwrap();
+    assert!(from > 8 && to > 16 && to < frames, "{muted:?}");
+    let mut expected = pcm.clone();
+    expected[from * FRAME..to * FRAME].fill(0.0);
+    let (spec, heard) = read_wav(&path);
+    assert_eq!((spec.sample_rate, spec.channels), (24_000, 1));
+    assert_eq!(spec.sample_format, hound::SampleFormat::Float);
+    assert!(
+        heard == expected,
+        "the recording differs from the frames given"
+    );
+    let text = metrics.render();
+    for line in [
+        format!("flm_edge_heard_frames_total {frames}"),
+        "flm_edge_heard_dropped_frames_total 0".into(),
+    ] {
+        assert!(text.lines().any(|l| l == line), "no `{line}` in\n{text}");
+    }
+    let mut fresh = pipeline_model();
+    let again = replay_unpaced(&mut fresh, heard, &Metrics::new(), &mut |_| {});
+    assert!(
+        again == answers,
+        "the recording is not what the model heard"
+    );
+}
+
+/// The header's sizes of a WAV written by the recorder agree with the file's length.
+fn assert_heard_wav_is_whole(path: &Path) -> Vec<f32> {
+    let bytes = std::fs::read(path).unwrap();
+    let len = bytes.len() as u32;
+    let at = |i: usize| u32::from_le_bytes(bytes[i..i + 4].try_into().unwrap());
+    assert!(len >= 58, "{len} bytes");
+    assert_eq!(at(4), len - 8, "RIFF size");
+    assert_eq!(&bytes[50..54], b"data");
+    assert_eq!(at(54), len - 58, "data size");
+    assert_eq!(at(46), (len - 58) / 4, "fact: samples");
+    let (spec, pcm) = read_wav(path);
+    assert_eq!((spec.sample_rate, spec.channels), (24_000, 1));
+    assert_eq!(pcm.len() % FRAME, 0, "whole frames");
+    pcm
+}
+
+/// SIGTERM while the daemon records what the model hears: a clean stop, and a whole WAV
+/// holding the frames heard until then: the replayed clip's, in order (on a loaded machine
+/// the oldest frames of a backlog are dropped unheard, so not always all of them).
+#[test]
+fn the_heard_recording_is_a_whole_wav_after_sigterm() {
+    use std::io::{Read, Write};
+    let _t = TIMED.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = scratch("heard-sigterm");
+    std::fs::create_dir_all(&*dir).unwrap();
+    let input = clip(&dir, 100);
+    let port = free_port();
+    let cfg = dir.join("heard.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "threads = 2\n[schedule]\nlatency_frames = 6\n[status]\nmetrics = \"127.0.0.1:{port}\"\nevents = \"\"\n"
+        ),
+    )
+    .unwrap();
+    let heard = dir.join("heard.wav");
+    let (mut child, mut notes) = daemon(
+        &dir,
+        &[
+            "serve",
+            "--config",
+            s(&cfg),
+            "--model",
+            s(model()),
+            "--input-wav",
+            s(&input),
+            "--output-wav",
+            s(&dir.join("out.wav")),
+            "--realtime",
+            "--record-heard",
+            s(&heard),
+        ],
+    );
+    notes.expect("READY=1", Duration::from_secs(60));
+    // Stopped once at least 20 frames are on file, long before the clip's end.
+    let written = || -> Option<u64> {
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        c.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        write!(c, "GET /metrics HTTP/1.0\r\n\r\n").ok()?;
+        let mut reply = String::new();
+        c.read_to_string(&mut reply).ok()?;
+        reply
+            .lines()
+            .find_map(|l| l.strip_prefix("flm_edge_heard_frames_total "))?
+            .parse()
+            .ok()
+    };
+    let t0 = Instant::now();
+    let mut before = 0;
+    while before < 20 && t0.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(100));
+        before = written().unwrap_or(0);
+    }
+    signal(&child, SIGTERM);
+    let (status, err) = exit_of(&mut child);
+    assert!(status.success(), "{err}");
+    assert!(err.contains("recording what the model hears into"), "{err}");
+    let pcm = assert_heard_wav_is_whole(&heard);
+    let frames = pcm.len() / FRAME;
+    assert!(
+        frames as u64 >= before.max(20) && frames < 100,
+        "{frames} frames ({before} before SIGTERM): {err}"
+    );
+    // Each frame one of the clip's, in order.
+    let clip = read_wav(&input).1;
+    let mut from = 0;
+    for (k, f) in pcm.chunks_exact(FRAME).enumerate() {
+        let at = (from..100).find(|&n| clip[n * FRAME..(n + 1) * FRAME] == *f);
+        from = at.unwrap_or_else(|| panic!("heard frame {k} is not the clip's next")) + 1;
+    }
+}
+
 #[test]
 fn a_running_daemon_serves_metrics_healthz_and_events() {
     use std::io::{BufRead, BufReader, Read, Write};
@@ -868,6 +1019,21 @@ fn metrics_are_prometheus_text() {
     }
     let s = m.summary();
     assert_eq!((s.steps, s.max), (2, 120.0));
+    // The recorder's lines appear while it records.
+    assert!(!text.contains("flm_edge_heard_"), "{text}");
+    m.heard_active.store(true, Relaxed);
+    Metrics::add(&m.heard_frames);
+    Metrics::add(&m.heard_dropped);
+    let text = m.render();
+    for line in [
+        "flm_edge_heard_frames_total 1",
+        "flm_edge_heard_dropped_frames_total 1",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing `{line}` in\n{text}"
+        );
+    }
     // The echo canceller's lines appear while it runs, each estimate once it has one.
     assert!(!text.contains("flm_edge_echo_"), "{text}");
     m.echo_active.store(true, Relaxed);
@@ -948,6 +1114,11 @@ fn a_bad_configuration_gets_one_line_naming_the_key() {
         ),
         ("[status]\nshow_peers = \"yes\"\n", "status.show_peers"),
         ("[status]\nmetrics = \"0.0.0.0:9464\"\n", "status.metrics"),
+        // A file that cannot be made: one line naming it, before the model is read.
+        (
+            "[status]\nrecord_heard = \"/nonexistent/heard.wav\"\n",
+            "/nonexistent/heard.wav",
+        ),
         ("threads = -1\n", "threads"),
         ("[audio\n", "config.toml"),
     ];
@@ -957,6 +1128,17 @@ fn a_bad_configuration_gets_one_line_naming_the_key() {
         let out = flm_edge(&["serve", "--config", s(&path), "--model", s(&dir)]);
         assert_one_line_error(&out, &[key]);
     }
+    let out = flm_edge(&[
+        "serve",
+        "--model",
+        s(&dir),
+        "--record-heard",
+        s(&dir.join("no/such/dir/heard.wav")),
+    ]);
+    assert_one_line_error(
+        &out,
+        &["recording what the model hears", "no/such/dir/heard.wav"],
+    );
     let out = flm_edge(&["serve", "--board", "raspberry", "--model", s(&dir)]);
     assert_one_line_error(&out, &["raspberry", "jetson-orin-nano"]);
     // The Jetson profiles ask for the GPU: a build without it says so in one line.
@@ -1156,8 +1338,20 @@ fn systemd_sees_ready_watchdog_status_reload_and_stop() {
         &dir,
         "[audio]\ncapture = \"null\"\nplayback = \"null\"\nrate = 48000\n",
     );
-    let (mut child, mut notes) =
-        daemon(&dir, &["serve", "--config", s(&cfg), "--model", s(model())]);
+    // What the model hears recorded through the ALSA path, a reload and the stop.
+    let heard = dir.join("heard.wav");
+    let (mut child, mut notes) = daemon(
+        &dir,
+        &[
+            "serve",
+            "--config",
+            s(&cfg),
+            "--model",
+            s(model()),
+            "--record-heard",
+            s(&heard),
+        ],
+    );
     let signal = |sig| signal(&child, sig);
     notes.expect("READY=1", Duration::from_secs(60));
     notes.expect("WATCHDOG=1", Duration::from_secs(5));
@@ -1170,4 +1364,6 @@ fn systemd_sees_ready_watchdog_status_reload_and_stop() {
     let (status, err) = exit_of(&mut child);
     assert!(status.success(), "{err}");
     assert!(err.contains("configuration reloaded"), "{err}");
+    let frames = assert_heard_wav_is_whole(&heard).len() / FRAME;
+    assert!(frames > 0, "{err}");
 }

@@ -37,6 +37,10 @@ pub struct Args {
     /// Replay at real-time pace (otherwise as fast as the model goes, nothing dropped).
     #[arg(long)]
     realtime: bool,
+    /// Record what the model hears (after echo cancellation, mute and resampling) into this
+    /// 24 kHz mono WAV (overrides `status.record_heard`).
+    #[arg(long, value_name = "FILE.wav")]
+    record_heard: Option<PathBuf>,
 }
 
 pub fn exec(a: Args) -> Result<()> {
@@ -53,6 +57,7 @@ pub fn exec(a: Args) -> Result<()> {
         input_wav: a.input_wav,
         output_wav: a.output_wav,
         realtime: a.realtime,
+        record_heard: a.record_heard,
     };
     serve(opts, &front)
 }

@@ -93,6 +93,11 @@ pub struct Metrics {
     /// Times the far end was re-aligned with the microphone, either way (each a jump in the
     /// canceller's reference: the two devices' reports drifted apart, or playback restarted).
     pub echo_realignments: AtomicU64,
+    /// What the model hears is recorded (`--record-heard`): frames written to the file, and
+    /// frames not written (the writer's ring full, or the file refused them).
+    pub heard_active: AtomicBool,
+    pub heard_frames: AtomicU64,
+    pub heard_dropped: AtomicU64,
     buckets: [AtomicU64; BUCKETS_MS.len()],
     step_sum_us: AtomicU64,
     step_max_us: AtomicU64,
@@ -182,6 +187,9 @@ impl Default for Metrics {
             echo_erle_millibel: AtomicI64::new(i64::MIN),
             echo_delay_ms: AtomicI32::new(-1),
             echo_realignments: AtomicU64::new(0),
+            heard_active: AtomicBool::new(false),
+            heard_frames: z(),
+            heard_dropped: z(),
             buckets: std::array::from_fn(|_| z()),
             step_sum_us: z(),
             step_max_us: z(),
@@ -451,6 +459,20 @@ impl Metrics {
                 "echo_realignments_total",
                 "Times the far end was re-aligned with the microphone, either way (the devices' delay reports drifted apart, or playback restarted).",
                 g(&self.echo_realignments),
+            );
+        }
+        if self.heard_active.load(Relaxed) {
+            counter(
+                &mut o,
+                "heard_frames_total",
+                "Frames the model was given that were written to the --record-heard file.",
+                g(&self.heard_frames),
+            );
+            counter(
+                &mut o,
+                "heard_dropped_frames_total",
+                "Frames the model was given that the --record-heard file did not get (its writer behind, or a write error).",
+                g(&self.heard_dropped),
             );
         }
         let r = &self.remote;

@@ -10,6 +10,7 @@ pub mod conversations;
 pub mod device;
 pub mod echo_path;
 pub mod file_io;
+pub mod heard;
 pub mod jetson;
 pub mod link;
 pub mod metrics;
@@ -56,6 +57,8 @@ pub struct ServeOptions {
     pub output_wav: Option<PathBuf>,
     /// Replay at real-time pace (else as fast as the model goes, nothing dropped).
     pub realtime: bool,
+    /// Overrides the config's `status.record_heard`: what the model hears, into this WAV.
+    pub record_heard: Option<PathBuf>,
 }
 
 /// Engine options from the configuration and the model's own sampling defaults.
@@ -141,6 +144,7 @@ pub fn load_model(cfg: &Config) -> Result<Model> {
         mimi,
         detok,
         control: Arc::new(conversation::Control::new(c.idle_reset_s, c.quiet_dbfs)),
+        heard: None,
     })
 }
 
@@ -167,6 +171,9 @@ fn load_config(opts: &ServeOptions) -> Result<Config> {
     }
     if let Some(l) = &opts.listen {
         cfg.server.listen = l.clone();
+    }
+    if let Some(h) = &opts.record_heard {
+        cfg.status.record_heard = h.display().to_string();
     }
     cfg.check()?;
     Ok(cfg)
@@ -208,6 +215,16 @@ pub fn serve(opts: ServeOptions, start_front: StartFront) -> Result<()> {
     // A device that is not there is one line, before the model is read.
     flm_kernels::device::Device::check(cfg.backend.parse()?)?;
     let signals = Signals::register()?;
+    let metrics = Arc::new(Metrics::new());
+    // A file that cannot be written is one line, before the model is read. The recorder is
+    // dropped however this function ends (its sizes written, the file closed).
+    let (recorder, mut heard) = match cfg.status.record_heard.as_str() {
+        "" => (None, None),
+        p => {
+            let (r, tap) = heard::Recorder::start(Path::new(p), metrics.clone())?;
+            (Some(r), Some(tap))
+        }
+    };
     abort::install();
     abort::at(None, abort::Stage::Load);
     // On a Jetson: the power mode and whether the clocks are locked (warnings when they scale).
@@ -221,7 +238,13 @@ pub fn serve(opts: ServeOptions, start_front: StartFront) -> Result<()> {
         cfg.model.as_ref().unwrap().display(),
         t0.elapsed().as_secs_f64()
     );
-    let metrics = Arc::new(Metrics::new());
+    model.heard = heard.take();
+    if let Some(r) = &recorder {
+        eprintln!(
+            "flm-edge: recording what the model hears into {}",
+            r.path().display()
+        );
+    }
     let owner = Arc::new(Conversations::new(
         metrics.clone(),
         model.control.clone(),
@@ -310,6 +333,8 @@ pub fn serve(opts: ServeOptions, start_front: StartFront) -> Result<()> {
         }
     }
     status::notify(&[NotifyState::Stopping]);
+    // The frames still in the ring written, the header's sizes, the file closed.
+    drop(recorder);
     Ok(())
 }
 
@@ -479,6 +504,9 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.status.events != new.status.events {
         keys.push("status.events");
     }
+    if old.status.record_heard != new.status.record_heard {
+        keys.push("status.record_heard");
+    }
     if old.status.log_interval_s != new.status.log_interval_s {
         keys.push("status.log_interval_s");
     }
@@ -553,10 +581,13 @@ fn reload(opts: &ServeOptions, cfg: &mut Config, model: &mut Model, metrics: &Me
         metrics.loading.store(false, Relaxed);
         match loaded {
             Ok(m) => {
-                // The control socket keeps the same control (and a mute stays on).
+                // The control socket keeps the same control (and a mute stays on), and the
+                // recording goes on.
                 let control = model.control.clone();
+                let heard = model.heard.take();
                 *model = m;
                 model.control = control;
+                model.heard = heard;
             }
             Err(e) => {
                 eprintln!(

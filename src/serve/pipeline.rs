@@ -131,6 +131,8 @@ pub struct Model {
     pub detok: Detokenizer,
     /// Resets and mute, from the control socket.
     pub control: std::sync::Arc<Control>,
+    /// Where each frame the model is given is copied (`--record-heard`), wait-free.
+    pub heard: Option<super::heard::Tap>,
 }
 
 impl Model {
@@ -407,6 +409,10 @@ fn step_loop(
         let muted = control.muted();
         if muted {
             frame.pcm.fill(0.0);
+        }
+        // What the model hears, exactly: the frame as the encoder takes it.
+        if let Some(heard) = model.heard.as_mut() {
+            heard.push(&frame.pcm);
         }
         let t0 = Instant::now();
         super::abort::at(Some(seq), super::abort::Stage::MimiEncode);

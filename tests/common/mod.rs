@@ -426,10 +426,17 @@ pub fn python_env() -> PathBuf {
 
 /// The simulated rooms of `tests/aec/rooms.py` (seeded), written into `dir`.
 pub fn simulated_rooms(dir: &Path) {
+    simulated_rooms_with(dir, None)
+}
+
+/// The same, and given the model's reply (a WAV), the harder rooms too (rooms.py's MORE:
+/// needs espeak-ng, which `.ci/install-deps` installs).
+pub fn simulated_rooms_with(dir: &Path, model_reply: Option<&Path>) {
     let out = Command::new(python_env())
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/aec/rooms.py"))
         .arg(Path::new(GOLDEN_MIMI).join("speech.wav"))
         .arg(dir)
+        .args(model_reply)
         .output()
         .unwrap();
     assert!(
