@@ -140,6 +140,13 @@ pub struct ContextPolicy {
     pub sink: u32,
 }
 
+impl ContextPolicy {
+    /// Steps a full context drops: half of what it holds past the sink.
+    pub fn shift(&self) -> u32 {
+        (self.positions - self.sink) / 2
+    }
+}
+
 pub struct EngineOptions {
     /// Where the backbone and the depth transformer run.
     pub device: Device,
@@ -344,6 +351,16 @@ impl Engine {
         let on_device = !opts.device.resolve()?.is_cpu();
         backbone.configure(depformer.backend(), on_device.then_some(opts.sampling.text))?;
         depformer.read_hidden_from(backbone.hidden_tensor())?;
+        // The policy's shift (see `make_room`), built now so that a step never builds one.
+        let policy = ContextPolicy {
+            positions,
+            sink: opts.sink,
+        };
+        backbone.prepare_shifts(
+            depformer.backend(),
+            policy.sink as usize,
+            policy.shift() as usize,
+        )?;
         eprintln!(
             "backbone on {}: {:.0} MiB of weights, KV cache {:.0} MiB ({positions} positions, {})",
             depformer.backend_name(),
@@ -391,10 +408,7 @@ impl Engine {
                 .map(|_| Conversation::new(ring.clone(), opts.seed, &s))
                 .collect(),
             seed: opts.seed,
-            policy: ContextPolicy {
-                positions,
-                sink: opts.sink,
-            },
+            policy,
             n_codes,
             embd: vec![0.0; bshape.embd * n],
             text_logits: vec![0.0; bshape.vocab * n],
@@ -741,7 +755,7 @@ impl Engine {
         if (self.convs[c].pos as u32) < positions {
             return Ok(false);
         }
-        let n = (positions - sink) / 2;
+        let n = self.policy.shift();
         self.backbone
             .discard(self.depformer.backend(), c, sink as usize, n as usize)?;
         self.convs[c].pos -= n as i32;

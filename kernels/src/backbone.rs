@@ -132,7 +132,7 @@ struct Cache {
     k: Vec<T>,
     v: Vec<T>,
     ty: Type,
-    _buffer: Buffer,
+    buffer: Buffer,
     _ctx: Ctx,
 }
 
@@ -197,7 +197,10 @@ pub struct Backbone {
     graphs: Vec<StepGraph>,
     /// The graph of the last step (its logits are the last step's).
     last: Option<usize>,
-    shift: Option<Shift>,
+    /// The shifts of a full cache, one per stream, built at load (`prepare_shifts`), and the
+    /// last shift of another size (benchmarks shift at any moment).
+    shifts: Vec<Shift>,
+    other_shift: Option<Shift>,
     /// Cells in use per stream.
     used: Vec<usize>,
     /// Host scratch for the per-step slots.
@@ -293,7 +296,8 @@ impl Backbone {
             io: None,
             graphs: vec![],
             last: None,
-            shift: None,
+            shifts: vec![],
+            other_shift: None,
             used: vec![0; opts.streams],
             v_slots: vec![0; s.kv_width() * opts.streams],
             state,
@@ -327,7 +331,7 @@ impl Backbone {
 
     /// Bytes of the KV cache.
     pub fn cache_bytes(&self) -> usize {
-        self.cache._buffer.bytes()
+        self.cache.buffer.bytes()
     }
 
     /// Whether the text token is drawn in the graph (`drawn_text` reads it).
@@ -452,7 +456,7 @@ impl Backbone {
         io.inputs.put(io.embd, 0, embd);
         let pos_i: [i32; 64] = std::array::from_fn(|i| pos.get(i).map_or(0, |&p| p as i32));
         io.inputs.put(io.pos, 0, &pos_i[..b]);
-        let k_slot: [i32; 64] = std::array::from_fn(|i| (i * n) as i32 + pos_i[i % 64]);
+        let k_slot: [i32; 64] = std::array::from_fn(|i| (i * n) as i32 + pos_i[i]);
         io.inputs.put(io.k_slot, 0, &k_slot[..b]);
         let kvw = s.kv_width();
         for (i, slot) in self.v_slots.iter_mut().enumerate() {
@@ -547,10 +551,24 @@ impl Backbone {
             .unwrap_or_default()
     }
 
+    /// Builds, for every stream, the shift that drops cells `keep .. keep + n` of a full
+    /// cache (the context policy's), so that a step that shifts allocates nothing.
+    pub fn prepare_shifts(&mut self, backend: &Backend, keep: usize, n: usize) -> Result<()> {
+        let npos = self.opts.positions;
+        ensure!(
+            n > 0 && keep + n < npos,
+            "backbone: a shift of {n} cells after {keep} in a cache of {npos}"
+        );
+        self.shifts = (0..self.opts.streams)
+            .map(|st| self.build_shift(backend, (st, keep, n, npos - keep - n)))
+            .collect::<Result<_>>()?;
+        Ok(())
+    }
+
     /// Drops cells `keep .. keep + n` of `stream` and moves the later ones `n` cells down,
     /// re-rotating their keys to their new positions, so that the conversation goes on from
-    /// a lower position. The graph of a shift is kept for the next one of the same size (the
-    /// context policy's shifts all have one size).
+    /// a lower position. A shift that `prepare_shifts` did not build is built here and kept
+    /// for the next one of its size.
     pub fn discard(
         &mut self,
         backend: &Backend,
@@ -566,13 +584,15 @@ impl Backbone {
         );
         let m = used - keep - n;
         let key = (stream, keep, n, m);
-        if self.shift.as_ref().is_none_or(|s| s.key != key) {
-            self.shift = None;
-            if m > 0 {
-                self.shift = Some(self.build_shift(backend, key)?);
+        if m > 0 {
+            let prepared = self.shifts.iter().position(|s| s.key == key);
+            if prepared.is_none() && self.other_shift.as_ref().is_none_or(|s| s.key != key) {
+                self.other_shift = Some(self.build_shift(backend, key)?);
             }
-        }
-        if let Some(shift) = self.shift.as_mut() {
+            let shift = match prepared {
+                Some(i) => &mut self.shifts[i],
+                None => self.other_shift.as_mut().expect("built above"),
+            };
             shift.graph.compute(backend)?;
         }
         self.used[stream] = keep + m;
@@ -647,26 +667,19 @@ impl Backbone {
         let mask = g.reshape(g.cont(g.transpose(mask)), &[span_i, 1, 1, bi]);
         let mut x = io.embd;
         let mut writes = vec![];
+        // RoPE at each stream's position of a [heads · d, streams] projection.
+        let rope = |t: T, heads: i64| {
+            let t = g.reshape(t, &[di, heads, bi]);
+            g.rope(t, io.pos, d as i32, ggml::ROPE_NEOX, s.rope_base)
+        };
         for l in 0..s.layers {
             let n = |t: &str| w(&format!("blk.{l}.{t}"));
             let y = g.mul(g.rms_norm(x, s.norm_eps), n("attn_norm.weight"));
             let q = g.add(g.mul_mat(n("attn_q.weight"), y), n("attn_q.bias"));
             let k = g.add(g.mul_mat(n("attn_k.weight"), y), n("attn_k.bias"));
             let v = g.add(g.mul_mat(n("attn_v.weight"), y), n("attn_v.bias"));
-            let q = g.rope(
-                g.reshape(q, &[di, hi, bi]),
-                io.pos,
-                d as i32,
-                ggml::ROPE_NEOX,
-                s.rope_base,
-            );
-            let k = g.rope(
-                g.reshape(k, &[di, hkv, bi]),
-                io.pos,
-                d as i32,
-                ggml::ROPE_NEOX,
-                s.rope_base,
-            );
+            let q = rope(q, hi);
+            let k = rope(k, hkv);
             // The new key and value into their cells.
             let kc = self.cache.k[l];
             let k_rows = g.view(kc, &[kvw as i64, (npos * b) as i64], &[kvw * es], 0);
@@ -772,7 +785,7 @@ fn new_cache(s: &BackboneShape, o: &BackboneOptions, ty: Type, backend: &Backend
         k,
         v,
         ty,
-        _buffer: buffer,
+        buffer,
         _ctx: ctx,
     })
 }
