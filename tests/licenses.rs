@@ -1,14 +1,15 @@
 //! `flm-edge licenses`: every notice the bundled code asks to go with the binary is printed,
 //! and the Rust crates' list is that of the crates the binary is built from now.
 
+mod common;
+
 use std::io::Read;
 use std::process::{Command, Stdio};
 
+use common::flm_edge;
+
 fn licenses() -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_flm-edge"))
-        .arg("licenses")
-        .output()
-        .unwrap();
+    let out = flm_edge(&["licenses"]);
     assert!(
         out.status.success(),
         "{}",

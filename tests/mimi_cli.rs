@@ -208,10 +208,7 @@ fn bench_counts_one_upload_one_download_and_one_wait_per_direction() {
         "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let line = stdout
-        .lines()
-        .find(|l| l.contains("graph computes"))
-        .unwrap_or_else(|| panic!("{stdout}"));
+    let line = counter_line(&stdout);
     assert!(
         line.contains("2.0 graph computes, 2.0 uploads (11.7 KiB), 2.0 downloads (7.5 KiB), 2.0 host synchronisations"),
         "{line}"

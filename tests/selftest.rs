@@ -127,10 +127,7 @@ fn bench_reports_graphs_copies_and_synchronisations_per_step() {
     // check values down in one). On the CPU the host draws the text token from the logit row
     // (594 KiB down, one wait); the depth transformer reads the hidden state where the
     // backbone left it, and the host waits once more for its codes.
-    let line = stdout
-        .lines()
-        .find(|l| l.contains("graph computes"))
-        .unwrap_or_else(|| panic!("{stdout}"));
+    let line = counter_line(&stdout);
     assert!(
         line.contains("2.0 graph computes, 2.0 uploads")
             && line.contains("2.0 downloads (594.1 KiB), 2.0 host synchronisations")

@@ -391,10 +391,7 @@ fn the_step_on_the_device_is_two_graphs_two_copies_each_way_and_one_wait() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     eprint!("{stdout}");
     assert!(stdout.contains("LM step, Vulkan0"), "{stdout}");
-    let line = stdout
-        .lines()
-        .find(|l| l.contains("graph computes"))
-        .unwrap_or_else(|| panic!("{stdout}"));
+    let line = counter_line(&stdout);
     assert!(
         line.contains("2.0 graph computes, 2.0 uploads")
             && line.contains("2.0 downloads (0.1 KiB), 1.0 host synchronisations")

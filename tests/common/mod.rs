@@ -203,6 +203,14 @@ pub fn engine(
     Engine::load(dir, &opts).unwrap()
 }
 
+/// The line of a bench's output that counts graph computes, copies and synchronisations.
+pub fn counter_line(stdout: &str) -> &str {
+    stdout
+        .lines()
+        .find(|l| l.contains("graph computes"))
+        .unwrap_or_else(|| panic!("no counter line in: {stdout}"))
+}
+
 /// Runs the `flm-edge` binary.
 pub fn flm_edge(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_flm-edge"))
