@@ -565,6 +565,17 @@ impl Engine {
         Ok(&self.outputs)
     }
 
+    /// One step of the conversations that have a frame: `users[c]` the user's codes of
+    /// conversation c, or None for one that waits (its client has not sent its frame yet, or
+    /// its slot is free). A conversation that waits is not continued: its position, streams,
+    /// windows and draws stay as they were, and its output is left as it was, so that its
+    /// next step is exactly the one it would have taken alone. (The graph computes every
+    /// conversation: a waiting one's cache cell at its position is written and forgotten.)
+    pub fn step_some(&mut self, users: &[Option<[i32; CODEBOOKS]>]) -> Result<&[StepOutput]> {
+        self.run_some(users, None)?;
+        Ok(&self.outputs)
+    }
+
     /// `step_all` with teacher forcing: conversation c continues with `forced[c]` (text, then
     /// 8 speaking codes) instead of its own choices, which the outputs report.
     pub fn step_all_forced(
@@ -581,6 +592,22 @@ impl Engine {
         users: &[[i32; CODEBOOKS]],
         forced: Option<&[[i32; 1 + CODEBOOKS]]>,
     ) -> Result<()> {
+        ensure!(
+            users.len() == self.convs.len(),
+            "{} users' codes for {} conversations",
+            users.len(),
+            self.convs.len()
+        );
+        let some: [Option<[i32; CODEBOOKS]>; MAX_CONVERSATIONS] =
+            std::array::from_fn(|c| users.get(c).copied());
+        self.run_some(&some[..users.len()], forced)
+    }
+
+    fn run_some(
+        &mut self,
+        users: &[Option<[i32; CODEBOOKS]>],
+        forced: Option<&[[i32; 1 + CODEBOOKS]]>,
+    ) -> Result<()> {
         let n = self.convs.len();
         ensure!(
             users.len() == n && forced.is_none_or(|f| f.len() == n),
@@ -588,7 +615,7 @@ impl Engine {
             users.len(),
             forced.map_or(0, |f| f.len())
         );
-        for user in users {
+        for user in users.iter().flatten() {
             for (q, &c) in user.iter().enumerate() {
                 ensure!(
                     c >= 0 && (c as usize) < self.n_codes,
@@ -602,6 +629,18 @@ impl Engine {
         let vocab = self.backbone.shape().vocab;
         let t0 = Instant::now();
         for (c, user) in users.iter().enumerate() {
+            let Some(user) = user else {
+                // Waits: the cell at its position is computed and forgotten after the step.
+                // A full context shifts now, as its next step would (and that step says so).
+                if self.make_room(c)? {
+                    self.convs[c].shift_pending = true;
+                }
+                self.u_text[c] = 0.5;
+                self.u_audio[c * CODEBOOKS..(c + 1) * CODEBOOKS].fill(0.5);
+                self.embd[c * width..(c + 1) * width].fill(0.0);
+                self.positions[c] = self.convs[c].pos as usize;
+                continue;
+            };
             let shifted = self.make_room(c)? | std::mem::take(&mut self.convs[c].shift_pending);
             self.outputs[c].context_shifted = shifted;
             let conv = &mut self.convs[c];
@@ -638,7 +677,7 @@ impl Engine {
             // The CPU ran the graph before `submit` returned: the rows are in host memory.
             let t = Instant::now();
             self.backbone.read_logits(&mut self.text_logits)?;
-            for c in 0..n {
+            for c in (0..n).filter(|&c| users[c].is_some()) {
                 self.texts[c] = self.text_sampler.sample(
                     &mut self.text_logits[c * vocab..(c + 1) * vocab],
                     &self.convs[c].text_window.ids,
@@ -676,6 +715,11 @@ impl Engine {
         }
         times.depth = ms(t2.elapsed());
         for c in 0..n {
+            if users[c].is_none() {
+                // The graphs have completed: the waiting conversation's cell is forgotten.
+                self.backbone.forget_from(c, self.convs[c].pos as usize);
+                continue;
+            }
             let conv = &mut self.convs[c];
             let text = self.texts[c];
             let forced = forced.map(|f| &f[c]);

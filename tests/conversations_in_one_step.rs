@@ -174,3 +174,63 @@ fn four_conversations_teacher_forced_keep_each_ones_logits() {
         assert!(err <= bound, "{quant}: {err}");
     }
 }
+
+/// Conversations that wait (no frame at some steps: a client behind the others, a free slot)
+/// are not continued by those steps: each conversation's own steps are exactly its solo run,
+/// across context shifts that fall in its waits, and the slot free for the first 10 steps
+/// starts as a fresh conversation.
+#[test]
+fn waiting_conversations_continue_as_if_alone() {
+    let dir = ModelDir::open(converted(3, "f32")).unwrap();
+    let (context, steps) = (48, 150);
+    let opts = options(&dir, false, context, Device::Cpu);
+    // Whether conversation c has a frame at step t.
+    let has = |c: usize, t: usize| match c {
+        0 => true,
+        1 => t % 3 != 1,
+        _ => t >= 10 && !(40..55).contains(&t) && t % 5 != 0,
+    };
+    let n = 3;
+    let solo: Vec<Vec<StepOutput>> = (0..n).map(|c| alone(&dir, &opts, c, steps)).collect();
+    let mut e = Engine::with_conversations(&dir, &opts, n).unwrap();
+    let mut own = [0usize; 3];
+    let mut shifts = [0usize; 3];
+    let mut waited = 0;
+    for t in 0..steps {
+        let users: Vec<Option<[i32; 8]>> =
+            (0..n).map(|c| has(c, t).then(|| user(c, own[c]))).collect();
+        let outs = e.step_some(&users).unwrap().to_vec();
+        for c in 0..n {
+            if !has(c, t) {
+                waited += 1;
+                continue;
+            }
+            let k = own[c];
+            shifts[c] += outs[c].context_shifted as usize;
+            assert!(
+                same(&outs[c], &solo[c][k]),
+                "conversation {c}, its step {k} (step {t} together): {:?} alone, {:?} together",
+                (solo[c][k].text, solo[c][k].audio),
+                (outs[c].text, outs[c].audio)
+            );
+            assert_eq!(e.position_of(c), solo_position(k + 1, context, 8));
+            own[c] += 1;
+        }
+    }
+    assert!(waited > 60, "{waited}");
+    // Every conversation went past its context at least once.
+    assert!(shifts.iter().all(|&s| s >= 1), "{shifts:?}");
+}
+
+/// The backbone position after `steps` steps alone with a context of `positions` and `sink`.
+fn solo_position(steps: usize, positions: u32, sink: u32) -> i32 {
+    let shift = (positions - sink) / 2;
+    let mut pos = 0u32;
+    for _ in 0..steps {
+        if pos >= positions {
+            pos -= shift;
+        }
+        pos += 1;
+    }
+    pos as i32
+}

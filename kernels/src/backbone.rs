@@ -416,6 +416,17 @@ impl Backbone {
         }
     }
 
+    /// Forgets the cells of `stream` from `pos` on (a step computed for a stream that was not
+    /// continued). Call once the step's graph has completed.
+    pub fn forget_from(&mut self, stream: usize, pos: usize) {
+        if pos < self.used[stream] {
+            self.used[stream] = pos;
+            if let Some(io) = self.io.as_mut() {
+                write_mask(io, self.opts.positions, stream, pos);
+            }
+        }
+    }
+
     /// Cells in use by `stream` (its next position).
     pub fn used(&self, stream: usize) -> usize {
         self.used[stream]
