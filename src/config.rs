@@ -38,6 +38,9 @@ pub struct Config {
     /// "cpu"; "cuda" or "vulkan" (the best device of that backend, on builds with its
     /// feature), "gpu" (any), or one device such as "cuda0".
     pub backend: String,
+    /// MiB the model may take on this board (weights, and per conversation its KV cache and
+    /// Mimi); 0: the machine's memory less 1 GiB for the system.
+    pub memory_mib: u64,
     pub audio: Audio,
     pub schedule: Schedule,
     pub context: ContextPolicy,
@@ -160,6 +163,13 @@ pub struct Server {
     pub allowed_origins: Vec<String>,
     /// A network conversation is closed after this many seconds; 0 never.
     pub max_conversation_s: u32,
+    /// Conversations stepped together (1..=16); 1: one owner at a time, a second client is
+    /// refused as busy.
+    pub max_conversations: u32,
+    /// With `max_conversations` > 1 and ALSA devices: whether the local microphone's
+    /// conversation is one of them (false: the devices stay closed; network conversations
+    /// only).
+    pub local_conversation: bool,
 }
 
 impl Default for Server {
@@ -175,6 +185,8 @@ impl Default for Server {
             token: String::new(),
             allowed_origins: vec![],
             max_conversation_s: 600,
+            max_conversations: 1,
+            local_conversation: true,
         }
     }
 }
@@ -214,6 +226,7 @@ impl Default for Config {
             threads: 0,
             compute_nice: 0,
             backend: "cpu".into(),
+            memory_mib: 0,
             audio: Audio::default(),
             schedule: Schedule::default(),
             context: ContextPolicy::default(),
@@ -489,6 +502,17 @@ impl Config {
             (2..=60).contains(&v.receive_buffer_s),
             "key `server.receive_buffer_s`: {} is outside 2..60 (seconds of audio held per conversation)",
             v.receive_buffer_s
+        );
+        ensure!(
+            (1..=crate::engine::MAX_CONVERSATIONS as u32).contains(&v.max_conversations),
+            "key `server.max_conversations`: {} is outside 1..{}",
+            v.max_conversations,
+            crate::engine::MAX_CONVERSATIONS
+        );
+        ensure!(
+            v.max_conversations == 1 || !v.listen.is_empty(),
+            "key `server.max_conversations`: {} conversations need `server.listen`",
+            v.max_conversations
         );
         ensure!(
             v.max_conversation_s <= 86_400,

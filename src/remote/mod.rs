@@ -77,7 +77,7 @@ impl Hub {
         ) {
             return Err(Some("Invalid JSON".into()));
         }
-        if self.busy() {
+        if self.conversations.any() {
             return Err(None);
         }
         let mut s = self.settings.lock().unwrap_or_else(|e| e.into_inner());

@@ -7,9 +7,13 @@
 //!
 //! The network side never polls: it waits on `handed` (the conversation started or ended)
 //! and `released` (the model is free again), notified as those happen.
+//!
+//! With `server.max_conversations` > 1 (`several`), up to that many network conversations
+//! are admitted at once and handed, through a wait-free ring, to the step that runs them
+//! together (`super::together`); the next client is refused as busy, as with one.
 
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::Thread;
 
 use anyhow::Result;
@@ -25,6 +29,23 @@ use crate::engine::Sampling;
 pub const BUSY: &str = "busy: another conversation is in progress; try again later";
 pub const DRAINING: &str = "draining: this board takes no new conversations";
 pub const LOADING: &str = "loading: the model is not ready yet";
+pub const BAD_SETTINGS: &str = "refused: the sampling settings are not accepted";
+
+/// Network conversations admitted and not yet taken by the step, at most.
+const ADMITTED: usize = 2 * crate::engine::MAX_CONVERSATIONS;
+
+/// The admission of several conversations at once.
+struct Several {
+    /// Network conversations served at once.
+    slots: usize,
+    /// Admitted and not yet released.
+    active: AtomicUsize,
+    /// Admitted conversations, for the step (whose end `take_admitted` gives once).
+    admit: Mutex<rtrb::Producer<PipelineEnd>>,
+    admitted: Mutex<Option<rtrb::Consumer<PipelineEnd>>>,
+    /// The links of the admitted conversations (`ending`).
+    links: Mutex<Vec<Arc<LinkState>>>,
+}
 
 /// Where the page's events go (the HTTP stack's event streams).
 pub trait Feed: Send + Sync {
@@ -51,6 +72,8 @@ pub struct Conversations {
     receive_samples: usize,
     /// The model is free again.
     pub released: tokio::sync::Notify,
+    /// Set when several conversations are stepped together.
+    several: Option<Several>,
 }
 
 impl Conversations {
@@ -74,6 +97,88 @@ impl Conversations {
             base: Mutex::new(None),
             receive_samples,
             released: tokio::sync::Notify::new(),
+            several: None,
+        }
+    }
+
+    /// Admits up to `slots` network conversations at once (more than one), handed to the
+    /// step that runs them together through `take_admitted`.
+    pub fn several(mut self, slots: usize) -> Conversations {
+        let (admit, admitted) = rtrb::RingBuffer::new(ADMITTED);
+        self.several = Some(Several {
+            slots,
+            active: AtomicUsize::new(0),
+            admit: Mutex::new(admit),
+            admitted: Mutex::new(Some(admitted)),
+            links: Mutex::new(Vec::with_capacity(slots)),
+        });
+        self
+    }
+
+    /// The network conversations served at once.
+    pub fn slots(&self) -> usize {
+        self.several.as_ref().map_or(1, |s| s.slots)
+    }
+
+    /// The admitted conversations' ring, for the step that runs them (once).
+    pub fn take_admitted(&self) -> Option<rtrb::Consumer<PipelineEnd>> {
+        let s = self.several.as_ref()?;
+        lock(&s.admitted).take()
+    }
+
+    /// Gives the admitted conversations' ring back when the step that ran them stops.
+    pub fn give_back_admitted(&self, ring: rtrb::Consumer<PipelineEnd>) {
+        if let Some(s) = &self.several {
+            *lock(&s.admitted) = Some(ring);
+        }
+    }
+
+    /// Several conversations: admits one while a slot is free (counted, and refused as busy
+    /// when none is).
+    fn admit(
+        &self,
+        s: &Several,
+        peer: String,
+        sampling: Sampling,
+    ) -> Result<SocketEnd, &'static str> {
+        if sampling.check().is_err() {
+            return Err(BAD_SETTINGS);
+        }
+        let mut links = lock(&s.links);
+        if s.active.load(Relaxed) >= s.slots {
+            Metrics::add(&self.metrics.remote.refused);
+            return Err(BUSY);
+        }
+        let (socket, pipeline) = link::link(peer, sampling, self.receive_samples);
+        if lock(&s.admit).push(pipeline).is_err() {
+            Metrics::add(&self.metrics.remote.refused);
+            return Err(BUSY);
+        }
+        s.active.fetch_add(1, Relaxed);
+        links.push(socket.state.clone());
+        self.serve_thread.unpark();
+        Ok(socket)
+    }
+
+    /// Several conversations: the step has ended the conversation of `state`; its slot is
+    /// free for the next client.
+    pub fn release_one(&self, state: &Arc<LinkState>) {
+        if let Some(s) = &self.several {
+            let mut links = lock(&s.links);
+            if let Some(i) = links.iter().position(|l| Arc::ptr_eq(l, state)) {
+                links.swap_remove(i);
+                s.active.fetch_sub(1, Relaxed);
+            }
+        }
+        self.released.notify_waiters();
+    }
+
+    /// Whether any network conversation is admitted (settings wait for none: the
+    /// conversations stepped together share one sampling).
+    pub fn any(&self) -> bool {
+        match &self.several {
+            Some(s) => s.active.load(Relaxed) > 0,
+            None => self.busy(),
         }
     }
 
@@ -84,6 +189,9 @@ impl Conversations {
         if self.control.draining() {
             Metrics::add(&self.metrics.remote.refused);
             return Err(DRAINING);
+        }
+        if let Some(s) = &self.several {
+            return self.admit(s, peer, sampling);
         }
         if self.busy.swap(true, Relaxed) {
             Metrics::add(&self.metrics.remote.refused);
@@ -112,14 +220,23 @@ impl Conversations {
         self.released.notify_waiters();
     }
 
+    /// No network conversation can be admitted now.
     pub fn busy(&self) -> bool {
-        self.busy.load(Relaxed)
+        match &self.several {
+            Some(s) => s.active.load(Relaxed) >= s.slots,
+            None => self.busy.load(Relaxed),
+        }
     }
 
     /// The conversation that holds the model is ending: its client has gone, and the
     /// pipeline plays out the answers still due (a client that reconnects at once waits for
     /// that rather than being turned away).
     pub fn ending(&self) -> bool {
+        if let Some(s) = &self.several {
+            // Every slot taken, one of them by a client that has gone: its slot is freed at
+            // the next step.
+            return self.busy() && lock(&s.links).iter().any(|l| l.client_gone.load(Relaxed));
+        }
         self.busy()
             && self
                 .current
@@ -153,6 +270,10 @@ impl Conversations {
     pub fn base(&self) -> Option<Sampling> {
         *self.base.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Runs one owner's conversation on `model`: a fresh state with `sampling`, `begun` told,

@@ -112,6 +112,8 @@ pub struct Remote {
     /// Clients turned away because a conversation held the model.
     pub refused: AtomicU64,
     pub active: AtomicBool,
+    /// Network conversations stepped together now (`server.max_conversations` > 1).
+    pub in_step: AtomicU64,
     /// Frames of the current or last conversation: received (decoded) and sent, and packets
     /// that did not decode.
     pub frames_in: AtomicU64,
@@ -494,6 +496,14 @@ impl Metrics {
             "conversation_active",
             "Whether a network conversation holds the model.",
             &(r.active.load(Relaxed) as u8),
+        );
+        let n = g(&r.in_step);
+        single(
+            &mut o,
+            "gauge",
+            "conversations_in_step",
+            "Network conversations stepped together.",
+            &n,
         );
         let late = r.late(g(&self.deadline_misses));
         for (name, help, v) in [

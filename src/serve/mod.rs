@@ -13,6 +13,7 @@ pub mod file_io;
 pub mod heard;
 pub mod jetson;
 pub mod link;
+pub mod memory;
 pub mod metrics;
 pub mod network_io;
 pub mod page_cache;
@@ -20,6 +21,7 @@ pub mod pipeline;
 pub mod realtime;
 pub mod resample;
 pub mod status;
+pub mod together;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -119,14 +121,31 @@ pub fn load_model(cfg: &Config) -> Result<Model> {
         .get_str(audio_keys::TOKENIZER_JSON)
         .with_context(|| dir.path(AUDIO_FILE).display().to_string())?;
     let detok = Detokenizer::from_json(tokenizer)?;
+    let n = cfg.server.max_conversations as usize;
     let mut mimi = Mimi::load(&dir.path(MIMI_FILE), opts.device, opts.threads)?;
-    let mut engine = Engine::load(&dir, &opts)?;
+    let mut engine = Engine::with_conversations(&dir, &opts, n)?;
+    // One Mimi per conversation (a Mimi of several streams is still to come).
+    let mut more = vec![];
+    for _ in 1..n {
+        more.push(together::Codec {
+            mimi: Mimi::load(&dir.path(MIMI_FILE), opts.device, opts.threads)?,
+            detok: Detokenizer::from_json(tokenizer)?,
+        });
+    }
     let mut codes = [0i32; 8];
     let mut pcm = [0f32; device::FRAME];
-    mimi.encode(&pcm, &mut codes)?;
-    engine.step(&codes)?;
-    mimi.decode(&codes, &mut pcm)?;
-    mimi.reset();
+    for m in std::iter::once(&mut mimi).chain(more.iter_mut().map(|c| &mut c.mimi)) {
+        m.encode(&pcm, &mut codes)?;
+        m.decode(&codes, &mut pcm)?;
+        m.reset();
+    }
+    let users = vec![Some(codes); n];
+    engine.step_some(&users)?;
+    if n > 1 {
+        // The step with some conversations waiting, built and sized too.
+        let some: Vec<_> = (0..n).map(|c| (c == 0).then_some(codes)).collect();
+        engine.step_some(&some)?;
+    }
     engine.reset();
     // The weights are where they will be read from: the files' other cached pages go (on a
     // device, a second copy of the weights in the memory the GPU shares).
@@ -145,6 +164,7 @@ pub fn load_model(cfg: &Config) -> Result<Model> {
         detok,
         control: Arc::new(conversation::Control::new(c.idle_reset_s, c.quiet_dbfs)),
         heard: None,
+        more,
     })
 }
 
@@ -231,6 +251,21 @@ pub fn serve(opts: ServeOptions, start_front: StartFront) -> Result<()> {
     jetson::log(Path::new("/"));
     status::notify(&[NotifyState::Status("loading the model")]);
     apply_compute_nice(cfg.compute_nice);
+    let replay = opts.input_wav.is_some() || opts.output_wav.is_some();
+    let several = cfg.server.max_conversations > 1;
+    if several && replay {
+        bail!(
+            "key `server.max_conversations`: a replay (--input-wav) runs one conversation; set 1"
+        );
+    }
+    if several && cfg.source() == Source::Alsa && cfg.server.local_conversation {
+        bail!(
+            "key `server.local_conversation`: the local microphone's conversation is not yet one of several stepped together; set it to false (network conversations only) or `server.max_conversations` to 1"
+        );
+    }
+    if let Some(m) = &cfg.model {
+        memory::check(m, &cfg, opts.board.as_deref())?;
+    }
     let t0 = Instant::now();
     let mut model = load_model(&cfg)?;
     eprintln!(
@@ -245,13 +280,17 @@ pub fn serve(opts: ServeOptions, start_front: StartFront) -> Result<()> {
             r.path().display()
         );
     }
-    let owner = Arc::new(Conversations::new(
+    let mut owner = Conversations::new(
         metrics.clone(),
         model.control.clone(),
         signals.interrupt.clone(),
         std::thread::current(),
         cfg.server.receive_buffer_s as usize * device::RATE as usize,
-    ));
+    );
+    if several {
+        owner = owner.several(cfg.server.max_conversations as usize);
+    }
+    let owner = Arc::new(owner);
     let feed = start_front(&cfg, owner.clone())?;
     let events = match cfg.status.events.as_str() {
         "" => status::EventStream::without_socket(),
@@ -263,7 +302,6 @@ pub fn serve(opts: ServeOptions, start_front: StartFront) -> Result<()> {
         signals.stop.clone(),
         Duration::from_secs(cfg.status.log_interval_s.max(1) as u64),
     );
-    let replay = opts.input_wav.is_some() || opts.output_wav.is_some();
     let mut base = model.engine.sampling();
     owner.set_base(base);
     loop {
@@ -282,6 +320,22 @@ pub fn serve(opts: ServeOptions, start_front: StartFront) -> Result<()> {
             reload(&opts, &mut cfg, &mut model, &metrics);
             base = model.engine.sampling();
             owner.set_base(base);
+            continue;
+        }
+        if several {
+            // Network conversations, up to `server.max_conversations` in one step; the
+            // local devices stay closed.
+            status::notify(&[NotifyState::Ready]);
+            metrics.idle.store(true, Relaxed);
+            model.start_over();
+            together::run(
+                &mut model,
+                &owner,
+                &signals.interrupt,
+                cfg.schedule.latency_frames,
+                cfg.status.show_peers,
+                &events,
+            )?;
             continue;
         }
         let schedule = schedule(&cfg);
@@ -531,6 +585,14 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
             "server.idle_timeout_s",
         ),
         (o.page_dir != n.page_dir, "server.page_dir"),
+        (
+            o.max_conversations != n.max_conversations,
+            "server.max_conversations",
+        ),
+        (
+            o.local_conversation != n.local_conversation,
+            "server.local_conversation",
+        ),
         (o.token != n.token, "server.token"),
         (
             o.allowed_origins != n.allowed_origins,
@@ -556,6 +618,7 @@ fn engine_changed(old: &Config, new: &Config) -> bool {
         || old.backend != new.backend
         || old.sampling != new.sampling
         || old.context != new.context
+        || old.memory_mib != new.memory_mib
 }
 
 /// Applies a configuration read again on SIGHUP: the audio devices and the schedule at the
@@ -563,7 +626,7 @@ fn engine_changed(old: &Config, new: &Config) -> bool {
 /// meanwhile), and names the keys that wait for a restart. A configuration that does not
 /// parse, or a model that does not load, leaves the previous one serving.
 fn reload(opts: &ServeOptions, cfg: &mut Config, model: &mut Model, metrics: &Metrics) {
-    let new = match load_config(opts) {
+    let mut new = match load_config(opts) {
         Ok(new) => new,
         Err(e) => {
             eprintln!(
@@ -572,7 +635,20 @@ fn reload(opts: &ServeOptions, cfg: &mut Config, model: &mut Model, metrics: &Me
             return;
         }
     };
+    let later = needs_restart(cfg, &new);
+    // The admission of conversations is set up once, at start.
+    new.server.max_conversations = cfg.server.max_conversations;
+    new.server.local_conversation = cfg.server.local_conversation;
     if engine_changed(cfg, &new) {
+        if let Some(m) = &new.model
+            && let Err(e) = memory::check(m, &new, opts.board.as_deref())
+        {
+            eprintln!(
+                "flm-edge: configuration not reloaded: {e:#}; the previous one keeps serving"
+            );
+            model.start_over();
+            return;
+        }
         // A model load can outlast the watchdog: it is fed while the load runs (up to a
         // bound), and systemd is told that the reload may take longer than its timeout.
         metrics.loading.store(true, Relaxed);
@@ -585,6 +661,7 @@ fn reload(opts: &ServeOptions, cfg: &mut Config, model: &mut Model, metrics: &Me
                 // recording goes on.
                 let control = model.control.clone();
                 let heard = model.heard.take();
+                // (`more` comes with the new model.)
                 *model = m;
                 model.control = control;
                 model.heard = heard;
@@ -603,7 +680,6 @@ fn reload(opts: &ServeOptions, cfg: &mut Config, model: &mut Model, metrics: &Me
     model
         .control
         .configure(new.conversation.idle_reset_s, new.conversation.quiet_dbfs);
-    let later = needs_restart(cfg, &new);
     if later.is_empty() {
         eprintln!("flm-edge: configuration reloaded");
     } else {

@@ -133,6 +133,8 @@ pub struct Model {
     pub control: std::sync::Arc<Control>,
     /// Where each frame the model is given is copied (`--record-heard`), wait-free.
     pub heard: Option<super::heard::Tap>,
+    /// The codecs of conversations 1.. when several are stepped together.
+    pub more: Vec<super::together::Codec>,
 }
 
 impl Model {
@@ -141,6 +143,10 @@ impl Model {
         self.engine.reset();
         self.mimi.reset();
         self.detok.reset();
+        for c in &mut self.more {
+            c.mimi.reset();
+            c.detok.reset();
+        }
     }
 
     /// Starts over sampling with `sampling` (a network conversation's settings); refused

@@ -170,6 +170,15 @@ impl Mimi {
         self.backend.name()
     }
 
+    /// Bytes of one stream's persistent state (convs' contexts, held-back spans, both
+    /// transformers' ring KV caches), f32: what each further stream adds besides weights.
+    pub fn state_bytes() -> usize {
+        streaming::state_layout()
+            .iter()
+            .map(|(_, ne)| ne.iter().product::<i64>() as usize * 4)
+            .sum()
+    }
+
     /// Bytes of weights on the backend.
     pub fn weight_bytes(&self) -> usize {
         self.weights.bytes()

@@ -1,0 +1,343 @@
+//! Several network conversations stepped together (`server.max_conversations` > 1): one
+//! engine step (`Engine::step_some`) per step boundary for every conversation that has a
+//! frame, each with its own slot: the engine's conversation, a Mimi, a detokenizer.
+//!
+//! Admission happens at step boundaries. A conversation admitted by `Conversations::begin`
+//! is taken by the desk thread (log, event lines, handshake), then by the step thread,
+//! which gives it a free slot started anew (engine conversation reset, its Mimi and
+//! detokenizer reset, its draws seeded afresh); one whose client has gone leaves its slot
+//! at the next boundary, free at once.
+//!
+//! The step thread never waits on a client, locks, allocates or does I/O: it reads and
+//! writes each conversation's wait-free rings (`super::link`) directly, and a conversation
+//! steps only when its client's next frame is there and its answer and text have room, so
+//! that a slow client holds back only its own conversation (which continues, when its
+//! frame comes, exactly as it would alone). Everything that locks, logs or frees is the
+//! desk thread's.
+
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use flm_kernels::mimi::Mimi;
+
+use super::conversations::Conversations;
+use super::device::{FRAME, Pcm};
+use super::link::{self, PipelineEnd, Text};
+use super::metrics::Stage;
+use super::pipeline::{Model, PIECE};
+use super::status::EventStream;
+use crate::detok::Detokenizer;
+use crate::engine::{MAX_CONVERSATIONS, Sampling};
+use crate::token_ring::CODEBOOKS;
+
+/// Text messages a step may send one conversation (its piece in chunks of `PIECE` bytes,
+/// and the end of a segment): a conversation steps only when its text ring has this room.
+const TEXT_ROOM: usize = 8;
+/// How long the step thread sleeps when no conversation has a frame (it is also woken as
+/// audio arrives).
+const POLL: Duration = Duration::from_millis(5);
+const FRAME_TIME: Duration = Duration::from_millis(80);
+
+/// The codec and text of a conversation beyond the first (the first's are the model's own).
+pub struct Codec {
+    pub mimi: Mimi,
+    pub detok: Detokenizer,
+}
+
+/// One conversation's place in the step.
+struct Slot<'a> {
+    mimi: &'a mut Mimi,
+    detok: &'a mut Detokenizer,
+    link: Option<PipelineEnd>,
+    pcm: Pcm,
+    /// Text tokens since the model last waited.
+    in_text: bool,
+}
+
+/// What the step thread tells the desk thread.
+enum Notice {
+    /// The conversation has left its slot (its client has gone, or the service stops).
+    Left(PipelineEnd),
+}
+
+/// Runs the network conversations admitted through `owner`, together, until `stop`.
+/// `latency_frames`: the time a step has (its deadline, counted from the step's start);
+/// `show_peers`: whether the event lines carry the client's address.
+pub fn run(
+    model: &mut Model,
+    owner: &Conversations,
+    stop: &AtomicBool,
+    latency_frames: u32,
+    show_peers: bool,
+    events: &EventStream,
+) -> Result<()> {
+    let Some(mut admitted) = owner.take_admitted() else {
+        anyhow::bail!("several conversations: no admission ring");
+    };
+    let n = model.engine.conversations();
+    // Built before the first step: the rings between the threads, the slots.
+    let (mut intake_tx, mut intake_rx) = rtrb::RingBuffer::<PipelineEnd>::new(MAX_CONVERSATIONS);
+    let (mut notice_tx, mut notice_rx) = rtrb::RingBuffer::<Notice>::new(4 * MAX_CONVERSATIONS);
+    let desk_done = AtomicBool::new(false);
+    let metrics = &*owner.metrics;
+    let step_thread = std::thread::current();
+    let result = std::thread::scope(|s| {
+        let (admitted, intake, notices) = (&mut admitted, &mut intake_tx, &mut notice_rx);
+        let (done, step_thread) = (&desk_done, &step_thread);
+        let desk = s.spawn(move || {
+            desk(
+                owner,
+                admitted,
+                intake,
+                notices,
+                done,
+                step_thread,
+                show_peers,
+                events,
+            )
+        });
+        let Model {
+            engine,
+            mimi,
+            detok,
+            more,
+            control,
+            ..
+        } = model;
+        let mut slots: Vec<Slot> = std::iter::once((mimi, detok))
+            .chain(more.iter_mut().map(|c| (&mut c.mimi, &mut c.detok)))
+            .take(n)
+            .map(|(mimi, detok)| Slot {
+                mimi,
+                detok,
+                link: None,
+                pcm: [0.0; FRAME],
+                in_text: false,
+            })
+            .collect();
+        let result = (|| -> Result<()> {
+            anyhow::ensure!(
+                slots.len() == n,
+                "several conversations: {} codecs for {n} conversations",
+                slots.len()
+            );
+            let wait = engine.text_wait();
+            let mut users: [Option<[i32; CODEBOOKS]>; MAX_CONVERSATIONS] =
+                [None; MAX_CONVERSATIONS];
+            let mut step = 0u64;
+            let us = |d: Duration| d.as_micros() as u64;
+            while !stop.load(Relaxed) {
+                // The boundary: who leaves, who joins.
+                let mut active = 0;
+                for slot in &mut slots {
+                    if slot
+                        .link
+                        .as_ref()
+                        .is_some_and(|l| l.state.client_gone.load(Relaxed))
+                    {
+                        let l = slot.link.take().unwrap();
+                        let _ = notice_tx.push(Notice::Left(l));
+                        desk_wake(&desk);
+                    }
+                }
+                while let Some(c) = slots.iter().position(|s| s.link.is_none()) {
+                    let Ok(end) = intake_rx.pop() else { break };
+                    let alone = slots.iter().all(|s| s.link.is_none());
+                    if alone && differs(engine.sampling(), end.sampling) {
+                        // The conversations stepped together share one sampling: the first
+                        // to join an empty step sets it (the settings can change only
+                        // while none runs).
+                        engine
+                            .set_sampling(end.sampling)
+                            .context("a conversation's sampling")?;
+                    }
+                    engine.reset_conversation(c);
+                    let slot = &mut slots[c];
+                    slot.mimi.reset();
+                    slot.detok.reset();
+                    slot.in_text = false;
+                    let _ = end.state.capture.set(std::thread::current());
+                    slot.link = Some(end);
+                }
+                for slot in &slots {
+                    active += slot.link.is_some() as u64;
+                }
+                metrics.remote.in_step.store(active, Relaxed);
+                metrics.remote.active.store(active > 0, Relaxed);
+                // Who steps: a conversation whose next frame is there, with room for its
+                // answer and its text.
+                let t0 = Instant::now();
+                let muted = control.muted();
+                let mut any = false;
+                for (c, slot) in slots.iter_mut().enumerate() {
+                    users[c] = None;
+                    let Some(l) = slot.link.as_mut() else {
+                        continue;
+                    };
+                    if l.audio_out.slots() < FRAME
+                        || l.text.slots() < TEXT_ROOM
+                        || !link::pop_samples(&mut l.audio_in, &mut slot.pcm)
+                    {
+                        continue;
+                    }
+                    if muted {
+                        slot.pcm.fill(0.0);
+                    }
+                    let mut codes = [0i32; CODEBOOKS];
+                    slot.mimi
+                        .encode(&slot.pcm, &mut codes)
+                        .with_context(|| format!("step {step}: conversation {c}: Mimi encode"))?;
+                    users[c] = Some(codes);
+                    any = true;
+                }
+                // Waiting for audio: nothing is owed meanwhile.
+                metrics.idle.store(!any, Relaxed);
+                if !any {
+                    std::thread::park_timeout(POLL);
+                    continue;
+                }
+                let t1 = Instant::now();
+                let outs = engine
+                    .step_some(&users[..n])
+                    .with_context(|| format!("step {step}: model step"))?;
+                let t2 = Instant::now();
+                for (c, slot) in slots.iter_mut().enumerate() {
+                    if users[c].is_none() {
+                        continue;
+                    }
+                    let out = outs[c];
+                    let l = slot.link.as_mut().expect("a stepped slot has a link");
+                    // One answer per frame but the first, as the official server.
+                    if let Some(f) = out.frame {
+                        let mut speak = [0i32; CODEBOOKS];
+                        speak.copy_from_slice(&f[1..]);
+                        slot.mimi.decode(&speak, &mut slot.pcm).with_context(|| {
+                            format!("step {step}: conversation {c}: Mimi decode")
+                        })?;
+                        link::push_samples(&mut l.audio_out, &slot.pcm);
+                    }
+                    let piece = slot.detok.push(out.text);
+                    let mut rest = piece;
+                    while !rest.is_empty() {
+                        let mut cut = rest.len().min(PIECE);
+                        while !rest.is_char_boundary(cut) {
+                            cut -= 1;
+                        }
+                        let (now, later) = rest.split_at(cut);
+                        let mut p = heapless::String::new();
+                        let _ = p.push_str(now);
+                        let _ = l.text.push(Text::Piece(p));
+                        rest = later;
+                    }
+                    if slot.in_text && out.text == wait {
+                        let _ = l.text.push(Text::End);
+                    }
+                    slot.in_text = out.text != wait;
+                }
+                let t3 = Instant::now();
+                let st = outs[users.iter().position(Option::is_some).unwrap_or(0)].times;
+                metrics.stage(Stage::Encode, us(t1 - t0));
+                metrics.stage(Stage::Embed, (st.embed * 1e3) as u64);
+                metrics.stage(Stage::Backbone, (st.backbone * 1e3) as u64);
+                metrics.stage(Stage::Depth, (st.depth * 1e3) as u64);
+                metrics.stage(Stage::Sample, (st.sample * 1e3) as u64);
+                metrics.stage(Stage::Decode, us(t3 - t2));
+                let took = t3 - t0;
+                metrics.step(us(took), took > FRAME_TIME * latency_frames);
+                step += 1;
+            }
+            Ok(())
+        })();
+        // Every conversation still in a slot leaves; the desk finishes them and stops.
+        for slot in &mut slots {
+            if let Some(l) = slot.link.take() {
+                let _ = notice_tx.push(Notice::Left(l));
+            }
+        }
+        metrics.remote.in_step.store(0, Relaxed);
+        metrics.remote.active.store(false, Relaxed);
+        desk_done.store(true, Relaxed);
+        desk_wake(&desk);
+        let _ = desk.join();
+        result
+    });
+    // Conversations admitted but never taken end too.
+    while let Ok(end) = intake_rx.pop() {
+        finish(owner, end, show_peers, events, false);
+    }
+    while let Ok(end) = admitted.pop() {
+        finish(owner, end, show_peers, events, false);
+    }
+    owner.give_back_admitted(admitted);
+    result
+}
+
+fn desk_wake(desk: &std::thread::ScopedJoinHandle<'_, ()>) {
+    desk.thread().unpark();
+}
+
+/// Whether two samplings differ.
+fn differs(a: Sampling, b: Sampling) -> bool {
+    (a.text, a.audio, a.audio_penalty_codebooks) != (b.text, b.audio, b.audio_penalty_codebooks)
+}
+
+/// The desk: takes admitted conversations (log, begin line, handshake) on to the step, and
+/// finishes those that left (end line, the socket closed, the slot released).
+#[allow(clippy::too_many_arguments)]
+fn desk(
+    owner: &Conversations,
+    admitted: &mut rtrb::Consumer<PipelineEnd>,
+    intake: &mut rtrb::Producer<PipelineEnd>,
+    notices: &mut rtrb::Consumer<Notice>,
+    done: &AtomicBool,
+    step_thread: &std::thread::Thread,
+    show_peers: bool,
+    events: &EventStream,
+) {
+    loop {
+        let stopping = done.load(Relaxed);
+        while let Ok(Notice::Left(end)) = notices.pop() {
+            finish(owner, end, show_peers, events, true);
+        }
+        if stopping {
+            return;
+        }
+        while intake.slots() > 0 {
+            let Ok(end) = admitted.pop() else { break };
+            owner.metrics.remote.conversations.fetch_add(1, Relaxed);
+            eprintln!("flm-edge: conversation with {} begins", end.peer);
+            events.send_line(&line("begin", &end.peer, show_peers));
+            end.state.start();
+            let _ = intake.push(end);
+            step_thread.unpark();
+        }
+        std::thread::park_timeout(Duration::from_millis(10));
+    }
+}
+
+/// A conversation has ended: its socket closes, its slot is free.
+fn finish(
+    owner: &Conversations,
+    end: PipelineEnd,
+    show_peers: bool,
+    events: &EventStream,
+    begun: bool,
+) {
+    end.state.finish();
+    if begun {
+        eprintln!("flm-edge: conversation with {} ends", end.peer);
+        events.send_line(&line("end", &end.peer, show_peers));
+    }
+    owner.release_one(&end.state);
+}
+
+/// An event line of a conversation's begin or end (with the client's address only when
+/// asked for).
+fn line(what: &str, peer: &str, show_peers: bool) -> serde_json::Value {
+    let mut l = serde_json::json!({ "conversation": what });
+    if show_peers {
+        l["peer"] = peer.into();
+    }
+    l
+}

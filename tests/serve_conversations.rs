@@ -1,0 +1,348 @@
+//! `serve` with `server.max_conversations` > 1: several websocket clients stepped together,
+//! each answered exactly as it is answered alone; the client beyond the limit refused as
+//! busy; a slot freed by a client that leaves taken by the next with a fresh state; and the
+//! memory refusal at start.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use flm_edge::remote::ogg_opus::{OggOpusReader, OggOpusWriter, PACKET_SAMPLES};
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// The seed-3 small model at f32, as the serve tests use it.
+fn model() -> &'static Path {
+    converted(3, "f32")
+}
+
+/// A `serve` daemon with the network as its only source and `server` keys; killed when
+/// dropped.
+struct Daemon {
+    child: Reaped,
+    addr: SocketAddr,
+    dir: Scratch,
+}
+
+impl Daemon {
+    fn start(name: &str, server: &str) -> Daemon {
+        let dir = scratch(name);
+        std::fs::create_dir_all(&*dir).unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let cfg = dir.join("config.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "threads = 2\n[status]\nmetrics = \"\"\nevents = \"{}\"\n[server]\nlisten = \"{addr}\"\n{server}",
+                s(&dir.join("events.sock"))
+            ),
+        )
+        .unwrap();
+        let child = Reaped(
+            Command::new(env!("CARGO_BIN_EXE_flm-edge"))
+                .args(["serve", "--config", s(&cfg), "--model", s(model())])
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        let mut d = Daemon { child, addr, dir };
+        let t0 = Instant::now();
+        while std::net::TcpStream::connect(addr).is_err() {
+            if let Ok(Some(st)) = d.child.try_wait() {
+                panic!("serve exited ({st}): {}", exit_of(&mut d.child).1);
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(90),
+                "serve did not listen"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        d
+    }
+
+    fn url(&self) -> String {
+        format!("ws://{}/api/chat", self.addr)
+    }
+
+    fn metric(&self, name: &str) -> u64 {
+        let m = http(self.addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+        m.lines()
+            .find_map(|l| l.strip_prefix(&format!("flm_edge_{name} ")))
+            .unwrap_or_else(|| panic!("no {name} in {m}"))
+            .parse()
+            .unwrap()
+    }
+
+    fn stop(mut self) -> String {
+        signal(&self.child, SIGTERM);
+        let (st, err) = exit_of(&mut self.child);
+        assert!(st.success(), "serve exited {st}: {err}");
+        err
+    }
+}
+
+async fn connect(url: &str) -> Ws {
+    tokio_tungstenite::connect_async(url).await.unwrap().0
+}
+
+async fn send(ws: &mut Ws, kind: u8, payload: &[u8]) {
+    let mut m = vec![kind];
+    m.extend_from_slice(payload);
+    ws.send(Message::Binary(m.into())).await.unwrap();
+}
+
+/// What came back from a conversation, and what was sent (the Ogg-Opus bytes).
+#[derive(Default, Debug)]
+struct Reply {
+    pcm: Vec<f32>,
+    text: Vec<String>,
+    sent: Vec<u8>,
+}
+
+impl Reply {
+    fn take(&mut self, m: &[u8], reader: &mut OggOpusReader) {
+        match m.first() {
+            Some(1) => reader
+                .push(&m[1..], &mut |x: &[f32]| self.pcm.extend_from_slice(x))
+                .unwrap(),
+            Some(2) => self.text.push(String::from_utf8(m[1..].to_vec()).unwrap()),
+            _ => {}
+        }
+    }
+
+    /// The text without the segments' ends.
+    fn words(&self) -> String {
+        self.text.iter().filter(|t| *t != "\n").cloned().collect()
+    }
+}
+
+/// A client: the handshake, then `clip` at real-time pace as one page per 80 ms frame, then
+/// every answer (one per frame but the first) and whatever comes within 1 s after it; then
+/// it leaves.
+async fn converse(url: &str, clip: &[f32]) -> Reply {
+    let mut ws = connect(url).await;
+    let first = tokio::time::timeout(Duration::from_secs(20), ws.next())
+        .await
+        .expect("no handshake within 20 s");
+    match first {
+        Some(Ok(Message::Binary(b))) => assert_eq!(&b[..], [0u8], "the handshake comes first"),
+        other => panic!("no handshake: {other:?}"),
+    }
+    let mut w = OggOpusWriter::new().unwrap();
+    let mut reply = Reply::default();
+    for h in w.headers().unwrap() {
+        send(&mut ws, 1, &h).await;
+        reply.sent.extend_from_slice(&h);
+    }
+    let mut reader = OggOpusReader::new().unwrap();
+    let mut tick = tokio::time::interval(Duration::from_millis(80));
+    for f in clip.chunks_exact(PACKET_SAMPLES) {
+        tick.tick().await;
+        let page = w.frame(f).unwrap();
+        send(&mut ws, 1, &page).await;
+        reply.sent.extend_from_slice(&page);
+        while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::ZERO, ws.next()).await {
+            if let Message::Binary(b) = m {
+                reply.take(&b, &mut reader);
+            }
+        }
+    }
+    let want = clip.len() - PACKET_SAMPLES;
+    let t0 = Instant::now();
+    let mut quiet_from = None;
+    loop {
+        if reply.pcm.len() >= want && quiet_from.is_none() {
+            quiet_from = Some(Instant::now());
+        }
+        if quiet_from.is_some_and(|t| t.elapsed() > Duration::from_secs(1)) {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "{} of {want} samples after 60 s",
+            reply.pcm.len()
+        );
+        match tokio::time::timeout(Duration::from_millis(100), ws.next()).await {
+            Err(_) => {}
+            Ok(Some(Ok(Message::Binary(b)))) => reply.take(&b, &mut reader),
+            Ok(Some(Ok(Message::Close(f)))) => panic!(
+                "closed by the server with {} of {want} samples: {f:?}",
+                reply.pcm.len()
+            ),
+            Ok(Some(Ok(_))) => {}
+            Ok(other) => panic!("{} of {want} samples: {other:?}", reply.pcm.len()),
+        }
+    }
+    ws.close(None).await.unwrap();
+    reply
+}
+
+/// A client refused at once: kind 0x05 with the reason, then close code 1013.
+async fn refused(url: &str) -> String {
+    let mut ws = connect(url).await;
+    let mut why = String::new();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+            Err(_) => panic!("not refused within 5 s"),
+            Ok(Some(Ok(Message::Binary(b)))) => {
+                assert_eq!(b[0], 0x05, "{b:?}");
+                why = String::from_utf8_lossy(&b[1..]).to_string();
+            }
+            Ok(Some(Ok(Message::Close(Some(f))))) => {
+                assert_eq!(u16::from(f.code), 1013);
+                return why;
+            }
+            Ok(Some(Ok(_))) => {}
+            Ok(_) => return why,
+        }
+    }
+}
+
+/// `flm-edge run` (one conversation, alone) on what a client sent, Opus-decoded: its text.
+fn offline_text(dir: &Path, name: &str, sent: &[u8]) -> String {
+    let mut heard = vec![];
+    OggOpusReader::new()
+        .unwrap()
+        .push(sent, &mut |x: &[f32]| heard.extend_from_slice(x))
+        .unwrap();
+    let wav = dir.join(format!("{name}.wav"));
+    flm_edge::wav::write_mono_24k(&wav, &heard).unwrap();
+    let out = flm_edge(&[
+        "run",
+        "--model",
+        s(model()),
+        "--threads",
+        "2",
+        "--input",
+        s(&wav),
+        "--output",
+        s(&dir.join(format!("{name}-ran.wav"))),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    text.strip_suffix('\n').unwrap_or(&text).to_string()
+}
+
+const F: usize = PACKET_SAMPLES;
+
+#[test]
+fn two_clients_at_once_are_each_answered_as_alone_the_third_is_busy_and_a_freed_slot_is_taken_afresh()
+ {
+    let d = Daemon::start("serve-two-conversations", "max_conversations = 2\n");
+    let speech = speech();
+    // Two different voices: A short, B long (B still talks when A has left).
+    let clip_a = speech[..24 * F].to_vec();
+    let clip_b = speech[24 * F..84 * F].to_vec();
+    let url = d.url();
+    let (a, b, busy, again) = runtime().block_on(async {
+        let b_and_more = async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let c = async {
+                // Both slots taken: the third client is refused at once.
+                tokio::time::sleep(Duration::from_millis(700)).await;
+                refused(&url).await
+            };
+            tokio::join!(converse(&url, &clip_b), c)
+        };
+        let a_then_again = async {
+            let a = converse(&url, &clip_a).await;
+            // A has left: its slot is free for the next client, which starts afresh while
+            // B goes on.
+            let again = converse(&url, &clip_a).await;
+            (a, again)
+        };
+        let ((a, again), (b, busy)) = tokio::join!(a_then_again, b_and_more);
+        (a, b, busy, again)
+    });
+    assert!(busy.contains("busy"), "{busy}");
+    assert_eq!(a.pcm.len(), clip_a.len() - F);
+    assert_eq!(b.pcm.len(), clip_b.len() - F);
+    assert!(a.pcm.iter().any(|&x| x != 0.0), "A's reply is silent");
+    // Each conversation's text is the offline run's on its own input, alone.
+    assert_eq!(a.words(), offline_text(&d.dir, "a", &a.sent));
+    assert_eq!(b.words(), offline_text(&d.dir, "b", &b.sent));
+    // The client in A's freed slot, with A's input, gets exactly A's answer: a fresh state.
+    assert_eq!(again.sent, a.sent);
+    assert!(
+        again.pcm == a.pcm,
+        "the reply in the freed slot differs from A's"
+    );
+    assert_eq!(again.text, a.text);
+    // B, alone now, once more: the same reply as it had beside A and A's successor.
+    let alone = runtime().block_on(converse(&url, &clip_b));
+    assert!(
+        alone.pcm == b.pcm,
+        "B alone and B together answered differently"
+    );
+    assert_eq!(alone.text, b.text);
+    assert!(
+        a.pcm[..] != b.pcm[..a.pcm.len()],
+        "A and B got the same answer"
+    );
+    assert_eq!(d.metric("conversations_total"), 4);
+    assert_eq!(d.metric("conversations_refused_total"), 1);
+    let err = d.stop();
+    assert_eq!(
+        err.matches("conversation with 127.0.0.1").count(),
+        8,
+        "{err}"
+    );
+}
+
+#[test]
+fn conversations_that_do_not_fit_the_memory_are_refused_at_start() {
+    let dir = scratch("serve-memory-refusal");
+    std::fs::create_dir_all(&*dir).unwrap();
+    let cfg = dir.join("config.toml");
+    let dirm = flm_edge::model_dir::ModelDir::open(model()).unwrap();
+    let size = |f: &str| std::fs::metadata(dirm.path(f)).unwrap().len();
+    let weights = size("backbone.gguf") + size("audio.gguf");
+    let mimi = size("mimi.gguf");
+    // Room for the weights and two conversations' Mimi, not for four.
+    let mib = (weights + 2 * mimi + (8 << 20)) >> 20;
+    std::fs::write(
+        &cfg,
+        format!(
+            "memory_mib = {mib}\n[status]\nmetrics = \"\"\nevents = \"\"\n[server]\nlisten = \"127.0.0.1:{}\"\nmax_conversations = 4\n",
+            free_port()
+        ),
+    )
+    .unwrap();
+    let out = flm_edge(&["serve", "--config", s(&cfg), "--model", s(model())]);
+    assert_one_line_error(
+        &out,
+        &[
+            "key `server.max_conversations`",
+            "4 conversations need",
+            &format!("over the {mib} MiB of `memory_mib`"),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("loaded"),
+        "refused before the model loads: {stderr}"
+    );
+    // Fewer fit: the line says how many.
+    let fits: u64 = stderr
+        .split("; ")
+        .last()
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(fits < 4, "{stderr}");
+}
