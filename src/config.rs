@@ -578,6 +578,24 @@ mod tests {
     }
 
     #[test]
+    fn max_conversations_is_checked_naming_the_key() {
+        let listen = |n: u32| {
+            server(|s| {
+                s.listen = "127.0.0.1:8990".into();
+                s.max_conversations = n;
+            })
+        };
+        assert!(listen(1).is_ok() && listen(16).is_ok());
+        for n in [0, 17] {
+            let e = listen(n).unwrap_err().to_string();
+            assert!(e.starts_with("key `server.max_conversations`"), "{n}: {e}");
+        }
+        // Several conversations come over the network.
+        let e = server(|s| s.max_conversations = 2).unwrap_err().to_string();
+        assert!(e.contains("need `server.listen`"), "{e}");
+    }
+
+    #[test]
     fn the_access_keys_are_checked_naming_the_key() {
         assert!(server(|_| {}).is_ok());
         assert!(server(|s| s.token = "0123456789abcdef".into()).is_ok());

@@ -188,7 +188,7 @@ fn waiting_conversations_continue_as_if_alone() {
     let has = |c: usize, t: usize| match c {
         0 => true,
         1 => t % 3 != 1,
-        _ => t >= 10 && !(40..55).contains(&t) && t % 5 != 0,
+        _ => t >= 10 && !(40..55).contains(&t) && !t.is_multiple_of(5),
     };
     let n = 3;
     let solo: Vec<Vec<StepOutput>> = (0..n).map(|c| alone(&dir, &opts, c, steps)).collect();

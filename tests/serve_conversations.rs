@@ -249,26 +249,38 @@ fn two_clients_at_once_are_each_answered_as_alone_the_third_is_busy_and_a_freed_
     let clip_a = speech[..24 * F].to_vec();
     let clip_b = speech[24 * F..84 * F].to_vec();
     let url = d.url();
-    let (a, b, busy, again) = runtime().block_on(async {
-        let b_and_more = async {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            let c = async {
-                // Both slots taken: the third client is refused at once.
-                tokio::time::sleep(Duration::from_millis(700)).await;
-                refused(&url).await
+    let clients = std::panic::catch_unwind(|| {
+        runtime().block_on(async {
+            let b_and_more = async {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let c = async {
+                    // Both slots taken: the third client is refused at once.
+                    tokio::time::sleep(Duration::from_millis(700)).await;
+                    refused(&url).await
+                };
+                tokio::join!(converse(&url, &clip_b), c)
             };
-            tokio::join!(converse(&url, &clip_b), c)
-        };
-        let a_then_again = async {
-            let a = converse(&url, &clip_a).await;
-            // A has left: its slot is free for the next client, which starts afresh while
-            // B goes on.
-            let again = converse(&url, &clip_a).await;
-            (a, again)
-        };
-        let ((a, again), (b, busy)) = tokio::join!(a_then_again, b_and_more);
-        (a, b, busy, again)
+            let a_then_again = async {
+                let a = converse(&url, &clip_a).await;
+                // A has left: its slot is free for the next client, which starts afresh while
+                // B goes on.
+                let again = converse(&url, &clip_a).await;
+                (a, again)
+            };
+            let ((a, again), (b, busy)) = tokio::join!(a_then_again, b_and_more);
+            (a, b, busy, again)
+        })
     });
+    let (a, b, busy, again) = match clients {
+        Ok(r) => r,
+        Err(e) => {
+            // The daemon's side of the story, before it is killed.
+            let mut d = d;
+            signal(&d.child, SIGTERM);
+            eprintln!("serve's log:\n{}", exit_of(&mut d.child).1);
+            std::panic::resume_unwind(e)
+        }
+    };
     assert!(busy.contains("busy"), "{busy}");
     assert_eq!(a.pcm.len(), clip_a.len() - F);
     assert_eq!(b.pcm.len(), clip_b.len() - F);
