@@ -640,20 +640,16 @@ fn reload(opts: &ServeOptions, cfg: &mut Config, model: &mut Model, metrics: &Me
     new.server.max_conversations = cfg.server.max_conversations;
     new.server.local_conversation = cfg.server.local_conversation;
     if engine_changed(cfg, &new) {
-        if let Some(m) = &new.model
-            && let Err(e) = memory::check(m, &new, opts.board.as_deref())
-        {
-            eprintln!(
-                "flm-edge: configuration not reloaded: {e:#}; the previous one keeps serving"
-            );
-            model.start_over();
-            return;
-        }
         // A model load can outlast the watchdog: it is fed while the load runs (up to a
         // bound), and systemd is told that the reload may take longer than its timeout.
         metrics.loading.store(true, Relaxed);
         status::notify(&[NotifyState::ExtendTimeoutUsec(600_000_000)]);
-        let loaded = load_model(&new);
+        // The new context or budget must fit the memory too.
+        let fits = match &new.model {
+            Some(m) => memory::check(m, &new, opts.board.as_deref()),
+            None => Ok(()),
+        };
+        let loaded = fits.and_then(|()| load_model(&new));
         metrics.loading.store(false, Relaxed);
         match loaded {
             Ok(m) => {
