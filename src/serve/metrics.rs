@@ -98,6 +98,9 @@ pub struct Metrics {
     pub heard_active: AtomicBool,
     pub heard_frames: AtomicU64,
     pub heard_dropped: AtomicU64,
+    /// The far end's rate correction to the microphone's clock (parts per billion; the
+    /// clock loop of `echo_path`).
+    pub echo_far_clock_ppb: AtomicI64,
     buckets: [AtomicU64; BUCKETS_MS.len()],
     step_sum_us: AtomicU64,
     step_max_us: AtomicU64,
@@ -190,6 +193,7 @@ impl Default for Metrics {
             heard_active: AtomicBool::new(false),
             heard_frames: z(),
             heard_dropped: z(),
+            echo_far_clock_ppb: AtomicI64::new(0),
             buckets: std::array::from_fn(|_| z()),
             step_sum_us: z(),
             step_max_us: z(),
@@ -457,8 +461,15 @@ impl Metrics {
             counter(
                 &mut o,
                 "echo_realignments_total",
-                "Times the far end was re-aligned with the microphone, either way (the devices' delay reports drifted apart, or playback restarted).",
+                "Times the far end was re-aligned with the microphone, either way (a discontinuity: playback restarted after an xrun or a reopening, or the devices' delay reports jumped apart).",
                 g(&self.echo_realignments),
+            );
+            single(
+                &mut o,
+                "gauge",
+                "echo_far_clock_ppm",
+                "The far end's rate correction to the microphone's clock (the loudspeaker's crystal against the microphone's).",
+                &(self.echo_far_clock_ppb.load(Relaxed) as f64 / 1e3),
             );
         }
         if self.heard_active.load(Relaxed) {
