@@ -30,6 +30,7 @@ use rubato::{
     WindowFunction,
 };
 
+use super::far_clock::{FarClock, MAX_CORRECTION};
 use super::metrics::Metrics;
 use crate::echo::EchoCanceller;
 
@@ -46,39 +47,22 @@ const RING: Duration = Duration::from_secs(1);
 /// Runs (written periods) the stamp ring holds.
 const STAMPS: usize = 256;
 /// The far end is taken this much ahead of the capture time, so that the echo always comes
-/// after its reference (AEC3 finds positive delays only) despite jitter in the times and a
-/// drift up to SLACK.
-const LEAD: Duration = Duration::from_millis(40);
+/// after its reference (AEC3 finds positive delays only) despite jitter in the times and an
+/// offset up to SLACK. No more: the far end must be in the ring when the capture thread
+/// takes it, and the playback thread keeps only some 40-60 ms queued ahead of what plays (at
+/// 40 ms, a playback thread a few ms late left the far end short whenever the two cards'
+/// periods met at the wrong phase, every few seconds on two clocks).
+const LEAD: Duration = Duration::from_millis(20);
 /// The far end is re-aligned only when it has drifted this far from the capture time:
 /// within it, it runs on unbroken. A jump in the reference costs the canceller seconds while
 /// the user talks (offline, in the closed loop's setting, one 10 ms jump left the echo 15 dB
 /// under the user's voice instead of 43); AEC3's own delay estimator follows a drift. (At
 /// 8 ms, thread jitter on devices without a delay report made one jump in some runs of
-/// tests/echo_loop.rs; at 30, none.)
-const SLACK: Duration = Duration::from_millis(30);
+/// tests/echo_loop.rs.) The far end's clock (`far_clock`) holds the offset within a few ms
+/// of where it settled.
+const SLACK: Duration = Duration::from_millis(20);
 /// How often the canceller's estimates go to the metrics (blocks of 10 ms).
 const REPORT_BLOCKS: u32 = 100;
-/// The far end's clock loop. The offset between where the far end is taken and where it
-/// plays is measured at every block from the devices' times, which jitter by milliseconds
-/// (thread wake-ups, delay reports that move by periods). What matters to the canceller is
-/// that it does not drift (a fixed offset is a delay, which AEC3 finds): the loop holds it
-/// where it settled over SETTLE_S after the far end was placed (at start and after each
-/// re-alignment), smoothed over an eighth of the loop's time constant first. The PI loop is
-/// critically damped; its time constant is ACQUIRE_S until ACQUIRE_UNTIL_S, then grows to
-/// TRACK_S by TRACK_FROM_S: the crystals' ratio, once learned, changes only slowly, and a
-/// slower loop passes on less of the times' jitter. (A loop of 20 s took 20 s to learn
-/// 400 ppm in tests/echo_clocks.rs; AEC3's filters converge once the rate is within some
-/// 10-20 ppm. One of 4 s followed the times' jitter by hundreds of ppm.) A clock 400 ppm off
-/// moves the offset by at most 400 ppm × 10 s / e ≈ 1.5 ms while the loop learns it, far
-/// inside SLACK.
-const SETTLE_S: f64 = 2.0;
-const ACQUIRE_S: f64 = 10.0;
-const ACQUIRE_UNTIL_S: f64 = 30.0;
-const TRACK_S: f64 = 24.0;
-const TRACK_FROM_S: f64 = 90.0;
-/// The largest correction of the far end's rate: far beyond real crystals (README: 20-200
-/// ppm).
-const MAX_CORRECTION: f64 = 0.002;
 /// The far-end resampler's filter: 64 taps (a delay of 32 samples) are enough at a ratio
 /// within 0.2 % of 1, whose aliasing falls where the devices' own resamplers left nothing.
 const SINC_LEN: usize = 64;
@@ -100,6 +84,11 @@ impl FarEnd {
     /// Never waits: a run that does not fit is dropped whole (the capture side has stopped
     /// taking them; its next run's stamp places it in time again).
     pub fn played(&mut self, samples: &[f32], at: Instant) {
+        self.played_at(samples, at, Instant::now());
+    }
+
+    /// As `played`, written at `now` (a simulated device's time).
+    pub fn played_at(&mut self, samples: &[f32], at: Instant, now: Instant) {
         if self.samples.slots() < samples.len() || self.stamps.slots() == 0 {
             return;
         }
@@ -108,7 +97,6 @@ impl FarEnd {
         // (alsa-lib's `null` and `file` plugins: every run "plays now", however many are
         // written in one go) or one about to run dry: its runs are placed back to back,
         // from LEAD ahead when it (re)starts. (AEC3 finds the delay that remains.)
-        let now = Instant::now();
         let soon = now + LEAD;
         let at = match self.end {
             _ if at >= soon => at,
@@ -149,6 +137,8 @@ pub struct EchoStage {
     /// Samples of silence still owed before the front sample (a far end re-aligned to play
     /// later).
     gap: usize,
+    /// Far-end samples handed out as silence because they had not come yet, to pass over.
+    owed: usize,
     /// The far end is being re-aligned (counted once, when it starts).
     realigning: bool,
     /// The far end has been placed once: its first placement is no re-alignment.
@@ -161,15 +151,12 @@ pub struct EchoStage {
     /// The resampler's delay, in far-end samples: the sample it hands out first is this far
     /// behind the next one it takes.
     resampler_delay: f64,
-    /// The clock loop: the smoothed offset (s), and the far end's samples per microphone
-    /// sample learned so far (its integral part).
-    offset: f64,
-    learned: f64,
-    /// Seconds of the far end steered so far.
-    steered: f64,
-    /// Where the offset settled (s), and the seconds of it still to measure.
-    reference: f64,
-    settling: f64,
+    /// The far end's samples per microphone sample.
+    clock: FarClock,
+    /// The microphone's samples cancelled, for the clock: its count is exact, where the
+    /// capture times jitter. (Samples a capture xrun lost are not counted: the far end
+    /// then jumps against the microphone, and is re-aligned if it must be.)
+    mic_samples: u64,
     /// Microphone samples waiting for a whole block, and their capture time.
     mic: Vec<f32>,
     mic_at: Option<Instant>,
@@ -246,17 +233,15 @@ pub fn link(rate: u32, metrics: Arc<Metrics>) -> Result<(FarEnd, EchoStage)> {
             run: None,
             front: 0,
             gap: 0,
+            owed: 0,
             realigning: false,
             placed: false,
             block,
             resampler,
             far_in,
             resampler_delay,
-            offset: 0.0,
-            learned: 1.0,
-            steered: 0.0,
-            reference: 0.0,
-            settling: SETTLE_S,
+            clock: FarClock::new(block as f64 / rate as f64),
+            mic_samples: 0,
             mic: Vec::with_capacity(block),
             mic_at: None,
             far: vec![0.0; block],
@@ -297,6 +282,7 @@ impl EchoStage {
 
     fn cancel_block(&mut self) {
         let at = self.mic_at.unwrap_or_else(Instant::now) + LEAD;
+        self.mic_samples += self.block as u64;
         self.far_block(at);
         let b = self.block;
         let dst = self.out_len..self.out_len + b;
@@ -329,6 +315,14 @@ impl EchoStage {
         let want = self.resampler.input_frames_next().min(self.far_in.len());
         self.far_in[..want].fill(0.0);
         let mut start = 0;
+        // Samples handed out as silence because they were not there yet (the playback
+        // thread woke late): their time has passed, so they are passed over when they come,
+        // and the far end keeps its place.
+        if self.owed > 0 {
+            let n = self.owed.min(self.samples.slots());
+            self.drop_front(n);
+            self.owed -= n;
+        }
         if self.gap == 0 {
             let slack = SLACK.as_secs_f64();
             // Passing over late samples can reach a run stamped otherwise: placed again.
@@ -364,7 +358,9 @@ impl EchoStage {
                 } else {
                     self.realigning = false;
                     if self.placed {
-                        self.steer(ahead);
+                        // The far end's sample that plays at `at`, by the stamps.
+                        let position = run.index as f64 / self.rate + seconds_between(at, run.at);
+                        self.steer(position, ahead);
                     }
                 }
                 self.placed = true;
@@ -376,6 +372,12 @@ impl EchoStage {
             self.gap -= start;
         }
         let take = (want - start).min(self.samples.slots());
+        if self.placed && take < want - start {
+            Metrics::add(&self.metrics.echo_far_short);
+            // (A far end gone for longer, stopped, is placed again by its stamps.)
+            let most = (SLACK.as_secs_f64() * self.rate) as usize;
+            self.owed = (self.owed + want - start - take).min(most);
+        }
         if let Ok(chunk) = self.samples.read_chunk(take) {
             let (x, y) = chunk.as_slices();
             let n = x.len() + y.len();
@@ -398,36 +400,18 @@ impl EchoStage {
         }
     }
 
-    /// The far end was placed anew: where its offset settles is measured again (the rate
-    /// learned is kept: the clocks are the same).
+    /// The far end was placed anew: the clock continues its fit across the jump.
     fn resettle(&mut self) {
-        self.offset = 0.0;
-        self.reference = 0.0;
-        self.settling = SETTLE_S;
+        self.owed = 0;
+        self.clock.replaced();
     }
 
-    /// The clock loop, given this block's offset (s; > 0: the far end is taken before it
-    /// plays): the far end's rate at the microphone's clock, for the resampler.
-    fn steer(&mut self, offset: f64) {
-        let dt = self.block as f64 / self.rate;
-        if self.settling > 0.0 {
-            // The mean offset over the settling time.
-            self.reference += offset * dt / SETTLE_S;
-            self.settling -= dt;
-            self.offset = 0.0;
-            return;
-        }
-        let tracking =
-            ((self.steered - ACQUIRE_UNTIL_S) / (TRACK_FROM_S - ACQUIRE_UNTIL_S)).clamp(0.0, 1.0);
-        let tau = ACQUIRE_S + (TRACK_S - ACQUIRE_S) * tracking;
-        self.steered += dt;
-        let (proportional, integral) = (2.0 / tau, 1.0 / (tau * tau));
-        self.offset += (offset - self.reference - self.offset) * dt * 8.0 / tau;
-        // Taken too early: fewer far-end samples per microphone sample.
-        self.learned = (self.learned - integral * self.offset * dt)
-            .clamp(1.0 - MAX_CORRECTION, 1.0 + MAX_CORRECTION);
-        let far_per_mic = (self.learned - proportional * self.offset)
-            .clamp(1.0 - MAX_CORRECTION, 1.0 + MAX_CORRECTION);
+    /// The far end's rate at the microphone's clock, for the resampler, given this block's
+    /// far-end position (s of samples) and offset (s; > 0: the far end is taken before it
+    /// plays).
+    fn steer(&mut self, position: f64, offset: f64) {
+        let mic = self.mic_samples as f64 / self.rate;
+        let far_per_mic = self.clock.observe(mic, position, offset);
         // rubato's ratio is output (microphone) samples per input (far-end) sample.
         let _ = self.resampler.set_resample_ratio(1.0 / far_per_mic, false);
         let ppb = ((far_per_mic - 1.0) * 1e9).round() as i64;
@@ -615,15 +599,16 @@ mod tests {
         let (mut far, mut stage, m) = stage();
         let mut b = Blocks::default();
         let t0 = Instant::now() + Duration::from_secs(1);
-        // 20 ms later and then 20 ms earlier than back to back: within 30 ms, not re-aligned.
+        // 15 ms later and then 15 ms earlier than back to back: within SLACK (20 ms), not
+        // re-aligned.
         far.played(&ramp(0, 1600), t0);
-        far.played(&ramp(1600, 1600), t0 + ms(120.0));
+        far.played(&ramp(1600, 1600), t0 + ms(115.0));
         far.played(&ramp(3200, 1600), t0 + ms(200.0));
         for k in 0..30 {
             b.samples(&mut stage, t0 + ms(10.0 * k as f64), 160 * k);
         }
-        // Unbroken: every sample follows the one before (the clock loop begins to steer
-        // towards the later run, by a sample or two in these 300 ms).
+        // Unbroken: every sample follows the one before (the far end's clock fits no rate
+        // in these 300 ms).
         assert!(b.check(2) > 4600);
         assert_eq!(m.echo_realignments.load(Relaxed), 0);
     }
