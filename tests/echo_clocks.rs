@@ -398,13 +398,16 @@ fn check(rate: u32, seconds: f64, clocks: Clocks, talks: bool) {
         assert!(removed.iter().filter(|r| r.2).count() as f64 >= seconds / 30.0);
     }
     assert_eq!(realigned, 0, "{clocks:?}: re-alignments");
-    // The far end's rate as learned: the clocks' ratio, within 10 ppm.
-    let truth = (1.0 + clocks.playback_ppm * 1e-6) / (1.0 + clocks.capture_ppm * 1e-6);
-    let learned = o.shown.last().unwrap().3;
-    assert!(
-        (learned - (truth - 1.0) * 1e6).abs() < 10.0,
-        "{clocks:?}: learned {learned:.1} ppm"
-    );
+    // The far end's rate as learned, from 20 s: the clocks' ratio, within 5 ppm (achieved:
+    // 2.1).
+    let truth =
+        ((1.0 + clocks.playback_ppm * 1e-6) / (1.0 + clocks.capture_ppm * 1e-6) - 1.0) * 1e6;
+    for &(s, _, _, learned) in o.shown.iter().filter(|s| s.0 >= 20.0) {
+        assert!(
+            (learned - truth).abs() < 5.0,
+            "{clocks:?}: learned {learned:.1} ppm at {s} s, not {truth:.1}"
+        );
+    }
 }
 
 /// Issue 24's closed loop: two clocks 150 ppm apart either way, 10 minutes, with a user

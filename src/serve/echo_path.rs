@@ -595,6 +595,28 @@ mod tests {
     }
 
     #[test]
+    fn a_far_end_that_comes_late_keeps_its_place() {
+        let (mut far, mut stage, m) = stage();
+        let mut b = Blocks::default();
+        let t0 = Instant::now() + Duration::from_secs(1);
+        far.played(&ramp(0, 1600), t0);
+        for k in 0..10 {
+            b.samples(&mut stage, t0 + ms(10.0 * k as f64), 160 * k);
+        }
+        // The next 100 ms, to play from t0 + 100 ms, come only after the block that needed
+        // them was cancelled (the playback thread woke late): that block's far end is
+        // silence, and the far end goes on from where it plays, not from where it stopped.
+        b.silence(&mut stage, t0 + ms(100.0));
+        far.played(&ramp(1600, 1600), t0 + ms(100.0));
+        for k in 11..19 {
+            b.samples(&mut stage, t0 + ms(10.0 * k as f64), 160 * k);
+        }
+        assert!(b.check(1) > 2000);
+        assert_eq!(m.echo_realignments.load(Relaxed), 0);
+        assert!(m.echo_far_short.load(Relaxed) >= 1);
+    }
+
+    #[test]
     fn a_drift_within_the_slack_runs_on_unbroken() {
         let (mut far, mut stage, m) = stage();
         let mut b = Blocks::default();
