@@ -53,6 +53,10 @@ const STAMPS: usize = 256;
 /// 40 ms, a playback thread a few ms late left the far end short whenever the two cards'
 /// periods met at the wrong phase, every few seconds on two clocks).
 const LEAD: Duration = Duration::from_millis(20);
+/// Where a device that reports no queue has its far end placed when it (re)starts: runs
+/// are then placed back to back until one comes after the last has played, so this is the
+/// lateness of a write (a step late with its frame) that it absorbs without a jump.
+const PLACE_AHEAD: Duration = Duration::from_millis(40);
 /// The far end is re-aligned only when it has drifted this far from the capture time:
 /// within it, it runs on unbroken. A jump in the reference costs the canceller seconds while
 /// the user talks (offline, in the closed loop's setting, one 10 ms jump left the echo 15 dB
@@ -96,16 +100,15 @@ impl FarEnd {
         // would be passed over as late there. That is a device that reports no queue
         // (alsa-lib's `null` and `file` plugins: every run "plays now", however many are
         // written in one go) or one about to run dry: its runs are placed back to back,
-        // from LEAD ahead when it (re)starts. (AEC3 finds the delay that remains.)
-        let soon = now + LEAD;
+        // from PLACE_AHEAD when it (re)starts. (AEC3 finds the delay that remains.)
         let at = match self.end {
-            _ if at >= soon => at,
+            _ if at >= now + LEAD => at,
             // Back to back, exactly, while the device has not run dry: pushing runs later
             // whenever a write came late would ratchet the far end ahead of what plays, and
             // the capture side's clock loop would follow it away (seen on tests/echo_clocks.rs'
             // pipes, whose writes wait for the card).
             Some(end) if end >= now => end,
-            _ => soon,
+            _ => now + PLACE_AHEAD,
         };
         self.end = Some(at + Duration::from_secs_f64(samples.len() as f64 / self.rate));
         let _ = self.stamps.push(Stamp {
