@@ -40,6 +40,9 @@ struct Stamp {
     /// Index of the run's first sample among the samples passed through the ring.
     index: u64,
     at: Instant,
+    /// Placed by guess, not following the runs before (a device that reports no queue,
+    /// (re)starting): its time is no measurement of the playback clock.
+    guessed: bool,
 }
 
 /// How much of the far end the ring holds (the playback device's queue and then some).
@@ -53,10 +56,14 @@ const STAMPS: usize = 256;
 /// 40 ms, a playback thread a few ms late left the far end short whenever the two cards'
 /// periods met at the wrong phase, every few seconds on two clocks).
 const LEAD: Duration = Duration::from_millis(20);
-/// Where a device that reports no queue has its far end placed when it (re)starts: runs
-/// are then placed back to back until one comes after the last has played, so this is the
-/// lateness of a write (a step late with its frame) that it absorbs without a jump.
-const PLACE_AHEAD: Duration = Duration::from_millis(40);
+/// A device that reports no queue has its far end placed this far ahead when it (re)starts,
+/// and then back to back until a run comes more than LATE_WRITE after the last has played
+/// (a step late with its frame). When it really plays is unknown, and the echo must still
+/// come after its reference: these keep the offset between the far end and its echo where
+/// it was with the capture side 40 ms ahead and a restart 40 ms ahead (tests/echo_loop.rs'
+/// pipes: the echo 47 dB down while the user talks; placed 20 ms later than that, 20 dB).
+const PLACE_AHEAD: Duration = Duration::from_millis(20);
+const LATE_WRITE: Duration = Duration::from_millis(20);
 /// The far end is re-aligned only when it has drifted this far from the capture time:
 /// within it, it runs on unbroken. A jump in the reference costs the canceller seconds while
 /// the user talks (offline, in the closed loop's setting, one 10 ms jump left the echo 15 dB
@@ -67,9 +74,13 @@ const PLACE_AHEAD: Duration = Duration::from_millis(40);
 const SLACK: Duration = Duration::from_millis(20);
 /// How often the canceller's estimates go to the metrics (blocks of 10 ms).
 const REPORT_BLOCKS: u32 = 100;
-/// The far-end resampler's filter: 64 taps (a delay of 32 samples) are enough at a ratio
-/// within 0.2 % of 1, whose aliasing falls where the devices' own resamplers left nothing.
-const SINC_LEN: usize = 64;
+/// The far-end resampler's filter: its cutoff at the band's edge (rubato's automatic one for
+/// 64 taps is at 0.79 of it, and the echo above, which a far end without it no longer
+/// explains, went through the canceller: tests/echo_loop.rs' full-band voice 20 dB down
+/// instead of 47). A ratio within 0.2 % of 1 folds next to nothing back; 128 taps keep the
+/// filter's roll-off to the band's top few percent.
+const SINC_LEN: usize = 128;
+const SINC_CUTOFF: f32 = 1.0;
 
 /// The playback thread's end.
 pub struct FarEnd {
@@ -101,19 +112,24 @@ impl FarEnd {
         // (alsa-lib's `null` and `file` plugins: every run "plays now", however many are
         // written in one go) or one about to run dry: its runs are placed back to back,
         // from PLACE_AHEAD when it (re)starts. (AEC3 finds the delay that remains.)
+        let mut guessed = false;
         let at = match self.end {
             _ if at >= now + LEAD => at,
             // Back to back, exactly, while the device has not run dry: pushing runs later
             // whenever a write came late would ratchet the far end ahead of what plays, and
             // the capture side's clock loop would follow it away (seen on tests/echo_clocks.rs'
             // pipes, whose writes wait for the card).
-            Some(end) if end >= now => end,
-            _ => now + PLACE_AHEAD,
+            Some(end) if end + LATE_WRITE >= now => end,
+            _ => {
+                guessed = true;
+                now + PLACE_AHEAD
+            }
         };
         self.end = Some(at + Duration::from_secs_f64(samples.len() as f64 / self.rate));
         let _ = self.stamps.push(Stamp {
             index: self.written,
             at,
+            guessed,
         });
         if let Ok(mut chunk) = self.samples.write_chunk_uninit(samples.len()) {
             let (a, b) = chunk.as_mut_slices();
@@ -203,6 +219,7 @@ pub fn link(rate: u32, metrics: Arc<Metrics>) -> Result<(FarEnd, EchoStage)> {
     let aec = EchoCanceller::new(rate)?;
     let block = aec.block();
     let params = SincInterpolationParameters::new(SINC_LEN, WindowFunction::BlackmanHarris2)
+        .f_cutoff(SINC_CUTOFF)
         .oversampling_factor(256)
         .interpolation(SincInterpolationType::Cubic);
     let resampler = Async::<f32>::new_sinc(
@@ -436,6 +453,10 @@ impl EchoStage {
             if s.index > self.front {
                 break;
             }
+            // A far end placed by guess again: its clock's fit continues across the jump.
+            if s.guessed && self.placed {
+                self.clock.replaced();
+            }
             self.run = Some(*s);
             let _ = self.stamps.pop();
         }
@@ -499,11 +520,10 @@ mod tests {
         }
 
         /// Every sample as it should be, within `tolerance` samples, but for the resampler's
-        /// start (its delay, 31 samples, and its filter's ringing) and around a
-        /// discontinuity: band-limited, a step rings over the filter's half-length (32
-        /// samples) on either side, and the samples already inside the filter when the
-        /// discontinuity is found (its delay, 31) still go out before it. Returns how many
-        /// were checked.
+        /// start (its delay, half its taps less one, and its filter's ringing) and around a
+        /// discontinuity: band-limited, a step rings over the filter's half-length on either
+        /// side, and the samples already inside the filter when the discontinuity is found
+        /// (its delay) still go out before it. Returns how many were checked.
         fn check(&self, tolerance: usize) -> usize {
             let cut = |i: usize| match (self.want[i], self.want[i + 1]) {
                 (None, None) => false,
@@ -513,8 +533,9 @@ mod tests {
             let n = self.want.len();
             let cuts: Vec<usize> = (0..n - 1).filter(|&i| cut(i)).collect();
             let mut checked = 0;
-            for i in 64..n - 32 {
-                if cuts.iter().any(|&c| i + 33 > c && i < c + 64) {
+            let half = SINC_LEN / 2;
+            for i in 2 * half..n - half {
+                if cuts.iter().any(|&c| i + half + 1 > c && i < c + 2 * half) {
                     continue;
                 }
                 let ok = match (self.got[i], self.want[i]) {
