@@ -98,6 +98,12 @@ pub struct Metrics {
     pub heard_active: AtomicBool,
     pub heard_frames: AtomicU64,
     pub heard_dropped: AtomicU64,
+    /// The far end's rate at the microphone's clock, less 1 (parts per billion; learned by
+    /// `far_clock`).
+    pub echo_far_clock_ppb: AtomicI64,
+    /// Blocks whose far end was not all there when the microphone's block was cancelled (the
+    /// playback thread woke late): handed to the canceller partly silent.
+    pub echo_far_short: AtomicU64,
     buckets: [AtomicU64; BUCKETS_MS.len()],
     step_sum_us: AtomicU64,
     step_max_us: AtomicU64,
@@ -192,6 +198,8 @@ impl Default for Metrics {
             heard_active: AtomicBool::new(false),
             heard_frames: z(),
             heard_dropped: z(),
+            echo_far_clock_ppb: AtomicI64::new(0),
+            echo_far_short: z(),
             buckets: std::array::from_fn(|_| z()),
             step_sum_us: z(),
             step_max_us: z(),
@@ -459,8 +467,21 @@ impl Metrics {
             counter(
                 &mut o,
                 "echo_realignments_total",
-                "Times the far end was re-aligned with the microphone, either way (the devices' delay reports drifted apart, or playback restarted).",
+                "Times the far end was re-aligned with the microphone, either way (a discontinuity: playback restarted after an xrun or a reopening, or the devices' delay reports jumped apart).",
                 g(&self.echo_realignments),
+            );
+            single(
+                &mut o,
+                "gauge",
+                "echo_far_clock_ppm",
+                "The far end's rate at the microphone's clock, less 1, as learned (the loudspeaker's crystal against the microphone's; 0 on one card).",
+                &(self.echo_far_clock_ppb.load(Relaxed) as f64 / 1e3),
+            );
+            counter(
+                &mut o,
+                "echo_far_short_total",
+                "10 ms blocks whose far end had not all come when the microphone's block was cancelled (the playback thread woke late): the canceller got silence for the rest, and the far end kept its place.",
+                g(&self.echo_far_short),
             );
         }
         if self.heard_active.load(Relaxed) {

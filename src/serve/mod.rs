@@ -9,6 +9,7 @@ pub mod conversation;
 pub mod conversations;
 pub mod device;
 pub mod echo_path;
+pub mod far_clock;
 pub mod file_io;
 pub mod heard;
 pub mod jetson;
