@@ -400,6 +400,21 @@ fn the_step_on_the_device_is_two_graphs_two_copies_each_way_and_one_wait() {
     );
 }
 
+/// Three conversations stepped together on the device, from steps 0, 5 and 12, the third
+/// reset at step 30, each shifting its context (32 steps, the least) at its own steps: each
+/// draws exactly what it draws alone on the device, over 70 steps. Greedy: on lavapipe a sampled
+/// step takes seconds (the text draw over the vocabulary); tests/conversations_in_one_step.rs
+/// runs the longer, sampled and quantized cases on the CPU.
+#[test]
+fn conversations_together_on_the_device_draw_what_each_draws_alone() {
+    use common::conversations::{Run, together};
+    let run = Run {
+        context: 32,
+        steps: 70,
+    };
+    together("f32", true, vulkan(), &[0, 5, 12], run);
+}
+
 /// A model the device has no room for: one line with the device, the size asked for and
 /// what it has (lavapipe's heap is 2 GiB), not an abort.
 #[test]
