@@ -313,7 +313,9 @@ fn with_the_canceller_the_model_hears_the_user_and_not_its_own_echo() {
     let dir = scratch("echo_loop");
     // (run_loop opens the pipes' far ends by name.)
     pipe_pcms(&dir, "loop");
-    watchdog(Duration::from_secs(120), "the echo loop");
+    // (Three real-time runs of 12 s, the rooms and three measures: about a minute; a full
+    // test run once took it past two.)
+    watchdog(Duration::from_secs(240), "the echo loop");
 
     // The room's impulse response, 16 kHz, peak 1.
     simulated_rooms(&dir);
