@@ -11,8 +11,7 @@
 //! - The capture card captures sample j at t1 + j / (rate · (1 + ppm')); its thread wakes
 //!   when a period is complete, as late, and stamps it `now - (period + held) / rate` as
 //!   `AlsaCapture` does.
-//! - The microphone hears the loudspeaker 8 cm away through a small room (the impulse
-//!   response of tests/echo_clocks_alsa.rs), at its own sample times: what the loudspeaker
+//! - The microphone hears the loudspeaker 8 cm away through a small room (`kiosk_room`), at its own sample times: what the loudspeaker
 //!   played at the microphone's times, band-limited. A user talks now and then, 6 dB under the
 //!   echo; the far end is a synthetic voice with pauses.
 //!
@@ -27,6 +26,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
+use common::kiosk::kiosk_room;
 use common::{dot, fit_two};
 use flm_edge::serve::echo_path;
 use flm_edge::serve::metrics::Metrics;
@@ -99,29 +99,6 @@ fn voice(seed: u64, rate: u32, seconds: f64, pitch: f64, rms: f64) -> Vec<f32> {
     let gain = rms / (dot(&active, &active) / active.len() as f64).sqrt();
     out.iter_mut().for_each(|v| *v *= gain as f32);
     out
-}
-
-/// The room of tests/echo_clocks_alsa.rs at `rate`: the direct sound 8 cm away, a few early
-/// reflections and a tail decaying 60 dB in 0.2 s, cut at 50 ms; peak 1.
-fn impulse_response(rate: u32) -> Vec<f32> {
-    let scale = rate as f64 / 48_000.0;
-    let at = |i: usize| (i as f64 * scale).round() as usize;
-    let n = rate as usize / 20;
-    let mut h = vec![0.0f32; n];
-    let mut seed = 11u32;
-    let mut noise = || {
-        seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-        (seed >> 8) as f32 / (1 << 24) as f32 - 0.5
-    };
-    h[at(11)] = 1.0;
-    for (i, g) in [(70, -0.35), (160, 0.25), (290, -0.18), (450, 0.12)] {
-        h[at(i)] += g;
-    }
-    let decay = (-6.9 / (0.2 * rate as f64)) as f32;
-    for (i, v) in h.iter_mut().enumerate().skip(at(500)) {
-        *v += 0.08 * noise() * (decay * i as f32).exp();
-    }
-    h
 }
 
 /// `x` through `h` (direct form, 8 lanes).
@@ -213,7 +190,7 @@ fn simulate(rate: u32, seconds: f64, clocks: Clocks, talks: bool) -> Outcome {
     // The far end (the model's voice, about -20 dBFS while it speaks) and its echo at the
     // loudspeaker's sample times (the room's gain: the voice comes back about 10 dB down).
     let far = voice(1, rate, seconds + 1.0, 120.0, 0.1);
-    let echo_at_speaker = convolve(&far, &impulse_response(rate))
+    let echo_at_speaker = convolve(&far, &kiosk_room(rate))
         .into_iter()
         .map(|v| v * 0.32)
         .collect::<Vec<f32>>();

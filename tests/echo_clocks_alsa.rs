@@ -26,9 +26,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
+use common::kiosk::{Recorded, kiosk_room};
 use common::*;
 use flm_edge::serve::alsa_io::{AlsaCapture, AlsaPlayback};
-use flm_edge::serve::device::{CaptureDevice, Captured, Pcm, sleep_until};
+use flm_edge::serve::device::sleep_until;
 use flm_edge::serve::echo_path;
 use flm_edge::serve::metrics::Metrics;
 use flm_edge::serve::pipeline::Model;
@@ -47,29 +48,6 @@ const HALF_TAPS: usize = 16;
 /// Extra delay of the acoustic path (samples), so that the interpolator never needs a
 /// loudspeaker sample not yet played.
 const PATH_DELAY: f64 = 2.0 * HALF_TAPS as f64;
-
-/// A small room at 48 kHz: the direct sound 8 cm away (0.23 ms), a few early reflections and
-/// a tail decaying 60 dB in 0.2 s, cut at 50 ms (what a kiosk's enclosure and a near wall
-/// give; the convolution is computed at 48 kHz in real time beside the model, so it is
-/// kept short). Peak 1.
-fn impulse_response() -> Vec<f32> {
-    let n = RATE as usize / 20;
-    let mut h = vec![0.0f32; n];
-    let mut seed = 11u32;
-    let mut noise = || {
-        seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-        (seed >> 8) as f32 / (1 << 24) as f32 - 0.5
-    };
-    h[11] = 1.0;
-    for (at, g) in [(70, -0.35), (160, 0.25), (290, -0.18), (450, 0.12)] {
-        h[at] += g;
-    }
-    let decay = (-6.9 / (0.2 * RATE as f64)) as f32;
-    for (i, v) in h.iter_mut().enumerate().skip(500) {
-        *v += 0.08 * noise() * (decay * i as f32).exp();
-    }
-    h
-}
 
 /// Band-limited interpolation (Blackman-windowed sinc, 2·HALF_TAPS taps, from a table of
 /// PHASES fractional positions, linear between them: errors under -70 dB for the model's
@@ -273,20 +251,6 @@ fn capture_card(
     mic
 }
 
-/// A capture device that keeps a copy of every frame it hands to the model.
-struct Recorded<C> {
-    dev: C,
-    pcm: Vec<f32>,
-}
-
-impl<C: CaptureDevice> CaptureDevice for Recorded<C> {
-    fn next_frame(&mut self, out: &mut Pcm, m: &Metrics) -> Captured {
-        let kind = self.dev.next_frame(out, m);
-        self.pcm.extend_from_slice(out);
-        kind
-    }
-}
-
 struct Run {
     /// What the model heard, 24 kHz.
     heard: Vec<f32>,
@@ -388,7 +352,7 @@ fn on_two_clocks_the_canceller_follows_the_echo_and_metrics_show_it() {
     let dir = scratch("echo_clocks");
     pipe_pcms(&dir, "clocks");
     watchdog(Duration::from_secs(240), "the two-clock echo loop");
-    let rir = impulse_response();
+    let rir = kiosk_room(RATE);
     // One thread: the room's two cards run beside it on a shared machine, and threads that
     // meet at ggml's barriers stall whenever a core is taken from one of them.
     let mut model = flm_edge::serve::load_model(&flm_edge::config::Config {

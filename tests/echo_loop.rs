@@ -22,9 +22,10 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
+use common::kiosk::Recorded;
 use common::*;
 use flm_edge::serve::alsa_io::{AlsaCapture, AlsaPlayback};
-use flm_edge::serve::device::{CaptureDevice, Captured, FRAME, Pcm, sleep_until};
+use flm_edge::serve::device::{FRAME, sleep_until};
 use flm_edge::serve::echo_path;
 use flm_edge::serve::heard::Recorder;
 use flm_edge::serve::metrics::Metrics;
@@ -112,20 +113,6 @@ fn room(
         }
     }
     Room { speaker, echo }
-}
-
-/// A capture device that keeps a copy of every frame it hands to the model.
-struct Recorded<C> {
-    dev: C,
-    pcm: Vec<f32>,
-}
-
-impl<C: CaptureDevice> CaptureDevice for Recorded<C> {
-    fn next_frame(&mut self, out: &mut Pcm, m: &Metrics) -> Captured {
-        let kind = self.dev.next_frame(out, m);
-        self.pcm.extend_from_slice(out);
-        kind
-    }
 }
 
 /// One run of the loop.

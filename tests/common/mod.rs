@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod conversations;
+pub mod kiosk;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
