@@ -62,9 +62,11 @@ impl EchoCanceller {
 /// through whole while the loudspeaker plays (double talk: the user interrupting the model,
 /// which a full-duplex model exists for):
 /// - the near end is taken as dominant when the echo left after the linear filters is
-///   weaker than 1.5 times it (WebRTC waits for 0.25) ...
-/// - ... for 30 blocks running (120 ms; WebRTC 12): a changed echo path looks like a near
-///   voice until the filters follow it, and must not pass as one;
+///   weaker than 2 times it (WebRTC waits for 0.25) ...
+/// - ... for 60 blocks running (240 ms; WebRTC 12): a changed echo path looks like a near
+///   voice until the filters follow it, and must not pass as one (at 30 blocks, the
+///   volume turned up 10 dB passed as a near voice for most of a second: the echo alone
+///   28.6 dB down where WebRTC's defaults take 35.2; at 60, 35.0);
 /// - it stops being dominant after 200 ms without it (as in WebRTC), or at once when the echo
 ///   is 20 times it (WebRTC 10: a breath in the user's voice while the echo plays cut it);
 /// - while the near end dominates, the suppressor lets the signal through: its gain stays 1
@@ -82,14 +84,15 @@ impl EchoCanceller {
 ///
 /// Measured on the simulated rooms (tests/aec.rs), against WebRTC's defaults: the near
 /// voice's correlation with itself in double talk 0.82-0.86 -> 0.92-0.94, its level
-/// -2.4..-1.9 -> -0.8..-0.4 dB; the echo alone 36.4-37.0 -> 36.0-37.0 dB down (tested: never
-/// more than 1 dB short of the defaults in any room); a moved loudspeaker 21.5 -> 18.1 dB
-/// down in the second after the move, the same from then on.
+/// -2.3..-1.9 -> -0.9..-0.5 dB; the echo alone as much (tested: never more than 1 dB short
+/// of the defaults in any room, the volume turned up 10 dB included: 35.0 against 35.2); a
+/// moved loudspeaker 21.5 -> 21.8 dB down in the second after the move, the same from then
+/// on.
 pub fn tuned_config() -> EchoCanceller3Config {
     let mut c = EchoCanceller3Config::default();
     let s = &mut c.suppressor;
-    s.dominant_nearend_detection.enr_threshold = 1.5;
-    s.dominant_nearend_detection.trigger_threshold = 30;
+    s.dominant_nearend_detection.enr_threshold = 2.0;
+    s.dominant_nearend_detection.trigger_threshold = 60;
     s.dominant_nearend_detection.enr_exit_threshold = 20.0;
     for mask in [&mut s.nearend_tuning.mask_lf, &mut s.nearend_tuning.mask_hf] {
         mask.enr_transparent = 50.0;
