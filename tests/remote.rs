@@ -11,10 +11,11 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use common::network_daemon::*;
 use common::*;
 use flm_edge::remote::ogg_opus::{OggOpusReader, OggOpusWriter, PACKET_SAMPLES};
 use futures_util::{SinkExt, StreamExt};
@@ -22,91 +23,8 @@ use tokio_tungstenite::tungstenite::Message;
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
-}
-
-/// A `serve` daemon with the network as its only audio source; killed when dropped.
-struct Daemon {
-    child: Reaped,
-    addr: SocketAddr,
-    dir: Scratch,
-}
-
-impl Daemon {
-    fn start(name: &str, server: &str) -> Daemon {
-        Daemon::start_with(name, "", server)
-    }
-
-    /// With keys of `[status]` too.
-    fn start_with(name: &str, status: &str, server: &str) -> Daemon {
-        let dir = scratch(name);
-        std::fs::create_dir_all(&*dir).unwrap();
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let cfg = dir.join("config.toml");
-        std::fs::write(
-            &cfg,
-            format!(
-                "threads = 2\n[status]\n{}events = \"{}\"\n{status}[server]\nlisten = \"{addr}\"\n{server}",
-                // No status address of its own unless `status` names one.
-                if status.contains("metrics") {
-                    ""
-                } else {
-                    "metrics = \"\"\n"
-                },
-                s(&dir.join("events.sock"))
-            ),
-        )
-        .unwrap();
-        let child = Reaped(
-            Command::new(env!("CARGO_BIN_EXE_flm-edge"))
-                .args(["serve", "--config", s(&cfg), "--model", s(model())])
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap(),
-        );
-        let mut d = Daemon { child, addr, dir };
-        let t0 = Instant::now();
-        while std::net::TcpStream::connect(addr).is_err() {
-            if let Ok(Some(st)) = d.child.try_wait() {
-                panic!("serve exited ({st}): {}", exit_of(&mut d.child).1);
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(60),
-                "serve did not listen"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        d
-    }
-
-    fn url(&self) -> String {
-        format!("ws://{}/api/chat", self.addr)
-    }
-
-    /// Stops it (SIGTERM) and returns its stderr; it must exit 0 within 10 s.
-    fn stop(mut self) -> String {
-        signal(&self.child, SIGTERM);
-        let (st, err) = exit_of(&mut self.child);
-        assert!(st.success(), "serve exited {st}: {err}");
-        err
-    }
-
-    fn http(&self, request: &str) -> String {
-        http(self.addr, request)
-    }
-
-    fn metric(&self, name: &str) -> u64 {
-        let m = self.http("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
-        m.lines()
-            .find_map(|l| l.strip_prefix(&format!("flm_edge_{name} ")))
-            .unwrap_or_else(|| panic!("no {name} in {m}"))
-            .parse()
-            .unwrap()
-    }
 }
 
 fn post_settings(addr: SocketAddr, body: &str) -> String {
@@ -117,15 +35,6 @@ fn post_settings(addr: SocketAddr, body: &str) -> String {
             body.len()
         ),
     )
-}
-
-/// The seed-3 small model at f32, as the serve tests use it.
-fn model() -> &'static Path {
-    converted(3, "f32")
-}
-
-async fn connect(url: &str) -> Ws {
-    tokio_tungstenite::connect_async(url).await.unwrap().0
 }
 
 /// The next binary message (5 s at most); None when the server closed.
@@ -154,12 +63,6 @@ async fn closed_with(ws: &mut Ws) -> (u16, String) {
             Ok(Some(Ok(_))) => {}
         }
     }
-}
-
-async fn send(ws: &mut Ws, kind: u8, payload: &[u8]) {
-    let mut m = vec![kind];
-    m.extend_from_slice(payload);
-    ws.send(Message::Binary(m.into())).await.unwrap();
 }
 
 /// What came back from a conversation.

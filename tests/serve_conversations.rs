@@ -5,101 +5,17 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::network_daemon::*;
 use common::*;
 use flm_edge::remote::ogg_opus::{OggOpusReader, OggOpusWriter, PACKET_SAMPLES};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use tokio_tungstenite::tungstenite::Message;
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
-}
-
-/// The seed-3 small model at f32, as the serve tests use it.
-fn model() -> &'static Path {
-    converted(3, "f32")
-}
-
-/// A `serve` daemon with the network as its only source and `server` keys; killed when
-/// dropped.
-struct Daemon {
-    child: Reaped,
-    addr: SocketAddr,
-    dir: Scratch,
-}
-
-impl Daemon {
-    fn start(name: &str, server: &str) -> Daemon {
-        let dir = scratch(name);
-        std::fs::create_dir_all(&*dir).unwrap();
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let cfg = dir.join("config.toml");
-        std::fs::write(
-            &cfg,
-            format!(
-                "threads = 2\n[status]\nmetrics = \"\"\nevents = \"{}\"\n[server]\nlisten = \"{addr}\"\n{server}",
-                s(&dir.join("events.sock"))
-            ),
-        )
-        .unwrap();
-        let child = Reaped(
-            Command::new(env!("CARGO_BIN_EXE_flm-edge"))
-                .args(["serve", "--config", s(&cfg), "--model", s(model())])
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap(),
-        );
-        let mut d = Daemon { child, addr, dir };
-        let t0 = Instant::now();
-        while std::net::TcpStream::connect(addr).is_err() {
-            if let Ok(Some(st)) = d.child.try_wait() {
-                panic!("serve exited ({st}): {}", exit_of(&mut d.child).1);
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(90),
-                "serve did not listen"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        d
-    }
-
-    fn url(&self) -> String {
-        format!("ws://{}/api/chat", self.addr)
-    }
-
-    fn metric(&self, name: &str) -> u64 {
-        let m = http(self.addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
-        m.lines()
-            .find_map(|l| l.strip_prefix(&format!("flm_edge_{name} ")))
-            .unwrap_or_else(|| panic!("no {name} in {m}"))
-            .parse()
-            .unwrap()
-    }
-
-    fn stop(mut self) -> String {
-        signal(&self.child, SIGTERM);
-        let (st, err) = exit_of(&mut self.child);
-        assert!(st.success(), "serve exited {st}: {err}");
-        err
-    }
-}
-
-async fn connect(url: &str) -> Ws {
-    tokio_tungstenite::connect_async(url).await.unwrap().0
-}
-
-async fn send(ws: &mut Ws, kind: u8, payload: &[u8]) {
-    let mut m = vec![kind];
-    m.extend_from_slice(payload);
-    ws.send(Message::Binary(m.into())).await.unwrap();
 }
 
 /// What came back from a conversation, and what was sent (the Ogg-Opus bytes).
@@ -243,7 +159,12 @@ const F: usize = PACKET_SAMPLES;
 #[test]
 fn two_clients_at_once_are_each_answered_as_alone_the_third_is_busy_and_a_freed_slot_is_taken_afresh()
  {
-    let d = Daemon::start("serve-two-conversations", "max_conversations = 2\n");
+    let d = Daemon::launch(
+        "serve-two-conversations",
+        "",
+        "max_conversations = 2\n",
+        Duration::from_secs(90),
+    );
     let speech = speech();
     // Two different voices: A short, B long (B still talks when A has left).
     let clip_a = speech[..24 * F].to_vec();

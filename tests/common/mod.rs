@@ -6,6 +6,7 @@
 
 pub mod conversations;
 pub mod kiosk;
+pub mod network_daemon;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
