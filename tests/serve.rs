@@ -1087,6 +1087,11 @@ fn a_bad_configuration_gets_one_line_naming_the_key() {
             "schedule.max_backlog_frames",
         ),
         ("backend = \"tpu\"\n", "key `backend`"),
+        ("memory_mib = -1\n", "memory_mib"),
+        (
+            "[server]\nmax_conversations = 17\n",
+            "server.max_conversations",
+        ),
         ("[server]\ntoken = \"short\"\n", "server.token"),
         (
             "[server]\ntoken = \"a token with spaces in it\"\n",
