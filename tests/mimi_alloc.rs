@@ -77,3 +77,37 @@ fn a_warm_frame_allocates_nothing() {
     );
     assert!(out.iter().any(|&x| x != 0.0), "nothing decoded");
 }
+
+#[test]
+fn a_warm_call_of_several_streams_allocates_nothing_whichever_streams_it_runs() {
+    let model = converted(1, "q8_0"); // Mimi at f32
+    let mut mimi = Mimi::load_streams(&model.join("mimi.gguf"), Device::Cpu, 1, 3).unwrap();
+    let pcm = speech();
+    let (mut codes, mut out) = ([0i32; 8 * 3], vec![0f32; 3 * FRAME]);
+    let mut call = |f: usize, streams: &[usize], mimi: &mut Mimi| {
+        let k = streams.len();
+        mimi.encode_streams(
+            streams,
+            &pcm[f * FRAME..(f + k) * FRAME],
+            &mut codes[..8 * k],
+        )
+        .unwrap();
+        mimi.decode_streams(streams, &codes[..8 * k], &mut out[..k * FRAME])
+            .unwrap();
+    };
+    // Every stream's first call (its rings' input buffers are sized then).
+    call(0, &[0, 1, 2], &mut mimi);
+    ALLOCATIONS.with(|a| a.set(0));
+    COUNT.with(|c| c.set(true));
+    let calls: [&[usize]; 6] = [&[2], &[0, 2], &[1, 0, 2], &[1], &[2, 1], &[0, 1, 2]];
+    for (f, streams) in calls.iter().enumerate() {
+        if f == 3 {
+            mimi.reset_stream(1);
+        }
+        call(f + 1, streams, &mut mimi);
+    }
+    COUNT.with(|c| c.set(false));
+    let allocations = ALLOCATIONS.with(Cell::get);
+    assert_eq!(allocations, 0, "{allocations} allocations in 6 warm calls");
+    assert!(out.iter().any(|&x| x != 0.0), "nothing decoded");
+}

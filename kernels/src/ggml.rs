@@ -190,6 +190,18 @@ impl T {
         };
     }
 
+    /// Zeroes `len` bytes from byte `offset` of an allocated tensor.
+    pub fn zero_range(&self, offset: usize, len: usize) {
+        assert!(
+            offset + len <= self.n_bytes(),
+            "tensor zeroing out of range"
+        );
+        assert!(!self.get().buffer.is_null(), "tensor not allocated");
+        count_sync();
+        // SAFETY: in range of a tensor allocated in a backend buffer.
+        unsafe { sys::ggml_backend_tensor_memset(self.raw(), 0, offset, len) };
+    }
+
     /// Reads an allocated tensor into host memory.
     pub fn read<E: Copy>(&self, out: &mut [E]) {
         let bytes = std::mem::size_of_val(out);

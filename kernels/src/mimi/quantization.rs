@@ -68,14 +68,17 @@ impl Builder<'_> {
 
     /// Split RVQ: codebook 0 quantizes the semantic projection, codebooks 1..7 the residuals
     /// of the acoustic projection of the same latent. Nearest neighbour by L2 distance, as
-    /// argmax of 2·x·c − |c|². One I32 [F] output per codebook.
+    /// argmax of 2·x·c − |c|². `latent`: [512, F, k]; one I32 [F·k] output per codebook
+    /// (stream-major). Every product keeps the streams apart ([·, F, k]): each stream's takes
+    /// the CPU kernel it takes alone (a product of one column takes another than of several).
     pub(super) fn rvq_encode(&mut self, latent: T) -> Vec<T> {
         let g = self.g;
+        let ne = latent.ne();
         let mut outs = vec![];
         let nearest = |r: T, q: usize| {
             let (b, nrm) = self.codebook(q);
             let score = g.sub(g.scale(g.mul_mat(b, r), 2.0), nrm);
-            let code = g.argmax(score);
+            let code = g.argmax(g.reshape(score, &[CODEBOOK_SIZE as i64, ne[1] * ne[2]]));
             (code, b)
         };
         let z = self.project("rvq.first.in_proj.weight", latent, LATENT, CODEBOOK_DIM);
@@ -86,20 +89,26 @@ impl Builder<'_> {
             let (code, b) = nearest(r, q);
             outs.push(code.set_output());
             if q + 1 < N_CODEBOOKS {
-                r = g.sub(r, g.get_rows(b, code));
+                let chosen = g.reshape(g.get_rows(b, code), &[CODEBOOK_DIM as i64, ne[1], ne[2]]);
+                r = g.sub(r, chosen);
             }
         }
         outs
     }
 
     /// Sum of the selected codebook vectors of each group through its output projection.
+    /// `codes`: codebook-major, `frames` of each of the batch's streams per codebook; the
+    /// latent [512, frames, k].
     pub(super) fn rvq_decode(&mut self, codes: T, frames: usize) -> T {
         let g = self.g;
-        let code = |q: usize| g.view(codes, &[frames as i64], &[], q * frames * 4);
+        let k = self.batch();
+        let all = frames as i64 * k;
+        let code = |q: usize| g.view(codes, &[all], &[], q * all as usize * 4);
+        let by_stream = |t: T| g.reshape(t, &[CODEBOOK_DIM as i64, frames as i64, k]);
         let (b0, _) = self.codebook(0);
         let first = self.project(
             "rvq.first.out_proj.weight",
-            g.get_rows(b0, code(0)),
+            by_stream(g.get_rows(b0, code(0))),
             CODEBOOK_DIM,
             LATENT,
         );
@@ -114,7 +123,7 @@ impl Builder<'_> {
         }
         let rest = self.project(
             "rvq.rest.out_proj.weight",
-            sum.unwrap(),
+            by_stream(sum.unwrap()),
             CODEBOOK_DIM,
             LATENT,
         );

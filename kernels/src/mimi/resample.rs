@@ -66,27 +66,33 @@ pub(super) fn upsample_state(decl: &mut Vec<(String, Vec<i64>)>) {
 }
 
 impl Builder<'_> {
-    /// Learned ×2 down-sample (k4 s2, no bias) of [512, 2F] → [512, F]: at the first call
-    /// its left context is the first sample repeated (Kyutai's `pad_mode="replicate"`).
+    /// Learned ×2 down-sample (k4 s2, no bias) of [512, 2F, k] → [512, F, k]: at a stream's
+    /// first call (`first`, [1, 1, k]: 1 or 0 per stream) its left context is the first
+    /// sample repeated (Kyutai's `pad_mode="replicate"`).
     pub(super) fn downsample(&mut self, x: T, first: T) -> T {
         let g = self.g;
-        let st = self.s.get(DOWNSAMPLE);
-        let x0 = g.view(x, &[LATENT as i64, 1], &[x.nb()[1]], 0);
-        let init = g.repeat_4d(x0, [LATENT as i64, 2, 1, 1]);
+        let k = self.batch();
+        let st = self.read(DOWNSAMPLE);
+        let x0 = g.view(x, &[LATENT as i64, 1, k], &[x.nb()[1], x.nb()[2]], 0);
+        let init = g.repeat_4d(x0, [LATENT as i64, 2, k, 1]);
         let left = g.add(st, g.mul(g.sub(init, st), first));
-        self.conv_left(x, DOWNSAMPLE, DOWNSAMPLE_CONV, Some((left, st)))
+        self.conv_left(x, DOWNSAMPLE, DOWNSAMPLE_CONV, Some(left))
     }
 
     /// Learned depthwise ×2 up-sample (transposed, k4 s2, one filter per channel) of
-    /// [512, F] → [512, 2F].
+    /// [512, F, k] → [512, 2F, k].
     pub(super) fn upsample(&mut self, x: T, frames: usize) -> T {
         let g = self.g;
-        let (c, f) = (LATENT as i64, frames as i64);
+        let k = self.batch();
+        let (c, f) = (LATENT as i64, frames as i64 * k);
         let halves = self.w.get("upsample.halves");
         let rep = g.repeat_4d(g.reshape(x, &[c, 1, f]), [c, 2, f, 1]);
         let half = |h: usize| {
             let w = g.view(halves, &[c, 2], &[halves.nb()[1]], h * halves.nb()[2]);
-            g.reshape(g.mul(rep, g.reshape(w, &[c, 2, 1])), &[c, 2 * f])
+            g.reshape(
+                g.mul(rep, g.reshape(w, &[c, 2, 1])),
+                &[c, 2 * frames as i64, k],
+            )
         };
         let (a, b) = (half(0), half(1));
         self.overlap(a, b, UPSAMPLE, 2)

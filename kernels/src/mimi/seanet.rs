@@ -281,7 +281,7 @@ pub(super) fn declare_decoder(wb: &mut WeightsBuilder, label: &str) -> Result<()
 }
 
 impl Builder<'_> {
-    /// The SEANet encoder: 24 kHz samples ([1, L]) → the 25 Hz latent ([512, L/960]).
+    /// The SEANet encoder: 24 kHz samples ([1, L, k]) → the 25 Hz latent ([512, L/960, k]).
     pub(super) fn seanet_encoder(&mut self, pcm: T) -> T {
         let convs = enc_convs();
         let mut h = self.first_conv(pcm, FIRST_CONV, convs[0].1);
@@ -315,7 +315,7 @@ impl Builder<'_> {
         )
     }
 
-    /// The SEANet decoder: the 25 Hz latent ([512, T]) → 24 kHz samples ([1, 960·T]).
+    /// The SEANet decoder: the 25 Hz latent ([512, T, k]) → 24 kHz samples ([1, 960·T, k]).
     pub(super) fn seanet_decoder(&mut self, latent: T) -> T {
         let convs = dec_convs();
         let mut h = self.conv(latent, "dec.0", convs[0].1);
@@ -349,18 +349,19 @@ impl Builder<'_> {
         )
     }
 
-    /// Causal conv of `x` ([IC, L]) → [OC, L/s], with left context from the state or given.
-    /// A stride-s conv with K = n·s taps is n matmuls over the signal viewed as [IC·s, ·]
-    /// (each column a block of s samples), shifted by one block each.
-    pub(super) fn conv_left(&mut self, x: T, name: &str, c: Conv, left: Option<(T, T)>) -> T {
+    /// Causal conv of `x` ([IC, L, k]) → [OC, L/s, k], with the left context `left` (the
+    /// state `name`'s, or given) or none. A stride-s conv with K = n·s taps is n matmuls over
+    /// the signal viewed as [IC·s, ·, k] (each column a block of s samples), shifted by one
+    /// block each.
+    pub(super) fn conv_left(&mut self, x: T, name: &str, c: Conv, left: Option<T>) -> T {
         let g = self.g;
-        let l = x.ne()[1] as usize;
+        let (l, k) = (x.ne()[1] as usize, self.batch());
         let xc = match left {
-            Some((left, st)) => self.with_context(x, left, st),
+            Some(left) => self.with_context(x, left, name),
             None => x,
         };
         let blocks = xc.ne()[1] as usize / c.s;
-        let xr = g.reshape(xc, &[(c.ic * c.s) as i64, blocks as i64]);
+        let xr = g.reshape(xc, &[(c.ic * c.s) as i64, blocks as i64, k]);
         let taps = self.w.get(&format!("{name}.{TAPS}"));
         let row = c.ic * c.s;
         let mut y: Option<T> = None;
@@ -373,10 +374,14 @@ impl Builder<'_> {
             );
             let xj = g.view(
                 xr,
-                &[row as i64, (l / c.s) as i64],
-                &[xr.nb()[1]],
+                &[row as i64, (l / c.s) as i64, k],
+                &[xr.nb()[1], xr.nb()[2]],
                 j * xr.nb()[1],
             );
+            // Each stream's columns are contiguous, the batch's are not: a batch is made
+            // contiguous so that every stream's product takes the CPU's tiled matmul, as it
+            // does alone (the sums in the same order).
+            let xj = if k > 1 { g.cont(xj) } else { xj };
             let p = g.mul_mat(wj, xj);
             y = Some(match y {
                 None => p,
@@ -387,7 +392,7 @@ impl Builder<'_> {
     }
 
     fn conv(&mut self, x: T, name: &str, c: Conv) -> T {
-        let left = (c.k > c.s).then(|| (self.s.get(name), self.s.get(name)));
+        let left = (c.k > c.s).then(|| self.read(name));
         let y = self.conv_left(x, name, c, left);
         self.bias(y, name, c.oc)
     }
@@ -400,10 +405,10 @@ impl Builder<'_> {
     /// The one-channel input conv: unfolded by im2col (8 taps, the first zero).
     fn first_conv(&mut self, x: T, name: &str, c: Conv) -> T {
         let g = self.g;
-        let st = self.s.get(name);
-        let xc = self.with_context(x, st, st);
+        let left = self.read(name);
+        let xc = self.with_context(x, left, name);
         let taps = self.w.get(&format!("{name}.{TAPS}"));
-        let signal = g.reshape(xc, &[xc.ne()[1], 1]);
+        let signal = g.reshape(xc, &[xc.ne()[1], 1, self.batch()]);
         let cols = g.im2col_1d(taps, signal, 1, ggml::F32);
         let y = g.mul_mat(
             g.reshape(taps, &[FIRST_CONV_TAPS as i64, c.oc as i64]),
@@ -448,12 +453,12 @@ impl Builder<'_> {
         self.g.add(x, h)
     }
 
-    /// Streaming transposed conv (K = 2s) of `x` ([IC, L]) → [OC, L·s]. Input t contributes
+    /// Streaming transposed conv (K = 2s) of `x` ([IC, L, k]) → [OC, L·s, k]. Input t contributes
     /// `a` to outputs t·s.. and `b` to the next span (t+1)·s..; the `b` of the last input is
     /// held back for the next call.
     fn conv_transpose(&mut self, x: T, name: &str, c: Conv) -> T {
         let g = self.g;
-        let l = x.ne()[1];
+        let (l, k) = (x.ne()[1], self.batch());
         let halves = self.w.get(&format!("{name}.{HALVES}"));
         let half = |h: usize| {
             let w = g.view(
@@ -462,7 +467,7 @@ impl Builder<'_> {
                 &[halves.nb()[1]],
                 h * halves.nb()[2],
             );
-            g.reshape(g.mul_mat(w, x), &[c.oc as i64, c.s as i64 * l])
+            g.reshape(g.mul_mat(w, x), &[c.oc as i64, c.s as i64 * l, k])
         };
         let (a, b) = (half(0), half(1));
         let y = self.overlap(a, b, name, c.s);

@@ -18,9 +18,12 @@ pub const FRAME: usize = FRAME_SIZE as usize;
 pub const MAX_FRAMES_PER_CALL: usize = CONTEXT / STEPS_PER_FRAME;
 const MAX_NODES: usize = 4096;
 
-/// The graph of one direction for one chunk size, with its per-call inputs and outputs in
-/// two staging blocks: a call puts its inputs into the first, which goes up in one copy,
-/// queues the graph, and brings the second down in one copy; the host waits once.
+/// Most streams of one codec.
+pub const MAX_STREAMS: usize = 16;
+
+/// The graph of one direction for one chunk size and batch, with its per-call inputs and
+/// outputs in two staging blocks: a call puts its inputs into the first, which goes up in
+/// one copy, queues the graph, and brings the second down in one copy; the host waits once.
 pub(super) struct Step {
     pub(super) graph: Graph,
     inputs: Staging,
@@ -30,29 +33,55 @@ pub(super) struct Step {
     /// Codes (encoder) or samples (decoder), in `outputs`.
     output: T,
     ring: RingInputs,
-    /// The encoder's first-call flag (the down-sample's replicate padding), in `inputs`,
-    /// and the value it holds there: it goes up only when it changes.
-    first: Option<(T, f32)>,
+    /// The batch's stream indices, in `inputs`, for a codec of several streams.
+    streams: Option<T>,
+    /// The encoder's first-call flags (the down-sample's replicate padding), one per stream
+    /// of the batch, in `inputs`, and the values they hold there: they go up only when they
+    /// change.
+    first: Option<(T, [f32; MAX_STREAMS])>,
 }
 
 impl Step {
-    /// One encoder call: `pcm` ([1920 · F]) in, `codes` (frame-major, [8, F]) out.
+    /// The batch's stream indices and their rings' inputs.
+    fn advance(&mut self, rings: &mut [Ring], streams: &[usize], n: usize) {
+        for (at, &s) in streams.iter().enumerate() {
+            rings[s].advance(n, &mut self.inputs, &self.ring, at, s);
+        }
+        if let Some(t) = self.streams {
+            let mut idx = [0i32; MAX_STREAMS];
+            for (i, &s) in streams.iter().enumerate() {
+                idx[i] = s as i32;
+            }
+            self.inputs.put(t, 0, &idx[..streams.len()]);
+        }
+    }
+
+    /// One encoder call of `frames` frames for the streams `streams` (the graph's batch; the
+    /// first k are those `pcm` and `codes` hold, the others pads): their `pcm` ([1920 · F]
+    /// each, one after another) in, their `codes` (frame-major, [8, F] each) out. `first`:
+    /// whether it is each stream's first call.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn encode(
         &mut self,
         backend: &Backend,
-        ring: &mut Ring,
+        rings: &mut [Ring],
+        streams: &[usize],
+        frames: usize,
         pcm: &[f32],
-        first: bool,
+        first: &[bool],
         codes: &mut [i32],
     ) -> Result<()> {
-        let n = pcm.len() / FRAME * STEPS_PER_FRAME;
-        ring.advance(n, &mut self.inputs, &self.ring);
+        self.advance(rings, streams, frames * STEPS_PER_FRAME);
         self.inputs.put(self.input, 0, pcm);
         if let Some((flag, sent)) = &mut self.first {
-            let want = if first { 1.0 } else { 0.0 };
-            if *sent != want {
-                self.inputs.put(*flag, 0, &[want]);
-                *sent = want;
+            let mut want = [0f32; MAX_STREAMS];
+            for (w, &f) in want.iter_mut().zip(first) {
+                *w = if f { 1.0 } else { 0.0 };
+            }
+            let k = streams.len();
+            if sent[..k] != want[..k] {
+                self.inputs.put(*flag, 0, &want[..k]);
+                sent[..k].copy_from_slice(&want[..k]);
             }
         }
         self.run(backend)?;
@@ -60,16 +89,19 @@ impl Step {
         Ok(())
     }
 
-    /// One decoder call: codes (codebook-major, [F, 8]) in, `pcm` ([1920 · F]) out.
+    /// One decoder call of `frames` frames for the streams `streams` (the graph's batch; the
+    /// first k are those `pcm` holds, the others pads): codes (codebook-major, [F · K, 8],
+    /// the pads' too) in, `pcm` ([1920 · F] per stream, one after another) out.
     pub(super) fn decode(
         &mut self,
         backend: &Backend,
-        ring: &mut Ring,
+        rings: &mut [Ring],
+        streams: &[usize],
+        frames: usize,
         codes_by_q: &[i32],
         pcm: &mut [f32],
     ) -> Result<()> {
-        let n = pcm.len() / FRAME * STEPS_PER_FRAME;
-        ring.advance(n, &mut self.inputs, &self.ring);
+        self.advance(rings, streams, frames * STEPS_PER_FRAME);
         self.inputs.put(self.input, 0, codes_by_q);
         self.run(backend)?;
         self.outputs.get(self.output, 0, pcm);
@@ -89,7 +121,7 @@ impl Step {
     }
 }
 
-/// Every persistent state tensor, in the order of the codec's layers.
+/// Every persistent state tensor (one stream's shape), in the order of the codec's layers.
 pub(super) fn state_layout() -> Vec<(String, Vec<i64>)> {
     let mut decl = vec![];
     seanet::encoder_state(&mut decl);
@@ -100,24 +132,36 @@ pub(super) fn state_layout() -> Vec<(String, Vec<i64>)> {
     decl
 }
 
-/// The encoder for `frames` frames per call: samples → SEANet → transformer → ×2 down →
-/// split RVQ → 8 codes per frame.
+/// The batch's stream indices, an input of a codec of several streams.
+fn stream_indices(ib: &mut StagingBuilder, state: &State, k: usize) -> Option<T> {
+    (state.slices > 1).then(|| ib.tensor(ggml::I32, &[k as i64], "streams"))
+}
+
+/// The encoder for `frames` frames of each of `k` streams per call: samples → SEANet →
+/// transformer → ×2 down → split RVQ → 8 codes per frame.
 pub(super) fn build_encoder(
     backend: &Backend,
     weights: &Weights,
     state: &State,
     frames: usize,
+    k: usize,
 ) -> Result<Step> {
     let n = frames * STEPS_PER_FRAME;
-    // The flag first: it rarely changes, the rest changes at every call, so what a call
+    let kk = k as i64;
+    // The flags first: they rarely change, the rest changes at every call, so what a call
     // writes is one contiguous range.
-    let mut ib = StagingBuilder::new(6);
-    let first = ib.tensor(ggml::F32, &[1, 1], "first");
-    let input = ib.tensor(ggml::F32, &[1, (frames * FRAME) as i64], "pcm");
-    let ring = RingInputs::new(&mut ib, n);
+    let mut ib = StagingBuilder::new(9);
+    let first = ib.tensor(ggml::F32, &[1, 1, kk], "first");
+    let streams = stream_indices(&mut ib, state, k);
+    let input = ib.tensor(ggml::F32, &[1, (frames * FRAME) as i64, kk], "pcm");
+    let ring = RingInputs::new(&mut ib, n, k, state.slices > 1);
     let inputs = ib.build(backend)?;
     let mut ob = StagingBuilder::new(1);
-    let output = ob.tensor(ggml::I32, &[N_CODEBOOKS as i64, frames as i64], "codes");
+    let output = ob.tensor(
+        ggml::I32,
+        &[N_CODEBOOKS as i64, (frames * k) as i64],
+        "codes",
+    );
     let outputs = ob.build(backend)?;
 
     let mut graph = Graph::new(MAX_NODES);
@@ -125,20 +169,22 @@ pub(super) fn build_encoder(
         g: &graph.ctx,
         w: weights,
         s: state,
+        streams,
         writes: vec![],
     };
     let mut h = b.seanet_encoder(input);
     h = b.transformer(h, ENCODER, &ring);
     let latent = b.downsample(h, first);
     let g = b.g;
-    // Codebook q's codes ([F]) into column q of the frame-major [8, F] output.
+    // Codebook q's codes ([F · k]) into column q of the frame-major [8, F · k] output.
     let copies: Vec<T> = b
         .rvq_encode(latent)
         .into_iter()
         .enumerate()
         .map(|(q, code)| {
-            let column = g.view(output, &[1, frames as i64], &[output.nb()[1]], q * 4);
-            g.cpy(g.reshape(code, &[1, frames as i64]), column)
+            let cols = (frames * k) as i64;
+            let column = g.view(output, &[1, cols], &[output.nb()[1]], q * 4);
+            g.cpy(g.reshape(code, &[1, cols]), column)
         })
         .collect();
     let writes = std::mem::take(&mut b.writes);
@@ -150,25 +196,28 @@ pub(super) fn build_encoder(
         input,
         output,
         ring,
-        first: Some((first, 0.0)),
+        streams,
+        first: Some((first, [0.0; MAX_STREAMS])),
     })
 }
 
-/// The decoder for `frames` frames per call: 8 codes per frame → RVQ sum → ×2 up →
-/// transformer → SEANet → samples.
+/// The decoder for `frames` frames of each of `k` streams per call: 8 codes per frame →
+/// RVQ sum → ×2 up → transformer → SEANet → samples.
 pub(super) fn build_decoder(
     backend: &Backend,
     weights: &Weights,
     state: &State,
     frames: usize,
+    k: usize,
 ) -> Result<Step> {
     let n = frames * STEPS_PER_FRAME;
-    let mut ib = StagingBuilder::new(5);
-    let input = ib.tensor(ggml::I32, &[(frames * N_CODEBOOKS) as i64], "codes");
-    let ring = RingInputs::new(&mut ib, n);
+    let mut ib = StagingBuilder::new(8);
+    let streams = stream_indices(&mut ib, state, k);
+    let input = ib.tensor(ggml::I32, &[(frames * k * N_CODEBOOKS) as i64], "codes");
+    let ring = RingInputs::new(&mut ib, n, k, state.slices > 1);
     let inputs = ib.build(backend)?;
     let mut ob = StagingBuilder::new(1);
-    let output = ob.tensor(ggml::F32, &[1, (frames * FRAME) as i64], "pcm");
+    let output = ob.tensor(ggml::F32, &[1, (frames * FRAME) as i64, k as i64], "pcm");
     let outputs = ob.build(backend)?;
 
     let mut graph = Graph::new(MAX_NODES);
@@ -176,6 +225,7 @@ pub(super) fn build_decoder(
         g: &graph.ctx,
         w: weights,
         s: state,
+        streams,
         writes: vec![],
     };
     let latent = b.rvq_decode(input, frames);
@@ -192,6 +242,7 @@ pub(super) fn build_decoder(
         input,
         output,
         ring,
+        streams,
         first: None,
     })
 }

@@ -39,6 +39,8 @@ pub(super) struct Ring {
     pairs: Vec<i32>,
     pos: Vec<i32>,
     mask: Vec<f32>,
+    key_rows: Vec<i32>,
+    value_rows: Vec<i32>,
 }
 
 impl Ring {
@@ -51,7 +53,16 @@ impl Ring {
             pairs: vec![],
             pos: vec![],
             mask: vec![],
+            key_rows: vec![],
+            value_rows: vec![],
         }
+    }
+
+    /// Empties the ring for a new stream, in place (no allocation).
+    pub(super) fn restart(&mut self) {
+        self.slot_pos.fill(-1);
+        self.end = 0;
+        self.base = 0;
     }
 
     /// A ring whose first position is `end` (a stream that has run that long), its base
@@ -70,15 +81,26 @@ impl Ring {
         self.end + n as i64 - self.base > 2 * REBASE
     }
 
-    /// Claims slots for `n` new positions and puts the graph inputs into `block`: slot
-    /// indices, slot pairs, positions, and the attention mask ([SLOTS, n]: 0 where key slot j
-    /// is visible to query i, else -inf).
-    pub(super) fn advance(&mut self, n: usize, block: &mut Staging, inputs: &RingInputs) {
+    /// Claims slots for `n` new positions of stream `stream`, the `at`-th of its call's
+    /// batch, and puts the graph inputs into `block`: slot indices, slot pairs, positions,
+    /// the attention mask ([SLOTS, n]: 0 where key slot j is visible to query i, else
+    /// -inf), and for a codec of several streams the rows of the stream's slice of the
+    /// persistent caches that the new keys and values go to.
+    pub(super) fn advance(
+        &mut self,
+        n: usize,
+        block: &mut Staging,
+        inputs: &RingInputs,
+        at: usize,
+        stream: usize,
+    ) {
         if self.slots.len() < n {
             self.slots.resize(n, 0);
             self.pairs.resize(n / 2, 0);
             self.pos.resize(n, 0);
             self.mask.resize(n * SLOTS, f32::NEG_INFINITY);
+            self.key_rows.resize(n, 0);
+            self.value_rows.resize(n / 2 * LATENT, 0);
         }
         for i in 0..n {
             let p = self.end + i as i64;
@@ -100,32 +122,61 @@ impl Ring {
             }
         }
         self.end += n as i64;
-        block.put(inputs.slots, 0, &self.slots[..n]);
-        block.put(inputs.pairs, 0, &self.pairs[..n / 2]);
-        block.put(inputs.pos, 0, &self.pos[..n]);
-        block.put(inputs.mask, 0, &self.mask[..n * SLOTS]);
+        block.put(inputs.slots, at * n, &self.slots[..n]);
+        block.put(inputs.pairs, at * n / 2, &self.pairs[..n / 2]);
+        block.put(inputs.pos, at * n, &self.pos[..n]);
+        block.put(inputs.mask, at * n * SLOTS, &self.mask[..n * SLOTS]);
+        if let Some((keys, values)) = inputs.rows {
+            // Keys: row slot of the stream's [512, SLOTS] slice. Values: the stream's
+            // [SLOTS, 512] slice seen as rows of 2 (a slot pair of one channel), in the
+            // order of the graph's [2, n/2, 512] values.
+            for i in 0..n {
+                self.key_rows[i] = (stream * SLOTS) as i32 + self.slots[i];
+            }
+            for ch in 0..LATENT {
+                for i in 0..n / 2 {
+                    self.value_rows[ch * (n / 2) + i] =
+                        ((stream * LATENT + ch) * (SLOTS / 2)) as i32 + self.pairs[i];
+                }
+            }
+            block.put(keys, at * n, &self.key_rows[..n]);
+            block.put(
+                values,
+                at * n / 2 * LATENT,
+                &self.value_rows[..n / 2 * LATENT],
+            );
+        }
     }
 }
 
-/// Per-call inputs of a transformer graph: the ring slots written (keys by slot, values by
-/// slot pair), the positions (RoPE), and the attention mask.
+/// Per-call inputs of a transformer graph for a batch of k streams: the ring slots written
+/// (keys by slot, values by slot pair), the positions (RoPE), the attention mask, and for a
+/// codec of several streams the rows of the persistent caches the new keys and values go to.
 #[derive(Clone, Copy)]
 pub(super) struct RingInputs {
     slots: T,
     pairs: T,
     pos: T,
     mask: T,
+    rows: Option<(T, T)>,
 }
 
 impl RingInputs {
-    /// Tensors of an input block; 4 of its tensors, laid out one after another.
-    pub(super) fn new(block: &mut StagingBuilder, n: usize) -> RingInputs {
-        let n = n as i64;
+    /// Tensors of an input block for `n` positions of each of `k` streams, laid out one
+    /// after another (the rows only when the codec has several streams).
+    pub(super) fn new(block: &mut StagingBuilder, n: usize, k: usize, several: bool) -> RingInputs {
+        let (n, k) = (n as i64, k as i64);
         RingInputs {
-            slots: block.tensor(ggml::I32, &[n], "slots"),
-            pairs: block.tensor(ggml::I32, &[n / 2], "pairs"),
-            pos: block.tensor(ggml::I32, &[n], "pos"),
-            mask: block.tensor(ggml::F32, &[SLOTS as i64, n], "mask"),
+            slots: block.tensor(ggml::I32, &[n, k], "slots"),
+            pairs: block.tensor(ggml::I32, &[n / 2, 1, k], "pairs"),
+            pos: block.tensor(ggml::I32, &[n * k], "pos"),
+            mask: block.tensor(ggml::F32, &[SLOTS as i64, n, 1, k], "mask"),
+            rows: several.then(|| {
+                (
+                    block.tensor(ggml::I32, &[n * k], "key_rows"),
+                    block.tensor(ggml::I32, &[n / 2 * LATENT as i64 * k], "value_rows"),
+                )
+            }),
         }
     }
 }
@@ -168,42 +219,73 @@ pub(super) fn state_layout(decl: &mut Vec<(String, Vec<i64>)>) {
 
 /// The graph that rotates one transformer's cached keys by -REBASE positions (RoPE
 /// rotations compose: a key rotated for position p, rotated by -REBASE, is the key for
-/// p - REBASE), as llama.cpp shifts its KV cache.
-pub(super) fn build_shift(state: &State, backend: &Backend, side: &str) -> Result<Graph> {
-    let mut graph = Graph::new(8 * LAYERS + 8);
-    let g = &graph.ctx;
-    let pos = g
-        .new_tensor(ggml::I32, &[SLOTS as i64])
-        .set_input()
-        .name("shift");
-    let mut writes = vec![];
-    for l in 0..LAYERS {
-        let k = state.get(&format!("{side}.{l}.k"));
-        let k3 = g.reshape(k, &[HEAD_DIM as i64, HEADS as i64, SLOTS as i64]);
-        let r = g.rope(k3, pos, HEAD_DIM as i32, ggml::ROPE_NORMAL, ROPE_MAX_PERIOD);
-        writes.push(g.cpy(r, k3));
+/// p - REBASE), as llama.cpp shifts its KV cache: the keys of one stream, those of the others
+/// rotated by 0 (exactly themselves: cos 0 = 1, sin 0 = 0).
+pub(super) struct Shift {
+    graph: Graph,
+    pos: T,
+    values: Vec<i32>,
+    /// The stream whose keys the positions rotate now.
+    rotates: Option<usize>,
+}
+
+impl Shift {
+    pub(super) fn new(state: &State, backend: &Backend, side: &str) -> Result<Shift> {
+        let streams = state.slices;
+        let mut graph = Graph::new(8 * LAYERS + 8);
+        let g = &graph.ctx;
+        let cells = (SLOTS * streams) as i64;
+        let pos = g.new_tensor(ggml::I32, &[cells]).set_input().name("shift");
+        let mut writes = vec![];
+        for l in 0..LAYERS {
+            let k = state.get(&format!("{side}.{l}.k"));
+            let k3 = g.reshape(k, &[HEAD_DIM as i64, HEADS as i64, cells]);
+            let r = g.rope(k3, pos, HEAD_DIM as i32, ggml::ROPE_NORMAL, ROPE_MAX_PERIOD);
+            writes.push(g.cpy(r, k3));
+        }
+        for w in writes {
+            graph.expand(w);
+        }
+        graph.allocate(backend)?;
+        graph.check_supported(backend, "Mimi key rotation graph")?;
+        Ok(Shift {
+            graph,
+            pos,
+            values: vec![0; SLOTS * streams],
+            rotates: None,
+        })
     }
-    for w in writes {
-        graph.expand(w);
+
+    /// Rotates stream `stream`'s cached keys by -REBASE positions.
+    pub(super) fn rotate(&mut self, backend: &Backend, stream: usize) -> Result<()> {
+        if self.rotates != Some(stream) {
+            self.values.fill(0);
+            self.values[stream * SLOTS..(stream + 1) * SLOTS].fill(-(REBASE as i32));
+            self.pos.write(&self.values);
+            self.rotates = Some(stream);
+        }
+        self.graph.compute(backend)
     }
-    graph.allocate(backend)?;
-    graph.check_supported(backend, "Mimi key rotation graph")?;
-    pos.write(&[-(REBASE as i32); SLOTS]);
-    Ok(graph)
 }
 
 impl Builder<'_> {
-    /// 8 pre-norm layers with LayerScale over `x` ([512, N], channel-fastest).
-    pub(super) fn transformer(&mut self, mut x: T, side: &str, ring: &RingInputs) -> T {
+    /// 8 pre-norm layers with LayerScale over `x` ([512, n, k], channel-fastest: n steps of
+    /// each of the batch's k streams), each stream attending to its own ring KV cache.
+    pub(super) fn transformer(&mut self, x: T, side: &str, ring: &RingInputs) -> T {
         let RingInputs {
             slots,
             pairs,
             pos,
             mask,
+            rows,
         } = *ring;
         let g = self.g;
-        let n = x.ne()[1];
+        let (n, k) = (x.ne()[1], self.batch());
+        let nt = n * k;
+        let lat = LATENT as i64;
         let (d, h, c) = (HEAD_DIM as i64, HEADS as i64, SLOTS as i64);
+        let streams = self.s.slices as i64;
+        let mut x = g.reshape(x, &[lat, nt]);
         for l in 0..LAYERS {
             let w = |s: &str| self.w.get(&format!("{side}.{l}.{s}"));
             let y = g.add(
@@ -214,7 +296,7 @@ impl Builder<'_> {
             let part = |i: usize| {
                 let v = g.view(
                     qkv,
-                    &[d, h, n],
+                    &[d, h, nt],
                     &[(HEAD_DIM * 4), qkv.nb()[1]],
                     i * LATENT * 4,
                 );
@@ -227,7 +309,7 @@ impl Builder<'_> {
                 ggml::ROPE_NORMAL,
                 ROPE_MAX_PERIOD,
             );
-            let k = g.rope(
+            let kr = g.rope(
                 part(1),
                 pos,
                 HEAD_DIM as i32,
@@ -235,34 +317,48 @@ impl Builder<'_> {
                 ROPE_MAX_PERIOD,
             );
             let v = part(2);
-            let kc = g.set_rows(
-                self.s.get(&format!("{side}.{l}.k")),
-                g.reshape(k, &[LATENT as i64, n]),
-                slots,
-            );
+            let (kname, vname) = (format!("{side}.{l}.k"), format!("{side}.{l}.v"));
             // Values go in by slot pairs: a frame writes 2 steps, at an even slot.
             let vt = g.reshape(
-                g.cont(g.transpose(g.reshape(v, &[LATENT as i64, n]))),
-                &[2, n / 2, LATENT as i64],
+                g.cont(g.transpose(g.reshape(v, &[lat, n, k]))),
+                &[2, n / 2, lat, k],
             );
-            let vcache = g.reshape(
-                self.s.get(&format!("{side}.{l}.v")),
-                &[2, c / 2, LATENT as i64],
-            );
-            let vc = g.set_rows(vcache, vt, pairs);
+            // The caches attended to: the state itself (one stream), or the batch's slices
+            // gathered, the new keys and values also written to the state's own rows.
+            let (kold, vold) = (self.read(&kname), self.read(&vname));
+            let kc = g.set_rows(kold, g.reshape(kr, &[lat, n, k]), slots);
+            let vc = g.set_rows(g.reshape(vold, &[2, c / 2, lat, k]), vt, pairs);
+            if let Some((key_rows, value_rows)) = rows {
+                let (ks, vs) = (self.s.get(&kname), self.s.get(&vname));
+                self.writes.push(g.set_rows(
+                    g.reshape(ks, &[lat, c * streams]),
+                    g.reshape(kr, &[lat, nt]),
+                    key_rows,
+                ));
+                self.writes.push(g.set_rows(
+                    g.reshape(vs, &[2, c / 2 * lat * streams]),
+                    g.reshape(vt, &[2, n / 2 * lat * k]),
+                    value_rows,
+                ));
+            }
             let kk = g.permute(
-                g.view(kc, &[d, h, c], &[HEAD_DIM * 4, LATENT * 4], 0),
+                g.view(
+                    kc,
+                    &[d, h, c, k],
+                    &[HEAD_DIM * 4, LATENT * 4, kc.nb()[2]],
+                    0,
+                ),
                 [0, 2, 1, 3],
             );
             // Contiguous queries let the scores take ggml's tiled matmul.
-            let qq = g.cont(g.permute(q, [0, 2, 1, 3]));
+            let qq = g.cont(g.permute(g.reshape(q, &[d, h, n, k]), [0, 2, 1, 3]));
             let kq = g.soft_max_ext(
                 g.mul_mat(kk, qq),
                 Some(mask),
                 1.0 / (HEAD_DIM as f32).sqrt(),
             );
-            let kqv = g.mul_mat(g.reshape(vc, &[c, d, h]), kq);
-            let o = g.reshape(g.cont(g.permute(kqv, [0, 2, 1, 3])), &[LATENT as i64, n]);
+            let kqv = g.mul_mat(g.reshape(vc, &[c, d, h, k]), kq);
+            let o = g.reshape(g.cont(g.permute(kqv, [0, 2, 1, 3])), &[lat, nt]);
             let attn = g.mul_mat(w("attn_out.weight"), o);
             x = g.add(x, g.mul(attn, w("scale1")));
             let y = g.add(
@@ -275,6 +371,6 @@ impl Builder<'_> {
             );
             x = g.add(x, g.mul(f, w("scale2")));
         }
-        x
+        g.reshape(x, &[lat, n, k])
     }
 }
