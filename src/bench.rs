@@ -52,6 +52,8 @@ pub fn test_signal(n: usize) -> Vec<f32> {
 pub struct MimiBench {
     pub frames: usize,
     pub threads: usize,
+    /// Streams encoded and decoded together in each call.
+    pub streams: usize,
     pub encode: Stats,
     pub decode: Stats,
     pub weight_bytes: usize,
@@ -59,12 +61,15 @@ pub struct MimiBench {
     pub traffic: Traffic,
 }
 
-/// Streams `frames` frames through the encoder and the decoder, one frame per call, after
-/// `warmup` frames, timing each call.
+/// Streams `frames` frames of every stream of `mimi` through the encoder and the decoder,
+/// one frame of each per call (all streams in one call), after `warmup` frames, timing each
+/// call. Stream s hears the test signal from frame s on.
 pub fn mimi(mimi: &mut Mimi, frames: usize, warmup: usize, threads: usize) -> Result<MimiBench> {
-    let pcm = test_signal((frames + warmup) * FRAME);
-    let mut codes = [0i32; 8];
-    let mut out = vec![0f32; FRAME];
+    let n = mimi.streams();
+    let streams: Vec<usize> = (0..n).collect();
+    let pcm = test_signal((frames + warmup + n) * FRAME);
+    let mut codes = vec![0i32; 8 * n];
+    let mut out = vec![0f32; FRAME * n];
     let (mut enc, mut dec) = (Vec::with_capacity(frames), Vec::with_capacity(frames));
     mimi.reset();
     let mut before = Traffic::now();
@@ -73,9 +78,9 @@ pub fn mimi(mimi: &mut Mimi, frames: usize, warmup: usize, threads: usize) -> Re
             before = Traffic::now();
         }
         let t0 = Instant::now();
-        mimi.encode(&pcm[f * FRAME..(f + 1) * FRAME], &mut codes)?;
+        mimi.encode_streams(&streams, &pcm[f * FRAME..(f + n) * FRAME], &mut codes)?;
         let t1 = Instant::now();
-        mimi.decode(&codes, &mut out)?;
+        mimi.decode_streams(&streams, &codes, &mut out)?;
         let t2 = Instant::now();
         if f >= warmup {
             enc.push(t1 - t0);
@@ -85,6 +90,7 @@ pub fn mimi(mimi: &mut Mimi, frames: usize, warmup: usize, threads: usize) -> Re
     Ok(MimiBench {
         frames,
         threads,
+        streams: n,
         encode: stats(&mut enc),
         decode: stats(&mut dec),
         weight_bytes: mimi.weight_bytes(),

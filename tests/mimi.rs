@@ -359,3 +359,19 @@ fn streams_run_together_code_and_decode_exactly_what_each_does_alone() {
         assert_ne!(alone[0].0[..80], alone[2].0[..80]);
     }
 }
+
+#[test]
+fn the_work_buffers_of_several_streams_are_as_estimated() {
+    let path = converted(1, "q8_0").join("mimi.gguf"); // Mimi at f32
+    for n in [1, 3, 5, 8] {
+        let mimi = Mimi::load_streams(&path, Device::Cpu, 1, n).unwrap();
+        let (have, est) = (mimi.graph_bytes(), Mimi::work_bytes(n));
+        eprintln!(
+            "{n} streams: work buffers {} MiB, estimate {} MiB",
+            have >> 20,
+            est >> 20
+        );
+        // The estimate is what `serve` counts before loading: never below, within 25 %.
+        assert!(have <= est && 4 * est <= 5 * have, "{n}: {have} vs {est}");
+    }
+}

@@ -217,7 +217,15 @@ fn two_clients_at_once_are_each_answered_as_alone_the_third_is_busy_and_a_freed_
     );
     assert_eq!(again.text, a.text);
     // B, alone now, once more: the same reply as it had beside A and A's successor.
-    let alone = runtime().block_on(converse(&url, &clip_b));
+    let alone = match std::panic::catch_unwind(|| runtime().block_on(converse(&url, &clip_b))) {
+        Ok(r) => r,
+        Err(e) => {
+            let mut d = d;
+            signal(&d.child, SIGTERM);
+            eprintln!("serve's log:\n{}", exit_of(&mut d.child).1);
+            std::panic::resume_unwind(e)
+        }
+    };
     assert!(
         alone.pcm == b.pcm,
         "B alone and B together answered differently"
@@ -246,8 +254,9 @@ fn conversations_that_do_not_fit_the_memory_are_refused_at_start() {
     let size = |f: &str| std::fs::metadata(dirm.path(f)).unwrap().len();
     let weights = size("backbone.gguf") + size("audio.gguf");
     let mimi = size("mimi.gguf");
-    // Room for the weights and two conversations' Mimi, not for four.
-    let mib = (weights + 2 * mimi + (8 << 20)) >> 20;
+    // Room for the weights and Mimi's streams for two conversations (about 70 MiB of states
+    // and work buffers; this model's KV caches are small), not for four (about 130 MiB).
+    let mib = (weights + mimi + (100 << 20)) >> 20;
     std::fs::write(
         &cfg,
         format!(

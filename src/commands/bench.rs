@@ -27,6 +27,10 @@ pub enum Args {
         /// Also time each graph node alone and list the most expensive ops.
         #[arg(long)]
         ops: bool,
+        /// Encode and decode this many streams together (1 to 16), each call one frame of
+        /// each, and one stream alone before them for the ratio of the times.
+        #[arg(long, default_value_t = 1)]
+        streams: usize,
     },
     /// One step of the language model (embed, backbone, depth transformer, sampling), ms per
     /// 80 ms step, and the backbone's graph next to llama.cpp's decode of the same file.
@@ -83,7 +87,8 @@ pub fn exec(a: Args) -> Result<()> {
             threads: t,
             backend,
             ops,
-        } => mimi(model, frames, t, backend, ops),
+            streams,
+        } => mimi(model, frames, t, backend, ops, streams),
     }
 }
 
@@ -187,7 +192,14 @@ fn step(
     Ok(())
 }
 
-fn mimi(model: PathBuf, frames: usize, t: Option<usize>, backend: Device, ops: bool) -> Result<()> {
+fn mimi(
+    model: PathBuf,
+    frames: usize,
+    t: Option<usize>,
+    backend: Device,
+    ops: bool,
+    streams: usize,
+) -> Result<()> {
     let n = threads(t);
     let mut mimi = Mimi::load(&mimi_path(&model)?, backend, n)?;
     if ops {
@@ -223,6 +235,29 @@ fn mimi(model: PathBuf, frames: usize, t: Option<usize>, backend: Device, ops: b
         "  encode and decode: {}",
         bench::traffic_line(&r.traffic, r.frames, "frame")
     );
+    if streams > 1 {
+        drop(mimi);
+        let mut together = Mimi::load_streams(&mimi_path(&model)?, backend, n, streams)?;
+        if ops {
+            println!("{streams} streams together:");
+            bench::print_ops(together.profile(20)?);
+            together.reset();
+        }
+        let s = bench::mimi(&mut together, frames.max(1), 10, n)?;
+        let both = s.encode.median + s.decode.median;
+        println!(
+            "  {streams} streams together, one frame of each per call: encode median {:.2} ms, decode median {:.2} ms; {:.2} ms against {:.2} ms for one alone in the same run: {:.2}× the time for {streams}× the streams",
+            s.encode.median,
+            s.decode.median,
+            both,
+            total,
+            both / total
+        );
+        println!(
+            "  {streams} streams, encode and decode: {}",
+            bench::traffic_line(&s.traffic, s.frames, "frame")
+        );
+    }
     let (enc, dec) = bench::opus(frames.max(1))?;
     println!(
         "Ogg-Opus of remote clients (24 kHz mono, 80 ms pages, one thread): encode median {:.3} ms (p99 {:.3}), decode median {:.3} ms (p99 {:.3}) per frame",

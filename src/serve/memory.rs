@@ -1,13 +1,14 @@
 //! What a number of conversations needs in memory, from the model's own dimensions and the
-//! configured context: the weights once, and per conversation the backbone's KV cache and a
-//! Mimi (its weights and streaming state: one Mimi per conversation for now). `serve`
-//! refuses at start a `server.max_conversations` that does not fit `memory_mib`.
+//! configured context: the weights once (Mimi's too: one codec of N streams), per
+//! conversation the backbone's KV cache and a Mimi stream's state, and the Mimi graphs' work
+//! buffers for N streams. `serve` refuses at start a `server.max_conversations` that does not
+//! fit `memory_mib`.
 
 use std::path::Path;
 
 use anyhow::{Context, Result, ensure};
 use flm_conversion::model_files::{AUDIO_FILE, BACKBONE_FILE, MIMI_FILE, audio_keys};
-use flm_kernels::mimi::Mimi;
+use flm_kernels::mimi::{MAX_STREAMS, Mimi};
 
 use crate::config::Config;
 use crate::model_dir::ModelDir;
@@ -17,12 +18,10 @@ const MIB: u64 = 1 << 20;
 /// The memory of a model folder under a configuration, in bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Need {
-    /// Backbone and audio weights (the files' sizes), held once.
+    /// Backbone, audio and Mimi weights (the files' sizes), held once.
     pub weights: u64,
     /// One conversation's backbone KV cache at the configured context.
     pub kv: u64,
-    /// One conversation's Mimi: its weights and streaming state.
-    pub mimi: u64,
 }
 
 impl Need {
@@ -58,20 +57,32 @@ impl Need {
                 .len())
         };
         Ok(Need {
-            weights: size(BACKBONE_FILE)? + size(AUDIO_FILE)?,
+            weights: size(BACKBONE_FILE)? + size(AUDIO_FILE)? + size(MIMI_FILE)?,
             kv: layers * kv_heads * head_dim * 2 * elem * positions,
-            mimi: size(MIMI_FILE)? + Mimi::state_bytes() as u64,
         })
+    }
+
+    /// Mimi's bytes besides its weights for `n` conversations: the streams' states and the
+    /// graphs' work buffers.
+    pub fn mimi(n: u64) -> u64 {
+        let n = n.clamp(1, MAX_STREAMS as u64) as usize;
+        (Mimi::states_bytes(n) + Mimi::work_bytes(n)) as u64
     }
 
     /// Bytes for `n` conversations.
     pub fn total(&self, n: u64) -> u64 {
-        self.weights + n * (self.kv + self.mimi)
+        self.weights + n * self.kv + Need::mimi(n)
     }
 
-    /// The most conversations that fit in `budget` bytes.
+    /// The most conversations that fit in `budget` bytes (counting Mimi at most 16 streams'
+    /// worth beyond 16, the engine's limit).
     pub fn fits(&self, budget: u64) -> u64 {
-        budget.saturating_sub(self.weights) / (self.kv + self.mimi)
+        let left = budget.saturating_sub(self.weights);
+        let mut n = 0;
+        while n < 4096 && (n + 1) * self.kv + Need::mimi(n + 1) <= left {
+            n += 1;
+        }
+        n
     }
 }
 
@@ -107,7 +118,7 @@ pub fn check(model: &Path, cfg: &Config, board: Option<&str>) -> Result<()> {
         (None, _) => "`memory_mib`".to_string(),
     };
     anyhow::bail!(
-        "key `server.max_conversations`: {n} conversations need {} MiB ({} MiB of weights + {n} × ({} MiB KV cache at {} steps + {} MiB Mimi)), over the {} MiB of {whose}; {} fit",
+        "key `server.max_conversations`: {n} conversations need {} MiB ({} MiB of weights + {n} × {} MiB KV cache at {} steps + {} MiB of Mimi streams), over the {} MiB of {whose}; {} fit",
         mib(total),
         mib(need.weights),
         mib(need.kv),
@@ -118,7 +129,7 @@ pub fn check(model: &Path, cfg: &Config, board: Option<&str>) -> Result<()> {
                 .unwrap_or_default(),
             p => p as u64,
         },
-        mib(need.mimi),
+        mib(Need::mimi(n)),
         mib(budget),
         need.fits(budget)
     )
@@ -136,10 +147,16 @@ mod tests {
         let need = Need {
             weights: 5000 * MIB,
             kv,
-            mimi: 330 * MIB,
         };
-        assert_eq!(need.total(2), (5000 + 2 * (448 + 330)) * MIB);
-        assert_eq!(need.fits(6600 * MIB), 2);
+        // Two streams' Mimi: three states of 16.1 MiB (the pads' slice too), work buffers for
+        // batches of 1 and 2 (3 × 7 MiB).
+        let state = Mimi::state_bytes() as u64;
+        assert_eq!(state.div_ceil(MIB), 17);
+        assert_eq!(Need::mimi(2), 3 * state + 3 * 7 * MIB);
+        let two = need.total(2);
+        assert_eq!(two, 5000 * MIB + 2 * kv + 3 * state + 21 * MIB);
+        assert_eq!(need.fits(two), 2);
+        assert_eq!(need.fits(two - 1), 1);
         assert_eq!(need.fits(4000 * MIB), 0);
     }
 }

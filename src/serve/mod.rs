@@ -123,23 +123,19 @@ pub fn load_model(cfg: &Config) -> Result<Model> {
         .with_context(|| dir.path(AUDIO_FILE).display().to_string())?;
     let detok = Detokenizer::from_json(tokenizer)?;
     let n = cfg.server.max_conversations as usize;
-    let mut mimi = Mimi::load(&dir.path(MIMI_FILE), opts.device, opts.threads)?;
+    // One Mimi of n streams: one copy of the weights, every conversation's frame in one
+    // encode and one decode graph.
+    let mut mimi = Mimi::load_streams(&dir.path(MIMI_FILE), opts.device, opts.threads, n)?;
     let mut engine = Engine::with_conversations(&dir, &opts, n)?;
-    // One Mimi per conversation (a Mimi of several streams is still to come).
-    let mut more = vec![];
+    let mut detoks = vec![];
     for _ in 1..n {
-        more.push(together::Codec {
-            mimi: Mimi::load(&dir.path(MIMI_FILE), opts.device, opts.threads)?,
-            detok: Detokenizer::from_json(tokenizer)?,
-        });
+        detoks.push(Detokenizer::from_json(tokenizer)?);
     }
     let mut codes = [0i32; 8];
     let mut pcm = [0f32; device::FRAME];
-    for m in std::iter::once(&mut mimi).chain(more.iter_mut().map(|c| &mut c.mimi)) {
-        m.encode(&pcm, &mut codes)?;
-        m.decode(&codes, &mut pcm)?;
-        m.reset();
-    }
+    mimi.encode(&pcm, &mut codes)?;
+    mimi.decode(&codes, &mut pcm)?;
+    mimi.reset();
     let users = vec![Some(codes); n];
     engine.step_some(&users)?;
     if n > 1 {
@@ -165,7 +161,7 @@ pub fn load_model(cfg: &Config) -> Result<Model> {
         detok,
         control: Arc::new(conversation::Control::new(c.idle_reset_s, c.quiet_dbfs)),
         heard: None,
-        more,
+        detoks,
     })
 }
 
@@ -658,7 +654,7 @@ fn reload(opts: &ServeOptions, cfg: &mut Config, model: &mut Model, metrics: &Me
                 // recording goes on.
                 let control = model.control.clone();
                 let heard = model.heard.take();
-                // (`more` comes with the new model.)
+                // (`detoks` comes with the new model.)
                 *model = m;
                 model.control = control;
                 model.heard = heard;

@@ -133,8 +133,9 @@ pub struct Model {
     pub control: std::sync::Arc<Control>,
     /// Where each frame the model is given is copied (`--record-heard`), wait-free.
     pub heard: Option<super::heard::Tap>,
-    /// The codecs of conversations 1.. when several are stepped together.
-    pub more: Vec<super::together::Codec>,
+    /// The detokenizers of conversations 1.. when several are stepped together (their
+    /// codec is a stream of `mimi`).
+    pub detoks: Vec<Detokenizer>,
 }
 
 impl Model {
@@ -143,9 +144,8 @@ impl Model {
         self.engine.reset();
         self.mimi.reset();
         self.detok.reset();
-        for c in &mut self.more {
-            c.mimi.reset();
-            c.detok.reset();
+        for d in &mut self.detoks {
+            d.reset();
         }
     }
 

@@ -1,10 +1,12 @@
 //! Several network conversations stepped together (`server.max_conversations` > 1): one
 //! engine step (`Engine::step_some`) per step boundary for every conversation that has a
-//! frame, each with its own slot: the engine's conversation, a Mimi, a detokenizer.
+//! frame, and one Mimi encode and one decode for all of them (`Mimi::encode_streams`), each
+//! with its own slot: the engine's conversation, the Mimi stream of the same index, a
+//! detokenizer.
 //!
 //! Admission happens at step boundaries. A conversation admitted by `Conversations::begin`
 //! is taken by the desk thread (log, event lines, handshake), then by the step thread,
-//! which gives it a free slot started anew (engine conversation reset, its Mimi and
+//! which gives it a free slot started anew (engine conversation reset, its Mimi stream and
 //! detokenizer reset, its draws seeded afresh); one whose client has gone leaves its slot
 //! at the next boundary, free at once.
 //!
@@ -22,7 +24,7 @@ use anyhow::{Context, Result};
 use flm_kernels::mimi::Mimi;
 
 use super::conversations::Conversations;
-use super::device::{FRAME, Pcm};
+use super::device::FRAME;
 use super::link::{self, PipelineEnd, Text};
 use super::metrics::Stage;
 use super::pipeline::{Model, PIECE};
@@ -39,20 +41,64 @@ const TEXT_ROOM: usize = 8;
 const POLL: Duration = Duration::from_millis(5);
 const FRAME_TIME: Duration = Duration::from_millis(80);
 
-/// The codec and text of a conversation beyond the first (the first's are the model's own).
-pub struct Codec {
-    pub mimi: Mimi,
-    pub detok: Detokenizer,
-}
-
-/// One conversation's place in the step.
+/// One conversation's place in the step (its Mimi stream is its index).
 struct Slot<'a> {
-    mimi: &'a mut Mimi,
     detok: &'a mut Detokenizer,
     link: Option<PipelineEnd>,
-    pcm: Pcm,
     /// Text tokens since the model last waited.
     in_text: bool,
+}
+
+/// The step's codec work: the frames of the conversations that step, side by side, for one
+/// Mimi call each way (sized for all at start).
+struct Frames {
+    /// The conversations (Mimi streams) that step, in order, and how many.
+    streams: [usize; MAX_CONVERSATIONS],
+    n: usize,
+    /// Their heard frames, and the codes Mimi found in them.
+    heard: Vec<f32>,
+    codes: Vec<i32>,
+    /// Those that answer: their streams, their codes, and the samples decoded.
+    answering: [usize; MAX_CONVERSATIONS],
+    answers: usize,
+    answer_codes: Vec<i32>,
+    said: Vec<f32>,
+}
+
+impl Frames {
+    fn new(n: usize) -> Frames {
+        Frames {
+            streams: [0; MAX_CONVERSATIONS],
+            n: 0,
+            heard: vec![0.0; n * FRAME],
+            codes: vec![0; n * CODEBOOKS],
+            answering: [0; MAX_CONVERSATIONS],
+            answers: 0,
+            answer_codes: vec![0; n * CODEBOOKS],
+            said: vec![0.0; n * FRAME],
+        }
+    }
+
+    fn encode(&mut self, mimi: &mut Mimi) -> Result<()> {
+        let n = self.n;
+        mimi.encode_streams(
+            &self.streams[..n],
+            &self.heard[..n * FRAME],
+            &mut self.codes[..n * CODEBOOKS],
+        )
+    }
+
+    fn decode(&mut self, mimi: &mut Mimi) -> Result<()> {
+        let n = self.answers;
+        if n == 0 {
+            return Ok(());
+        }
+        mimi.decode_streams(
+            &self.answering[..n],
+            &self.answer_codes[..n * CODEBOOKS],
+            &mut self.said[..n * FRAME],
+        )
+    }
 }
 
 /// What the step thread tells the desk thread.
@@ -101,26 +147,26 @@ pub fn run(
             engine,
             mimi,
             detok,
-            more,
+            detoks,
             control,
             ..
         } = model;
-        let mut slots: Vec<Slot> = std::iter::once((mimi, detok))
-            .chain(more.iter_mut().map(|c| (&mut c.mimi, &mut c.detok)))
+        let mut slots: Vec<Slot> = std::iter::once(detok)
+            .chain(detoks.iter_mut())
             .take(n)
-            .map(|(mimi, detok)| Slot {
-                mimi,
+            .map(|detok| Slot {
                 detok,
                 link: None,
-                pcm: [0.0; FRAME],
                 in_text: false,
             })
             .collect();
+        let mut frames = Frames::new(n);
         let result = (|| -> Result<()> {
             anyhow::ensure!(
-                slots.len() == n,
-                "several conversations: {} codecs for {n} conversations",
-                slots.len()
+                slots.len() == n && mimi.streams() == n,
+                "several conversations: {} detokenizers and {} Mimi streams for {n} conversations",
+                slots.len(),
+                mimi.streams()
             );
             let wait = engine.text_wait();
             let mut users: [Option<[i32; CODEBOOKS]>; MAX_CONVERSATIONS] =
@@ -145,16 +191,16 @@ pub fn run(
                     let Ok(end) = intake_rx.pop() else { break };
                     let alone = slots.iter().all(|s| s.link.is_none());
                     if alone && differs(engine.sampling(), end.sampling) {
-                        // The conversations stepped together share one sampling: the first
-                        // to join an empty step sets it (the settings can change only
-                        // while none runs).
+                        // The conversations stepped together share one sampling: the first to
+                        // join an empty step sets it (the settings can change only while none
+                        // runs).
                         engine
                             .set_sampling(end.sampling)
                             .context("a conversation's sampling")?;
                     }
                     engine.reset_conversation(c);
+                    mimi.reset_stream(c);
                     let slot = &mut slots[c];
-                    slot.mimi.reset();
                     slot.detok.reset();
                     slot.in_text = false;
                     let _ = end.state.capture.set(std::thread::current());
@@ -169,54 +215,73 @@ pub fn run(
                 // answer and its text.
                 let t0 = Instant::now();
                 let muted = control.muted();
-                let mut any = false;
+                frames.n = 0;
                 for (c, slot) in slots.iter_mut().enumerate() {
                     users[c] = None;
                     let Some(l) = slot.link.as_mut() else {
                         continue;
                     };
+                    let i = frames.n;
+                    let heard = &mut frames.heard[i * FRAME..(i + 1) * FRAME];
                     if l.audio_out.slots() < FRAME
                         || l.text.slots() < TEXT_ROOM
-                        || !link::pop_samples(&mut l.audio_in, &mut slot.pcm)
+                        || !link::pop_samples(&mut l.audio_in, heard)
                     {
                         continue;
                     }
                     if muted {
-                        slot.pcm.fill(0.0);
+                        heard.fill(0.0);
                     }
-                    let mut codes = [0i32; CODEBOOKS];
-                    slot.mimi
-                        .encode(&slot.pcm, &mut codes)
-                        .with_context(|| format!("step {step}: conversation {c}: Mimi encode"))?;
-                    users[c] = Some(codes);
-                    any = true;
+                    frames.streams[i] = c;
+                    frames.n += 1;
                 }
                 // Waiting for audio: nothing is owed meanwhile.
-                metrics.idle.store(!any, Relaxed);
-                if !any {
+                metrics.idle.store(frames.n == 0, Relaxed);
+                if frames.n == 0 {
                     std::thread::park_timeout(POLL);
                     continue;
+                }
+                frames
+                    .encode(mimi)
+                    .with_context(|| format!("step {step}: Mimi encode"))?;
+                for i in 0..frames.n {
+                    let mut codes = [0i32; CODEBOOKS];
+                    codes.copy_from_slice(&frames.codes[i * CODEBOOKS..(i + 1) * CODEBOOKS]);
+                    users[frames.streams[i]] = Some(codes);
                 }
                 let t1 = Instant::now();
                 let outs = engine
                     .step_some(&users[..n])
                     .with_context(|| format!("step {step}: model step"))?;
                 let t2 = Instant::now();
-                for (c, slot) in slots.iter_mut().enumerate() {
-                    if users[c].is_none() {
-                        continue;
+                // One answer per frame but the first, as the official server: all decoded in
+                // one call.
+                frames.answers = 0;
+                for i in 0..frames.n {
+                    let c = frames.streams[i];
+                    if let Some(f) = outs[c].frame {
+                        let a = frames.answers;
+                        frames.answer_codes[a * CODEBOOKS..(a + 1) * CODEBOOKS]
+                            .copy_from_slice(&f[1..]);
+                        frames.answering[a] = c;
+                        frames.answers += 1;
                     }
+                }
+                frames
+                    .decode(mimi)
+                    .with_context(|| format!("step {step}: Mimi decode"))?;
+                for a in 0..frames.answers {
+                    let l = slots[frames.answering[a]]
+                        .link
+                        .as_mut()
+                        .expect("a stepped slot has a link");
+                    link::push_samples(&mut l.audio_out, &frames.said[a * FRAME..(a + 1) * FRAME]);
+                }
+                for i in 0..frames.n {
+                    let c = frames.streams[i];
                     let out = outs[c];
+                    let slot = &mut slots[c];
                     let l = slot.link.as_mut().expect("a stepped slot has a link");
-                    // One answer per frame but the first, as the official server.
-                    if let Some(f) = out.frame {
-                        let mut speak = [0i32; CODEBOOKS];
-                        speak.copy_from_slice(&f[1..]);
-                        slot.mimi.decode(&speak, &mut slot.pcm).with_context(|| {
-                            format!("step {step}: conversation {c}: Mimi decode")
-                        })?;
-                        link::push_samples(&mut l.audio_out, &slot.pcm);
-                    }
                     let piece = slot.detok.push(out.text);
                     let mut rest = piece;
                     while !rest.is_empty() {
@@ -236,7 +301,7 @@ pub fn run(
                     slot.in_text = out.text != wait;
                 }
                 let t3 = Instant::now();
-                let st = outs[users.iter().position(Option::is_some).unwrap_or(0)].times;
+                let st = outs[frames.streams[0]].times;
                 metrics.stage(Stage::Encode, us(t1 - t0));
                 metrics.stage(Stage::Embed, (st.embed * 1e3) as u64);
                 metrics.stage(Stage::Backbone, (st.backbone * 1e3) as u64);

@@ -113,7 +113,35 @@ fn check_header(wb: &WeightsBuilder, label: &str) -> Result<()> {
     Ok(())
 }
 
+/// The batch sizes of the graphs of a codec of `streams` streams: 1, 2, 4, … below it, and
+/// all of them.
+fn batches(streams: usize) -> Vec<usize> {
+    (0..)
+        .map(|i| 1 << i)
+        .take_while(|&b| b < streams)
+        .chain([streams])
+        .collect()
+}
+
+/// Work-buffer bytes of the one-frame graphs (encoder and decoder) per stream place of a
+/// batch, f32 activations: 6 to 6.7 MiB measured on the CPU (`tests/mimi.rs` holds the
+/// estimate to the graphs' buffers).
+const WORK_PER_PLACE: usize = 7 << 20;
+
 impl Mimi {
+    /// An estimate, from above, of the bytes of the graphs' work buffers of a codec of
+    /// `streams` streams (those built at load).
+    pub fn work_bytes(streams: usize) -> usize {
+        batches(streams).iter().sum::<usize>() * WORK_PER_PLACE
+    }
+
+    /// Bytes of the persistent state of a codec of `streams` streams (with several, one
+    /// slice more, the pads').
+    pub fn states_bytes(streams: usize) -> usize {
+        let slices = if streams > 1 { streams + 1 } else { 1 };
+        slices * Mimi::state_bytes()
+    }
+
     /// Loads `mimi.gguf` onto `device` (with `threads` threads on the CPU): one stream.
     pub fn load(path: &Path, device: Device, threads: usize) -> Result<Mimi> {
         Mimi::load_streams(path, device, threads, 1)
@@ -146,11 +174,7 @@ impl Mimi {
         // With several streams, one slice more: the pads'.
         let slices = if streams > 1 { streams + 1 } else { 1 };
         let state = State::new(&backend, &streaming::state_layout(), slices)?;
-        let batches: Vec<usize> = (0..)
-            .map(|i| 1 << i)
-            .take_while(|&b| b < streams)
-            .chain([streams])
-            .collect();
+        let batches = batches(streams);
         let shifts = [
             Shift::new(&state, &backend, ENCODER)?,
             Shift::new(&state, &backend, DECODER)?,
@@ -439,22 +463,24 @@ impl Mimi {
         Ok(())
     }
 
-    /// Per-node timings of the one-frame encoder and decoder graphs (state is not advanced
-    /// consistently while profiling: reset before real use).
+    /// Per-node timings of the one-frame encoder and decoder graphs of all streams (state is
+    /// not advanced consistently while profiling: reset before real use).
     pub fn profile(&mut self, reps: usize) -> Result<Vec<(String, [i64; 4], f64)>> {
         // One real call of each sets every graph input.
-        let mut codes = [0i32; N_CODEBOOKS];
-        self.encode(&[0.0; FRAME], &mut codes)?;
-        self.decode(&codes, &mut [0.0; FRAME])?;
+        let b = self.streams();
+        let all: Vec<usize> = (0..b).collect();
+        let mut codes = vec![0i32; N_CODEBOOKS * b];
+        self.encode_streams(&all, &vec![0.0; FRAME * b], &mut codes)?;
+        self.decode_streams(&all, &codes, &mut vec![0.0; FRAME * b])?;
         let mut out = self
             .encoders
-            .get_mut(&(1, 1))
+            .get_mut(&(1, b))
             .unwrap()
             .graph
             .profile(&self.backend, reps)?;
         out.extend(
             self.decoders
-                .get_mut(&(1, 1))
+                .get_mut(&(1, b))
                 .unwrap()
                 .graph
                 .profile(&self.backend, reps)?,

@@ -5,6 +5,7 @@
 use anyhow::Result;
 use flm_conversion::plan::mimi_arch::*;
 
+use super::resample::STEPS_PER_FRAME;
 use super::state::{Builder, State};
 use crate::ggml::{self, Backend, Graph, T};
 use crate::staging::{Staging, StagingBuilder};
@@ -44,17 +45,19 @@ pub(super) struct Ring {
 }
 
 impl Ring {
+    /// An empty ring, its input buffers sized for a call of one frame.
     pub(super) fn new() -> Ring {
+        let n = STEPS_PER_FRAME;
         Ring {
             slot_pos: vec![-1; CONTEXT],
             end: 0,
             base: 0,
-            slots: vec![],
-            pairs: vec![],
-            pos: vec![],
-            mask: vec![],
-            key_rows: vec![],
-            value_rows: vec![],
+            slots: vec![0; n],
+            pairs: vec![0; n / 2],
+            pos: vec![0; n],
+            mask: vec![f32::NEG_INFINITY; n * SLOTS],
+            key_rows: vec![0; n],
+            value_rows: vec![0; n / 2 * LATENT],
         }
     }
 
