@@ -1,7 +1,12 @@
 //! `serve` with `server.max_conversations = 2` and ALSA devices: the local microphone's
 //! conversation (`server.local_conversation`, the default) and a websocket client stepped
 //! together. The devices are alsa-lib `file` PCMs over named pipes (as in
-//! tests/alsa_paced.rs) whose other ends this test feeds and drains at 48 kHz by the clock.
+//! tests/alsa_paced.rs) whose other ends this test feeds and drains: the microphone's card
+//! delivers a 20 ms period of 48 kHz audio every 80 ms by the clock (a card at a quarter of
+//! its speed, which paces the local conversation's steps), and the model computes on one
+//! thread, so that both conversations keep to their deadlines on a small machine shared with
+//! other work (README, "Sharing the CPU"): what is checked here is what each conversation
+//! gets, not speed.
 //! The daemon records what the local conversation's model hears (`status.record_heard`) and
 //! publishes its captions on the event socket; the control socket's `reset` starts a new
 //! local conversation while the client talks. Each is what it is alone: the local captions
@@ -30,9 +35,10 @@ use flm_edge::serve::device::{FRAME, sleep_until};
 const RATE: u32 = 48_000;
 /// One 20 ms period at 48 kHz mono s16, in bytes.
 const PERIOD_BYTES: usize = 960 * 2;
-const PERIOD: Duration = Duration::from_millis(20);
+/// How often the microphone's card delivers a period (of 20 ms): a quarter of its speed.
+const PERIOD: Duration = Duration::from_millis(80);
 
-/// The microphone's clock: writes `pcm` (then silence) one period every 20 ms. A reader
+/// The microphone's clock: writes `pcm` (then silence) one period every `PERIOD`. A reader
 /// that goes away (alsa-lib's probe) is waited for again, until `stop`: then the first
 /// write that fails (the daemon has gone) ends it.
 fn feed(path: PathBuf, pcm: Vec<u8>, stop: Arc<AtomicBool>) {
@@ -54,14 +60,13 @@ fn feed(path: PathBuf, pcm: Vec<u8>, stop: Arc<AtomicBool>) {
     }
 }
 
-/// The loudspeaker's clock: reads one period every 20 ms until the writer closes.
+/// The loudspeaker's card: takes every period as it comes (the daemon plays each frame in its
+/// slot, at the microphone's pace), until the writer closes.
 fn drain(path: PathBuf) -> Vec<i16> {
     let mut pipe = std::fs::File::open(&path).unwrap();
-    let t0 = Instant::now();
     let mut out = vec![];
     let mut buf = [0u8; PERIOD_BYTES];
-    for k in 0.. {
-        sleep_until(t0 + PERIOD * k as u32);
+    loop {
         if pipe.read_exact(&mut buf).is_err() {
             break;
         }
@@ -112,8 +117,9 @@ fn the_local_conversation_and_a_client_stepped_together_are_each_as_alone_and_a_
     // The loudspeaker's card waits for the daemon to open it.
     let drainer = std::thread::spawn(move || drain(play));
     let heard_wav = alsa.join("heard.wav");
-    let d = Daemon::launch(
+    let d = Daemon::launch_threads(
         "serve-local-and-client",
+        1,
         &format!("record_heard = \"{}\"\n", heard_wav.display()),
         &format!(
             "max_conversations = 2\n\
@@ -148,7 +154,8 @@ fn the_local_conversation_and_a_client_stepped_together_are_each_as_alone_and_a_
         }
         lines
     });
-    // The local user: 6.4 s of speech (then silence), at 48 kHz by repeating each sample.
+    // The local user: 6.4 s of speech (25.6 s at the card's pace; then silence), at 48 kHz
+    // by repeating each sample.
     let speech = speech();
     let user: Vec<u8> = speech[..80 * FRAME]
         .iter()
@@ -162,13 +169,14 @@ fn the_local_conversation_and_a_client_stepped_together_are_each_as_alone_and_a_
         let stop = stop_feed.clone();
         std::thread::spawn(move || feed(cap, user, stop))
     };
-    // A client with another voice, from 1 s on; the kiosk's reset 2.5 s into its talk; a
-    // second client meanwhile refused: the local conversation has the other place.
+    // A client with another voice, from 3 s on (the local conversation's 9th frame); the
+    // kiosk's reset 2.5 s into its talk; a second client meanwhile refused: the local
+    // conversation has the other place.
     let clip = speech[90 * FRAME..130 * FRAME].to_vec();
     let url = d.url();
     let run = std::panic::catch_unwind(|| {
         runtime().block_on(async {
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            tokio::time::sleep(Duration::from_secs(3)).await;
             let during = async {
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 let busy = refused(&url).await;
@@ -195,8 +203,8 @@ fn the_local_conversation_and_a_client_stepped_together_are_each_as_alone_and_a_
             std::panic::resume_unwind(e)
         }
     };
-    // Two more seconds of the local conversation alone.
-    std::thread::sleep(Duration::from_secs(2));
+    // Four more seconds (12 frames) of the local conversation alone.
+    std::thread::sleep(Duration::from_secs(4));
     let dropped = d.metric("capture_dropped_frames_total");
     let heard_dropped = d.metric("heard_dropped_frames_total");
     let events_dropped = d.metric("events_dropped_total");
@@ -239,7 +247,7 @@ fn the_local_conversation_and_a_client_stepped_together_are_each_as_alone_and_a_
     let heard = heard(&heard_wav);
     let frames = heard.len() / FRAME;
     assert!(
-        r > 20 && frames > r as usize + 20,
+        r > 10 && frames > r as usize + 10,
         "reset at {r} of {frames}"
     );
     // Its captions, before the reset and from it on.

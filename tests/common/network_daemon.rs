@@ -47,6 +47,17 @@ impl Daemon {
 
     /// Listening within `within`.
     pub fn launch(name: &str, status: &str, server: &str, within: Duration) -> Daemon {
+        Daemon::launch_threads(name, 2, status, server, within)
+    }
+
+    /// With `threads` compute threads.
+    pub fn launch_threads(
+        name: &str,
+        threads: u32,
+        status: &str,
+        server: &str,
+        within: Duration,
+    ) -> Daemon {
         let dir = scratch(name);
         std::fs::create_dir_all(&*dir).unwrap();
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -54,7 +65,7 @@ impl Daemon {
         std::fs::write(
             &cfg,
             format!(
-                "threads = 2\n[status]\n{}events = \"{}\"\n{status}[server]\nlisten = \"{addr}\"\n{server}",
+                "threads = {threads}\n[status]\n{}events = \"{}\"\n{status}[server]\nlisten = \"{addr}\"\n{server}",
                 // No status address of its own unless `status` names one.
                 if status.contains("metrics") {
                     ""
