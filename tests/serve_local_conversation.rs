@@ -120,7 +120,10 @@ fn the_local_conversation_and_a_client_stepped_together_are_each_as_alone_and_a_
     let d = Daemon::launch_threads(
         "serve-local-and-client",
         1,
-        &format!("record_heard = \"{}\"\n", heard_wav.display()),
+        &format!(
+            "record_heard = \"{}\"\nlog_interval_s = 1\n",
+            heard_wav.display()
+        ),
         &format!(
             "max_conversations = 2\n\
              [audio]\nsource = \"alsa\"\ncapture = \"kiosk_capture\"\nplayback = \"kiosk_playback\"\n\
@@ -273,6 +276,14 @@ fn the_local_conversation_and_a_client_stepped_together_are_each_as_alone_and_a_
     assert_eq!(
         err.matches("conversation with 127.0.0.1").count(),
         2,
+        "{err}"
+    );
+    // The status line says both, and the sound devices are in use.
+    assert!(
+        err.lines().any(
+            |l| l.starts_with("flm-edge: local audio and network conversations; ")
+                && l.contains("devices ok")
+        ),
         "{err}"
     );
 }

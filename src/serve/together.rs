@@ -139,6 +139,7 @@ pub fn run(
         // The network conversations' first slot.
         let first = local.is_some() as usize;
         owner.set_local(local.is_some());
+        metrics.local_in_step.store(local.is_some(), Relaxed);
         let mut slots: Vec<Slot> = std::iter::once((mimi, detok))
             .chain(more.iter_mut().map(|c| (&mut c.mimi, &mut c.detok)))
             .take(n)
@@ -321,6 +322,7 @@ pub fn run(
             }
         }
         owner.set_local(false);
+        metrics.local_in_step.store(false, Relaxed);
         // Every conversation still in a slot leaves; the desk finishes them and stops.
         for slot in &mut slots {
             if let Some(l) = slot.link.take() {
