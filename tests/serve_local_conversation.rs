@@ -7,6 +7,7 @@
 //! thread, so that both conversations keep to their deadlines on a small machine shared with
 //! other work (README, "Sharing the CPU"): what is checked here is what each conversation
 //! gets, not speed.
+//! The echo canceller is on (`audio.echo_cancel = "aec3"`, on the capture path as alone).
 //! The daemon records what the local conversation's model hears (`status.record_heard`) and
 //! publishes its captions on the event socket; the control socket's `reset` starts a new
 //! local conversation while the client talks. Each is what it is alone: the local captions
@@ -127,7 +128,7 @@ fn the_local_conversation_and_a_client_stepped_together_are_each_as_alone_and_a_
         &format!(
             "max_conversations = 2\n\
              [audio]\nsource = \"alsa\"\ncapture = \"kiosk_capture\"\nplayback = \"kiosk_playback\"\n\
-             rate = {RATE}\nchannels = 1\nformat = \"s16\"\nperiod_ms = 20\nperiods = 4\n\
+             rate = {RATE}\nchannels = 1\nformat = \"s16\"\nperiod_ms = 20\nperiods = 4\necho_cancel = \"aec3\"\n\
              [schedule]\nlatency_frames = 6\nmax_backlog_frames = 15\n\
              [conversation]\nidle_reset_s = 0\n"
         ),
@@ -209,6 +210,9 @@ fn the_local_conversation_and_a_client_stepped_together_are_each_as_alone_and_a_
     // Four more seconds (12 frames) of the local conversation alone.
     std::thread::sleep(Duration::from_secs(4));
     let dropped = d.metric("capture_dropped_frames_total");
+    // The echo canceller runs on the local conversation's capture path, as alone (there is
+    // no echo here: what the model hears is the user, through the canceller).
+    let echo = d.http("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
     let heard_dropped = d.metric("heard_dropped_frames_total");
     let events_dropped = d.metric("events_dropped_total");
     let conversations = d.metric("conversations_total");
@@ -220,6 +224,7 @@ fn the_local_conversation_and_a_client_stepped_together_are_each_as_alone_and_a_
     feeder.join().unwrap();
 
     assert!(busy.contains("busy"), "{busy}");
+    assert!(echo.contains("flm_edge_echo_far_short_total"), "{echo}");
     assert!(reset.contains("\"ok\":\"reset\""), "{reset}");
     assert!(reset_at < ended, "the reset came after the client had gone");
     assert_eq!((conversations, refusals), (1, 1));
