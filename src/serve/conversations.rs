@@ -2,8 +2,9 @@
 //! client, or a replayed file. A network client asks through `begin` (from the HTTP stack's
 //! thread); the serve loop, which alone holds the model, takes the offer, runs the
 //! conversation through `hold` and gives the model back. `hold` is the one place a pipeline
-//! is built: every owner starts from a fresh model state (engine, Mimi, detokenizer) with its
-//! own sampling.
+//! of one conversation is built: every owner starts from a fresh model state (engine, Mimi,
+//! detokenizer) with its own sampling. (Several conversations in one step are run by
+//! `super::together`, the local devices there served by the pipeline's audio threads.)
 //!
 //! The network side never polls: it waits on `handed` (the conversation started or ended)
 //! and `released` (the model is free again), notified as those happen.
