@@ -6,15 +6,17 @@
 //! its speed, which paces the local conversation's steps), and the model computes on one
 //! thread, so that both conversations keep to their deadlines on a small machine shared with
 //! other work (README, "Sharing the CPU"): what is checked here is what each conversation
-//! gets, not speed.
-//! The echo canceller is on (`audio.echo_cancel = "aec3"`, on the capture path as alone).
+//! gets, not speed. The echo canceller is on (`audio.echo_cancel = "aec3"`, on the capture
+//! path as alone).
+//!
 //! The daemon records what the local conversation's model hears (`status.record_heard`) and
-//! publishes its captions on the event socket; the control socket's `reset` starts a new
-//! local conversation while the client talks. Each is what it is alone: the local captions
-//! before the reset are `flm-edge run`'s on the frames heard before it, those after on the
-//! frames heard after it (a fresh state in its slot), and the client's text is `flm-edge
-//! run`'s on what it sent, undisturbed by the reset. A second client meanwhile is refused
-//! as busy: the local conversation is one of the two.
+//! publishes its captions on the event socket. While the client talks, the control socket's
+//! `reset` starts a new local conversation, and its `mute` silences the microphone for 0.8
+//! s. Each conversation is what it is alone: the local captions before the reset are
+//! `flm-edge run`'s on the frames heard before it, those after it on the frames heard after
+//! it (a fresh state in its slot alone), and the client's text is `flm-edge run`'s on what it
+//! sent, neither reset nor muted. A second client meanwhile is refused as busy: the local
+//! conversation is one of the two.
 //!
 //! alsa-lib reads its configuration once per process (here, the daemon's, from this
 //! process's environment): this file holds one test.
@@ -185,11 +187,17 @@ fn the_local_conversation_and_a_client_stepped_together_are_each_as_alone_and_a_
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 let busy = refused(&url).await;
                 tokio::time::sleep(Duration::from_secs(2)).await;
-                let sock = events_sock.clone();
-                let reset = tokio::task::spawn_blocking(move || command(&sock, "reset"))
-                    .await
-                    .unwrap();
-                (busy, reset, Instant::now())
+                let ask = |cmd: &'static str| {
+                    let sock = events_sock.clone();
+                    tokio::task::spawn_blocking(move || command(&sock, cmd))
+                };
+                let reset = ask("reset").await.unwrap();
+                // Then the kiosk's mute, for 0.8 s: the microphone's alone.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let mute = ask("mute").await.unwrap();
+                tokio::time::sleep(Duration::from_millis(800)).await;
+                ask("unmute").await.unwrap();
+                (busy, reset, mute, Instant::now())
             };
             let talk = async {
                 let reply = converse(&url, &clip).await;
@@ -198,7 +206,7 @@ fn the_local_conversation_and_a_client_stepped_together_are_each_as_alone_and_a_
             tokio::join!(talk, during)
         })
     });
-    let ((reply, ended), (busy, reset, reset_at)) = match run {
+    let ((reply, ended), (busy, reset, mute, unmuted_at)) = match run {
         Ok(r) => r,
         Err(e) => {
             let mut d = d;
@@ -226,7 +234,11 @@ fn the_local_conversation_and_a_client_stepped_together_are_each_as_alone_and_a_
     assert!(busy.contains("busy"), "{busy}");
     assert!(echo.contains("flm_edge_echo_far_short_total"), "{echo}");
     assert!(reset.contains("\"ok\":\"reset\""), "{reset}");
-    assert!(reset_at < ended, "the reset came after the client had gone");
+    assert!(mute.contains("\"state\":\"muted\""), "{mute}");
+    assert!(
+        unmuted_at < ended,
+        "the reset and the mute came after the client had gone"
+    );
     assert_eq!((conversations, refusals), (1, 1));
     // Every frame the microphone gave was heard, in order (the heard frame k is captured
     // frame k), and every caption went out.
@@ -258,6 +270,14 @@ fn the_local_conversation_and_a_client_stepped_together_are_each_as_alone_and_a_
         r > 10 && frames > r as usize + 10,
         "reset at {r} of {frames}"
     );
+    // Muted, it heard silence (and its screens were told); the client's audio was not muted
+    // (its text is as alone, above).
+    let silent = heard
+        .chunks_exact(FRAME)
+        .filter(|f| f.iter().all(|&x| x == 0.0))
+        .count();
+    assert!((1..=5).contains(&silent), "{silent} silent frames heard");
+    assert!(lines.iter().any(|l| l["state"] == "muted"));
     // Its captions, before the reset and from it on.
     let mut before = String::new();
     let mut after = String::new();
