@@ -109,7 +109,7 @@ fn heard(path: &Path) -> Vec<f32> {
 }
 
 #[test]
-fn the_local_conversation_and_a_client_stepped_together_are_each_as_alone_and_a_local_reset_is_its_own()
+fn the_local_conversation_and_a_client_in_one_step_are_each_as_alone_and_the_kiosk_reset_and_mute_are_the_local_one_s()
  {
     watchdog(
         Duration::from_secs(400),
