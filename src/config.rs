@@ -167,8 +167,8 @@ pub struct Server {
     /// refused as busy.
     pub max_conversations: u32,
     /// With `max_conversations` > 1 and ALSA devices: whether the local microphone's
-    /// conversation is one of them (false: the devices stay closed; network conversations
-    /// only).
+    /// conversation is one of them (it keeps its place; network clients have the other
+    /// `max_conversations` - 1). False: the devices stay closed; network conversations only.
     pub local_conversation: bool,
 }
 

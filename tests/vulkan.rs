@@ -497,3 +497,87 @@ fn a_text_draw_at_the_official_temperature_finds_the_maximum_wherever_it_lies() 
         }
     }
 }
+
+// Several Mimi streams in one graph against each stream alone, on the device. On the CPU
+// they are bit-identical (tests/mimi.rs); on a GPU a batch may take other kernels than one
+// stream (ggml-vulkan picks its matrix kernels' tiling and split by the size of the whole
+// product, batch included) and round otherwise: measured on lavapipe, audio 61 dB from alone
+// (as the device from the CPU), and codes equal but at near-ties, where a flipped acoustic
+// codebook also changes the residuals that the later ones quantize. The decoder is checked
+// on the solo run's codes (a flipped code would decode to other audio for many frames); the
+// encoder's codes, frame by frame: the semantic codebook in every frame, the acoustic ones
+// but for a few frames' near-ties (measured: none in two streams, four frames of 24 in the
+// third, each a flip of the first acoustic codebook and the residuals after it).
+#[test]
+fn mimi_streams_together_code_and_decode_what_each_does_alone() {
+    let device = vulkan();
+    let pcm = speech();
+    let path = converted(1, "q8_0").join("mimi.gguf"); // Mimi stays f32
+    let frames = 24;
+    let starts = [0usize, 5, 2];
+    let input = |s: usize, f: usize| &pcm[(7 * s + f) * FRAME..(7 * s + f + 1) * FRAME];
+    let mut alone = vec![];
+    for s in 0..3 {
+        let mut m = Mimi::load(&path, device, 2).unwrap();
+        let (mut codes, mut audio) = (vec![0i32; frames * 8], vec![0f32; frames * FRAME]);
+        for f in 0..frames {
+            let c = &mut codes[f * 8..(f + 1) * 8];
+            m.encode(input(s, f), c).unwrap();
+            m.decode(c, &mut audio[f * FRAME..(f + 1) * FRAME]).unwrap();
+        }
+        alone.push((codes, audio));
+    }
+    let mut m = Mimi::load_streams(&path, device, 2, 3).unwrap();
+    assert!(
+        m.backend_name().starts_with("Vulkan"),
+        "{}",
+        m.backend_name()
+    );
+    let mut together = vec![(vec![], vec![]); 3];
+    for t in 0..frames + 5 {
+        let ids: Vec<usize> = (0..3)
+            .filter(|&s| t >= starts[s] && t - starts[s] < frames)
+            .collect();
+        let heard: Vec<f32> = ids
+            .iter()
+            .flat_map(|&s| input(s, t - starts[s]).to_vec())
+            .collect();
+        let solo: Vec<i32> = ids
+            .iter()
+            .flat_map(|&s| alone[s].0[(t - starts[s]) * 8..(t - starts[s] + 1) * 8].to_vec())
+            .collect();
+        let mut codes = vec![0i32; ids.len() * 8];
+        let mut audio = vec![0f32; ids.len() * FRAME];
+        m.encode_streams(&ids, &heard, &mut codes).unwrap();
+        m.decode_streams(&ids, &solo, &mut audio).unwrap();
+        for (i, &s) in ids.iter().enumerate() {
+            together[s].0.extend_from_slice(&codes[i * 8..(i + 1) * 8]);
+            together[s]
+                .1
+                .extend_from_slice(&audio[i * FRAME..(i + 1) * FRAME]);
+        }
+    }
+    for s in 0..3 {
+        let (ca, pa) = &alone[s];
+        let (ct, pt) = &together[s];
+        let differ: Vec<(usize, usize)> = (0..ca.len())
+            .filter(|&i| ca[i] != ct[i])
+            .map(|i| (i / 8, i % 8))
+            .collect();
+        let mut frames_differing: Vec<usize> = differ.iter().map(|d| d.0).collect();
+        frames_differing.dedup();
+        let snr = snr_db(pa, pt);
+        eprintln!(
+            "vulkan: stream {s}: codes as alone but at (frame, codebook) {differ:?}; the solo codes decoded {snr:.1} dB from alone"
+        );
+        assert!(
+            differ.iter().all(|d| d.1 > 0),
+            "stream {s}: a semantic code differs"
+        );
+        assert!(
+            frames_differing.len() <= 3,
+            "stream {s}: frames {frames_differing:?}"
+        );
+        assert!(snr >= 55.0, "stream {s}: {snr:.1} dB");
+    }
+}

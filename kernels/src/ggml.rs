@@ -816,6 +816,12 @@ impl Backend {
         if dev.is_cpu() {
             return Backend::cpu(threads);
         }
+        // One start at a time in the process: a GPU backend sets its device up on its first
+        // start (ggml-vulkan: `ggml_vk_get_device` fills a global table unguarded), and two
+        // first starts at once would each make a device, the buffers of one then refused by
+        // the other's backend.
+        static STARTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one = STARTING.lock().unwrap_or_else(|e| e.into_inner());
         // SAFETY: a registered device; default parameters; freed in Drop.
         let raw = unsafe { sys::ggml_backend_dev_init(dev.raw(), std::ptr::null()) };
         let Some(raw) = NonNull::new(raw) else {

@@ -2,15 +2,18 @@
 //! client, or a replayed file. A network client asks through `begin` (from the HTTP stack's
 //! thread); the serve loop, which alone holds the model, takes the offer, runs the
 //! conversation through `hold` and gives the model back. `hold` is the one place a pipeline
-//! is built: every owner starts from a fresh model state (engine, Mimi, detokenizer) with its
-//! own sampling.
+//! of one conversation is built: every owner starts from a fresh model state (engine, Mimi,
+//! detokenizer) with its own sampling. (Several conversations in one step are run by
+//! `super::together`, the local devices there served by the pipeline's audio threads.)
 //!
 //! The network side never polls: it waits on `handed` (the conversation started or ended)
 //! and `released` (the model is free again), notified as those happen.
 //!
-//! With `server.max_conversations` > 1 (`several`), up to that many network conversations
-//! are admitted at once and handed, through a wait-free ring, to the step that runs them
-//! together (`super::together`); the next client is refused as busy, as with one.
+//! With `server.max_conversations` > 1 (`several`), up to that many conversations are
+//! stepped together (`super::together`): the local microphone's, when it is one of them
+//! (`server.local_conversation` with ALSA devices), and network conversations, admitted
+//! up to the places left and handed through a wait-free ring to the step; the next client
+//! is refused as busy, as with one.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -74,6 +77,9 @@ pub struct Conversations {
     pub released: tokio::sync::Notify,
     /// Set when several conversations are stepped together.
     several: Option<Several>,
+    /// The local microphone's conversation is in the step (with its sampling, the
+    /// configuration's).
+    local: AtomicBool,
 }
 
 impl Conversations {
@@ -98,11 +104,12 @@ impl Conversations {
             receive_samples,
             released: tokio::sync::Notify::new(),
             several: None,
+            local: AtomicBool::new(false),
         }
     }
 
-    /// Admits up to `slots` network conversations at once (more than one), handed to the
-    /// step that runs them together through `take_admitted`.
+    /// Admits up to `slots` network conversations at once, handed to the step that runs
+    /// them together (with the local one, when it is in the step) through `take_admitted`.
     pub fn several(mut self, slots: usize) -> Conversations {
         let (admit, admitted) = rtrb::RingBuffer::new(ADMITTED);
         self.several = Some(Several {
@@ -173,13 +180,19 @@ impl Conversations {
         self.released.notify_waiters();
     }
 
-    /// Whether any network conversation is admitted (settings wait for none: the
-    /// conversations stepped together share one sampling).
+    /// Whether any network conversation is admitted, or the local one is in the step
+    /// (settings wait for none: the conversations stepped together share one sampling, and
+    /// the local one's is the configuration's).
     pub fn any(&self) -> bool {
         match &self.several {
-            Some(s) => s.active.load(Relaxed) > 0,
+            Some(s) => s.active.load(Relaxed) > 0 || self.local.load(Relaxed),
             None => self.busy(),
         }
+    }
+
+    /// The step runs the local microphone's conversation (or no longer does).
+    pub fn set_local(&self, in_step: bool) {
+        self.local.store(in_step, Relaxed);
     }
 
     /// Asks for the model for a conversation with `peer` at `sampling`: the socket's end of

@@ -54,6 +54,9 @@ pub struct Metrics {
     pub idle: AtomicBool,
     /// Conversations over the network.
     pub remote: Remote,
+    /// The local microphone's conversation is one of several in the step (its devices are
+    /// in use whatever network conversations run beside it).
+    pub local_in_step: AtomicBool,
     pub deadline_misses: AtomicU64,
     /// Consecutive steps that missed their deadline, now.
     pub consecutive_misses: AtomicU64,
@@ -174,6 +177,7 @@ impl Default for Metrics {
             loading: AtomicBool::new(false),
             idle: AtomicBool::new(false),
             remote: Remote::default(),
+            local_in_step: AtomicBool::new(false),
             deadline_misses: z(),
             consecutive_misses: z(),
             capture_dropped: z(),
@@ -216,7 +220,14 @@ impl Metrics {
 
     /// Where the audio comes from now, as STATUS and the page say it.
     pub fn source(&self) -> &'static str {
-        if self.remote.active.load(Relaxed) {
+        let remote = self.remote.active.load(Relaxed);
+        if self.local_in_step.load(Relaxed) {
+            if remote {
+                "local audio and network conversations"
+            } else {
+                "local audio"
+            }
+        } else if remote {
             "network conversation"
         } else if self.idle.load(Relaxed) {
             "waiting for a network client"
@@ -229,8 +240,11 @@ impl Metrics {
     /// the sound devices are there (null while they are not in use).
     pub fn health(&self) -> serde_json::Value {
         let source = self.source();
-        let device =
-            |present: &AtomicBool| (source == "local audio").then(|| present.load(Relaxed));
+        let device = |present: &AtomicBool| {
+            source
+                .starts_with("local audio")
+                .then(|| present.load(Relaxed))
+        };
         serde_json::json!({ "health": {
             "source": source,
             "steps": self.steps.load(Relaxed),

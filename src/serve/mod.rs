@@ -14,6 +14,7 @@ pub mod file_io;
 pub mod heard;
 pub mod jetson;
 pub mod link;
+pub mod local;
 pub mod memory;
 pub mod metrics;
 pub mod network_io;
@@ -255,11 +256,9 @@ pub fn serve(opts: ServeOptions, start_front: StartFront) -> Result<()> {
             "key `server.max_conversations`: a replay (--input-wav) runs one conversation; set 1"
         );
     }
-    if several && cfg.source() == Source::Alsa && cfg.server.local_conversation {
-        bail!(
-            "key `server.local_conversation`: the local microphone's conversation is not yet one of several stepped together; set it to false (network conversations only) or `server.max_conversations` to 1"
-        );
-    }
+    // With ALSA devices, the local microphone's conversation is one of the N: the network
+    // clients have the N-1 other places.
+    let local = several && cfg.source() == Source::Alsa && cfg.server.local_conversation;
     if let Some(m) = &cfg.model {
         memory::check(m, &cfg, opts.board.as_deref())?;
     }
@@ -285,7 +284,7 @@ pub fn serve(opts: ServeOptions, start_front: StartFront) -> Result<()> {
         cfg.server.receive_buffer_s as usize * device::RATE as usize,
     );
     if several {
-        owner = owner.several(cfg.server.max_conversations as usize);
+        owner = owner.several(cfg.server.max_conversations as usize - local as usize);
     }
     let owner = Arc::new(owner);
     let feed = start_front(&cfg, owner.clone())?;
@@ -319,12 +318,39 @@ pub fn serve(opts: ServeOptions, start_front: StartFront) -> Result<()> {
             owner.set_base(base);
             continue;
         }
+        let schedule = schedule(&cfg);
+        let mut state = "listening";
+        let mut on_event = |e: &pipeline::Event| {
+            events.send(e, e.state() != state);
+            state = e.state();
+        };
         if several {
-            // Network conversations, up to `server.max_conversations` in one step; the
-            // local devices stay closed.
-            status::notify(&[NotifyState::Ready]);
-            metrics.idle.store(true, Relaxed);
+            // Up to `server.max_conversations` in one step: the local microphone's (its
+            // devices opened as alone, its events as alone), and network conversations;
+            // without it, the local devices stay closed.
             model.start_over();
+            let (mut cap, mut play);
+            let (mut cap_rt, mut play_rt);
+            let mut on_local_event = on_event;
+            let local = if local {
+                metrics.idle.store(false, Relaxed);
+                (cap, play) = open_devices(&cfg, &metrics)?;
+                let prio = cfg.audio.rt_priority;
+                (cap_rt, play_rt) = (
+                    Realtime::new(&mut cap, prio),
+                    Realtime::new(&mut play, prio),
+                );
+                Some(together::Local {
+                    capture: &mut cap_rt,
+                    playback: &mut play_rt,
+                    schedule,
+                    on_event: &mut on_local_event,
+                })
+            } else {
+                metrics.idle.store(true, Relaxed);
+                None
+            };
+            status::notify(&[NotifyState::Ready]);
             together::run(
                 &mut model,
                 &owner,
@@ -332,15 +358,10 @@ pub fn serve(opts: ServeOptions, start_front: StartFront) -> Result<()> {
                 cfg.schedule.latency_frames,
                 cfg.status.show_peers,
                 &events,
+                local,
             )?;
             continue;
         }
-        let schedule = schedule(&cfg);
-        let mut state = "listening";
-        let mut on_event = |e: &pipeline::Event| {
-            events.send(e, e.state() != state);
-            state = e.state();
-        };
         let on_event: Option<&mut (dyn FnMut(&pipeline::Event) + Send)> = Some(&mut on_event);
         if replay {
             replay_wav(

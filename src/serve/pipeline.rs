@@ -43,7 +43,7 @@ pub const MAX_LATENCY_FRAMES: u32 = QUEUE as u32 - 4;
 pub const MAX_BACKLOG_FRAMES: u32 = QUEUE as u32 - 1;
 const FRAME_TIME: Duration = Duration::from_millis(80);
 /// Output RMS above which the model counts as speaking (about -50 dBFS).
-const SPEAKING_RMS: f32 = 0.003;
+pub(super) const SPEAKING_RMS: f32 = 0.003;
 
 /// The most bytes of text one event carries (a longer piece takes several events).
 pub const PIECE: usize = 64;
@@ -91,16 +91,19 @@ impl Stamps {
     }
 }
 
-struct InFrame {
-    seq: u64,
-    at: Instant,
-    silent: bool,
-    pcm: Pcm,
+/// A captured frame: its sequence number, when it completed, whether it stands in for audio
+/// the device could not deliver.
+pub(super) struct InFrame {
+    pub seq: u64,
+    pub at: Instant,
+    pub silent: bool,
+    pub pcm: Pcm,
 }
 
-struct OutFrame {
-    seq: u64,
-    pcm: Pcm,
+/// The answer for output slot `seq`.
+pub(super) struct OutFrame {
+    pub seq: u64,
+    pub pcm: Pcm,
 }
 
 /// What a local screen is told after each step.
@@ -168,6 +171,73 @@ pub struct Schedule {
     pub fail: Option<u64>,
 }
 
+/// What the audio threads and the step share, made before them.
+pub struct Flags {
+    /// The capture source has ended.
+    capture_done: AtomicBool,
+    /// The steps have ended: the event thread and an unpaced player finish what is queued.
+    pub steps_done: AtomicBool,
+    /// Set when the step loop ends for good (an error): the audio threads stop too, instead
+    /// of playing silence forever.
+    pub halted: AtomicBool,
+    /// Set when the player has ended (its device takes no more: a network client gone): a
+    /// network conversation's steps stop there, and nothing waits for it.
+    player_gone: AtomicBool,
+    stamps: Stamps,
+}
+
+impl Flags {
+    pub fn new() -> Flags {
+        Flags {
+            capture_done: AtomicBool::new(false),
+            steps_done: AtomicBool::new(false),
+            halted: AtomicBool::new(false),
+            player_gone: AtomicBool::new(false),
+            stamps: Stamps::new(),
+        }
+    }
+}
+
+impl Default for Flags {
+    fn default() -> Self {
+        Flags::new()
+    }
+}
+
+/// The queues between the audio threads and the step, made before them.
+pub struct Queues {
+    input: Queue<InFrame, QUEUE>,
+    output: Queue<OutFrame, QUEUE>,
+    events: Queue<Event, QUEUE>,
+}
+
+impl Queues {
+    pub fn new() -> Queues {
+        Queues {
+            input: Queue::new(),
+            output: Queue::new(),
+            events: Queue::new(),
+        }
+    }
+}
+
+impl Default for Queues {
+    fn default() -> Self {
+        Queues::new()
+    }
+}
+
+/// The step's side of the audio threads: captured frames in, answers and events out.
+pub struct StepSide<'a> {
+    pub(super) input: heapless::spsc::Consumer<'a, InFrame>,
+    pub(super) output: heapless::spsc::Producer<'a, OutFrame>,
+    pub(super) events: heapless::spsc::Producer<'a, Event>,
+    /// Whether something takes the events.
+    pub(super) listened: bool,
+    /// The player's thread (woken when the steps halt).
+    pub player: std::thread::Thread,
+}
+
 /// Runs until `stop` is set or the capture source ends (and its frames are played). A step
 /// that fails stops every thread and returns its error, naming the stage and the frame.
 pub fn run(
@@ -179,190 +249,210 @@ pub fn run(
     stop: &AtomicBool,
     on_event: Option<&mut (dyn FnMut(&Event) + Send)>,
 ) -> Result<()> {
-    let mut input: Queue<InFrame, QUEUE> = Queue::new();
-    let mut output: Queue<OutFrame, QUEUE> = Queue::new();
-    let mut events: Queue<Event, QUEUE> = Queue::new();
-    let (mut in_tx, mut in_rx) = input.split();
-    let (mut out_tx, mut out_rx) = output.split();
-    let (mut ev_tx, mut ev_rx) = events.split();
-    let on_event_given = on_event.is_some();
-    let capture_done = AtomicBool::new(false);
-    let steps_done = AtomicBool::new(false);
-    // Set when the step loop ends for good (an error): the audio threads stop too, instead
-    // of playing silence forever.
-    let halted = AtomicBool::new(false);
-    // Set when the player has ended (its device takes no more: a network client gone): a
-    // network conversation's steps stop there, and nothing waits for it.
-    let player_gone = AtomicBool::new(false);
-    // A network client or a replay loses nothing: the capture side waits for room instead.
+    let mut queues = Queues::new();
+    let flags = Flags::new();
     let pacing = playback.pacing();
-    let lossless = pacing != Pacing::Slots;
-    let due = FRAME_TIME * schedule.latency_frames;
-    let stamps = Stamps::new();
-
     std::thread::scope(|s| -> Result<()> {
-        let step_thread = std::thread::current();
-        let capture_done = &capture_done;
-        let steps_done = &steps_done;
-        let stamps = &stamps;
-        let halted = &halted;
-        let player_gone = &player_gone;
-        let quit = move || stop.load(Relaxed) || halted.load(Relaxed);
-        let player = s.spawn(move || {
-            let _gone = SetOnDrop(player_gone);
-            if pacing == Pacing::Stream {
-                return stream_answers(playback, &mut out_rx, metrics, &quit, steps_done);
-            }
-            let mut next = 0u64;
-            let paced = pacing == Pacing::Slots;
-            'slots: loop {
-                if quit() {
-                    break;
-                }
-                if !paced && steps_done.load(Relaxed) && out_rx.peek().is_none() {
-                    break;
-                }
-                // A paced device takes slot `next` when its answer is due, not when the
-                // device has room: device buffers differ, deadlines do not.
-                let mut overdue = false;
-                if paced {
-                    loop {
-                        if quit() {
-                            break 'slots;
-                        }
-                        match stamps.due(next, due) {
-                            Some(t) => {
-                                overdue = Instant::now() > t + FRAME_TIME;
-                                sleep_until(t);
-                                break;
-                            }
-                            None if capture_done.load(Relaxed) => break 'slots,
-                            None => std::thread::park_timeout(FRAME_TIME),
-                        }
-                    }
-                }
-                if overdue {
-                    // Its time has gone by (audio an xrun lost, paid back late, or this
-                    // thread held up): nothing is played for it, so that the loudspeaker's
-                    // queue, and with it the latency, does not grow.
-                    while out_rx.peek().is_some_and(|f| f.seq <= next) {
-                        out_rx.dequeue();
-                    }
-                    Metrics::add(&metrics.playback_silent);
-                    playback.skip_frame();
-                    next += 1;
-                    continue;
-                }
-                let t0 = Instant::now();
-                let mut fill = |dst: &mut Pcm| {
-                    // Late frames (for slots already played) are dropped.
-                    while out_rx.peek().is_some_and(|f| f.seq < next) {
-                        out_rx.dequeue();
-                    }
-                    if !paced {
-                        while out_rx.peek().is_none() && !steps_done.load(Relaxed) {
-                            std::thread::sleep(Duration::from_millis(1));
-                        }
-                    }
-                    match out_rx.peek() {
-                        Some(f) if f.seq == next => {
-                            let f = out_rx.dequeue().unwrap();
-                            dst.copy_from_slice(&f.pcm);
-                        }
-                        _ => {
-                            dst.fill(0.0);
-                            Metrics::add(&metrics.playback_silent);
-                        }
-                    }
-                    next += 1;
-                };
-                let more = playback.play_frame(&mut fill, metrics);
-                metrics.stage(Stage::Playback, t0.elapsed().as_micros() as u64);
-                if !more {
-                    break;
-                }
-            }
-        });
-        let player = player.thread().clone();
-        let player_wake = player.clone();
-
-        s.spawn(move || {
-            let mut frame = InFrame {
-                seq: 0,
-                at: Instant::now(),
-                silent: false,
-                pcm: [0.0; FRAME],
-            };
-            while !quit() {
-                let t0 = Instant::now();
-                let kind = capture.next_frame(&mut frame.pcm, metrics);
-                metrics.stage(Stage::CaptureWait, t0.elapsed().as_micros() as u64);
-                (frame.silent, frame.at) = match kind {
-                    Captured::End => break,
-                    Captured::Audio => (false, Instant::now()),
-                    Captured::Silence => (true, Instant::now()),
-                    Captured::Lost(at) => (true, at),
-                };
-                stamps.record(frame.seq, frame.at);
-                player.unpark();
-                let wait = || lossless && !quit() && !steps_done.load(Relaxed);
-                if !enqueue_waiting(&mut in_tx, InFrame { ..frame }, wait) {
-                    Metrics::add(&metrics.capture_dropped);
-                }
-                step_thread.unpark();
-                frame.seq += 1;
-            }
-            capture_done.store(true, Relaxed);
-            step_thread.unpark();
-            player.unpark();
-        });
-
-        if let Some(f) = on_event {
-            s.spawn(move || {
-                loop {
-                    match ev_rx.dequeue() {
-                        Some(e) => f(&e),
-                        None if steps_done.load(Relaxed) => break,
-                        None => std::thread::park_timeout(Duration::from_millis(20)),
-                    }
-                }
-            });
-        }
-
-        let result = step_loop(
-            model,
-            &mut in_rx,
-            &mut out_tx,
-            (&mut ev_tx, on_event_given),
-            schedule,
-            pacing,
+        let mut side = spawn_audio(
+            s,
+            &mut queues,
+            capture,
+            playback,
+            on_event,
+            &flags,
+            schedule.latency_frames,
             metrics,
             stop,
-            capture_done,
-            player_gone,
         );
-        steps_done.store(true, Relaxed);
+        let result = step_loop(model, &mut side, schedule, pacing, metrics, stop, &flags);
+        flags.steps_done.store(true, Relaxed);
         if result.is_err() {
-            halted.store(true, Relaxed);
-            player_wake.unpark();
+            flags.halted.store(true, Relaxed);
+            side.player.unpark();
         }
         result
     })
 }
 
+/// Spawns in `s` the capture thread, the player and (when something takes the events,
+/// `on_event`) the event thread of one conversation's devices, which wake the calling
+/// thread (the step's) as frames come; returns the step's side. The audio threads never
+/// wait on the model.
 #[allow(clippy::too_many_arguments)]
+pub fn spawn_audio<'scope, 'env, 'c: 'env, 'p: 'env, 'e: 'env>(
+    s: &'scope std::thread::Scope<'scope, 'env>,
+    queues: &'env mut Queues,
+    capture: &'env mut (dyn CaptureDevice + 'c),
+    playback: &'env mut (dyn PlaybackDevice + 'p),
+    on_event: Option<&'env mut (dyn FnMut(&Event) + Send + 'e)>,
+    flags: &'env Flags,
+    latency_frames: u32,
+    metrics: &'env Metrics,
+    stop: &'env AtomicBool,
+) -> StepSide<'env> {
+    let (mut in_tx, in_rx) = queues.input.split();
+    let (out_tx, mut out_rx) = queues.output.split();
+    let (ev_tx, mut ev_rx) = queues.events.split();
+    let listened = on_event.is_some();
+    // A network client or a replay loses nothing: the capture side waits for room instead.
+    let pacing = playback.pacing();
+    let lossless = pacing != Pacing::Slots;
+    let due = FRAME_TIME * latency_frames;
+    let step_thread = std::thread::current();
+    let Flags {
+        capture_done,
+        steps_done,
+        halted,
+        player_gone,
+        stamps,
+    } = flags;
+    let quit = move || stop.load(Relaxed) || halted.load(Relaxed);
+    let player = s.spawn(move || {
+        let _gone = SetOnDrop(player_gone);
+        if pacing == Pacing::Stream {
+            return stream_answers(playback, &mut out_rx, metrics, &quit, steps_done);
+        }
+        let mut next = 0u64;
+        let paced = pacing == Pacing::Slots;
+        'slots: loop {
+            if quit() {
+                break;
+            }
+            if !paced && steps_done.load(Relaxed) && out_rx.peek().is_none() {
+                break;
+            }
+            // A paced device takes slot `next` when its answer is due, not when the
+            // device has room: device buffers differ, deadlines do not.
+            let mut overdue = false;
+            if paced {
+                loop {
+                    if quit() {
+                        break 'slots;
+                    }
+                    match stamps.due(next, due) {
+                        Some(t) => {
+                            overdue = Instant::now() > t + FRAME_TIME;
+                            sleep_until(t);
+                            break;
+                        }
+                        None if capture_done.load(Relaxed) => break 'slots,
+                        None => std::thread::park_timeout(FRAME_TIME),
+                    }
+                }
+            }
+            if overdue {
+                // Its time has gone by (audio an xrun lost, paid back late, or this
+                // thread held up): nothing is played for it, so that the loudspeaker's
+                // queue, and with it the latency, does not grow.
+                while out_rx.peek().is_some_and(|f| f.seq <= next) {
+                    out_rx.dequeue();
+                }
+                Metrics::add(&metrics.playback_silent);
+                playback.skip_frame();
+                next += 1;
+                continue;
+            }
+            let t0 = Instant::now();
+            let mut fill = |dst: &mut Pcm| {
+                // Late frames (for slots already played) are dropped.
+                while out_rx.peek().is_some_and(|f| f.seq < next) {
+                    out_rx.dequeue();
+                }
+                if !paced {
+                    while out_rx.peek().is_none() && !steps_done.load(Relaxed) {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                }
+                match out_rx.peek() {
+                    Some(f) if f.seq == next => {
+                        let f = out_rx.dequeue().unwrap();
+                        dst.copy_from_slice(&f.pcm);
+                    }
+                    _ => {
+                        dst.fill(0.0);
+                        Metrics::add(&metrics.playback_silent);
+                    }
+                }
+                next += 1;
+            };
+            let more = playback.play_frame(&mut fill, metrics);
+            metrics.stage(Stage::Playback, t0.elapsed().as_micros() as u64);
+            if !more {
+                break;
+            }
+        }
+    });
+    let player = player.thread().clone();
+    let player_wake = player.clone();
+
+    s.spawn(move || {
+        let mut frame = InFrame {
+            seq: 0,
+            at: Instant::now(),
+            silent: false,
+            pcm: [0.0; FRAME],
+        };
+        while !quit() {
+            let t0 = Instant::now();
+            let kind = capture.next_frame(&mut frame.pcm, metrics);
+            metrics.stage(Stage::CaptureWait, t0.elapsed().as_micros() as u64);
+            (frame.silent, frame.at) = match kind {
+                Captured::End => break,
+                Captured::Audio => (false, Instant::now()),
+                Captured::Silence => (true, Instant::now()),
+                Captured::Lost(at) => (true, at),
+            };
+            stamps.record(frame.seq, frame.at);
+            player.unpark();
+            let wait = || lossless && !quit() && !steps_done.load(Relaxed);
+            if !enqueue_waiting(&mut in_tx, InFrame { ..frame }, wait) {
+                Metrics::add(&metrics.capture_dropped);
+            }
+            step_thread.unpark();
+            frame.seq += 1;
+        }
+        capture_done.store(true, Relaxed);
+        step_thread.unpark();
+        player.unpark();
+    });
+
+    if let Some(f) = on_event {
+        s.spawn(move || {
+            loop {
+                match ev_rx.dequeue() {
+                    Some(e) => f(&e),
+                    None if steps_done.load(Relaxed) => break,
+                    None => std::thread::park_timeout(Duration::from_millis(20)),
+                }
+            }
+        });
+    }
+    StepSide {
+        input: in_rx,
+        output: out_tx,
+        events: ev_tx,
+        listened,
+        player: player_wake,
+    }
+}
+
 fn step_loop(
     model: &mut Model,
-    input: &mut heapless::spsc::Consumer<'_, InFrame>,
-    output: &mut heapless::spsc::Producer<'_, OutFrame>,
-    (events, listened): (&mut heapless::spsc::Producer<'_, Event>, bool),
+    side: &mut StepSide<'_>,
     schedule: Schedule,
     pacing: Pacing,
     metrics: &Metrics,
     stop: &AtomicBool,
-    capture_done: &AtomicBool,
-    player_gone: &AtomicBool,
+    flags: &Flags,
 ) -> Result<()> {
+    let StepSide {
+        input,
+        output,
+        events,
+        listened,
+        ..
+    } = side;
+    let (capture_done, player_gone) = (&flags.capture_done, &flags.player_gone);
     // Deadlines, counted from each frame's capture (a replay has no present).
     let due = (pacing != Pacing::Unpaced).then(|| FRAME_TIME * schedule.latency_frames);
     let mut out = OutFrame {
@@ -474,39 +564,66 @@ fn step_loop(
         in_text = step.text != wait;
         let speaking = rms(&out.pcm) > SPEAKING_RMS;
         life.after_step(&control, user_rms, speaking || step.text != wait, speaking);
-        // A piece longer than an event holds goes in several events of the same step:
-        // nothing of the text is lost.
-        let chunks = chunks(piece);
-        let last = chunks.clone().count() - 1;
-        for (i, now) in chunks.enumerate() {
-            let first = i == 0;
-            let mut e = Event {
-                step: frame.seq,
-                piece: heapless::String::new(),
-                text_end: text_end && i == last,
-                speaking,
-                muted,
-                new_conversation: if first { new_conversation } else { None },
-            };
-            let _ = e.piece.push_str(now);
-            // A network client's text is lossless: the step waits for room (the event
-            // thread takes an event within 20 ms). A local screen's is best effort.
-            let queued = enqueue_waiting(events, e, || {
-                pacing == Pacing::Stream && !stop.load(Relaxed)
-            });
-            // Counted where something takes the events (without, none is ever taken).
-            if !queued && listened {
-                Metrics::add(&metrics.events_dropped);
-            }
-        }
+        // A network client's text is lossless: the step waits for room (the event thread
+        // takes an event within 20 ms). A local screen's is best effort.
+        let room = || pacing == Pacing::Stream && !stop.load(Relaxed);
+        let said = Said {
+            step: frame.seq,
+            piece,
+            text_end,
+            speaking,
+            muted,
+            new_conversation,
+        };
+        send_events(events, said, room, *listened, metrics);
     }
     life.stopped(&control);
     Ok(())
 }
 
+/// What a step said, for its events.
+pub(super) struct Said<'a> {
+    pub step: u64,
+    pub piece: &'a str,
+    pub text_end: bool,
+    pub speaking: bool,
+    pub muted: bool,
+    pub new_conversation: Option<NewConversation>,
+}
+
+/// Queues a step's events. A piece longer than an event holds goes in several events of the
+/// same step: nothing of the text is lost. While the queue is full and `wait()` holds, waits
+/// for room; an event not queued is counted when `listened` (something takes the events:
+/// without, none is ever taken).
+pub(super) fn send_events(
+    events: &mut heapless::spsc::Producer<'_, Event>,
+    said: Said<'_>,
+    wait: impl Fn() -> bool,
+    listened: bool,
+    metrics: &Metrics,
+) {
+    let chunks = chunks(said.piece);
+    let last = chunks.clone().count() - 1;
+    for (i, now) in chunks.enumerate() {
+        let first = i == 0;
+        let mut e = Event {
+            step: said.step,
+            piece: heapless::String::new(),
+            text_end: said.text_end && i == last,
+            speaking: said.speaking,
+            muted: said.muted,
+            new_conversation: if first { said.new_conversation } else { None },
+        };
+        let _ = e.piece.push_str(now);
+        if !enqueue_waiting(events, e, &wait) && listened {
+            Metrics::add(&metrics.events_dropped);
+        }
+    }
+}
+
 /// Enqueues `item`; while the queue is full and `wait()` holds, waits for room (1 ms at a
 /// time). False when the item was not enqueued.
-fn enqueue_waiting<T>(
+pub(super) fn enqueue_waiting<T>(
     queue: &mut heapless::spsc::Producer<'_, T>,
     mut item: T,
     wait: impl Fn() -> bool,
@@ -577,7 +694,7 @@ fn stream_answers(
     }
 }
 
-fn rms(pcm: &Pcm) -> f32 {
+pub(super) fn rms(pcm: &Pcm) -> f32 {
     (pcm.iter().map(|x| x * x).sum::<f32>() / pcm.len() as f32).sqrt()
 }
 

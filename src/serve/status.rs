@@ -346,7 +346,7 @@ pub fn supervise(metrics: Arc<Metrics>, stop: Arc<AtomicBool>, log_every: Durati
                         metrics.playback_present.load(Relaxed)
                     ) {
                         // Sound devices are closed during a network conversation.
-                        _ if source != "local audio" => "not in use",
+                        _ if !source.starts_with("local audio") => "not in use",
                         (true, true) => "ok",
                         (false, true) => "capture missing",
                         (true, false) => "playback missing",

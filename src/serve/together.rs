@@ -1,12 +1,15 @@
-//! Several network conversations stepped together (`server.max_conversations` > 1): one
-//! engine step (`Engine::step_some`) per step boundary for every conversation that has a
-//! frame, and one Mimi encode and one decode for all of them (`Mimi::encode_streams`), each
-//! with its own slot: the engine's conversation, the Mimi stream of the same index, a
-//! detokenizer.
+//! Several conversations stepped together (`server.max_conversations` > 1): one engine step
+//! (`Engine::step_some`) per step boundary for every conversation that has a frame, and one
+//! Mimi encode and one decode for all of them (`Mimi::encode_streams`), each with its own
+//! slot: the engine's conversation, the Mimi stream of the same index, a detokenizer. The
+//! conversations
+//! are network clients and, with `server.local_conversation` and ALSA devices, the local
+//! microphone's (`super::local`), which keeps slot 0 for as long as the step runs and steps
+//! whenever its captured frame is there.
 //!
 //! Admission happens at step boundaries. A conversation admitted by `Conversations::begin`
 //! is taken by the desk thread (log, event lines, handshake), then by the step thread,
-//! which gives it a free slot started anew (engine conversation reset, its Mimi stream and
+//! which gives it a free slot started anew (engine conversation reset, its Mimi and
 //! detokenizer reset, its draws seeded afresh); one whose client has gone leaves its slot
 //! at the next boundary, free at once.
 //!
@@ -15,7 +18,10 @@
 //! steps only when its client's next frame is there and its answer and text have room, so
 //! that a slow client holds back only its own conversation (which continues, when its
 //! frame comes, exactly as it would alone). Everything that locks, logs or frees is the
-//! desk thread's.
+//! desk thread's (and, for the local conversation, its audio and event threads').
+//!
+//! The Mimi streams are used in three places only: `start_afresh` (a slot's reset), the
+//! encode of the frames that step, the decode of their answers.
 
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::{Duration, Instant};
@@ -24,13 +30,15 @@ use anyhow::{Context, Result};
 use flm_kernels::mimi::Mimi;
 
 use super::conversations::Conversations;
-use super::device::FRAME;
+use super::device::{FRAME, Pcm};
 use super::link::{self, PipelineEnd, Text};
+pub use super::local::Local;
+use super::local::LocalStep;
 use super::metrics::Stage;
-use super::pipeline::{Model, PIECE};
+use super::pipeline::{self, Flags, Model, PIECE, Queues};
 use super::status::EventStream;
 use crate::detok::Detokenizer;
-use crate::engine::{MAX_CONVERSATIONS, Sampling};
+use crate::engine::{Engine, MAX_CONVERSATIONS, Sampling};
 use crate::token_ring::CODEBOOKS;
 
 /// Text messages a step may send one conversation (its piece in chunks of `PIECE` bytes,
@@ -40,6 +48,8 @@ const TEXT_ROOM: usize = 8;
 /// audio arrives).
 const POLL: Duration = Duration::from_millis(5);
 const FRAME_TIME: Duration = Duration::from_millis(80);
+/// The local conversation's slot.
+const LOCAL: usize = 0;
 
 /// One conversation's place in the step (its Mimi stream is its index).
 struct Slot<'a> {
@@ -79,6 +89,20 @@ impl Frames {
         }
     }
 
+    /// The next stepping conversation's heard frame.
+    fn next_heard(&mut self) -> &mut Pcm {
+        let i = self.n;
+        <&mut Pcm>::try_from(&mut self.heard[i * FRAME..(i + 1) * FRAME]).expect("one frame")
+    }
+
+    /// The answer decoded for the conversation `c`, if it answered.
+    fn said_by(&self, c: usize) -> Option<&Pcm> {
+        let a = self.answering[..self.answers]
+            .iter()
+            .position(|&s| s == c)?;
+        Some(<&Pcm>::try_from(&self.said[a * FRAME..(a + 1) * FRAME]).expect("one frame"))
+    }
+
     fn encode(&mut self, mimi: &mut Mimi) -> Result<()> {
         let n = self.n;
         mimi.encode_streams(
@@ -107,9 +131,10 @@ enum Notice {
     Left(PipelineEnd),
 }
 
-/// Runs the network conversations admitted through `owner`, together, until `stop`.
-/// `latency_frames`: the time a step has (its deadline, counted from the step's start);
-/// `show_peers`: whether the event lines carry the client's address.
+/// Runs the network conversations admitted through `owner`, and the `local` one when given,
+/// together, until `stop`. `latency_frames`: the time a step has (its deadline, counted
+/// from the step's start, or from the capture of the local conversation's frame when it
+/// steps); `show_peers`: whether the event lines carry the client's address.
 pub fn run(
     model: &mut Model,
     owner: &Conversations,
@@ -117,6 +142,7 @@ pub fn run(
     latency_frames: u32,
     show_peers: bool,
     events: &EventStream,
+    local: Option<Local<'_>>,
 ) -> Result<()> {
     let Some(mut admitted) = owner.take_admitted() else {
         anyhow::bail!("several conversations: no admission ring");
@@ -128,6 +154,9 @@ pub fn run(
     let desk_done = AtomicBool::new(false);
     let metrics = &*owner.metrics;
     let step_thread = std::thread::current();
+    // The local conversation's queues and flags, shared with its audio threads.
+    let mut queues = Queues::new();
+    let flags = Flags::new();
     let result = std::thread::scope(|s| {
         let (admitted, intake, notices) = (&mut admitted, &mut intake_tx, &mut notice_rx);
         let (done, step_thread) = (&desk_done, &step_thread);
@@ -149,8 +178,28 @@ pub fn run(
             detok,
             detoks,
             control,
-            ..
+            heard: heard_tap,
         } = model;
+        // The local conversation's devices, served by their own threads (which wake this
+        // one as frames come).
+        let mut local = local.map(|l| {
+            let side = pipeline::spawn_audio(
+                s,
+                &mut queues,
+                l.capture,
+                l.playback,
+                Some(l.on_event),
+                &flags,
+                l.schedule.latency_frames,
+                metrics,
+                stop,
+            );
+            LocalStep::new(side, l.schedule)
+        });
+        // The network conversations' first slot.
+        let first = local.is_some() as usize;
+        owner.set_local(local.is_some());
+        metrics.local_in_step.store(local.is_some(), Relaxed);
         let mut slots: Vec<Slot> = std::iter::once(detok)
             .chain(detoks.iter_mut())
             .take(n)
@@ -187,22 +236,20 @@ pub fn run(
                         desk_wake(&desk);
                     }
                 }
-                while let Some(c) = slots.iter().position(|s| s.link.is_none()) {
+                while let Some(c) = (first..n).find(|&c| slots[c].link.is_none()) {
                     let Ok(end) = intake_rx.pop() else { break };
-                    let alone = slots.iter().all(|s| s.link.is_none());
+                    let alone = local.is_none() && slots.iter().all(|s| s.link.is_none());
                     if alone && differs(engine.sampling(), end.sampling) {
-                        // The conversations stepped together share one sampling: the first to
-                        // join an empty step sets it (the settings can change only while none
-                        // runs).
+                        // The conversations stepped together share one sampling: the first
+                        // to join an empty step sets it (the settings can change only
+                        // while none runs; the local conversation keeps the
+                        // configuration's).
                         engine
                             .set_sampling(end.sampling)
                             .context("a conversation's sampling")?;
                     }
-                    engine.reset_conversation(c);
-                    mimi.reset_stream(c);
                     let slot = &mut slots[c];
-                    slot.detok.reset();
-                    slot.in_text = false;
+                    start_afresh(engine, mimi, c, slot);
                     let _ = end.state.capture.set(std::thread::current());
                     slot.link = Some(end);
                 }
@@ -211,33 +258,50 @@ pub fn run(
                 }
                 metrics.remote.in_step.store(active, Relaxed);
                 metrics.remote.active.store(active > 0, Relaxed);
-                // Who steps: a conversation whose next frame is there, with room for its
-                // answer and its text.
+                // Who steps: a network conversation whose next frame is there, with room for
+                // its answer and its text; the local one when its captured frame is there.
                 let t0 = Instant::now();
-                let muted = control.muted();
+                // The control socket's mute is the local microphone's when it is in the
+                // step; else it mutes the network conversations.
+                let muted = local.is_none() && control.muted();
                 frames.n = 0;
                 for (c, slot) in slots.iter_mut().enumerate() {
                     users[c] = None;
-                    let Some(l) = slot.link.as_mut() else {
-                        continue;
-                    };
-                    let i = frames.n;
-                    let heard = &mut frames.heard[i * FRAME..(i + 1) * FRAME];
-                    if l.audio_out.slots() < FRAME
-                        || l.text.slots() < TEXT_ROOM
-                        || !link::pop_samples(&mut l.audio_in, heard)
+                    if let Some(l) = slot.link.as_mut() {
+                        let heard = frames.next_heard();
+                        if l.audio_out.slots() < FRAME
+                            || l.text.slots() < TEXT_ROOM
+                            || !link::pop_samples(&mut l.audio_in, heard)
+                        {
+                            continue;
+                        }
+                        if muted {
+                            heard.fill(0.0);
+                        }
+                    } else if c == LOCAL
+                        && let Some(local) = local.as_mut()
                     {
+                        let heard = frames.next_heard();
+                        let Some(afresh) = local.take(control, heard, heard_tap.as_mut(), metrics)
+                        else {
+                            continue;
+                        };
+                        if afresh {
+                            // A new kiosk conversation (command or idle time): its slot
+                            // alone starts over.
+                            start_afresh(engine, mimi, c, slot);
+                        }
+                    } else {
                         continue;
                     }
-                    if muted {
-                        heard.fill(0.0);
-                    }
-                    frames.streams[i] = c;
+                    frames.streams[frames.n] = c;
                     frames.n += 1;
                 }
-                // Waiting for audio: nothing is owed meanwhile.
-                metrics.idle.store(frames.n == 0, Relaxed);
-                if frames.n == 0 {
+                let any = frames.n > 0;
+                // Waiting for audio: nothing is owed meanwhile (but with the local
+                // conversation, whose microphone owes a frame every 80 ms).
+                metrics.idle.store(!any && local.is_none(), Relaxed);
+                if !any {
                     std::thread::park_timeout(POLL);
                     continue;
                 }
@@ -254,6 +318,8 @@ pub fn run(
                     .step_some(&users[..n])
                     .with_context(|| format!("step {step}: model step"))?;
                 let t2 = Instant::now();
+                // The local frame's capture, which its deadline counts from.
+                let captured = local.as_ref().and_then(|l| l.captured_at());
                 // One answer per frame but the first, as the official server: all decoded in
                 // one call.
                 frames.answers = 0;
@@ -270,19 +336,24 @@ pub fn run(
                 frames
                     .decode(mimi)
                     .with_context(|| format!("step {step}: Mimi decode"))?;
-                for a in 0..frames.answers {
-                    let l = slots[frames.answering[a]]
-                        .link
-                        .as_mut()
-                        .expect("a stepped slot has a link");
-                    link::push_samples(&mut l.audio_out, &frames.said[a * FRAME..(a + 1) * FRAME]);
-                }
                 for i in 0..frames.n {
                     let c = frames.streams[i];
                     let out = outs[c];
                     let slot = &mut slots[c];
-                    let l = slot.link.as_mut().expect("a stepped slot has a link");
+                    let answer = frames.said_by(c);
                     let piece = slot.detok.push(out.text);
+                    let text_end = slot.in_text && out.text == wait;
+                    slot.in_text = out.text != wait;
+                    let Some(l) = slot.link.as_mut() else {
+                        let local = local
+                            .as_mut()
+                            .expect("a stepped slot without a link is the local one");
+                        local.answered(control, answer, piece, text_end, out.text != wait, metrics);
+                        continue;
+                    };
+                    if let Some(pcm) = answer {
+                        link::push_samples(&mut l.audio_out, pcm);
+                    }
                     let mut rest = piece;
                     while !rest.is_empty() {
                         let mut cut = rest.len().min(PIECE);
@@ -295,10 +366,9 @@ pub fn run(
                         let _ = l.text.push(Text::Piece(p));
                         rest = later;
                     }
-                    if slot.in_text && out.text == wait {
+                    if text_end {
                         let _ = l.text.push(Text::End);
                     }
-                    slot.in_text = out.text != wait;
                 }
                 let t3 = Instant::now();
                 let st = outs[frames.streams[0]].times;
@@ -308,12 +378,23 @@ pub fn run(
                 metrics.stage(Stage::Depth, (st.depth * 1e3) as u64);
                 metrics.stage(Stage::Sample, (st.sample * 1e3) as u64);
                 metrics.stage(Stage::Decode, us(t3 - t2));
-                let took = t3 - t0;
+                let took = t3 - captured.map_or(t0, |at| at.min(t0));
                 metrics.step(us(took), took > FRAME_TIME * latency_frames);
                 step += 1;
             }
             Ok(())
         })();
+        // The local conversation's threads stop with the steps (at once after an error).
+        flags.steps_done.store(true, Relaxed);
+        if let Some(local) = &local {
+            local.stopped(control);
+            if result.is_err() {
+                flags.halted.store(true, Relaxed);
+                local.wake_player();
+            }
+        }
+        owner.set_local(false);
+        metrics.local_in_step.store(false, Relaxed);
         // Every conversation still in a slot leaves; the desk finishes them and stops.
         for slot in &mut slots {
             if let Some(l) = slot.link.take() {
@@ -336,6 +417,15 @@ pub fn run(
     }
     owner.give_back_admitted(admitted);
     result
+}
+
+/// Starts slot `c`'s conversation afresh: its engine conversation reset (its draws seeded
+/// afresh), its Mimi stream and detokenizer reset.
+fn start_afresh(engine: &mut Engine, mimi: &mut Mimi, c: usize, slot: &mut Slot<'_>) {
+    engine.reset_conversation(c);
+    mimi.reset_stream(c);
+    slot.detok.reset();
+    slot.in_text = false;
 }
 
 fn desk_wake(desk: &std::thread::ScopedJoinHandle<'_, ()>) {
