@@ -13,7 +13,9 @@
 #    against the CPU (f32, then the boards' quantized types), each check against its bound;
 # 2. a full-size random model (FLM-Audio's shapes, flm-testkit) converted at q4_k and q8_0;
 #    `bench step` on each (ms per stage per step, graph computes, copies and host
-#    synchronisations per step, graph splits of the backbone) and `bench mimi` (f32).
+#    synchronisations per step, graph splits of the backbone) and `bench mimi` (f32); at
+#    q4_k, N = 2, 4 and 8 conversations in one step (`bench step --conversations N`) and
+#    Mimi streams in one graph (`bench mimi --streams N`), each beside one alone.
 # Every part runs whatever an earlier one did: a failure is recorded (its exit status in the
 # summary) and the next part goes on. Each part's log is a file in OUT (default: a temporary
 # folder), and goes to stdout too. It closes with the figures of the benches (ms per step
@@ -115,6 +117,16 @@ for q in q4_k q8_0; do
   if [ "$q" = q4_k ]; then
     part "bench mimi --backend $backend" bench-mimi.txt \
       "$bin" bench mimi --model "$scratch/$q" --backend "$backend" --frames "$frames"
+    # Several conversations in one step: N = 2, 4, 8 beside one alone in the same run (the
+    # ratio of the times, the counters per step or frame, which must not grow with N).
+    for n in 2 4 8; do
+      part "bench step $q --conversations $n" "bench-step-$q-x$n.txt" \
+        "$bin" bench step --model "$scratch/$q" --backend "$backend" --steps "$steps" \
+        --no-peer --conversations "$n"
+      part "bench mimi --streams $n" "bench-mimi-x$n.txt" \
+        "$bin" bench mimi --model "$scratch/$q" --backend "$backend" --frames "$frames" \
+        --streams "$n"
+    done
   fi
   [ "$q" = q8_0 ] || rm -rf "$scratch/$q"
 done
@@ -124,7 +136,9 @@ done
   echo "== summary ($(($(date +%s) - t0)) s, logs in $out)"
   head -2 "$out/machine.txt"
   grep -h 'not found' "$out/ldd.txt" || echo "libraries: every one resolved"
-  for f in bench-step-q4_k bench-step-q8_0 bench-mimi; do
+  for f in bench-step-q4_k bench-step-q8_0 bench-mimi \
+    bench-step-q4_k-x2 bench-step-q4_k-x4 bench-step-q4_k-x8 \
+    bench-mimi-x2 bench-mimi-x4 bench-mimi-x8; do
     [ -s "$out/$f.txt" ] || continue
     echo "-- $f: ms per step and counters"
     grep -E ' ms|graph computes|uploads|downloads|synchronis|splits|per (step|frame)' "$out/$f.txt" |
